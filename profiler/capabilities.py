@@ -1,0 +1,237 @@
+"""Feature probes: each check tries the real thing and says why it failed.
+
+The same answers serve ``smp-profiler doctor``, the probe loader and the test markers, so a
+test skip, a refused capture and the doctor table always agree. Kernel versions are never
+consulted; only what the kernel does when asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from profiler import kernel
+
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
+_BPF_MAP_CREATE = 0
+_MAP_ARRAY, _MAP_RINGBUF = 2, 27
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+# Checks that must pass for a capture (kprobes and fentry are reported, never required).
+REQUIRED = ("root", "bpf_syscall", "bcc", "bcc_compile", "tracepoints", "ringbuf", "tracefs")
+
+
+def effective_caps() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def check_root() -> Check:
+    caps = effective_caps()
+    if os.geteuid() == 0 and caps & (1 << CAP_SYS_ADMIN):
+        return Check("root", True, "running as root")
+    if caps & (1 << CAP_BPF) and caps & (1 << CAP_PERFMON):
+        return Check("root", True, "CAP_BPF and CAP_PERFMON")
+    return Check("root", False, "not root and no CAP_BPF+CAP_PERFMON: run with sudo")
+
+
+def _bpf_map_create(map_type: int, key: int, value: int, entries: int) -> int:
+    attr = (ctypes.c_uint32 * 32)()
+    attr[0], attr[1], attr[2], attr[3] = map_type, key, value, entries
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = int(libc.syscall(_SYS_BPF, _BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr)))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    os.close(fd)
+    return fd
+
+
+def check_bpf_syscall() -> Check:
+    try:
+        _bpf_map_create(_MAP_ARRAY, 4, 8, 1)
+    except OSError as e:
+        return Check("bpf_syscall", False, f"bpf(BPF_MAP_CREATE) failed: {e.strerror}")
+    return Check("bpf_syscall", True, "bpf() creates maps")
+
+
+def check_ringbuf() -> Check:
+    try:
+        _bpf_map_create(_MAP_RINGBUF, 0, 0, 4096)
+    except OSError as e:
+        return Check("ringbuf", False, f"BPF ring buffer map refused: {e.strerror}")
+    return Check("ringbuf", True, "BPF_MAP_TYPE_RINGBUF available")
+
+
+def check_btf() -> Check:
+    p = Path("/sys/kernel/btf/vmlinux")
+    if p.exists() and os.access(p, os.R_OK):
+        return Check("btf", True, f"{p} ({p.stat().st_size // 1024} KiB)")
+    return Check("btf", False, f"{p} missing: kernel built without CONFIG_DEBUG_INFO_BTF")
+
+
+def check_tracefs() -> Check:
+    ok, detail = kernel.ensure_tracefs()
+    return Check("tracefs", ok, detail)
+
+
+def check_cgroup_v2() -> Check:
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "cgroup2":
+                return Check("cgroup_v2", True, f"cgroup2 at {parts[1]}")
+    return Check("cgroup_v2", False, "no cgroup2 mount")
+
+
+def check_kernel_headers() -> Check:
+    tree = kernel.resolve_headers()
+    return Check("kernel_headers", tree.usable, tree.detail)
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Redirect fd 2 (BCC and libbpf write there) and hand back what was written."""
+    out: list[str] = []
+    with tempfile.TemporaryFile(mode="w+") as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.extend(line.strip() for line in tmp if line.strip())
+
+
+def _reason(exc: BaseException, noise: list[str]) -> str:
+    errors = [line for line in noise if "error" in line.lower() or "fail" in line.lower()]
+    text = (errors[-1] if errors else str(exc)).strip()
+    return text[:160]
+
+
+_PROBE_TEXT = """
+int smp_cap_tp(void *ctx) { return 0; }
+int smp_cap_up(struct pt_regs *ctx) { return 0; }
+int smp_cap_kp(struct pt_regs *ctx) { return 0; }
+"""
+_FENTRY_TEXT = "KFUNC_PROBE(do_sys_openat2) { return 0; }"
+
+
+def _attach_checks(bpf_class: type) -> list[Check]:
+    checks: list[Check] = []
+    noise: list[str] = []
+    try:
+        with captured_stderr() as noise:
+            b = bpf_class(text=_PROBE_TEXT)
+    except Exception as e:
+        detail = f"BCC could not compile a program: {_reason(e, noise)}"
+        return [Check("bcc_compile", False, detail)] + [
+            Check(n, False, "needs bcc_compile") for n in ("tracepoints", "uprobes", "kprobes")
+        ]
+    checks.append(Check("bcc_compile", True, "compiled and loaded a test program"))
+
+    def attempt(name: str, ok_detail: str, fn: Callable[[], object]) -> None:
+        try:
+            with captured_stderr() as noise:
+                fn()
+            checks.append(Check(name, True, ok_detail))
+        except Exception as e:
+            checks.append(Check(name, False, _reason(e, noise)))
+
+    attempt(
+        "tracepoints",
+        "attached to syscalls:sys_enter_getppid",
+        lambda: b.attach_tracepoint(tp="syscalls:sys_enter_getppid", fn_name="smp_cap_tp"),
+    )
+    attempt(
+        "uprobes",
+        "attached a uprobe to libc getppid",
+        lambda: b.attach_uprobe(name="c", sym="getppid", fn_name="smp_cap_up"),
+    )
+    attempt(
+        "kprobes",
+        "attached a kprobe",
+        lambda: b.attach_kprobe(event=b.get_syscall_fnname("getppid"), fn_name="smp_cap_kp"),
+    )
+    b.cleanup()
+
+    def fentry() -> None:
+        f = bpf_class(text=_FENTRY_TEXT)
+        try:
+            f.attach_kfunc(fn_name="do_sys_openat2")
+        finally:
+            f.cleanup()
+
+    attempt("fentry", "attached an fentry program to do_sys_openat2", fentry)
+    if not checks[-1].ok:
+        checks[-1] = Check("fentry", False, f"fentry refused: {checks[-1].detail}")
+    for i, c in enumerate(checks):
+        if c.name == "kprobes" and not c.ok:
+            checks[i] = Check("kprobes", False, f"kprobe refused: {c.detail}")
+    return checks
+
+
+def import_bcc() -> tuple[type | None, str]:
+    """Import Debian's BCC after tracefs and headers are in place (BCC reads both at import)."""
+    kernel.prepare_for_bcc()
+    try:
+        with captured_stderr():
+            from bcc import BPF
+    except Exception as e:
+        return None, f"cannot import bcc ({e}): install Debian's python3-bpfcc"
+    return BPF, "bcc imported"
+
+
+def run_all() -> list[Check]:
+    """Every check, in the order ``doctor`` shows them."""
+    root = check_root()
+    checks = [root, check_bpf_syscall(), check_btf()]
+    tracefs = check_tracefs()
+    headers = check_kernel_headers()
+    bpf_class, detail = import_bcc()
+    checks.append(Check("bcc", bpf_class is not None, detail))
+    if bpf_class is None or not root.ok:
+        why = "needs bcc" if bpf_class is None else "needs root"
+        attach = [
+            Check(n, False, why)
+            for n in ("bcc_compile", "tracepoints", "uprobes", "kprobes", "fentry")
+        ]
+    else:
+        attach = _attach_checks(bpf_class)
+    by_name = {c.name: c for c in attach}
+    checks.append(by_name["bcc_compile"])
+    checks.append(headers)
+    checks += [by_name[n] for n in ("tracepoints", "uprobes", "kprobes", "fentry")]
+    checks += [check_ringbuf(), tracefs, check_cgroup_v2()]
+    return checks
+
+
+def capture_possible(checks: list[Check]) -> bool:
+    ok = {c.name: c.ok for c in checks}
+    return all(ok.get(n, False) for n in REQUIRED)
+
+
+def missing(checks: list[Check], names: tuple[str, ...] = REQUIRED) -> list[Check]:
+    return [c for c in checks if c.name in names and not c.ok]

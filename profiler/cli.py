@@ -1,0 +1,166 @@
+"""The ``smp-profiler`` command line. It only parses and delegates.
+
+Heavy imports (bcc, numpy, kubernetes) happen inside the command that needs them, so
+``smp-profiler --help`` is instant and works without BCC or root.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from profiler import __version__
+from profiler.errors import NotImplementedYet, SmpError
+
+app = typer.Typer(
+    name="smp-profiler",
+    help="Measure what a service-mesh sidecar really costs, per request and per pod, with eBPF.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+testbed_app = typer.Typer(
+    help="Build a local node from real parts: pods, a real Envoy sidecar, Istio's capture.",
+    no_args_is_help=True,
+)
+app.add_typer(testbed_app, name="testbed")
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"smp-profiler {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _not_yet(command: str) -> None:
+    raise NotImplementedYet(f"'{command}' is not implemented yet")
+
+
+def _exit(code: int) -> None:
+    """Commands return an exit code; click ignores return values, so raise it."""
+    raise typer.Exit(code)
+
+
+@app.command()
+def doctor(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Check what this node can do: privileges, BPF, BCC, tracepoints, uprobes, headers."""
+    from profiler.commands import doctor as cmd
+
+    _exit(cmd.main(json_out=json_out))
+
+
+@app.command()
+def capture(
+    pid: Annotated[
+        list[int] | None, typer.Option("--pid", help="PID to trace (repeatable).")
+    ] = None,
+    duration: Annotated[str, typer.Option(help="How long to capture, e.g. 10s.")] = "10s",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Capture file to write.")] = Path(
+        "capture.json"
+    ),
+) -> None:
+    """Trace sidecar (and app) processes: per-leg latency, CPU and memory -> a capture file."""
+    _not_yet("capture")
+
+
+@app.command()
+def run(
+    target: Annotated[str | None, typer.Option(help="URL to load.")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Result bundle to write.")] = Path(
+        "result.json"
+    ),
+) -> None:
+    """Drive load at fixed rates, capture each step, and write SMP results."""
+    _not_yet("run")
+
+
+@app.command()
+def report(
+    file: Annotated[Path | None, typer.Argument(help="A capture or a result bundle.")] = None,
+) -> None:
+    """Show a capture or a result bundle (terminal, JSON, YAML, SMP, HTML, markdown)."""
+    _not_yet("report")
+
+
+@app.command()
+def compare(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Two or more bundles or captures.")
+    ] = None,
+) -> None:
+    """Put two or more results side by side, with the differences and their significance."""
+    _not_yet("compare")
+
+
+@app.command()
+def demo(
+    output_dir: Annotated[Path, typer.Option(help="Where results go.")] = Path("smp-results"),
+) -> None:
+    """Build the local node, run a short sweep with the profiler, write the results, tear down."""
+    _not_yet("demo")
+
+
+@app.command()
+def daemon(
+    metrics_port: Annotated[int, typer.Option(help="Port of /metrics.")] = 9464,
+) -> None:
+    """Run as the node agent of the DaemonSet: discover sidecars, probe, export metrics."""
+    _not_yet("daemon")
+
+
+@testbed_app.command("up")
+def testbed_up() -> None:
+    """Build the node: pods, an Envoy sidecar, iptables capture."""
+    _not_yet("testbed up")
+
+
+@testbed_app.command("down")
+def testbed_down() -> None:
+    """Remove everything the testbed made (safe to run twice or after a crash)."""
+    _not_yet("testbed down")
+
+
+@testbed_app.command("status")
+def testbed_status() -> None:
+    """Re-read the testbed's description and check it is all there."""
+    _not_yet("testbed status")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI; known errors become one line on stderr and an exit code."""
+    try:
+        app(args=argv, prog_name="smp-profiler")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except SmpError as e:
+        if _state["debug"]:
+            traceback.print_exc()
+        print(f"smp-profiler: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("smp-profiler: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""``smp-profiler doctor``: what this node can do, as a table or one JSON object."""
+
+from __future__ import annotations
+
+import json
+
+from profiler import capabilities
+
+
+def main(json_out: bool = False) -> int:
+    checks = capabilities.run_all()
+    possible = capabilities.capture_possible(checks)
+    if json_out:
+        doc = {"checks": [c.to_json() for c in checks], "capture_possible": possible}
+        print(json.dumps(doc, indent=2))
+        return 0 if possible else 1
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="smp-profiler doctor", title_justify="left")
+    table.add_column("check")
+    table.add_column("", justify="center")
+    table.add_column("detail", overflow="fold")
+    for c in checks:
+        required = c.name in capabilities.REQUIRED
+        mark = "[green]ok[/]" if c.ok else ("[red]MISSING[/]" if required else "[yellow]no[/]")
+        table.add_row(c.name, mark, c.detail)
+    console = Console()
+    console.print(table)
+    if possible:
+        console.print("[green]Captures are possible on this node.[/]")
+    else:
+        names = ", ".join(c.name for c in capabilities.missing(checks))
+        console.print(f"[red]Captures are not possible: missing {names}.[/]")
+    return 0 if possible else 1

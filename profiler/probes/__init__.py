@@ -1,0 +1,1 @@
+"""Loaders and decoders, one module per probe in ``bpf/``."""

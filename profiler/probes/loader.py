@@ -1,0 +1,62 @@
+"""Compile and load a probe from ``bpf/`` with BCC, after the host is made ready for it.
+
+Options reach the C as ``-D`` macros; the defaults live in the C (``#ifndef``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from profiler import capabilities
+from profiler.errors import CapabilityMissing, PermissionDenied
+
+_PACKAGED = Path(__file__).resolve().parent.parent / "_bpf"
+_SOURCE_TREE = Path(__file__).resolve().parent.parent.parent / "bpf"
+
+
+def bpf_dir() -> Path:
+    """Where the probe sources are: inside the wheel, or the repository's ``bpf/``."""
+    return _PACKAGED if _PACKAGED.is_dir() else _SOURCE_TREE
+
+
+def cflags(defines: Mapping[str, int | str] | None = None) -> list[str]:
+    d = bpf_dir()
+    flags = [f"-I{d}", f"-I{d / 'include'}"]
+    for key, value in (defines or {}).items():
+        flags.append(f"-D{key}={value}")
+    return flags
+
+
+def load(probe: str, defines: Mapping[str, int | str] | None = None) -> Any:
+    """Compile ``bpf/<probe>.c`` and return the BCC ``BPF`` object (programs auto-attached)."""
+    root = capabilities.check_root()
+    if not root.ok:
+        raise PermissionDenied(root.detail)
+    bpf_class, detail = capabilities.import_bcc()
+    if bpf_class is None:
+        raise CapabilityMissing(detail)
+    src = bpf_dir() / f"{probe}.c"
+    if not src.is_file():
+        raise CapabilityMissing(f"probe source {src} is missing (broken install?)")
+    noise: list[str] = []
+    try:
+        with capabilities.captured_stderr() as noise:
+            return bpf_class(src_file=str(src), cflags=cflags(defines))
+    except Exception as e:
+        errors = [n for n in noise if "error" in n.lower()] or noise or [str(e)]
+        raise CapabilityMissing(f"probe {probe} failed to compile or load: {errors[0]}") from e
+
+
+def fill_pid_filter(bpf: Any, pids: Iterable[int]) -> None:
+    """Put the thread-group ids to trace into the probe's in-kernel filter map."""
+    table = bpf["smp_filter_pids"]
+    for pid in pids:
+        table[table.Key(pid)] = table.Leaf(1)
+
+
+def drops(bpf: Any) -> int:
+    """Ring-buffer reservations that failed, summed over CPUs."""
+    table = bpf["smp_drops"]
+    return int(table.sum(table.Key(0)).value)

@@ -1,0 +1,59 @@
+"""``doctor`` on this machine: kprobes and fentry absent, captures possible; without
+privileges it says what is missing and exits 1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+NAMES = [
+    "root",
+    "bpf_syscall",
+    "btf",
+    "bcc",
+    "bcc_compile",
+    "kernel_headers",
+    "tracepoints",
+    "uprobes",
+    "kprobes",
+    "fentry",
+    "ringbuf",
+    "tracefs",
+    "cgroup_v2",
+]
+CLI = [sys.executable, "-m", "profiler.cli"]
+
+
+@pytest.mark.bpf
+def test_doctor_json_on_this_machine() -> None:
+    r = subprocess.run([*CLI, "doctor", "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert sorted(checks) == sorted(NAMES)
+    assert all(isinstance(c["ok"], bool) and c["detail"] for c in checks.values())
+    assert doc["capture_possible"] is True
+    assert checks["tracepoints"]["ok"] and checks["uprobes"]["ok"]
+    # this kernel is built without kprobes, and fentry programs fail to load
+    assert checks["kprobes"]["ok"] is False
+    assert checks["fentry"]["ok"] is False
+
+
+@pytest.mark.bpf
+def test_doctor_without_privileges_says_what_is_missing() -> None:
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "util-linux setpriv is part of Debian's base system"
+    # root without any capability is what an unprivileged container sees
+    r = subprocess.run(
+        [setpriv, "--bounding-set=-all", "--inh-caps=-all", *CLI, "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert "not possible" in r.stdout and "root" in r.stdout
