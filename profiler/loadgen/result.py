@@ -1,0 +1,165 @@
+"""The one result every load generator (built-in or adapter) returns: :class:`LoadResult`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from profiler.errors import BadInputFile
+from profiler.histogram import LatencyHistogram
+
+GENERATORS = ("builtin", "wrk", "hey", "fortio", "nighthawk")
+MODES = ("open-loop", "closed-loop")
+STANDARD_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+RATE_TOLERANCE = 0.01  # achieved within 1% of asked counts as reached
+MAX_REQUEST_IDS = 100_000  # request_ids kept in a result (bounded)
+
+
+def rate_reached(asked: float | None, achieved: float) -> bool:
+    """Achieved within 1% of asked (always True when asked is None: as fast as possible)."""
+    if asked is None or asked <= 0:
+        return True
+    return achieved >= asked * (1 - RATE_TOLERANCE)
+
+
+def _utc(d: datetime) -> datetime:
+    return d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC)
+
+
+@dataclass
+class LoadResult:
+    generator: str  # "builtin" | "wrk" | "hey" | "fortio" | "nighthawk"
+    generator_version: str | None
+    mode: str  # "open-loop" | "closed-loop"
+    target: str  # URL
+    connections: int
+    rate_asked: float | None  # req/s; None = as fast as possible
+    rate_achieved: float  # req/s over the measured window
+    duration_s: float
+    requests: int  # completed
+    histogram: LatencyHistogram | None  # None when the source gives only percentiles
+    percentiles_ms: dict[float, float]  # at least 50, 90, 99 when known; keys like 99.9
+    min_ms: float | None
+    mean_ms: float | None
+    max_ms: float | None
+    status_counts: dict[int, int]  # HTTP status -> count
+    errors: dict[str, int]  # by kind: "timeout", "connect", "reset", "read", "socket", ...
+    start_time: datetime  # UTC
+    end_time: datetime  # UTC
+    bytes_received: int | None
+    target_reached: bool  # achieved within 1% of asked (always True when asked is None)
+    request_ids: list[str] | None = None  # builtin only: ids sent (optional, bounded)
+    # Added fields (beyond the shared contract)
+    requests_sent: int | None = None  # scheduled and sent (builtin), completed + failed
+    workers: int = 1  # processes (builtin) or threads (wrk, fortio) that made the load
+    notes: list[str] = field(default_factory=list)  # e.g. "fell back to closed loop"
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def to_json(self) -> dict[str, Any]:
+        def num(x: float | None) -> float | None:
+            return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+        return {
+            "generator": self.generator,
+            "generator_version": self.generator_version,
+            "mode": self.mode,
+            "target": self.target,
+            "connections": self.connections,
+            "rate_asked": self.rate_asked,
+            "rate_achieved": self.rate_achieved,
+            "duration_s": self.duration_s,
+            "requests": self.requests,
+            "histogram": self.histogram.to_json() if self.histogram is not None else None,
+            "percentiles_ms": {_pkey(p): v for p, v in sorted(self.percentiles_ms.items())},
+            "min_ms": num(self.min_ms),
+            "mean_ms": num(self.mean_ms),
+            "max_ms": num(self.max_ms),
+            "status_counts": {str(k): v for k, v in sorted(self.status_counts.items())},
+            "errors": dict(sorted(self.errors.items())),
+            "start_time": _utc(self.start_time).isoformat(),
+            "end_time": _utc(self.end_time).isoformat(),
+            "bytes_received": self.bytes_received,
+            "target_reached": self.target_reached,
+            "request_ids": self.request_ids,
+            "requests_sent": self.requests_sent,
+            "workers": self.workers,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_json(cls, d: Any) -> LoadResult:
+        if not isinstance(d, dict) or "generator" not in d or "rate_achieved" not in d:
+            raise BadInputFile("not a load result (no 'generator' and 'rate_achieved')")
+        try:
+            hist = d.get("histogram")
+            return cls(
+                generator=str(d["generator"]),
+                generator_version=d.get("generator_version"),
+                mode=str(d["mode"]),
+                target=str(d["target"]),
+                connections=int(d["connections"]),
+                rate_asked=None if d.get("rate_asked") is None else float(d["rate_asked"]),
+                rate_achieved=float(d["rate_achieved"]),
+                duration_s=float(d["duration_s"]),
+                requests=int(d["requests"]),
+                histogram=None if hist is None else LatencyHistogram.from_json(hist),
+                percentiles_ms={float(k): float(v) for k, v in d["percentiles_ms"].items()},
+                min_ms=_opt_float(d.get("min_ms")),
+                mean_ms=_opt_float(d.get("mean_ms")),
+                max_ms=_opt_float(d.get("max_ms")),
+                status_counts={int(k): int(v) for k, v in d["status_counts"].items()},
+                errors={str(k): int(v) for k, v in d["errors"].items()},
+                start_time=_utc(datetime.fromisoformat(d["start_time"])),
+                end_time=_utc(datetime.fromisoformat(d["end_time"])),
+                bytes_received=None
+                if d.get("bytes_received") is None
+                else int(d["bytes_received"]),
+                target_reached=bool(d["target_reached"]),
+                request_ids=None if d.get("request_ids") is None else list(d["request_ids"]),
+                requests_sent=None if d.get("requests_sent") is None else int(d["requests_sent"]),
+                workers=int(d.get("workers", 1)),
+                notes=[str(n) for n in d.get("notes", [])],
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BadInputFile(f"malformed load result: {type(e).__name__}: {e}") from None
+
+
+def _pkey(p: float) -> str:
+    return f"{p:g}"
+
+
+def _opt_float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def percentiles_from_histogram(
+    h: LatencyHistogram, ps: tuple[float, ...] = STANDARD_PERCENTILES
+) -> dict[float, float]:
+    """Percentiles in milliseconds from a microsecond histogram (empty dict when empty)."""
+    if h.count == 0:
+        return {}
+    return {p: h.percentile(p) / 1000.0 for p in ps}
+
+
+@dataclass
+class LoadSpec:
+    """What to run: ``profiler.loadgen.run_load(LoadSpec(...)) -> LoadResult``."""
+
+    generator: str  # one of GENERATORS
+    target: str  # http://host:port/path
+    rate: float | None  # req/s; None = as fast as possible (closed loop)
+    duration_s: float
+    connections: int
+    warmup_s: float = 0.0  # load sent first, not measured
+    netns: str | None = None  # network namespace (as `ip netns` knows it) to run inside
+    timeout_s: float = 5.0  # per request
+    extra_headers: dict[str, str] | None = None
+    poisson: bool = False  # Poisson arrivals instead of a constant rate (builtin)
+    workers: int | None = None  # processes (builtin; None = as many as the rate needs)
+    run_id: str | None = None  # x-request-id prefix part: smp-<run_id>-<n> (builtin)
+    keep_request_ids: int = 10_000  # at most this many ids in the result (builtin)
