@@ -70,6 +70,16 @@ class Pod:
             (d / "cgroup.procs").write_text(str(p.pid))
         return c
 
+    def add_process(self, name: str, argv: list[str]) -> int:
+        """Start one more process in an existing container (e.g. Envoy next to pilot-agent)."""
+        c = self.containers[name]
+        p = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        c.procs.append(p)
+        (c.cgroup / "cgroup.procs").write_text(str(p.pid))
+        return p.pid
+
     def remove_container(self, name: str) -> None:
         c = self.containers.pop(name)
         _stop(c.procs)
