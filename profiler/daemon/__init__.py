@@ -1,0 +1,1 @@
+"""DaemonSet mode: the reconcile loop (agent), the exporter (metrics, server)."""

@@ -1,0 +1,254 @@
+"""The daemon's Prometheus metrics: specs declared once, as data, and a collector that
+yields their families from the latest engine snapshot.
+
+Labels stay low-cardinality: namespace, pod, container and leg; never a PID, connection or
+URL. Several processes with the same labels (two Envoys of a hot restart, the processes of
+an app container) are summed. Counters stay monotonic across a process's exit: its last
+values are kept for its label set (a container restart reuses them) until no process with
+those labels has been seen for ``retire_after`` seconds, so memory stays bounded by the
+live label sets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from profiler import __version__
+from profiler.daemon.snapshot import HistogramLike, SnapshotLike, TargetLike
+
+MetricType = Literal["counter", "gauge", "histogram"]
+POD_LABELS = ("namespace", "pod", "container")
+
+# Upper bounds in seconds: six per decade from 10 us to 10 ms (sidecar legs are typically
+# 30 us .. 1 ms), then 1-2.5-5 up to 10 s.
+_FINE = (1.0, 1.5, 2.0, 3.0, 5.0, 7.5)
+LEG_BUCKETS: tuple[float, ...] = tuple(
+    [round(m * 10.0**e, 9) for e in (-5, -4, -3) for m in _FINE]
+    + [round(m * 10.0**e, 9) for e in (-2, -1, 0) for m in (1.0, 2.5, 5.0)]
+    + [10.0]
+)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str  # the exposed name (counters with their _total)
+    type: MetricType
+    unit: str
+    labels: tuple[str, ...]
+    help: str
+
+
+SPECS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "smp_sidecar_leg_duration_seconds",
+        "histogram",
+        "seconds",
+        (*POD_LABELS, "leg"),
+        "Time a request spends in each leg of the sidecar (request_proxy, upstream, "
+        "response_proxy, sidecar_total, app, loopback).",
+    ),
+    MetricSpec(
+        "smp_sidecar_requests_total",
+        "counter",
+        "",
+        POD_LABELS,
+        "Requests the sidecar proxied (pairs of downstream request and response).",
+    ),
+    MetricSpec(
+        "smp_sidecar_cpu_seconds_total",
+        "counter",
+        "seconds",
+        POD_LABELS,
+        "CPU time (user+system) of the sidecar's processes.",
+    ),
+    MetricSpec(
+        "smp_sidecar_memory_working_set_bytes",
+        "gauge",
+        "bytes",
+        POD_LABELS,
+        "Working set of the sidecar (memory.current minus inactive file; RSS where the "
+        "cgroup has no memory controller).",
+    ),
+    MetricSpec(
+        "smp_app_cpu_seconds_total",
+        "counter",
+        "seconds",
+        POD_LABELS,
+        "CPU time of the app containers of pods with a sidecar, for the sidecar's share.",
+    ),
+    MetricSpec(
+        "smp_probe_events_dropped_total",
+        "counter",
+        "",
+        (),
+        "Probe events lost in the kernel (ring buffer full); non-zero means undercounting.",
+    ),
+    MetricSpec("smp_attached_sidecars", "gauge", "", (), "Sidecar processes being traced."),
+    MetricSpec(
+        "smp_build_info", "gauge", "", ("version",), "Always 1; the version of smp-profiler."
+    ),
+)
+SPEC = {s.name: s for s in SPECS}
+
+LabelKey = tuple[tuple[str, str], ...]
+
+
+def _key(labels: Mapping[str, str]) -> LabelKey:
+    return tuple((k, str(labels.get(k, ""))) for k in POD_LABELS)
+
+
+def prometheus_buckets(h: HistogramLike, bounds: tuple[float, ...] = LEG_BUCKETS) -> list[int]:
+    """Cumulative counts at ``bounds`` (seconds): a recorded bucket counts below a bound when
+    its inclusive upper end (us) is at or below it, so no value is ever counted too low."""
+    upper_us, counts = h.buckets()
+    if len(counts) == 0:
+        return [0] * len(bounds)
+    cum = np.cumsum(counts)
+    idx = np.searchsorted(upper_us, np.asarray(bounds) * 1e6, side="right")
+    return [int(cum[i - 1]) if i > 0 else 0 for i in idx]
+
+
+@dataclass
+class _Totals:
+    """Cumulative values of one label set and role."""
+
+    requests: int = 0
+    cpu_seconds: float = 0.0
+    memory: int = 0
+    legs: dict[str, np.ndarray] = field(default_factory=dict)  # [buckets..., count] cumulative
+    leg_sums: dict[str, float] = field(default_factory=dict)
+
+    def add(self, t: TargetLike, with_memory: bool) -> None:
+        self.requests += int(t.requests)
+        self.cpu_seconds += float(t.cpu_seconds)
+        if with_memory:
+            self.memory += int(t.memory_working_set_bytes)
+        for leg, h in t.legs.items():
+            row = np.array([*prometheus_buckets(h), int(h.count)], dtype=np.int64)
+            self.legs[leg] = self.legs[leg] + row if leg in self.legs else row
+            self.leg_sums[leg] = self.leg_sums.get(leg, 0.0) + h.total_us / 1e6
+
+    def merge(self, o: _Totals) -> None:
+        self.requests += o.requests
+        self.cpu_seconds += o.cpu_seconds
+        for leg, row in o.legs.items():
+            self.legs[leg] = self.legs[leg] + row if leg in self.legs else row.copy()
+            self.leg_sums[leg] = self.leg_sums.get(leg, 0.0) + o.leg_sums[leg]
+
+
+def _targets(snapshot: SnapshotLike) -> list[tuple[int | None, TargetLike]]:
+    t = snapshot.targets
+    if isinstance(t, Mapping):
+        return list(t.items())
+    return [(None, x) for x in t]
+
+
+class SnapshotCollector(Collector):
+    """A ``prometheus_client`` collector of the latest snapshot given to :meth:`update`."""
+
+    def __init__(
+        self, retire_after: float = 600.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.retire_after = retire_after
+        self._live: dict[int, tuple[LabelKey, str, TargetLike]] = {}
+        self._retired: dict[tuple[LabelKey, str], _Totals] = {}
+        self._last_seen: dict[tuple[LabelKey, str], float] = {}
+        self._view: dict[tuple[LabelKey, str], _Totals] = {}
+        self._drops = 0
+        self._drops_base = 0
+        self._attached = 0
+        self.updated = False
+
+    def update(self, snapshot: SnapshotLike) -> None:
+        """Take a new engine snapshot (cumulative values) as the current state."""
+        now = self._clock()
+        live: dict[int, tuple[LabelKey, str, TargetLike]] = {}
+        for i, (pid, t) in enumerate(_targets(snapshot)):
+            live[pid if pid is not None else -1 - i] = (_key(t.labels), t.role, t)
+        with self._lock:
+            for pid, (key, role, t) in self._live.items():
+                if pid not in live or live[pid][:2] != (key, role):
+                    _gone = _Totals()
+                    _gone.add(t, with_memory=False)
+                    self._retired.setdefault((key, role), _Totals()).merge(_gone)
+            self._live = live
+            view: dict[tuple[LabelKey, str], _Totals] = {}
+            for key, role, t in live.values():
+                view.setdefault((key, role), _Totals()).add(t, with_memory=True)
+                self._last_seen[key, role] = now
+            for k in list(self._retired):
+                if k not in view and now - self._last_seen.get(k, now) > self.retire_after:
+                    del self._retired[k]
+                    self._last_seen.pop(k, None)
+            for k, old in self._retired.items():
+                view.setdefault(k, _Totals()).merge(old)
+            self._view = view
+            drops = snapshot.drops
+            total = sum(drops.values()) if isinstance(drops, Mapping) else int(drops)
+            if total < self._drops - self._drops_base:  # the engine was restarted
+                self._drops_base = self._drops
+            self._drops = self._drops_base + total
+            self._attached = int(snapshot.attached)
+            self.updated = True
+
+    def label_sets(self) -> int:
+        """How many (labels, role) series groups are held: live plus retired."""
+        with self._lock:
+            return len(self._view)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            view = dict(self._view)
+            live = {(k, r) for k, r, _ in self._live.values()}
+            drops, attached = self._drops, self._attached
+        samples: dict[str, list[tuple[list[str], float]]] = {s.name: [] for s in SPECS}
+        hists: list[tuple[list[str], list[tuple[str, float]], float]] = []
+        bounds = [repr(float(b)) for b in LEG_BUCKETS]
+        for (key, role), tot in sorted(view.items()):
+            labels = [v for _, v in key]
+            if role == "app":
+                samples["smp_app_cpu_seconds_total"].append((labels, tot.cpu_seconds))
+                continue
+            samples["smp_sidecar_requests_total"].append((labels, tot.requests))
+            samples["smp_sidecar_cpu_seconds_total"].append((labels, tot.cpu_seconds))
+            if (key, role) in live:
+                samples["smp_sidecar_memory_working_set_bytes"].append((labels, tot.memory))
+            for leg, row in sorted(tot.legs.items()):
+                counts = [float(c) for c in row[:-1]]
+                buckets = [*zip(bounds, counts, strict=True), ("+Inf", float(row[-1]))]
+                hists.append(([*labels, leg], buckets, tot.leg_sums[leg]))
+        samples["smp_probe_events_dropped_total"].append(([], drops))
+        samples["smp_attached_sidecars"].append(([], attached))
+        samples["smp_build_info"].append(([__version__], 1))
+        for spec in SPECS:
+            if spec.type == "histogram":
+                h = HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
+                for hl, hb, hs in hists:
+                    h.add_metric(hl, hb, hs)
+                yield h
+                continue
+            fam: CounterMetricFamily | GaugeMetricFamily
+            if spec.type == "counter":
+                fam = CounterMetricFamily(
+                    spec.name.removesuffix("_total"), spec.help, labels=spec.labels
+                )
+            else:
+                fam = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+            for labels, value in samples[spec.name]:
+                fam.add_metric(labels, value)
+            yield fam
