@@ -52,9 +52,12 @@ class LoadResult:
     target_reached: bool  # achieved within 1% of asked (always True when asked is None)
     request_ids: list[str] | None = None  # builtin only: ids sent (optional, bounded)
     # Added fields (beyond the shared contract)
-    requests_sent: int | None = None  # scheduled and sent (builtin), completed + failed
+    requests_sent: int | None = None  # builtin: measured requests put on the wire
     workers: int = 1  # processes (builtin) or threads (wrk, fortio) that made the load
     notes: list[str] = field(default_factory=list)  # e.g. "fell back to closed loop"
+    # builtin: latency from the actual send (what a closed-loop tool reports), for comparison
+    service_histogram: LatencyHistogram | None = None
+    max_send_lag_ms: float | None = None  # builtin: latest send behind its intended time
 
     @property
     def error_count(self) -> int:
@@ -89,6 +92,10 @@ class LoadResult:
             "requests_sent": self.requests_sent,
             "workers": self.workers,
             "notes": list(self.notes),
+            "max_send_lag_ms": self.max_send_lag_ms,
+            "service_histogram": None
+            if self.service_histogram is None
+            else self.service_histogram.to_json(),
         }
 
     @classmethod
@@ -124,6 +131,10 @@ class LoadResult:
                 requests_sent=None if d.get("requests_sent") is None else int(d["requests_sent"]),
                 workers=int(d.get("workers", 1)),
                 notes=[str(n) for n in d.get("notes", [])],
+                max_send_lag_ms=_opt_float(d.get("max_send_lag_ms")),
+                service_histogram=None
+                if d.get("service_histogram") is None
+                else LatencyHistogram.from_json(d["service_histogram"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BadInputFile(f"malformed load result: {type(e).__name__}: {e}") from None
