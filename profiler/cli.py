@@ -116,33 +116,115 @@ def demo(
     output_dir: Annotated[Path, typer.Option(help="Where results go.")] = Path("smp-results"),
 ) -> None:
     """Build the local node, run a short sweep with the profiler, write the results, tear down."""
-    _not_yet("demo")
+    from profiler.commands import demo as cmd
+
+    _exit(cmd.main(output_dir=output_dir))
 
 
 @app.command()
 def daemon(
-    metrics_port: Annotated[int, typer.Option(help="Port of /metrics.")] = 9464,
+    metrics_port: Annotated[int, typer.Option(help="Port of /metrics, /healthz, /readyz.")] = 9464,
+    metrics_address: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    node_name: Annotated[
+        str | None, typer.Option(help="This node's name [default: $NODE_NAME].")
+    ] = None,
+    no_kubernetes: Annotated[
+        bool,
+        typer.Option("--no-kubernetes", help="Find sidecars by process name and cgroup only."),
+    ] = False,
+    kubeconfig: Annotated[
+        str | None, typer.Option(help="kubeconfig file [default: in-cluster, ~/.kube/config].")
+    ] = None,
+    sidecar_names: Annotated[
+        list[str] | None,
+        typer.Option(help="Sidecar container names (repeatable or comma-separated)."),
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between reconciles/snapshots.")] = 5.0,
+    cgroup_root: Annotated[
+        str | None, typer.Option(help="Only look for containers below this cgroup directory.")
+    ] = None,
 ) -> None:
     """Run as the node agent of the DaemonSet: discover sidecars, probe, export metrics."""
-    _not_yet("daemon")
+    from profiler.commands import daemon as cmd
+
+    _exit(
+        cmd.main(
+            metrics_port=metrics_port,
+            metrics_address=metrics_address,
+            node_name=node_name,
+            kubernetes=not no_kubernetes,
+            kubeconfig=kubeconfig,
+            sidecar_names=sidecar_names or ("istio-proxy", "linkerd-proxy"),
+            interval=interval,
+            cgroup_root=cgroup_root,
+        )
+    )
+
+
+_NAME = typer.Option("--name", help="Testbed name: derives its netns, bridge and subnet.")
+_STATE = typer.Option(
+    "--state-dir", help="Where testbed.json and logs go [default: /run/smp-profiler/testbed-NAME]."
+)
 
 
 @testbed_app.command("up")
-def testbed_up() -> None:
+def testbed_up(
+    name: Annotated[str, _NAME] = "smp",
+    sidecar: Annotated[
+        str, typer.Option(help="envoy, or none for the no-mesh baseline.")
+    ] = "envoy",
+    client_sidecar: Annotated[
+        bool, typer.Option("--client-sidecar", help="Give the client pod an Envoy too.")
+    ] = False,
+    mtls: Annotated[bool, typer.Option("--mtls", help="Sidecar-to-sidecar mutual TLS.")] = False,
+    concurrency: Annotated[int, typer.Option(help="Envoy worker threads.")] = 1,
+    app_delay: Annotated[str, typer.Option(help="App service time, e.g. 1ms.")] = "0",
+    response_size: Annotated[str, typer.Option(help="App response body, e.g. 128, 4k.")] = "128",
+    state_dir: Annotated[Path | None, _STATE] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the description as JSON.")
+    ] = False,
+) -> None:
     """Build the node: pods, an Envoy sidecar, iptables capture."""
-    _not_yet("testbed up")
+    from profiler.commands import testbed as cmd
+
+    _exit(
+        cmd.up(
+            name=name,
+            sidecar=sidecar,
+            client_sidecar=client_sidecar,
+            mtls=mtls,
+            concurrency=concurrency,
+            app_delay=app_delay,
+            response_size=response_size,
+            state_dir=state_dir,
+            json_out=json_out,
+        )
+    )
 
 
 @testbed_app.command("down")
-def testbed_down() -> None:
+def testbed_down(
+    name: Annotated[str, _NAME] = "smp",
+    state_dir: Annotated[Path | None, _STATE] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print what was removed.")] = False,
+) -> None:
     """Remove everything the testbed made (safe to run twice or after a crash)."""
-    _not_yet("testbed down")
+    from profiler.commands import testbed as cmd
+
+    _exit(cmd.down(name=name, state_dir=state_dir, json_out=json_out))
 
 
 @testbed_app.command("status")
-def testbed_status() -> None:
+def testbed_status(
+    name: Annotated[str, _NAME] = "smp",
+    state_dir: Annotated[Path | None, _STATE] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print state and checks.")] = False,
+) -> None:
     """Re-read the testbed's description and check it is all there."""
-    _not_yet("testbed status")
+    from profiler.commands import testbed as cmd
+
+    _exit(cmd.status(name=name, state_dir=state_dir, json_out=json_out))
 
 
 def main(argv: list[str] | None = None) -> int:

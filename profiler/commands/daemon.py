@@ -1,0 +1,122 @@
+"""``smp-profiler daemon``: the node agent of the DaemonSet.
+
+Discovers sidecars (Kubernetes pod watch, or ``--no-kubernetes`` by process name and cgroup),
+keeps the capture engine's targets in step, and serves ``/metrics``, ``/healthz`` and
+``/readyz``. SIGTERM (and SIGINT) detach every target, flush a last snapshot and exit 0.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from profiler.errors import CapabilityMissing, PermissionDenied, UsageError
+
+
+def _sidecar_names(values: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
+    if not names:
+        raise UsageError("--sidecar-names needs at least one container name")
+    return names
+
+
+def main(
+    metrics_port: int = 9464,
+    metrics_address: str = "0.0.0.0",
+    node_name: str | None = None,
+    kubernetes: bool = True,
+    kubeconfig: str | None = None,
+    sidecar_names: Sequence[str] = ("istio-proxy", "linkerd-proxy"),
+    interval: float = 5.0,
+    cgroup_root: str | None = None,
+) -> int:
+    if not interval > 0:
+        raise UsageError(f"--interval must be positive, not {interval}")
+    if not 0 <= metrics_port <= 65535:
+        raise UsageError(f"--metrics-port {metrics_port} is not a port number")
+    if cgroup_root is not None and not os.path.isdir(cgroup_root):
+        raise UsageError(f"--cgroup-root {cgroup_root} is not a directory")
+    names = _sidecar_names(sidecar_names)
+    node_name = node_name or os.environ.get("NODE_NAME") or None
+
+    from profiler.daemon.agent import DiscoverySource, KubernetesDiscovery, NodeDiscovery
+
+    source: DiscoverySource
+    if kubernetes:
+        if node_name is None:
+            raise UsageError(
+                "Kubernetes discovery needs --node-name (or NODE_NAME); "
+                "use --no-kubernetes on a node without an API server"
+            )
+        from profiler.discovery.kubernetes import PodSet, PodWatcher, core_api
+
+        watcher = PodWatcher(PodSet(sidecar_names=names), node_name, core_api(kubeconfig))
+        source = KubernetesDiscovery(watcher, cgroup_root=cgroup_root)
+    else:
+        source = NodeDiscovery(cgroup_root=cgroup_root)
+
+    from profiler import capabilities
+
+    root = capabilities.check_root()
+    if not root.ok:
+        raise PermissionDenied(f"the daemon loads BPF programs: {root.detail}")
+    try:  # the lead's engine; imported by name so this module type-checks without it
+        engine_module = importlib.import_module("profiler.capture.engine")
+    except ImportError as e:
+        raise CapabilityMissing(f"the capture engine is not available: {e}") from None
+
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    from profiler.daemon.agent import Agent, EngineLike
+    from profiler.daemon.metrics import SnapshotCollector
+    from profiler.daemon.server import CachedReadiness, MetricsServer
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    registry = CollectorRegistry()
+    collector = SnapshotCollector()
+    registry.register(collector)
+    ProcessCollector(registry=registry)  # the daemon's own CPU and RSS: its overhead
+    engine: EngineLike = engine_module.Engine(aggregate=True)
+    agent = Agent(engine, source, collector, interval=interval)
+    readiness = CachedReadiness()
+    readiness()  # check once before serving: the first /readyz answers at once
+
+    def ready() -> tuple[bool, str]:
+        ok, detail = readiness()
+        if ok and not collector.updated:
+            return False, "no snapshot taken yet"
+        return ok, detail
+
+    try:
+        server = MetricsServer(registry, ready, agent.alive, metrics_port, metrics_address)
+    except UsageError:
+        engine.close()
+        raise
+    server.start()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("signal %d: detaching and exiting", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    mode = f"Kubernetes node {node_name}" if kubernetes else "node-only discovery"
+    print(
+        f"smp-profiler daemon: {mode}, metrics on {metrics_address}:{server.port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        agent.run(stop)
+    finally:
+        server.stop()
+    return 0

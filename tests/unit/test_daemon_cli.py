@@ -1,0 +1,32 @@
+"""``smp-profiler daemon`` refuses bad input with one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import pytest
+
+from profiler.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "text"),
+    [
+        (["--no-kubernetes", "--interval", "0"], 2, "--interval must be positive"),
+        (["--no-kubernetes", "--metrics-port", "70000"], 2, "not a port number"),
+        (["--no-kubernetes", "--cgroup-root", "/nonexistent"], 2, "not a directory"),
+        (["--no-kubernetes", "--sidecar-names", " , "], 2, "at least one container name"),
+        ([], 2, "needs --node-name"),
+        (["--node-name", "n1", "--kubeconfig", "/nonexistent"], 4, "no Kubernetes configuration"),
+    ],
+)
+def test_daemon_bad_input(
+    argv: list[str],
+    code: int,
+    text: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    assert main(["daemon", *argv]) == code
+    err = capsys.readouterr().err
+    assert text in err
+    assert err.count("\n") == 1 and "Traceback" not in err
