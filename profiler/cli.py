@@ -116,9 +116,7 @@ def demo(
     output_dir: Annotated[Path, typer.Option(help="Where results go.")] = Path("smp-results"),
 ) -> None:
     """Build the local node, run a short sweep with the profiler, write the results, tear down."""
-    from profiler.commands import demo as cmd
-
-    _exit(cmd.main(output_dir=output_dir))
+    _not_yet("demo")
 
 
 @app.command()
@@ -161,70 +159,22 @@ def daemon(
     )
 
 
-_NAME = typer.Option("--name", help="Testbed name: derives its netns, bridge and subnet.")
-_STATE = typer.Option(
-    "--state-dir", help="Where testbed.json and logs go [default: /run/smp-profiler/testbed-NAME]."
-)
-
-
 @testbed_app.command("up")
-def testbed_up(
-    name: Annotated[str, _NAME] = "smp",
-    sidecar: Annotated[
-        str, typer.Option(help="envoy, or none for the no-mesh baseline.")
-    ] = "envoy",
-    client_sidecar: Annotated[
-        bool, typer.Option("--client-sidecar", help="Give the client pod an Envoy too.")
-    ] = False,
-    mtls: Annotated[bool, typer.Option("--mtls", help="Sidecar-to-sidecar mutual TLS.")] = False,
-    concurrency: Annotated[int, typer.Option(help="Envoy worker threads.")] = 1,
-    app_delay: Annotated[str, typer.Option(help="App service time, e.g. 1ms.")] = "0",
-    response_size: Annotated[str, typer.Option(help="App response body, e.g. 128, 4k.")] = "128",
-    state_dir: Annotated[Path | None, _STATE] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the description as JSON.")
-    ] = False,
-) -> None:
+def testbed_up() -> None:
     """Build the node: pods, an Envoy sidecar, iptables capture."""
-    from profiler.commands import testbed as cmd
-
-    _exit(
-        cmd.up(
-            name=name,
-            sidecar=sidecar,
-            client_sidecar=client_sidecar,
-            mtls=mtls,
-            concurrency=concurrency,
-            app_delay=app_delay,
-            response_size=response_size,
-            state_dir=state_dir,
-            json_out=json_out,
-        )
-    )
+    _not_yet("testbed up")
 
 
 @testbed_app.command("down")
-def testbed_down(
-    name: Annotated[str, _NAME] = "smp",
-    state_dir: Annotated[Path | None, _STATE] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print what was removed.")] = False,
-) -> None:
+def testbed_down() -> None:
     """Remove everything the testbed made (safe to run twice or after a crash)."""
-    from profiler.commands import testbed as cmd
-
-    _exit(cmd.down(name=name, state_dir=state_dir, json_out=json_out))
+    _not_yet("testbed down")
 
 
 @testbed_app.command("status")
-def testbed_status(
-    name: Annotated[str, _NAME] = "smp",
-    state_dir: Annotated[Path | None, _STATE] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print state and checks.")] = False,
-) -> None:
+def testbed_status() -> None:
     """Re-read the testbed's description and check it is all there."""
-    from profiler.commands import testbed as cmd
-
-    _exit(cmd.status(name=name, state_dir=state_dir, json_out=json_out))
+    _not_yet("testbed status")
 
 
 def main(argv: list[str] | None = None) -> int:
