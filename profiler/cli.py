@@ -84,13 +84,62 @@ def capture(
 
 @app.command()
 def run(
-    target: Annotated[str | None, typer.Option(help="URL to load.")] = None,
+    target: Annotated[str | None, typer.Option(help="URL to load (http://host:port/path).")] = None,
+    rates: Annotated[str, typer.Option(help="Rate steps in req/s, e.g. 100,500,1000.")] = (
+        "100,500,1000"
+    ),
+    step_duration: Annotated[str, typer.Option(help="Measured time per step, e.g. 10s.")] = "10s",
+    warmup: Annotated[str, typer.Option(help="Load before each step, not measured.")] = "2s",
+    repeat: Annotated[int, typer.Option(help="Repetitions of every step.")] = 1,
+    load_generator: Annotated[
+        str, typer.Option(help="builtin|wrk|hey|fortio|nighthawk.")
+    ] = "builtin",
+    connections: Annotated[int, typer.Option(help="Connections of the load generator.")] = 16,
+    sidecar_pid: Annotated[
+        list[int] | None, typer.Option("--sidecar-pid", help="Sidecar PID to capture (repeatable).")
+    ] = None,
+    app_pid: Annotated[
+        list[int] | None, typer.Option("--app-pid", help="App PID to capture too (repeatable).")
+    ] = None,
+    testbed: Annotated[
+        Path | None, typer.Option(help="Testbed state dir: target, netns and PIDs from it.")
+    ] = None,
+    baseline_target: Annotated[
+        str | None, typer.Option(help="The same service without the sidecar (A/B).")
+    ] = None,
+    baseline_testbed: Annotated[
+        Path | None, typer.Option(help="Testbed state dir of the no-sidecar baseline.")
+    ] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Result bundle to write.")] = Path(
         "result.json"
     ),
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="json|yaml [default: by the suffix of -o].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the bootstrap.")] = None,
 ) -> None:
     """Drive load at fixed rates, capture each step, and write SMP results."""
-    _not_yet("run")
+    from profiler.commands import run as cmd
+
+    _exit(
+        cmd.main(
+            target=target,
+            rates=rates,
+            step_duration=step_duration,
+            warmup=warmup,
+            repeat=repeat,
+            load_generator=load_generator,
+            connections=connections,
+            sidecar_pid=sidecar_pid or [],
+            app_pid=app_pid or [],
+            testbed=testbed,
+            baseline_target=baseline_target,
+            baseline_testbed=baseline_testbed,
+            output=output,
+            fmt=fmt,
+            seed=seed,
+        )
+    )
 
 
 @app.command()
@@ -116,7 +165,9 @@ def demo(
     output_dir: Annotated[Path, typer.Option(help="Where results go.")] = Path("smp-results"),
 ) -> None:
     """Build the local node, run a short sweep with the profiler, write the results, tear down."""
-    _not_yet("demo")
+    from profiler.commands import demo as cmd
+
+    _exit(cmd.main(output_dir=output_dir))
 
 
 @app.command()
@@ -159,22 +210,70 @@ def daemon(
     )
 
 
+_NAME = typer.Option("--name", help="Testbed name: derives its netns, bridge and subnet.")
+_STATE = typer.Option(
+    "--state-dir", help="Where testbed.json and logs go [default: /run/smp-profiler/testbed-NAME]."
+)
+
+
 @testbed_app.command("up")
-def testbed_up() -> None:
+def testbed_up(
+    name: Annotated[str, _NAME] = "smp",
+    sidecar: Annotated[
+        str, typer.Option(help="envoy, or none for the no-mesh baseline.")
+    ] = "envoy",
+    client_sidecar: Annotated[
+        bool, typer.Option("--client-sidecar", help="Give the client pod an Envoy too.")
+    ] = False,
+    mtls: Annotated[bool, typer.Option("--mtls", help="Sidecar-to-sidecar mutual TLS.")] = False,
+    concurrency: Annotated[int, typer.Option(help="Envoy worker threads.")] = 1,
+    app_delay: Annotated[str, typer.Option(help="App service time, e.g. 1ms.")] = "0",
+    response_size: Annotated[str, typer.Option(help="App response body, e.g. 128, 4k.")] = "128",
+    state_dir: Annotated[Path | None, _STATE] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the description as JSON.")
+    ] = False,
+) -> None:
     """Build the node: pods, an Envoy sidecar, iptables capture."""
-    _not_yet("testbed up")
+    from profiler.commands import testbed as cmd
+
+    _exit(
+        cmd.up(
+            name=name,
+            sidecar=sidecar,
+            client_sidecar=client_sidecar,
+            mtls=mtls,
+            concurrency=concurrency,
+            app_delay=app_delay,
+            response_size=response_size,
+            state_dir=state_dir,
+            json_out=json_out,
+        )
+    )
 
 
 @testbed_app.command("down")
-def testbed_down() -> None:
+def testbed_down(
+    name: Annotated[str, _NAME] = "smp",
+    state_dir: Annotated[Path | None, _STATE] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print what was removed.")] = False,
+) -> None:
     """Remove everything the testbed made (safe to run twice or after a crash)."""
-    _not_yet("testbed down")
+    from profiler.commands import testbed as cmd
+
+    _exit(cmd.down(name=name, state_dir=state_dir, json_out=json_out))
 
 
 @testbed_app.command("status")
-def testbed_status() -> None:
+def testbed_status(
+    name: Annotated[str, _NAME] = "smp",
+    state_dir: Annotated[Path | None, _STATE] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print state and checks.")] = False,
+) -> None:
     """Re-read the testbed's description and check it is all there."""
-    _not_yet("testbed status")
+    from profiler.commands import testbed as cmd
+
+    _exit(cmd.status(name=name, state_dir=state_dir, json_out=json_out))
 
 
 def main(argv: list[str] | None = None) -> int:

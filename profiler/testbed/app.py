@@ -3,7 +3,8 @@
 ``python -m profiler.testbed.app --port 8080 --delay 1ms --size 128``. Every response waits
 ``--delay`` (a timer, not CPU) and carries ``--size`` bytes and the request's x-request-id.
 ``GET /__stats`` returns the counters as JSON and is not itself counted. The process's comm is
-``smp-app``. When listening it prints one line ``ready <port>`` on stdout.
+``smp-app``. When listening it prints one line ``ready <port>`` on stdout (the bound port:
+``--port 0`` picks a free one).
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ async def serve(host: str, port: int, delay: float, size: int) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"ready {port}", flush=True)
+    bound = server.sockets[0].getsockname()[1]
+    print(f"ready {bound}", flush=True)
     async with server:
         await stop.wait()
 

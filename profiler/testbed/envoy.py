@@ -250,7 +250,8 @@ def command(binary: Path, config: dict[str, Any], concurrency: int) -> list[str]
     ]
 
 
-_LOG_PREFIX = re.compile(r"^(\[[^\]]*\])+\s*")
+_LOG_PREFIX = re.compile(r"^(\[[^\]]*\]\s*)+")
+_INIT_ERROR = re.compile(r"error `(.*)` initializing config")
 
 
 def startup_error(log_text: str) -> str:
@@ -259,5 +260,7 @@ def startup_error(log_text: str) -> str:
     bad = [ln for ln in lines if "[critical]" in ln or "[error]" in ln]
     if not bad:
         return lines[-1][:240] if lines else "no output"
-    line = next((ln for ln in bad if "error initializing config" in ln), bad[0])
-    return _LOG_PREFIX.sub("", line).strip()[:240]
+    line = next((ln for ln in bad if "initializing config" in ln), bad[0])
+    m = _INIT_ERROR.search(line)
+    text = m.group(1) if m else _LOG_PREFIX.sub("", line)
+    return text.strip()[:240]

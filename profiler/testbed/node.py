@@ -145,7 +145,7 @@ class Testbed:
                err: Path) -> subprocess.Popen[bytes]:  # fmt: skip
         procs = Path(pod.cgroups[container]) / "cgroup.procs"
         wrapper = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs)]
-        with open(out, "ab") as o, open(err, "ab") as e:
+        with open(out, "wb") as o, open(err, "wb") if err != out else o as e:  # fresh logs
             p = subprocess.Popen([*wrapper, *netns.exec_prefix(pod.netns), *argv],
                                  stdin=subprocess.DEVNULL, stdout=o, stderr=e,
                                  start_new_session=True)  # fmt: skip
@@ -184,9 +184,10 @@ class Testbed:
 
         def ready() -> bool:
             try:
-                return netns.http_get(pod.netns, "127.0.0.1", ADMIN_PORT, "/ready")[0] == 200
+                status, body = netns.http_get(pod.netns, "127.0.0.1", ADMIN_PORT, "/ready")
             except OSError:
                 return False
+            return status == 200 and body.strip() == b"LIVE"  # Envoy, not the app on its port
 
         what = f"Envoy ({pod.name} sidecar)"
         _wait(what, ready, p, Path(pod.envoy_log), cfg.ready_timeout_s, envoy.startup_error)

@@ -1,0 +1,103 @@
+"""``smp-profiler testbed up|down|status``: the local node, from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from profiler.errors import BadInputFile, TestbedError
+
+
+def _state_dir(name: str, state_dir: Path | None) -> Path:
+    from profiler.testbed.config import TestbedConfig
+
+    return TestbedConfig(name=name, state_dir=state_dir).resolved_state_dir
+
+
+def up(
+    *,
+    name: str,
+    sidecar: str,
+    client_sidecar: bool,
+    mtls: bool,
+    concurrency: int,
+    app_delay: str,
+    response_size: str,
+    state_dir: Path | None,
+    json_out: bool,
+) -> int:
+    from profiler.testbed import Testbed, TestbedConfig, parse_duration, parse_size
+
+    cfg = TestbedConfig(
+        name=name,
+        sidecar=sidecar,
+        client_sidecar=client_sidecar,
+        mtls=mtls,
+        concurrency=concurrency,
+        app_delay_s=parse_duration(app_delay),
+        response_size=parse_size(response_size),
+        state_dir=state_dir,
+    )
+    st = Testbed.up(cfg).state
+    if json_out:
+        print(json.dumps(st.to_json(), indent=2))
+        return 0
+    path = "server sidecar -> app" if st.sidecar == "envoy" else "app (no sidecar)"
+    if st.client_sidecar:
+        path = "client sidecar -> " + path
+    print(f"testbed '{st.name}' up in {st.up_seconds:.2f}s: {st.subnet} on bridge {st.bridge}")
+    print(f"  url        {st.url}  ({path}{', mTLS' if st.mtls else ''})")
+    for pod in (st.server, st.client):
+        pids = ", ".join(
+            f"{k}={v}" for k, v in (("app", pod.app_pid), ("envoy", pod.envoy_pid)) if v
+        )
+        print(f"  {pod.name:<10} netns {pod.netns}  ip {pod.ip}  {pids}")
+    if st.access_log:
+        print(f"  access log {st.access_log}")
+    print(f"  state      {Path(st.state_dir) / 'testbed.json'}")
+    print(f"  load from the client pod: ip netns exec {st.client.netns} wrk -c 8 -t 1 {st.url}")
+    return 0
+
+
+def down(*, name: str, state_dir: Path | None, json_out: bool) -> int:
+    from profiler.testbed import Testbed, teardown
+
+    d = _state_dir(name, state_dir)
+    try:
+        tb = Testbed.load(d)
+        removed = tb.down()
+        name = tb.state.name
+    except BadInputFile:
+        removed = teardown(name)  # no (readable) description: clean up by the derived names
+    if json_out:
+        print(json.dumps({"name": name, "removed": removed}, indent=2))
+    elif removed:
+        print(f"testbed '{name}' down: removed {len(removed)} objects")
+    else:
+        print(f"testbed '{name}': nothing to remove")
+    return 0
+
+
+def status(*, name: str, state_dir: Path | None, json_out: bool) -> int:
+    from profiler.testbed import Testbed, leftovers
+
+    d = _state_dir(name, state_dir)
+    try:
+        tb = Testbed.load(d)
+    except BadInputFile as e:
+        left = leftovers(name)
+        extra = f"; leftovers: {', '.join(left)} (run testbed down)" if left else ""
+        raise TestbedError(f"no testbed '{name}' is up ({e}){extra}") from None
+    checks = tb.status()
+    bad = [c for c in checks if not c.ok]
+    if json_out:
+        doc = {"state": tb.state.to_json(), "checks": [c.to_json() for c in checks]}
+        print(json.dumps({**doc, "ok": not bad}, indent=2))
+    else:
+        for c in checks:
+            print(f"  {'ok ' if c.ok else 'BAD'} {c.name:<24} {c.detail}")
+    if bad:
+        raise TestbedError(f"testbed '{tb.state.name}' is broken: {bad[0].name}: {bad[0].detail}")
+    if not json_out:
+        print(f"testbed '{tb.state.name}' is up: {tb.state.url}")
+    return 0
