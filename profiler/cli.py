@@ -84,13 +84,62 @@ def capture(
 
 @app.command()
 def run(
-    target: Annotated[str | None, typer.Option(help="URL to load.")] = None,
+    target: Annotated[str | None, typer.Option(help="URL to load (http://host:port/path).")] = None,
+    rates: Annotated[str, typer.Option(help="Rate steps in req/s, e.g. 100,500,1000.")] = (
+        "100,500,1000"
+    ),
+    step_duration: Annotated[str, typer.Option(help="Measured time per step, e.g. 10s.")] = "10s",
+    warmup: Annotated[str, typer.Option(help="Load before each step, not measured.")] = "2s",
+    repeat: Annotated[int, typer.Option(help="Repetitions of every step.")] = 1,
+    load_generator: Annotated[
+        str, typer.Option(help="builtin|wrk|hey|fortio|nighthawk.")
+    ] = "builtin",
+    connections: Annotated[int, typer.Option(help="Connections of the load generator.")] = 16,
+    sidecar_pid: Annotated[
+        list[int] | None, typer.Option("--sidecar-pid", help="Sidecar PID to capture (repeatable).")
+    ] = None,
+    app_pid: Annotated[
+        list[int] | None, typer.Option("--app-pid", help="App PID to capture too (repeatable).")
+    ] = None,
+    testbed: Annotated[
+        Path | None, typer.Option(help="Testbed state dir: target, netns and PIDs from it.")
+    ] = None,
+    baseline_target: Annotated[
+        str | None, typer.Option(help="The same service without the sidecar (A/B).")
+    ] = None,
+    baseline_testbed: Annotated[
+        Path | None, typer.Option(help="Testbed state dir of the no-sidecar baseline.")
+    ] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Result bundle to write.")] = Path(
         "result.json"
     ),
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="json|yaml [default: by the suffix of -o].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the bootstrap.")] = None,
 ) -> None:
     """Drive load at fixed rates, capture each step, and write SMP results."""
-    _not_yet("run")
+    from profiler.commands import run as cmd
+
+    _exit(
+        cmd.main(
+            target=target,
+            rates=rates,
+            step_duration=step_duration,
+            warmup=warmup,
+            repeat=repeat,
+            load_generator=load_generator,
+            connections=connections,
+            sidecar_pid=sidecar_pid or [],
+            app_pid=app_pid or [],
+            testbed=testbed,
+            baseline_target=baseline_target,
+            baseline_testbed=baseline_testbed,
+            output=output,
+            fmt=fmt,
+            seed=seed,
+        )
+    )
 
 
 @app.command()
@@ -116,7 +165,9 @@ def demo(
     output_dir: Annotated[Path, typer.Option(help="Where results go.")] = Path("smp-results"),
 ) -> None:
     """Build the local node, run a short sweep with the profiler, write the results, tear down."""
-    _not_yet("demo")
+    from profiler.commands import demo as cmd
+
+    _exit(cmd.main(output_dir=output_dir))
 
 
 @app.command()

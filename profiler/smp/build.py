@@ -130,13 +130,14 @@ def service_mesh_config(b: RunBundle, details: dict[str, Any]) -> dict[str, Any]
     doc: dict[str, Any] = {
         "smp_version": SMP_VERSION,
         "id": b.mesh_config_id,
-        "labels": _labels(proxy="envoy", sidecar_measured_by="ebpf capture"),
+        "labels": _labels(proxy="envoy"),
         "mtls_enabled": m.mtls_enabled,
         "mesh_type": {"type": m.mesh_type, "labels": _labels(sidecar="envoy")},
     }
     sc = _run_sidecar(details)
     if sc is not None:
         doc["sidecar"] = {k: int32(v) for k, v in sc.items()}
+        doc["labels"]["sidecar_measured_by"] = "smp-profiler ebpf capture"
     elif m.sidecar_count:
         doc["sidecar"] = {"count": int32(m.sidecar_count)}
     if m.proxy_concurrency is not None:

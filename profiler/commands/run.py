@@ -1,0 +1,190 @@
+"""``smp-profiler run``: a load sweep with a capture per step, written as a bundle."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from profiler.errors import UsageError
+from profiler.model import RunConfig, StepRecord, dumps
+from profiler.runner import Window
+
+FORMATS = ("json", "yaml")
+
+
+def _seconds(text: str, option: str) -> float:
+    from profiler.testbed.config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except UsageError:
+        raise UsageError(f"bad {option} {text!r}: use e.g. 10s, 500ms, 1m") from None
+
+
+class RichReporter:
+    """The progress of the whole run: window, rate, phase, elapsed; a line per window."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[last]}"),
+            console=console,
+            transient=False,
+        )
+        self.task: Any = None
+        self.total = 0
+        self.t0 = 0.0
+
+    def begin(self, windows: list[Window], seconds: float) -> None:
+        self.total = len(windows)
+        self.t0 = time.monotonic()
+        self.progress.start()
+        self.task = self.progress.add_task("starting", total=len(windows), last="")
+        self.console.print(f"{len(windows)} windows, about {seconds:.0f} s of load")
+
+    def start(self, window: Window, phase: str) -> None:
+        rates = f"{window.rate:g} req/s"
+        done = self.progress.tasks[0].completed
+        self.progress.update(
+            self.task,
+            description=f"[{int(done) + 1}/{self.total}] step {window.step} {window.role} "
+            f"{rates} rep {window.repetition} {phase}",
+        )
+
+    def done(self, window: Window, record: StepRecord) -> None:
+        load = record.load
+        p99 = load.percentiles_ms.get(99.0)
+        p50 = load.percentiles_ms.get(50.0)
+        extra = ""
+        if record.capture:
+            scs = record.capture.get("sidecars", [])
+            mc = sum(float(s.get("cpu_mcores") or 0) for s in scs)
+            extra = f" sidecar {mc:.0f} mcores, drops {record.capture.get('drops', 0)}"
+        line = (
+            f"step {window.step} {window.role:8} {window.rate:>7g} req/s rep {window.repetition}:"
+            f" achieved {load.rate_achieved:8.1f}  p50 {_ms(p50)}  p99 {_ms(p99)}"
+            f"  errors {load.error_count}{extra}"
+        )
+        self.progress.console.print(line)
+        self.progress.update(self.task, advance=1, last=f"p99 {_ms(p99)}")
+
+    def end(self) -> None:
+        self.progress.stop()
+
+
+def console() -> Console:
+    """stderr; wide enough for the summary when it is not a terminal (logs, CI)."""
+    c = Console(stderr=True)
+    if not c.is_terminal:
+        c.width = max(c.width, 140)
+    return c
+
+
+def _ms(x: float | None) -> str:
+    return "   -    " if x is None else f"{x:7.3f}ms"
+
+
+def summary_table(doc: dict[str, Any]) -> Table:
+    """The terminal summary of a bundle's documents."""
+    t = Table(title="smp-profiler run", title_justify="left")
+    for col in (
+        "rate",
+        "achieved",
+        "p50 ms",
+        "p99 ms",
+        "baseline p50",
+        "A/B delta p50 [95% CI]",
+        "eBPF sidecar p50",
+        "sidecar mcores",
+        "CPU-ms/1k req",
+        "mem MB",
+    ):
+        t.add_column(col, justify="right")
+    for step in doc["details"]["steps"]:
+        lat = step["mesh"]["latency"]
+        base = step.get("baseline")
+        ov = step.get("overhead")
+        sc = step.get("sidecar") or {}
+        total = (sc.get("legs") or {}).get("sidecar_total") or {}
+        t.add_row(
+            f"{step['rate_asked']:g}",
+            f"{step['mesh']['rate_achieved']:.1f}",
+            _f(lat.get("p50_ms")),
+            _f(lat.get("p99_ms")),
+            _f(base["latency"].get("p50_ms")) if base else "-",
+            f"{ov['p50']['delta_ms']:+.3f} [{ov['p50']['ci_ms'][0]:+.3f}, "
+            f"{ov['p50']['ci_ms'][1]:+.3f}]"
+            if ov
+            else "-",
+            _f(total.get("p50_ms")),
+            _f(sc.get("cpu_mcores"), 0),
+            _f(sc.get("cpu_ms_per_1k_requests"), 1),
+            _f((sc.get("mem_mb") or {}).get("rss"), 1),
+        )
+    mm = doc["details"]["meshmark"]
+    score = "n/a" if mm["score"] is None else f"{mm['score']:.1f}"
+    t.caption = f"MeshMark {score} (classes: {', '.join(mm['classes']) or 'none'})"
+    return t
+
+
+def _f(x: float | None, nd: int = 3) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def main(
+    *,
+    target: str | None,
+    rates: str,
+    step_duration: str,
+    warmup: str,
+    repeat: int,
+    load_generator: str,
+    connections: int,
+    sidecar_pid: list[int],
+    app_pid: list[int],
+    testbed: Path | None,
+    baseline_target: str | None,
+    baseline_testbed: Path | None,
+    output: Path,
+    fmt: str | None,
+    seed: int | None = None,
+) -> int:
+    from profiler import runner
+
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"bad --format {fmt!r}: use json or yaml")
+    cfg = RunConfig(
+        target=target or "",
+        rates=runner.parse_rates(rates),
+        step_duration_s=_seconds(step_duration, "--step-duration"),
+        warmup_s=_seconds(warmup, "--warmup"),
+        repeat=repeat,
+        generator=load_generator,
+        connections=connections,
+        baseline_target=baseline_target,
+        sidecar_pids=list(sidecar_pid),
+        app_pids=list(app_pid),
+        testbed=str(testbed) if testbed else None,
+        baseline_testbed=str(baseline_testbed) if baseline_testbed else None,
+    )
+    if not output.parent.is_dir():
+        raise UsageError(f"bad -o {output}: {output.parent} is not a directory")
+    cfg, mesh = runner.resolve(cfg)
+    out = console()
+    bundle = runner.execute(cfg, mesh, reporter=RichReporter(out), seed=seed)
+    used = fmt or ("yaml" if output.suffix in (".yaml", ".yml") else "json")
+    doc = bundle.to_json()
+    output.write_text(dumps(doc, used))
+    out.print(summary_table(doc))
+    for note in bundle.notes:
+        out.print(f"[yellow]note:[/] {note}")
+    out.print(f"wrote {output} ({used})")
+    return 0

@@ -1,0 +1,291 @@
+"""``smp-profiler run``: load steps, each captured over its measured window, into a bundle.
+
+For every rate step and repetition, and for each role (the mesh path, then the baseline path
+when there is one): warm up (load not measured, not captured), then start the capture, run the
+measured load, stop the capture. The load result and the capture of that window are one
+:class:`~profiler.model.StepRecord`. Mesh and baseline windows alternate, so drift of the node
+over the run affects both alike.
+"""
+
+from __future__ import annotations
+
+import importlib
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from profiler import __version__
+from profiler.errors import CapabilityMissing, TargetNotFound, TargetUnreachable, UsageError
+from profiler.loadgen.result import GENERATORS, LoadResult, LoadSpec
+from profiler.model import MeshInfo, RunBundle, RunConfig, StepRecord
+
+LoadFn = Callable[[LoadSpec], LoadResult]
+CaptureFn = Callable[[list[int]], "CaptureSession"]
+MAX_RATE = 100_000.0
+
+
+class CaptureSession(Protocol):
+    def stop(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Window:
+    """One measured window of the plan."""
+
+    step: int
+    rate: float
+    role: str  # "mesh" | "baseline"
+    repetition: int
+    target: str
+    netns: str | None
+    captured: bool
+
+
+class Reporter(Protocol):
+    """What the run tells its display."""
+
+    def begin(self, windows: list[Window], seconds: float) -> None: ...
+    def start(self, window: Window, phase: str) -> None: ...
+    def done(self, window: Window, record: StepRecord) -> None: ...
+    def end(self) -> None: ...
+
+
+class QuietReporter:
+    def begin(self, windows: list[Window], seconds: float) -> None:
+        pass
+
+    def start(self, window: Window, phase: str) -> None:
+        pass
+
+    def done(self, window: Window, record: StepRecord) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+# ----- options ------------------------------------------------------------------------
+
+
+def parse_rates(text: str) -> list[float]:
+    """``"100,500,1000"`` -> [100.0, 500.0, 1000.0]; UsageError on anything else."""
+    rates: list[float] = []
+    for part in text.split(","):
+        try:
+            r = float(part.strip())
+        except ValueError:
+            raise UsageError(f"bad --rates {text!r}: use numbers in req/s, e.g. 100,500") from None
+        if not 0 < r <= MAX_RATE:
+            raise UsageError(f"bad rate {part.strip()}: use 0 < rate <= {MAX_RATE:g} req/s")
+        rates.append(r)
+    return rates
+
+
+def check_url(url: str, option: str = "--target") -> str:
+    u = urlsplit(url)
+    if u.scheme != "http" or not u.hostname:
+        raise UsageError(f"bad {option} {url!r}: use http://host:port/path")
+    return url
+
+
+def _testbed_state(path: Path) -> Any:
+    from profiler.testbed import Testbed
+
+    return Testbed.load(path).state
+
+
+def resolve(cfg: RunConfig) -> tuple[RunConfig, MeshInfo]:
+    """Fill target, netns and PIDs from testbed state dirs; learn what the sidecar is."""
+    mesh = MeshInfo()
+    if cfg.testbed:
+        st = _testbed_state(Path(cfg.testbed))
+        cfg.target, cfg.netns = st.url, st.client.netns
+        if not cfg.sidecar_pids:
+            cfg.sidecar_pids = [p for p in (st.server.envoy_pid, st.client.envoy_pid) if p]
+        if not cfg.app_pids and st.server.app_pid:
+            cfg.app_pids = [st.server.app_pid]
+        mesh = MeshInfo(
+            proxy_build=st.envoy_version,
+            proxy_concurrency=st.concurrency,
+            mtls_enabled=bool(st.mtls),
+            sidecar_count=len(cfg.sidecar_pids),
+        )
+    if cfg.baseline_testbed:
+        st = _testbed_state(Path(cfg.baseline_testbed))
+        cfg.baseline_target, cfg.baseline_netns = st.url, st.client.netns
+    if not cfg.target:
+        raise UsageError("give --target URL or --testbed STATE_DIR")
+    check_url(cfg.target)
+    if cfg.baseline_target:
+        check_url(cfg.baseline_target, "--baseline-target")
+    if cfg.generator not in GENERATORS:
+        raise UsageError(f"bad --load-generator {cfg.generator!r}: use {'|'.join(GENERATORS)}")
+    if cfg.repeat < 1 or cfg.connections < 1:
+        raise UsageError("--repeat and --connections must be at least 1")
+    if cfg.step_duration_s <= 0 or cfg.warmup_s < 0:
+        raise UsageError("--step-duration must be > 0 and --warmup >= 0")
+    for pid in cfg.sidecar_pids + cfg.app_pids:
+        if not Path(f"/proc/{pid}").exists():
+            raise TargetNotFound(f"no process with PID {pid}")
+    if cfg.sidecar_pids and not cfg.testbed:
+        from profiler.smp.environment import envoy_binary_of, envoy_version, proxy_concurrency_of
+
+        exe = envoy_binary_of(cfg.sidecar_pids[0])
+        mesh = MeshInfo(
+            proxy_build=envoy_version(exe) if exe and "envoy" in exe.name else None,
+            proxy_concurrency=proxy_concurrency_of(cfg.sidecar_pids[0]),
+            sidecar_count=len(cfg.sidecar_pids),
+        )
+    return cfg, mesh
+
+
+# ----- the parts the run drives ---------------------------------------------------------
+
+
+def default_load_fn(generator: str) -> LoadFn:
+    """``profiler.loadgen.run_load`` when present; the built-in generator otherwise."""
+    loadgen = importlib.import_module("profiler.loadgen")
+    fn = getattr(loadgen, "run_load", None)
+    if callable(fn):
+        return fn  # type: ignore[no-any-return]
+    if generator != "builtin":
+        raise CapabilityMissing(f"the {generator} adapter is not available in this build")
+    return importlib.import_module("profiler.loadgen.builtin").run  # type: ignore[no-any-return]
+
+
+def default_capture_fn() -> CaptureFn | None:
+    """Start a capture of PIDs with ``profiler.capture``; None when it is not built."""
+    try:
+        capture = importlib.import_module("profiler.capture")
+    except ImportError:
+        return None
+
+    def start(pids: list[int]) -> CaptureSession:
+        return capture.start_capture(capture.CaptureConfig(pids=pids))  # type: ignore[no-any-return]
+
+    return start
+
+
+def check_reachable(url: str, netns: str | None, timeout_s: float = 3.0) -> None:
+    """One TCP connect to the target (inside ``netns`` when given), or TargetUnreachable."""
+    u = urlsplit(url)
+    host, port = u.hostname or "", u.port or 80
+    if netns is None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+        except OSError as e:
+            raise TargetUnreachable(f"cannot connect to {url}: {e.strerror or e}") from None
+        return
+    if not Path("/run/netns", netns).exists():
+        raise TargetNotFound(f"network namespace '{netns}' does not exist (ip netns list)")
+    code = (
+        "import socket,sys\ntry: socket.create_connection((sys.argv[1], int(sys.argv[2])), "
+        "float(sys.argv[3])).close()\nexcept OSError as e: sys.exit(str(e.strerror or e))"
+    )
+    r = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", code, host, str(port), str(timeout_s)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s + 10,
+        check=False,
+    )
+    if r.returncode != 0:
+        why = (r.stderr.strip().splitlines() or ["no answer"])[-1]
+        raise TargetUnreachable(f"cannot connect to {url} from netns {netns}: {why}")
+
+
+def plan(cfg: RunConfig, captured: bool) -> list[Window]:
+    roles = [("mesh", cfg.target, cfg.netns)]
+    if cfg.baseline_target:
+        roles.append(("baseline", cfg.baseline_target, cfg.baseline_netns))
+    return [
+        Window(i, rate, role, rep, target, ns, captured and role == "mesh")
+        for i, rate in enumerate(cfg.rates)
+        for rep in range(cfg.repeat)
+        for role, target, ns in roles
+    ]
+
+
+def execute(
+    cfg: RunConfig,
+    mesh: MeshInfo,
+    *,
+    load_fn: LoadFn | None = None,
+    capture_fn: CaptureFn | None = None,
+    reporter: Reporter | None = None,
+    seed: int | None = None,
+) -> RunBundle:
+    """Run the whole plan and return the bundle (nothing is written here)."""
+    from profiler.smp.environment import detect_environment
+
+    load_fn = load_fn or default_load_fn(cfg.generator)
+    notes: list[str] = []
+    pids = cfg.sidecar_pids + cfg.app_pids
+    if cfg.sidecar_pids and capture_fn is None:
+        capture_fn = default_capture_fn()
+        if capture_fn is None:
+            notes.append("capture not available in this build: latency only (and A/B)")
+    reporter = reporter or QuietReporter()
+    check_reachable(cfg.target, cfg.netns)
+    if cfg.baseline_target:
+        check_reachable(cfg.baseline_target, cfg.baseline_netns)
+    windows = plan(cfg, bool(cfg.sidecar_pids) and capture_fn is not None)
+    created = datetime.now(UTC)
+    reporter.begin(windows, len(windows) * (cfg.warmup_s + cfg.step_duration_s))
+    records: list[StepRecord] = []
+    try:
+        for w in windows:
+            spec = LoadSpec(
+                generator=cfg.generator,
+                target=w.target,
+                rate=w.rate,
+                duration_s=cfg.step_duration_s,
+                connections=cfg.connections,
+                netns=w.netns,
+            )
+            session = None
+            if w.captured and capture_fn is not None:
+                # A separate warm-up, so that the capture covers the measured load only.
+                if cfg.warmup_s > 0:
+                    reporter.start(w, "warm-up")
+                    load_fn(replace(spec, duration_s=cfg.warmup_s))
+                reporter.start(w, "measure")
+                session = capture_fn(pids)
+            else:  # nothing to align with: the generator's own (unmeasured) warm-up
+                spec = replace(spec, warmup_s=cfg.warmup_s)
+                reporter.start(w, "warm-up + measure")
+            try:
+                load = load_fn(spec)
+            finally:
+                capture = session.stop() if session is not None else None
+            rec = StepRecord(w.step, w.rate, w.role, w.repetition, load, capture)
+            if not load.target_reached:
+                notes.append(
+                    f"step {w.step} {w.role} rep {w.repetition}: asked {w.rate:g} req/s, "
+                    f"achieved {load.rate_achieved:.1f}"
+                )
+            records.append(rec)
+            reporter.done(w, rec)
+    finally:
+        reporter.end()
+    return RunBundle(
+        config=cfg,
+        mesh=mesh,
+        environment=detect_environment(),
+        records=records,
+        test_id=str(uuid.uuid4()),
+        mesh_config_id=str(uuid.uuid4()),
+        env_id=str(uuid.uuid4()),
+        result_ids=[str(uuid.uuid4()) for _ in cfg.rates],
+        created=created,
+        tool_version=__version__,
+        seed=seed if seed is not None else uuid.uuid4().int % (2**32),
+        notes=notes,
+    )
