@@ -55,14 +55,13 @@ def _pod_of(part: str, parent: str) -> tuple[str, str] | None:
 def parse_container_cgroup(path: str) -> ContainerRef | None:
     """The container a cgroup path belongs to, or None when it is not a container's cgroup.
 
-    A process of a container may sit in a sub-cgroup of the container's own (e.g. with a
-    cgroup namespace); the pod and container parts are looked for anywhere after ``kubepods``.
+    A process of a container may sit in a sub-cgroup of the container's own, and a reader in
+    another cgroup namespace sees only the tail of the path (``/../../kubepods-besteffort-
+    pod<uid>.slice/cri-containerd-<id>.scope``): the pod and container parts are looked for
+    anywhere in the path.
     """
     parts = [p for p in path.split("/") if p and p != ".."]
-    start = next((i for i, p in enumerate(parts) if p.split(".")[0].endswith("kubepods")), None)
-    if start is None:
-        return None
-    for i in range(start, len(parts) - 1):
+    for i in range(len(parts) - 1):
         pod = _pod_of(parts[i], parts[i - 1] if i > 0 else "")
         if pod is None:
             continue

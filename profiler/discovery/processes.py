@@ -132,14 +132,14 @@ def _placement(pid: int, proc: str) -> tuple[ContainerRef, Path] | None:
     return None
 
 
-def _is_under(path: Path, root: str) -> bool:
-    return path == Path(root) or Path(root) in path.parents
-
-
 def find_sidecars(cgroup_root: str | None = None, proc: str = PROC) -> list[SidecarProcess]:
     """Proxy processes (by name) that live in a kubelet-style container cgroup, optionally
-    only those under the cgroup directory ``cgroup_root``; sorted by PID."""
+    only those whose container cgroup is below the directory ``cgroup_root`` (e.g. the host's
+    /sys/fs/cgroup mounted into the DaemonSet's pod); sorted by PID."""
     found: list[SidecarProcess] = []
+    # With a root given, cgroup directories come from walking it (it may be the host's tree
+    # mounted elsewhere, seen from another cgroup namespace); else from the v2 mount.
+    index = container_cgroups(cgroup_root) if cgroup_root is not None else None
     for entry in os.listdir(proc):
         if not entry.isdigit():
             continue
@@ -151,9 +151,12 @@ def find_sidecars(cgroup_root: str | None = None, proc: str = PROC) -> list[Side
         if placed is None:
             continue
         ref, fs_path = placed
-        if cgroup_root is not None and not _is_under(fs_path, cgroup_root):
-            continue
-        cdir = _container_dir(fs_path, ref.container_id)
+        if index is not None:
+            if ref.container_id not in index:
+                continue
+            cdir = Path(index[ref.container_id])
+        else:
+            cdir = _container_dir(fs_path, ref.container_id)
         found.append(SidecarProcess(pid, kind, ref, str(cdir), _app_pids(cdir, proc)))
     return sorted(found, key=lambda s: s.pid)
 

@@ -48,6 +48,12 @@ CASES = [
         "burstable",
         "containerd",
     ),
+    # seen from a sibling pod's cgroup namespace: only the tail of the path
+    (
+        f"/../../kubepods-burstable-pod{UID_}.slice/cri-containerd-{CID}.scope",
+        "burstable",
+        "containerd",
+    ),
     # a process in a sub-cgroup of its container (e.g. systemd inside the container)
     (f"/kubepods/burstable/pod{UID}/{CID}/init.scope", "burstable", None),
 ]
