@@ -22,27 +22,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from profiler import __version__
-from profiler.errors import SmpError, TargetNotFound, TargetUnreachable, UsageError
+from profiler.errors import TargetUnreachable, UsageError
 from profiler.histogram import LatencyHistogram
+from profiler.loadgen.common import LoadgenError, netns_prefix
 from profiler.loadgen.result import LoadResult, LoadSpec, percentiles_from_histogram, rate_reached
 from profiler.loadgen.worker import WorkerConfig
 
 RATE_PER_WORKER = 4000.0  # req/s one process holds with margin here (docs/loadgen.md)
 LAG_WARN_S = 0.010  # a worker this late on its schedule is CPU-bound
 READY_TIMEOUT_S = 15.0
-
-
-class LoadgenError(SmpError):
-    """A load generator process failed."""
-
-
-def netns_prefix(netns: str | None) -> list[str]:
-    """``ip netns exec NAME`` for a namespace that exists, or nothing."""
-    if netns is None:
-        return []
-    if not Path("/run/netns", netns).exists():
-        raise TargetNotFound(f"network namespace '{netns}' does not exist (ip netns list)")
-    return ["ip", "netns", "exec", netns]
 
 
 def parse_target(url: str) -> tuple[str, int, str, str]:
