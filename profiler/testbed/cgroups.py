@@ -38,18 +38,28 @@ def container_scope(pod: Path, cid: str) -> Path:
 
 
 def make_dirs(leaf: Path, root: Path) -> list[Path]:
-    """mkdir -p, returning the directories this call created (outermost first)."""
-    created = []
-    for d in [*reversed(leaf.relative_to(root).parents[:-1]), leaf.relative_to(root)]:
-        p = root / d
-        if not p.exists():
-            try:
-                p.mkdir()
-            except FileExistsError:
-                continue
-            except OSError as e:
-                raise TestbedError(f"cannot create cgroup {p}: {e.strerror}") from None
-            created.append(p)
+    """mkdir -p, returning the directories this call created (outermost first).
+
+    Retried when another testbed's ``down`` removes a shared parent (kubepods.slice) under us.
+    """
+    created: list[Path] = []
+    for attempt in range(5):
+        try:
+            for d in [*reversed(leaf.relative_to(root).parents[:-1]), leaf.relative_to(root)]:
+                p = root / d
+                if not p.exists():
+                    try:
+                        p.mkdir()
+                    except FileExistsError:
+                        continue
+                    created.append(p)
+            return created
+        except FileNotFoundError:
+            if attempt == 4:
+                msg = f"cannot create cgroup {leaf}: a parent keeps vanishing"
+                raise TestbedError(msg) from None
+        except OSError as e:
+            raise TestbedError(f"cannot create cgroup {leaf}: {e.strerror}") from None
     return created
 
 
