@@ -1,0 +1,541 @@
+/* sidecar: per-request legs through a proxy (and its app), and on-CPU time per thread.
+ *
+ * Tracepoints only (syscalls, sched): stable ABIs, no kprobes, no fentry. Spans are
+ * assembled here, one ring-buffer record per request (struct smp_span, sidecar.h), so user
+ * space does no per-syscall work. See docs/probes/sidecar.md.
+ */
+#include "smp_common.h"
+#include "sidecar.h"
+
+#ifndef SMP_MAX_CONNS
+#define SMP_MAX_CONNS 16384
+#endif
+#ifndef SMP_MAX_THREADS
+#define SMP_MAX_THREADS 8192
+#endif
+#ifndef SMP_WRITE_TS_AT_EXIT
+#define SMP_WRITE_TS_AT_EXIT 0
+#endif
+#define SMP_SCAN_LEN 512           /* bytes of a request head searched for x-request-id */
+#define SMP_SCAN_MASK (SMP_SCAN_LEN - 1)
+/* Clamp an index so the verifier sees the bound (clang would fold a plain mask away). */
+#define SMP_CLAMP(x) asm volatile("%0 &= 511" : "+r"(x))
+
+#define MODE_PROXY 1
+#define MODE_APP 2
+
+#define ROLE_DS 1                  /* we serve this connection (accepted) */
+#define ROLE_US 2                  /* we are the client (connected) */
+
+#define CLS_OTHER 0
+#define CLS_REQ 1                  /* starts with an HTTP/1.x method */
+#define CLS_RESP 2                 /* starts with "HTTP/1." */
+#define CLS_TLS 3                  /* a TLS record header */
+
+#define IO_PTR 0
+#define IO_IOV 1
+#define IO_MSG 2
+#define IO_MMSG 3
+
+#define MSG_PEEK 2
+#ifndef EAGAIN
+#define EAGAIN 11
+#endif
+
+struct smp_conn {
+    u8 role;
+    u8 phase;   /* DS: 0 idle, 1 request, 2 responding. US: 0 idle, 1 sent, 2 answered */
+    u8 tls;
+    u8 pad[5];
+    u64 ds_key; /* US: the downstream connection whose request this one carries */
+    struct smp_span span;  /* DS: the request in progress */
+};
+
+struct smp_args {
+    u64 ts;
+    u64 ptr;
+    u32 fd;
+    u8 io;
+    u8 skip;
+};
+
+struct smp_iovec { u64 base; u64 len; };
+struct smp_msghdr { u64 name; s32 namelen; s32 pad; u64 iov; u64 iovlen; };
+struct smp_scan {
+    char buf[SMP_SCAN_LEN + 64];
+    u32 at;        /* where the x-request-id value starts, 0 when absent */
+    u32 n;
+    u64 rid_hash;
+    u8 rid_len;
+    char rid[SMP_RID_LEN];
+};
+
+BPF_HASH(smp_filter_pids, u32, u8, SMP_MAX_PIDS);
+BPF_PERCPU_ARRAY(smp_drops, u64, 1);
+BPF_RINGBUF_OUTPUT(smp_spans, SMP_RINGBUF_PAGES);
+BPF_HASH(smp_proc, u32, struct smp_proc_stats, SMP_MAX_PIDS);
+BPF_TABLE("lru_hash", u64, struct smp_conn, smp_conns, SMP_MAX_CONNS);
+BPF_TABLE("lru_hash", u64, u64, smp_rid_index, SMP_MAX_CONNS);
+BPF_TABLE("lru_hash", u32, u64, smp_thread_last, SMP_MAX_THREADS);
+BPF_HASH(smp_args_map, u64, struct smp_args, SMP_MAX_THREADS);
+BPF_HASH(smp_threads, u32, struct smp_thread_cpu, SMP_MAX_THREADS);
+BPF_PERCPU_ARRAY(smp_scratch, struct smp_scan, 1);
+BPF_PERCPU_ARRAY(smp_conn_init, struct smp_conn, 1);
+
+static inline __attribute__((always_inline)) u8 smp_mode(u32 tgid)
+{
+    u8 *m = smp_filter_pids.lookup(&tgid);
+    return m ? *m : 0;
+}
+
+static inline __attribute__((always_inline)) int smp_enter(u32 fd, u64 ptr, u8 io, u8 skip)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (!smp_mode(id >> 32))
+        return 0;
+    struct smp_args a = {};
+    a.ts = bpf_ktime_get_ns();
+    a.ptr = ptr;
+    a.fd = fd;
+    a.io = io;
+    a.skip = skip;
+    smp_args_map.update(&id, &a);
+    return 0;
+}
+
+/* The first buffer of the call and how many of its bytes hold data. */
+static inline __attribute__((always_inline)) u64 smp_first_buf(struct smp_args *a, s64 ret, u32 *len)
+{
+    u64 base = a->ptr;
+    u64 blen = (u64)ret;
+    if (a->io == IO_MSG || a->io == IO_MMSG) {
+        struct smp_msghdr m = {};
+        if (bpf_probe_read_user(&m, sizeof(m), (void *)a->ptr))
+            return 0;
+        base = m.iov;
+    }
+    if (a->io != IO_PTR) {
+        struct smp_iovec v = {};
+        if (bpf_probe_read_user(&v, sizeof(v), (void *)base))
+            return 0;
+        base = v.base;
+        if (v.len < blen)
+            blen = v.len;
+    }
+    *len = blen > 0xffffffff ? 0xffffffff : (u32)blen;
+    return base;
+}
+
+static inline __attribute__((always_inline)) u8 smp_classify(u64 buf, u32 len)
+{
+    char p[8] = {};
+    if (len < 8 || bpf_probe_read_user(p, sizeof(p), (void *)buf))
+        return CLS_OTHER;
+    if (p[0] == 0x16 || p[0] == 0x17 || p[0] == 0x15 || p[0] == 0x14)
+        return p[1] == 0x03 ? CLS_TLS : CLS_OTHER;
+    if (p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1')
+        return CLS_RESP;
+    if ((p[0] == 'G' && p[1] == 'E' && p[2] == 'T' && p[3] == ' ') ||
+        (p[0] == 'P' && p[1] == 'O' && p[2] == 'S' && p[3] == 'T') ||
+        (p[0] == 'P' && p[1] == 'U' && p[2] == 'T' && p[3] == ' ') ||
+        (p[0] == 'H' && p[1] == 'E' && p[2] == 'A' && p[3] == 'D') ||
+        (p[0] == 'D' && p[1] == 'E' && p[2] == 'L' && p[3] == 'E') ||
+        (p[0] == 'P' && p[1] == 'A' && p[2] == 'T' && p[3] == 'C') ||
+        (p[0] == 'O' && p[1] == 'P' && p[2] == 'T' && p[3] == 'I'))
+        return CLS_REQ;
+    return CLS_OTHER;
+}
+
+/* Find "\nx-request-id:" (any case) in the first bytes of a request head and keep its
+ * value (up to the end of that header line) in the per-CPU scratch. Nothing else of the
+ * payload is kept; user space checks the characters. */
+static inline __attribute__((always_inline)) struct smp_scan *smp_find_rid(u64 buf, u32 len)
+{
+    int zero = 0;
+    struct smp_scan *s = smp_scratch.lookup(&zero);
+    if (!s)
+        return 0;
+    s->rid_len = 0;
+    s->rid_hash = 0;
+    s->at = 0;
+    u32 n = len < SMP_SCAN_LEN ? len : SMP_SCAN_LEN;
+    if (bpf_probe_read_user(s->buf, SMP_SCAN_LEN, (void *)buf)) {
+        if (bpf_probe_read_user(s->buf, n & SMP_SCAN_MASK, (void *)buf))
+            return s;
+    }
+    s->n = n;
+    const u64 want1 = 0x7365757165722d78ULL;   /* "x-reques" */
+    const u64 want2 = 0x3a64692d74ULL;         /* "t-id:" */
+    for (u32 i = 0; i < SMP_SCAN_LEN - 16; i++) {
+        if (i + 15 >= n)
+            break;
+        if (s->buf[i & SMP_SCAN_MASK] != '\n')
+            continue;
+        u64 w1 = 0, w2 = 0;
+        __builtin_memcpy(&w1, &s->buf[(i + 1) & SMP_SCAN_MASK], 8);
+        __builtin_memcpy(&w2, &s->buf[(i + 9) & SMP_SCAN_MASK], 8);
+        w1 |= 0x2020202020202020ULL;
+        w2 = (w2 | 0x2020202020ULL) & 0xffffffffffULL;
+        if (w1 == want1 && w2 == want2) {
+            s->at = i + 14;
+            break;
+        }
+    }
+    /* Re-read from the map so the verifier checks the copy below once, not once per
+     * position where the scan could have stopped. */
+    u32 at = *(volatile u32 *)&s->at;
+    n = *(volatile u32 *)&s->n;
+    if (!at || at >= SMP_SCAN_LEN)
+        return s;
+    u32 a0 = at;
+    SMP_CLAMP(a0);
+    if (s->buf[a0] == ' ')
+        at++;
+    u64 h = 0xcbf29ce484222325ULL;
+    u32 k;
+    for (k = 0; k < SMP_RID_LEN; k++) {
+        u32 j = at + k;
+        if (j >= n)
+            break;
+        SMP_CLAMP(j);
+        char c = s->buf[j];
+        if (c == '\r' || c == '\n' || c == ' ')
+            break;
+        s->rid[k] = c;
+        h = (h ^ (u8)c) * 0x100000001b3ULL;
+    }
+    s->rid_len = k;
+    s->rid_hash = k ? h : 0;
+    return s;
+}
+
+static inline __attribute__((always_inline)) void smp_emit(struct smp_conn *c, u32 tgid)
+{
+    struct smp_span *e = smp_spans.ringbuf_reserve(sizeof(struct smp_span));
+    if (!e) {
+        int zero = 0;
+        u64 *d = smp_drops.lookup(&zero);
+        if (d)
+            (*d)++;
+        return;
+    }
+    __builtin_memcpy(e, &c->span, sizeof(struct smp_span));
+    smp_spans.ringbuf_submit(e, 0);
+    struct smp_proc_stats *ps = smp_proc.lookup(&tgid);
+    if (ps)
+        __sync_fetch_and_add(&ps->spans, 1);
+}
+
+static inline __attribute__((always_inline)) struct smp_conn *smp_conn_new(u64 key, u8 role)
+{
+    int zero = 0;
+    struct smp_conn *init = smp_conn_init.lookup(&zero);
+    if (!init)
+        return 0;
+    init->role = role;
+    smp_conns.update(&key, init);
+    init->role = 0;
+    return smp_conns.lookup(&key);
+}
+
+static inline __attribute__((always_inline)) void smp_ds_start(struct smp_conn *c, u64 key, u32 id_tid,
+                                                               u32 tgid, s32 fd, u64 ts, u8 mode,
+                                                               struct smp_scan *rid, u32 ret)
+{
+    if (c->phase == 2)
+        smp_emit(c, tgid);
+    __builtin_memset(&c->span, 0, sizeof(c->span));
+    c->phase = 1;
+    c->span.kind = mode == MODE_APP ? SMP_SPAN_SERVER : SMP_SPAN_PROXY;
+    c->span.tgid = tgid;
+    c->span.tid = id_tid;
+    c->span.ds_fd = fd;
+    c->span.us_fd = -1;
+    c->span.ds_rx_beg = ts;
+    c->span.req_bytes = ret;
+    if (c->tls)
+        c->span.flags |= SMP_F_DS_TLS;
+    if (rid && rid->rid_len) {
+        u8 n = rid->rid_len;
+        c->span.rid_len = n;
+        c->span.rid_hash = rid->rid_hash;
+        __builtin_memcpy(c->span.rid, rid->rid, SMP_RID_LEN);
+        /* zero what the scratch holds past this id (an earlier, longer id) */
+        for (u32 k = 0; k < SMP_RID_LEN; k++)
+            if (k >= n)
+                c->span.rid[k] = 0;
+    }
+    if (mode == MODE_PROXY) {
+        if (c->span.rid_hash)
+            smp_rid_index.update(&c->span.rid_hash, &key);
+        smp_thread_last.update(&id_tid, &key);
+    }
+}
+
+/* A read found the socket empty: the proxy has all it will get for now of the message. */
+static inline __attribute__((always_inline)) int smp_read_drained(u64 id, u32 fd)
+{
+    u32 tgid = id >> 32;
+    if (smp_mode(tgid) != MODE_PROXY)
+        return 0;
+    u64 key = ((u64)tgid << 32) | fd;
+    struct smp_conn *c = smp_conns.lookup(&key);
+    if (!c)
+        return 0;
+    u64 ts = bpf_ktime_get_ns();
+    if (c->role == ROLE_DS) {
+        if (c->phase == 1 && !c->span.ds_rx_ready && !c->span.us_tx_end)
+            c->span.ds_rx_ready = ts;
+        return 0;
+    }
+    if (c->phase == 2) {
+        struct smp_conn *d = smp_conns.lookup(&c->ds_key);
+        if (d && d->phase == 1 && d->span.us_fd == (s32)fd && d->span.us_rx_beg &&
+            !d->span.us_rx_ready)
+            d->span.us_rx_ready = ts;
+    }
+    return 0;
+}
+
+static inline __attribute__((always_inline)) int smp_exit(s64 ret, int is_read)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct smp_args *a = smp_args_map.lookup(&id);
+    if (!a)
+        return 0;
+    struct smp_args args = *a;
+    smp_args_map.delete(&id);
+    if (ret == -EAGAIN && is_read && !args.skip)
+        return smp_read_drained(id, args.fd);
+    if (ret <= 0 || args.skip)
+        return 0;
+    u32 tgid = id >> 32, tid = (u32)id;
+    u8 mode = smp_mode(tgid);
+    if (!mode)
+        return 0;
+    u64 ts = bpf_ktime_get_ns();
+    /* A write's time is when the process hands the bytes to the kernel (its entry), as in
+     * Envoy's own US_TX_END/DS_TX_END; a read's is when the bytes reached the process. */
+    u64 wts = SMP_WRITE_TS_AT_EXIT ? ts : args.ts;
+    u64 key = ((u64)tgid << 32) | args.fd;
+    u32 len = 0;
+    u64 buf = smp_first_buf(&args, ret, &len);
+    u8 cls = buf ? smp_classify(buf, len) : CLS_OTHER;
+    struct smp_scan *rid = cls == CLS_REQ ? smp_find_rid(buf, len) : 0;
+
+    struct smp_conn *c = smp_conns.lookup(&key);
+    if (!c) {
+        /* A connection we did not see open: its role follows from HTTP content. */
+        u8 role = 0;
+        if (cls == CLS_REQ)
+            role = is_read ? ROLE_DS : ROLE_US;
+        else if (cls == CLS_RESP)
+            role = is_read ? ROLE_US : ROLE_DS;
+        if (!role || (mode == MODE_APP && role != ROLE_DS))
+            return 0;
+        c = smp_conn_new(key, role);
+        if (!c)
+            return 0;
+        if (cls == CLS_RESP) {
+            c->phase = 2;  /* joined mid-exchange: wait for the next request */
+            if (role == ROLE_DS)
+                c->phase = 0;
+            return 0;
+        }
+    }
+    struct smp_proc_stats *ps = smp_proc.lookup(&tgid);
+    if (ps) {
+        if (is_read)
+            __sync_fetch_and_add(&ps->rx_bytes, ret);
+        else
+            __sync_fetch_and_add(&ps->tx_bytes, ret);
+    }
+
+    if (c->role == ROLE_DS) {
+        if (is_read) {
+            if (c->phase == 1) {
+                c->span.req_bytes += ret;
+                return 0;
+            }
+            if (cls == CLS_TLS)
+                c->tls = 1;
+            if (c->tls || cls == CLS_REQ)
+                smp_ds_start(c, key, tid, tgid, args.fd, ts, mode, rid, ret);
+            return 0;
+        }
+        /* a write to downstream */
+        if (c->phase == 1) {
+            if (mode == MODE_PROXY && !c->span.us_rx_beg) {
+                /* no upstream answer yet: a local reply or TLS handshake, not a span */
+                c->phase = 0;
+                if (ps)
+                    __sync_fetch_and_add(&ps->local_replies, 1);
+                return 0;
+            }
+            c->phase = 2;
+        }
+        if (c->phase == 2) {
+            c->span.ds_tx_end = wts;
+            c->span.resp_bytes += ret;
+        }
+        return 0;
+    }
+
+    /* ROLE_US: the proxy talking to its upstream */
+    if (!is_read) {
+        if (c->phase == 1) {
+            struct smp_conn *d = smp_conns.lookup(&c->ds_key);
+            if (d && d->phase == 1 && d->span.us_fd == (s32)args.fd)
+                d->span.us_tx_end = wts;
+            return 0;
+        }
+        u64 dkey = 0;
+        u16 how = 0;
+        if (rid && rid->rid_hash) {
+            u64 h = rid->rid_hash;
+            u64 *k = smp_rid_index.lookup(&h);
+            if (k) {
+                dkey = *k;
+                how = SMP_F_MATCH_RID;
+                smp_rid_index.delete(&h);
+            }
+        }
+        if (!dkey) {
+            u64 *k = smp_thread_last.lookup(&tid);
+            if (!k)
+                return 0;
+            dkey = *k;
+            how = SMP_F_MATCH_THREAD;
+        }
+        struct smp_conn *d = smp_conns.lookup(&dkey);
+        if (!d || d->phase != 1 || d->span.us_tx_end)
+            return 0;
+        smp_thread_last.delete(&tid);
+        d->span.us_fd = args.fd;
+        d->span.us_tx_beg = args.ts;
+        d->span.us_tx_end = wts;
+        d->span.flags |= how;
+        c->ds_key = dkey;
+        c->phase = 1;
+        return 0;
+    }
+    if (c->phase == 1) {
+        struct smp_conn *d = smp_conns.lookup(&c->ds_key);
+        if (d && d->phase == 1 && d->span.us_fd == (s32)args.fd && !d->span.us_rx_beg)
+            d->span.us_rx_beg = ts;
+        c->phase = 2;
+    }
+    return 0;
+}
+
+/* reads */
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return smp_enter(args->fd, (u64)args->buf, IO_PTR, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return smp_enter(args->fd, (u64)args->vec, IO_IOV, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
+{
+    return smp_enter(args->fd, (u64)args->ubuf, IO_PTR, (args->flags & MSG_PEEK) != 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg)
+{
+    return smp_enter(args->fd, (u64)args->msg, IO_MSG, (args->flags & MSG_PEEK) != 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg)
+{
+    return smp_enter(args->fd, (u64)args->mmsg, IO_MMSG, (args->flags & MSG_PEEK) != 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return smp_exit(args->ret > 0 ? 1 : args->ret, 1); }
+
+/* writes */
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return smp_enter(args->fd, (u64)args->buf, IO_PTR, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return smp_enter(args->fd, (u64)args->vec, IO_IOV, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return smp_enter(args->fd, (u64)args->buff, IO_PTR, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return smp_enter(args->fd, (u64)args->msg, IO_MSG, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return smp_enter(args->fd, (u64)args->mmsg, IO_MMSG, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return smp_exit(args->ret > 0 ? 1 : args->ret, 0); }
+
+/* connection roles */
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (args->ret < 0 || smp_mode(id >> 32) != MODE_PROXY)
+        return 0;
+    u64 key = (id & 0xffffffff00000000ULL) | (u32)args->ret;
+    smp_conn_new(key, ROLE_DS);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_accept)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (args->ret < 0 || smp_mode(id >> 32) != MODE_PROXY)
+        return 0;
+    u64 key = (id & 0xffffffff00000000ULL) | (u32)args->ret;
+    smp_conn_new(key, ROLE_DS);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_connect)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (smp_mode(id >> 32) != MODE_PROXY)
+        return 0;
+    u64 key = (id & 0xffffffff00000000ULL) | (u32)args->fd;
+    smp_conn_new(key, ROLE_US);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_close)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (!smp_mode(tgid))
+        return 0;
+    u64 key = ((u64)tgid << 32) | args->fd;
+    struct smp_conn *c = smp_conns.lookup(&key);
+    if (!c)
+        return 0;
+    if (c->role == ROLE_DS && c->phase == 2)
+        smp_emit(c, tgid);
+    smp_conns.delete(&key);
+    return 0;
+}
+
+/* CPU: on-CPU time of every thread of a traced process */
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+    u64 now = bpf_ktime_get_ns();
+    u32 prev = args->prev_pid, next = args->next_pid;
+    struct smp_thread_cpu *t = smp_threads.lookup(&prev);
+    if (t) {
+        if (t->on_since)
+            t->total_ns += now - t->on_since;
+        t->on_since = 0;
+    } else if (prev) {
+        u32 tgid = bpf_get_current_pid_tgid() >> 32;
+        if (smp_mode(tgid)) {
+            struct smp_thread_cpu n = {};
+            n.tgid = tgid;
+            smp_threads.update(&prev, &n);
+        }
+    }
+    t = smp_threads.lookup(&next);
+    if (t)
+        t->on_since = now;
+    return 0;
+}
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!smp_mode(tgid))
+        return 0;
+    u32 child = args->child_pid;
+    struct smp_thread_cpu n = {};
+    n.tgid = tgid;
+    smp_threads.update(&child, &n);
+    return 0;
+}

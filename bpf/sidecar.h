@@ -1,0 +1,73 @@
+/* sidecar: one record per HTTP/1.1 request through a traced proxy or app process.
+ *
+ * Shared by bpf/sidecar.c and profiler/probes/sidecar.py (which decodes it with BCC from
+ * this one definition). Timestamps are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns()).
+ *
+ * For a proxy (kind SMP_SPAN_PROXY), in Envoy's terms:
+ *   ds_rx_beg  first request bytes read from the downstream connection   (DS_RX_BEG)
+ *   us_tx_beg  the first upstream write of the request starts
+ *   us_tx_end  the last upstream write of the request starts             (US_TX_END)
+ *   us_rx_beg  first response bytes read from the upstream connection     (US_RX_BEG)
+ *   ds_tx_end  the last downstream write of the response starts          (DS_TX_END)
+ *   ds_rx_ready / us_rx_ready  the proxy's read of that message drained the socket (the
+ *              first read after it that found nothing, EAGAIN): the proxy starts
+ *              processing the message here, which is where Envoy's DS_RX_BEG/US_RX_BEG lie
+ * For an app (kind SMP_SPAN_SERVER) only ds_rx_beg (request read) and ds_tx_end (last
+ * response write) are set.
+ *
+ * The only payload that leaves the kernel is the x-request-id value (at most
+ * SMP_RID_LEN bytes, characters [A-Za-z0-9._:-] only), which identifies the request.
+ */
+#ifndef SMP_SIDECAR_H
+#define SMP_SIDECAR_H
+
+#define SMP_RID_LEN 48
+
+#define SMP_SPAN_PROXY 1
+#define SMP_SPAN_SERVER 2
+
+/* flags */
+#define SMP_F_DS_TLS 0x1        /* downstream bytes were not plaintext HTTP (e.g. mTLS) */
+#define SMP_F_MATCH_RID 0x2     /* upstream write matched to the request by x-request-id */
+#define SMP_F_MATCH_THREAD 0x4  /* matched by worker thread (no readable request id) */
+#define SMP_F_DRAINED 0x8       /* read from the connection table at the end, not emitted */
+
+struct smp_span {
+    u64 ds_rx_beg;
+    u64 us_tx_beg;
+    u64 us_tx_end;
+    u64 us_rx_beg;
+    u64 ds_tx_end;
+    u64 ds_rx_ready;
+    u64 us_rx_ready;
+    u64 rid_hash;
+    u32 tgid;
+    u32 tid;
+    s32 ds_fd;
+    s32 us_fd;
+    u32 req_bytes;
+    u32 resp_bytes;
+    u16 kind;
+    u16 flags;
+    u8 rid_len;
+    u8 pad[3];
+    char rid[SMP_RID_LEN];
+};
+
+/* Per-thread on-CPU time, accumulated at sched_switch. */
+struct smp_thread_cpu {
+    u32 tgid;
+    u32 pad;
+    u64 on_since;  /* 0 while off-CPU */
+    u64 total_ns;
+};
+
+/* Per-process byte and request counters (index = slot in smp_filter_pids value). */
+struct smp_proc_stats {
+    u64 rx_bytes;
+    u64 tx_bytes;
+    u64 spans;
+    u64 local_replies;  /* downstream writes before any upstream response: no span */
+};
+
+#endif

@@ -1,0 +1,238 @@
+"""The sidecar probe (bpf/sidecar.c): one span per request, on-CPU time per thread.
+
+User space only tells the kernel which processes to trace and in which mode, seeds the roles
+of connections that were open before the probe attached (needed when downstream bytes are
+TLS), and decodes one record per request. See docs/probes/sidecar.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from profiler.probes import loader
+
+Mode = Literal["proxy", "app"]
+_MODES: dict[Mode, int] = {"proxy": 1, "app": 2}
+ROLE_DS, ROLE_US = 1, 2
+KIND_PROXY, KIND_SERVER = 1, 2
+F_DS_TLS, F_MATCH_RID, F_MATCH_THREAD, F_DRAINED = 0x1, 0x2, 0x4, 0x8
+_RID_OK = re.compile(rb"^[A-Za-z0-9._:\-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One request through one traced process; times are CLOCK_MONOTONIC nanoseconds."""
+
+    kind: int
+    tgid: int
+    tid: int
+    ds_rx_beg: int
+    us_tx_beg: int
+    us_tx_end: int
+    us_rx_beg: int
+    ds_tx_end: int
+    ds_rx_ready: int
+    us_rx_ready: int
+    rid: str
+    rid_hash: int
+    flags: int
+    req_bytes: int
+    resp_bytes: int
+
+    @property
+    def complete(self) -> bool:
+        if self.kind == KIND_SERVER:
+            return self.ds_rx_beg > 0 and self.ds_tx_end >= self.ds_rx_beg
+        return 0 < self.ds_rx_beg <= self.us_tx_end <= self.us_rx_beg <= self.ds_tx_end
+
+
+_INT_FIELDS = ("kind", "tgid", "tid", "ds_rx_beg", "us_tx_beg", "us_tx_end", "us_rx_beg",
+               "ds_tx_end", "ds_rx_ready", "us_rx_ready", "flags", "req_bytes", "resp_bytes")
+
+
+def _decode(e: Any) -> Span:
+    """A Span from the C struct smp_span (decoded by BCC from bpf/sidecar.h)."""
+    raw = bytes(e.rid[: e.rid_len])
+    rid = raw.decode() if raw and _RID_OK.match(raw) else ""
+    values = {name: int(getattr(e, name)) for name in _INT_FIELDS}
+    return Span(rid=rid, rid_hash=int(e.rid_hash) if rid else 0, **values)
+
+
+def _socket_inodes(pid: int) -> dict[int, int]:
+    """fd -> socket inode for the process's open sockets."""
+    out: dict[int, int] = {}
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return out
+    for name in names:
+        try:
+            link = os.readlink(fd_dir / name)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out[int(name)] = int(link[8:-1])
+    return out
+
+
+def _tcp_table(pid: int) -> tuple[set[int], dict[int, int]]:
+    """(listening ports, inode -> local port of established sockets) in the process's netns."""
+    listening: set[int] = set()
+    established: dict[int, int] = {}
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 10:
+                continue
+            port, state, inode = int(f[1].rsplit(":", 1)[1], 16), f[3], int(f[9])
+            if state == "0A":
+                listening.add(port)
+            elif state == "01":
+                established[inode] = port
+    return listening, established
+
+
+def existing_connection_roles(pid: int) -> dict[int, int]:
+    """fd -> role for the TCP connections a process already has open: accepted on one of
+    its listening ports means downstream, anything else upstream."""
+    listening, established = _tcp_table(pid)
+    roles = {}
+    for fd, inode in _socket_inodes(pid).items():
+        port = established.get(inode)
+        if port is not None:
+            roles[fd] = ROLE_DS if port in listening else ROLE_US
+    return roles
+
+
+class SidecarProbe:
+    """The loaded probe. Not thread-safe: one owner polls it."""
+
+    def __init__(
+        self, on_span: Callable[[Span], None], ringbuf_pages: int = 64, max_conns: int = 16384
+    ) -> None:
+        self._bpf = loader.load(
+            "sidecar",
+            {
+                "SMP_RINGBUF_PAGES": ringbuf_pages,
+                "SMP_MAX_CONNS": max_conns,
+            },
+        )
+        self._on_span = on_span
+        self._targets: dict[int, Mode] = {}
+        ring = self._bpf["smp_spans"]
+
+        def callback(_ctx: object, data: int, _size: int) -> None:
+            self._on_span(_decode(ring.event(data)))
+
+        ring.open_ring_buffer(callback)
+
+    # -- targets ------------------------------------------------------------------------
+    def add_target(self, pid: int, mode: Mode) -> None:
+        b = self._bpf
+        threads = b["smp_threads"]
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            tids = []
+        for tid in tids:
+            leaf = threads.Leaf()
+            leaf.tgid = pid
+            threads[threads.Key(tid)] = leaf
+        procs = b["smp_proc"]
+        procs[procs.Key(pid)] = procs.Leaf()
+        if mode == "proxy":
+            conns = b["smp_conns"]
+            for fd, role in existing_connection_roles(pid).items():
+                leaf = conns.Leaf()
+                leaf.role = role
+                conns[conns.Key((pid << 32) | fd)] = leaf
+        filt = b["smp_filter_pids"]
+        filt[filt.Key(pid)] = filt.Leaf(_MODES[mode])
+        self._targets[pid] = mode
+
+    def remove_target(self, pid: int) -> None:
+        filt = self._bpf["smp_filter_pids"]
+        try:
+            del filt[filt.Key(pid)]
+        except KeyError:
+            pass
+        self._targets.pop(pid, None)
+        threads = self._bpf["smp_threads"]
+        for key, leaf in list(threads.items()):
+            if leaf.tgid == pid:
+                del threads[key]
+        conns = self._bpf["smp_conns"]
+        for key in [k for k in conns.keys() if k.value >> 32 == pid]:
+            try:
+                del conns[key]
+            except KeyError:
+                pass
+        procs = self._bpf["smp_proc"]
+        try:
+            del procs[procs.Key(pid)]
+        except KeyError:
+            pass
+
+    @property
+    def targets(self) -> dict[int, Mode]:
+        return dict(self._targets)
+
+    # -- data ---------------------------------------------------------------------------
+    def poll(self, timeout_ms: int = 100) -> None:
+        self._bpf.ring_buffer_poll(timeout_ms)
+
+    def consume(self) -> None:
+        self._bpf.ring_buffer_consume()
+
+    def drain_pending(self) -> Iterator[Span]:
+        """Requests whose response is written but that no later request or close emitted."""
+        for key, c in self._bpf["smp_conns"].items():
+            if c.role == ROLE_DS and c.phase == 2 and (key.value >> 32) in self._targets:
+                span = _decode(c.span)
+                yield Span(**{**_fields(span), "flags": span.flags | F_DRAINED})
+
+    def thread_cpu_ns(self) -> dict[int, tuple[int, int]]:
+        """tid -> (tgid, on-CPU nanoseconds so far), including a slice still running."""
+        now = time.monotonic_ns()
+        out = {}
+        for key, t in self._bpf["smp_threads"].items():
+            total = int(t.total_ns) + (now - int(t.on_since) if t.on_since else 0)
+            out[int(key.value)] = (int(t.tgid), total)
+        return out
+
+    def proc_stats(self, pid: int) -> dict[str, int]:
+        procs = self._bpf["smp_proc"]
+        try:
+            s = procs[procs.Key(pid)]
+        except KeyError:
+            return {"rx_bytes": 0, "tx_bytes": 0, "spans": 0, "local_replies": 0}
+        return {
+            "rx_bytes": int(s.rx_bytes),
+            "tx_bytes": int(s.tx_bytes),
+            "spans": int(s.spans),
+            "local_replies": int(s.local_replies),
+        }
+
+    def drops(self) -> int:
+        return loader.drops(self._bpf)
+
+    def conns_in_use(self) -> int:
+        return len(self._bpf["smp_conns"])
+
+    def close(self) -> None:
+        self._bpf.cleanup()
+
+
+def _fields(span: Span) -> dict[str, Any]:
+    return {name: getattr(span, name) for name in Span.__slots__}
