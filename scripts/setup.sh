@@ -12,6 +12,7 @@ DEB_PACKAGES=(
   wrk hey                                          # load generators people already use
   chromium fonts-dejavu-core                       # the HTML report's browser test
   prometheus                                       # the DaemonSet's metrics, scraped for real
+  kubectl                                          # `kubectl kustomize daemonset/` (kustomize v5)
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

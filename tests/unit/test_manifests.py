@@ -1,0 +1,154 @@
+"""daemonset/: kustomize renders it, every object validates against the Kubernetes OpenAPI
+schemas of two current versions, and the privilege policy holds (every added capability
+commented, every host mount read-only and commented, drop ALL, no privileged)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2] / "daemonset"
+VERSIONS = ("1.36.0", "1.37.0")
+CRDS = {("monitoring.coreos.com/v1", "PodMonitor")}
+
+
+@functools.cache
+def render(path: str) -> tuple[dict[str, Any], ...]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is not installed (make setup)"
+    r = subprocess.run(
+        [kubectl, "kustomize", str(ROOT / path)], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    return tuple(d for d in yaml.safe_load_all(r.stdout) if d)
+
+
+def by_kind(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
+    (doc,) = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+def test_base_renders_every_object() -> None:
+    kinds = sorted(d["kind"] for d in render("."))
+    assert kinds == sorted(
+        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Service"]
+    )
+    assert all(
+        d["metadata"].get("namespace") == "smp-profiler"
+        for d in render(".")
+        if d["kind"] in ("ServiceAccount", "DaemonSet", "Service")
+    )
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("path", [".", "overlays/prometheus-operator"])
+def test_objects_validate_against_openapi(path: str, version: str) -> None:
+    checked = 0
+    for doc in render(path):
+        if (doc["apiVersion"], doc["kind"]) in CRDS:
+            continue
+        kubernetes_validate.validate(doc, version, strict=True)
+        checked += 1
+    assert checked == 6
+
+
+def test_validation_catches_a_broken_object() -> None:
+    ds = json.loads(json.dumps(by_kind(render("."), "DaemonSet")))
+    ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFS"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(ds, VERSIONS[-1], strict=True)
+
+
+def test_podmonitor_overlay() -> None:
+    docs = render("overlays/prometheus-operator")
+    pm = by_kind(docs, "PodMonitor")
+    ds = by_kind(docs, "DaemonSet")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    ports = {p["name"] for p in ds["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    assert "metrics" in ports
+
+
+def test_rbac_is_read_only_on_pods() -> None:
+    role = by_kind(render("."), "ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    ]
+
+
+def _pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = by_kind(render("."), "DaemonSet")["spec"]["template"]["spec"]
+    return spec
+
+
+def test_daemonset_privilege_policy() -> None:
+    spec = _pod_spec()
+    (c,) = spec["containers"]
+    sc = c["securityContext"]
+    assert spec["hostPID"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    added = set(sc["capabilities"]["add"])
+    assert added <= {"BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE"}
+    assert "SYS_ADMIN" not in added and not sc.get("privileged", False)
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    host = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    assert set(host.values()) == {
+        "/sys/kernel/btf",
+        "/sys/kernel/tracing",
+        "/sys/kernel/debug",
+        "/lib/modules",
+        "/usr/src",
+        "/sys/fs/cgroup",
+    }
+    for m in c["volumeMounts"]:
+        if m["name"] in host:
+            assert m.get("readOnly") is True, f"host mount {m['name']} is writable"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {"requests", "limits"} <= c["resources"].keys()
+    assert {"operator": "Exists"} in spec["tolerations"]
+    ann = by_kind(render("."), "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == "9464"
+
+
+def _commented(lines: list[str], i: int) -> bool:
+    """A line has a comment at its end or on the line(s) just above it."""
+    return "#" in lines[i] or lines[i - 1].strip().startswith("#")
+
+
+def test_every_privilege_is_commented_in_the_source() -> None:
+    lines = (ROOT / "base" / "daemonset.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "add:")
+    caps = []
+    for i in range(start + 1, len(lines)):
+        s = lines[i].strip()
+        if s.startswith("#"):
+            continue
+        if not s.startswith("- "):
+            break
+        caps.append(s[2:].split("#")[0].strip())
+        assert _commented(lines, i), f"capability {s} has no comment saying why"
+    assert caps == ["BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE"]
+    host = {v["name"] for v in _pod_spec()["volumes"] if "hostPath" in v}
+    mounts = [i for i, line in enumerate(lines) if re.match(r"\s+- name: ([\w-]+)", line)]
+    commented = {
+        re.match(r"\s+- name: ([\w-]+)", lines[i]).group(1)  # type: ignore[union-attr]
+        for i in mounts
+        if "#" in lines[i] and "mountPath" in lines[i + 1]
+    }
+    assert host <= commented, f"host mounts without a comment: {sorted(host - commented)}"
+    for key in ("hostPID: true", "readOnlyRootFilesystem: true", "runAsUser: 0"):
+        i = next(i for i, line in enumerate(lines) if key in line)
+        assert _commented(lines, i), f"'{key}' has no comment"
