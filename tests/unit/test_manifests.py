@@ -152,3 +152,32 @@ def test_every_privilege_is_commented_in_the_source() -> None:
     for key in ("hostPID: true", "readOnlyRootFilesystem: true", "runAsUser: 0"):
         i = next(i for i, line in enumerate(lines) if key in line)
         assert _commented(lines, i), f"'{key}' has no comment"
+
+
+def _dashboard_exprs() -> list[str]:
+    dash = json.loads((ROOT / "grafana-dashboard.json").read_text())
+    return [t["expr"] for p in dash["panels"] for t in p["targets"]]
+
+
+def test_dashboard_queries_use_the_declared_metrics() -> None:
+    from profiler.daemon.metrics import SPECS
+
+    known = {s.name for s in SPECS}
+    known |= {s.name + sfx for s in SPECS if s.type == "histogram" for sfx in ("_bucket",)}
+    exprs = _dashboard_exprs()
+    assert len(exprs) >= 8
+    used = {m for e in exprs for m in re.findall(r"\b(smp_[a-z_]+)", e)}
+    assert used <= known, f"unknown metrics: {sorted(used - known)}"
+    assert {"smp_sidecar_leg_duration_seconds_bucket", "smp_sidecar_cpu_seconds_total"} <= used
+    for e in exprs:
+        if "histogram_quantile" in e:  # merged histograms, never averaged percentiles
+            assert re.search(r"histogram_quantile\(0\.\d+, sum by \(le[,)]", e), e
+
+
+def test_containerfile_uses_debian_bcc() -> None:
+    text = (ROOT / "Containerfile").read_text()
+    froms = re.findall(r"(?m)^FROM (\S+)", text)
+    assert froms and all(f.startswith("docker.io/library/debian:") for f in froms)
+    assert "python3-bpfcc" in text
+    assert not re.search(r"pip install[^\n]*\bbcc\b", text)  # PyPI's "bcc" is another project
+    assert re.search(r'(?m)^ENTRYPOINT \["smp-profiler"\]', text)
