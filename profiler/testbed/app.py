@@ -3,8 +3,9 @@
 ``python -m profiler.testbed.app --port 8080 --delay 1ms --size 128``. Every response waits
 ``--delay`` (a timer, not CPU) and carries ``--size`` bytes and the request's x-request-id.
 ``GET /__stats`` returns the counters as JSON and is not itself counted. The process's comm is
-``smp-app``. When listening it prints one line ``ready <port>`` on stdout (the bound port:
-``--port 0`` picks a free one).
+``smp-app``. ``--h2c-port`` adds an HTTP/2 cleartext port (prior knowledge, as gRPC uses)
+with the same behaviour. When listening it prints one line ``ready <port> [<h2c port>]`` on
+stdout (the bound ports: 0 picks a free one).
 """
 
 from __future__ import annotations
@@ -125,20 +126,29 @@ def set_comm(name: str) -> None:
         pass
 
 
-async def serve(host: str, port: int, delay: float, size: int) -> None:
+async def serve(host: str, port: int, delay: float, size: int, h2c_port: int | None) -> None:
     stats = Stats()
     body = (b"smp-profiler testbed app\n" * (size // 25 + 1))[:size]
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: HttpProtocol(stats, delay, body), host, port, reuse_address=True, backlog=1024
     )
+    servers, ports = [server], [server.sockets[0].getsockname()[1]]
+    if h2c_port is not None:
+        from profiler.testbed.h2c import H2cProtocol
+
+        h2 = await loop.create_server(
+            lambda: H2cProtocol(stats, delay, body), host, h2c_port, reuse_address=True
+        )
+        servers.append(h2)
+        ports.append(h2.sockets[0].getsockname()[1])
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    bound = server.sockets[0].getsockname()[1]
-    print(f"ready {bound}", flush=True)
-    async with server:
-        await stop.wait()
+    print("ready " + " ".join(map(str, ports)), flush=True)
+    await stop.wait()
+    for s in servers:
+        s.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--delay", default="0", help="service time per request, e.g. 1ms")
     p.add_argument("--size", default="128", help="response body size, e.g. 128, 4k")
+    p.add_argument("--h2c-port", type=int, default=None, help="also serve HTTP/2 cleartext here")
     args = p.parse_args(argv)
     try:
         delay, size = parse_duration(args.delay), parse_size(args.size)
@@ -157,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     set_comm("smp-app")
     try:
-        asyncio.run(serve(args.host, args.port, delay, size))
+        asyncio.run(serve(args.host, args.port, delay, size, args.h2c_port))
     except OSError as e:
-        print(f"smp-app: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
+        print(f"smp-app: cannot listen on {args.host}: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -92,6 +92,7 @@ class TestbedConfig:
     response_size: int = 128
     state_dir: Path | None = None
     app_port: int = 8080
+    h2c_port: int | None = 8081  # the app's HTTP/2 cleartext port; None: none
     subnet: str | None = None  # default: derived from name
     envoy_patch: dict[str, Any] = field(default_factory=dict)  # deep-merged into both bootstraps
     ready_timeout_s: float = 20.0
@@ -111,6 +112,10 @@ class TestbedConfig:
             raise UsageError(f"bad --response-size {self.response_size}: use 0..64MiB")
         if not 1 <= self.app_port <= 65535:
             raise UsageError(f"bad app port {self.app_port}")
+        if self.h2c_port is not None and not (
+            1 <= self.h2c_port <= 65535 and self.h2c_port != self.app_port
+        ):
+            raise UsageError(f"bad h2c port {self.h2c_port}: 1..65535, not the app's port")
         if self.subnet is not None:
             try:
                 net = ipaddress.IPv4Network(self.subnet)

@@ -111,17 +111,28 @@ def _tls_common(tls: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _listener(name: str, port: int, hcm: dict[str, Any], tls: dict[str, str] | None) -> Any:
-    chain: dict[str, Any] = {"filters": [hcm]}
-    if tls is not None:
-        chain["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": _T + "transport_sockets.tls.v3.DownstreamTlsContext",
-                "require_client_certificate": True,
-                "common_tls_context": _tls_common(tls),
-            },
-        }
+def _listener(
+    name: str,
+    port: int,
+    chains: list[tuple[int | None, dict[str, Any]]],
+    tls: dict[str, str] | None,
+) -> Any:
+    """A listener behind the original_dst filter; ``chains``: (destination port or None, HCM)."""
+    out = []
+    for dport, hcm in chains:
+        chain: dict[str, Any] = {"filters": [hcm]}
+        if dport is not None:
+            chain["filter_chain_match"] = {"destination_port": dport}
+        if tls is not None:
+            chain["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": _T + "transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": True,
+                    "common_tls_context": _tls_common(tls),
+                },
+            }
+        out.append(chain)
     return {
         "name": name,
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
@@ -131,8 +142,35 @@ def _listener(name: str, port: int, hcm: dict[str, Any], tls: dict[str, str] | N
                 "typed_config": {"@type": _T + "filters.listener.original_dst.v3.OriginalDst"},
             }
         ],
-        "filter_chains": [chain],
+        "filter_chains": out,
     }
+
+
+def _protocols(options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _T + "upstreams.http.v3.HttpProtocolOptions",
+            **options,
+        }
+    }
+
+
+def _local_cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
+    endpoint = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
+    c: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "circuit_breakers": _NO_LIMITS,
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
+        },
+    }
+    if http2:
+        opts: dict[str, Any] = {"explicit_http_config": {"http2_protocol_options": {}}}
+        c["typed_extension_protocol_options"] = _protocols(opts)
+    return c
 
 
 _NO_LIMITS = {
@@ -153,19 +191,25 @@ def bootstrap(
     *,
     inbound: bool,
     app_port: int,
+    h2c_port: int | None = None,
     tls: dict[str, str] | None = None,
     patch: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An Istio-shaped sidecar: virtualOutbound on 15001 (original destination), and with
-    ``inbound`` virtualInbound on 15006 to the app on 127.0.0.1. ``tls`` (PEM strings
-    ``ca``, ``cert``, ``key``) makes sidecar-to-sidecar traffic mutual TLS."""
-    listeners = [_listener("virtualOutbound", OUTBOUND_PORT, _hcm("outbound", "passthrough"), None)]
+    """An Istio-shaped sidecar: virtualOutbound on 15001 (original destination, the
+    downstream's HTTP version upstream), and with ``inbound`` virtualInbound on 15006 to the
+    app on 127.0.0.1 (``h2c_port`` as HTTP/2). ``tls`` (PEM strings ``ca``, ``cert``, ``key``)
+    makes sidecar-to-sidecar traffic mutual TLS."""
+    out_chain: list[tuple[int | None, dict[str, Any]]] = [(None, _hcm("outbound", "passthrough"))]
+    listeners = [_listener("virtualOutbound", OUTBOUND_PORT, out_chain, None)]
+    both: dict[str, Any] = {"http_protocol_options": {}, "http2_protocol_options": {}}
+    same = {"use_downstream_protocol_config": both}
     outbound: dict[str, Any] = {
         "name": "passthrough",
         "type": "ORIGINAL_DST",
         "lb_policy": "CLUSTER_PROVIDED",
         "connect_timeout": "2s",
         "circuit_breakers": _NO_LIMITS,
+        "typed_extension_protocol_options": _protocols(same),
     }
     if tls is not None:
         outbound["transport_socket"] = {
@@ -177,34 +221,12 @@ def bootstrap(
         }
     clusters = [outbound]
     if inbound:
-        listeners.insert(0, _listener("virtualInbound", INBOUND_PORT, _hcm("inbound", "app"), tls))
-        clusters.append(
-            {
-                "name": "app",
-                "type": "STATIC",
-                "connect_timeout": "2s",
-                "circuit_breakers": _NO_LIMITS,
-                "load_assignment": {
-                    "cluster_name": "app",
-                    "endpoints": [
-                        {
-                            "lb_endpoints": [
-                                {
-                                    "endpoint": {
-                                        "address": {
-                                            "socket_address": {
-                                                "address": "127.0.0.1",
-                                                "port_value": app_port,
-                                            }
-                                        }
-                                    }
-                                }
-                            ]
-                        }
-                    ],
-                },
-            }
-        )
+        chains: list[tuple[int | None, dict[str, Any]]] = [(None, _hcm("inbound", "app"))]
+        clusters.append(_local_cluster("app", app_port, http2=False))
+        if h2c_port is not None:
+            chains.insert(0, (h2c_port, _hcm("inbound", "app-h2c")))
+            clusters.append(_local_cluster("app-h2c", h2c_port, http2=True))
+        listeners.insert(0, _listener("virtualInbound", INBOUND_PORT, chains, tls))
     doc: dict[str, Any] = {
         "node": {
             "id": f"sidecar~{ip}~{pod}.smp-testbed~smp-testbed.svc.cluster.local",

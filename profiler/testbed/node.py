@@ -127,6 +127,7 @@ class Testbed:
         for pod, inbound in ((st.server, True), (st.client, False)):
             if pod.envoy_pid is None and "istio-proxy" in pod.cgroups and binary is not None:
                 config = envoy.bootstrap(pod.name, pod.ip, inbound=inbound, app_port=cfg.app_port,
+                                         h2c_port=cfg.h2c_port,
                                          tls=tls.get(pod.name), patch=cfg.envoy_patch)  # fmt: skip
                 self._start_envoy(pod, binary, config, cfg)
 
@@ -157,18 +158,24 @@ class Testbed:
         log = d / "app.log"
         argv = [sys.executable, "-m", "profiler.testbed.app", "--port", str(cfg.app_port),
                 "--delay", f"{cfg.app_delay_s}s", "--size", str(cfg.response_size)]  # fmt: skip
+        ports = [cfg.app_port]
+        if cfg.h2c_port is not None:
+            argv += ["--h2c-port", str(cfg.h2c_port)]
+            ports.append(cfg.h2c_port)
         p = self._spawn(pod, "app", argv, log, log)
         pod.app_pid = p.pid
         self.state.write()
 
         def listening() -> bool:
-            try:
-                s = netns.socket_in(pod.netns)
-                with s:
-                    s.settimeout(0.5)
-                    return s.connect_ex(("127.0.0.1", cfg.app_port)) == 0
-            except TestbedError:
-                return False
+            for port in ports:
+                try:
+                    with netns.socket_in(pod.netns) as s:
+                        s.settimeout(0.5)
+                        if s.connect_ex(("127.0.0.1", port)) != 0:
+                            return False
+                except TestbedError:
+                    return False
+            return True
 
         _wait("the app", listening, p, log, cfg.ready_timeout_s, _last_line)
 
@@ -342,6 +349,11 @@ def _initial_state(cfg: TestbedConfig, state_dir: Path) -> TestbedState:
         )  # fmt: skip
     url = f"http://{pods['server'].ip}:{cfg.app_port}/"
     pods["server"].url = url
+    ports = {"app": cfg.app_port, "inbound": INBOUND_PORT, "outbound": OUTBOUND_PORT,
+             "admin": ADMIN_PORT}  # fmt: skip
+    if cfg.h2c_port is not None:
+        pods["server"].h2c_url = f"http://{pods['server'].ip}:{cfg.h2c_port}/"
+        ports["h2c"] = cfg.h2c_port
     for p in pods.values():
         if p.access_log:
             Path(p.access_log).write_bytes(b"")  # a fresh log per up
@@ -350,8 +362,7 @@ def _initial_state(cfg: TestbedConfig, state_dir: Path) -> TestbedState:
         bridge=names.bridge, bridge_ip=str(hosts[0]), sidecar=cfg.sidecar,
         client_sidecar=cfg.client_sidecar, mtls=cfg.mtls, concurrency=cfg.concurrency,
         app_delay_s=cfg.app_delay_s, response_size=cfg.response_size,
-        ports={"app": cfg.app_port, "inbound": INBOUND_PORT, "outbound": OUTBOUND_PORT,
-               "admin": ADMIN_PORT},
+        ports=ports,
         server=pods["server"], client=pods["client"], url=url,
         access_log=pods["server"].access_log,
     )  # fmt: skip

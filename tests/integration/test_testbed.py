@@ -185,7 +185,21 @@ def test_mtls_between_sidecars(testbed_factory: Factory) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert plain.returncode != 0 or plain.stdout != "200"
-    assert len(_wait_lines(str(tb.state.access_log), 5)) == 5
+    # the app's h2c port, HTTP/2 end to end through both sidecars
+    assert tb.state.server.h2c_url is not None
+    for i in range(3):
+        r = tb.run_in_client(
+            ["curl", "-sS", "--http2-prior-knowledge", "-H", f"x-request-id: h2c-{i}",
+             "-o", "/dev/null", "-w", "%{http_code} %{http_version}", tb.state.server.h2c_url],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert (r.returncode, r.stdout) == (0, "200 2"), r.stderr
+    entries = _wait_lines(str(tb.state.access_log), 8)
+    assert [e.request_id for e in entries] == [f"tls-{i}" for i in range(5)] + [
+        f"h2c-{i}" for i in range(3)]  # fmt: skip
+    assert {e.protocol for e in entries[5:]} == {"HTTP/2"}
+    assert {e.upstream_host for e in entries[5:]} == {"127.0.0.1:8081"}
+    assert tb.app_stats()["requests"] == 8
 
 
 def test_port_in_use_leaves_nothing(testbed_factory: Factory) -> None:

@@ -213,3 +213,68 @@ def test_app_server_keepalive_delay_stats() -> None:
     finally:
         p.terminate()
         assert p.wait(timeout=5) == 0
+
+
+def _h2_get(port: int, path: str, rid: str) -> tuple[dict[bytes, bytes], bytes]:
+    import socket
+
+    import h2.events
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+
+    conn = H2Connection(H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sid = conn.get_next_available_stream_id()
+    req = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "app"),
+           ("x-request-id", rid)]  # fmt: skip
+    conn.send_headers(sid, req, end_stream=True)
+    headers: dict[bytes, bytes] = {}
+    body = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(conn.data_to_send())
+        done = False
+        while not done:
+            data = s.recv(65536)
+            assert data, "connection closed"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    headers = dict(ev.headers)  # type: ignore[arg-type]
+                elif isinstance(ev, h2.events.DataReceived):
+                    body += ev.data or b""
+                    conn.acknowledge_received_data(ev.flow_controlled_length or 0, sid)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    done = True
+            s.sendall(conn.data_to_send())
+    return headers, body
+
+
+def test_app_h2c_port_with_a_body_larger_than_the_window() -> None:
+    p = subprocess.Popen(
+        [sys.executable, "-m", "profiler.testbed.app", "--host", "127.0.0.1", "--port", "0",
+         "--h2c-port", "0", "--size", "100k"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert p.stdout is not None
+        _, h1, h2c = p.stdout.readline().split()
+        headers, body = _h2_get(int(h2c), "/x", "h2-1")
+        assert headers[b":status"] == b"200" and headers[b"x-request-id"] == b"h2-1"
+        assert len(body) == 100 * 1024 == int(headers[b"content-length"])
+        _, stats = _h2_get(int(h2c), "/__stats", "s")
+        assert json.loads(stats)["requests"] == 1  # shared with the HTTP/1.1 port, not counted
+        with urllib.request.urlopen(f"http://127.0.0.1:{h1}/__stats", timeout=5) as r:
+            assert json.loads(r.read())["requests"] == 1
+    finally:
+        p.terminate()
+        assert p.wait(timeout=5) == 0
+
+
+def test_bootstrap_h2c_chain_by_destination_port() -> None:
+    cfg = bootstrap("server", "10.0.0.2", inbound=True, app_port=8080, h2c_port=8081)
+    chains = _listener(cfg, "virtualInbound")["filter_chains"]
+    assert [c.get("filter_chain_match") for c in chains] == [{"destination_port": 8081}, None]  # type: ignore[attr-defined]
+    clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
+    opts = clusters["app-h2c"]["typed_extension_protocol_options"]
+    assert "http2_protocol_options" in json.dumps(opts)
+    assert "typed_extension_protocol_options" not in clusters["app"]
+    assert "use_downstream_protocol_config" in json.dumps(clusters["passthrough"])
