@@ -200,6 +200,7 @@ class PodWatcher:
     api: Any
     resync_seconds: int = 300
     on_change: Callable[[], None] | None = None
+    backoff_initial: float = 1.0
     backoff_max: float = 30.0
     relists: int = 0  # how many full lists were done: the resyncs and the 410 recoveries
 
@@ -231,14 +232,14 @@ class PodWatcher:
 
     def run(self, stop: threading.Event) -> None:
         """Until ``stop`` is set: relist and watch; 410 Gone relists at once, other
-        failures back off (1 s doubling to ``backoff_max``) and reconnect."""
+        failures back off (``backoff_initial`` doubling to ``backoff_max``) and reconnect."""
         from kubernetes.client.exceptions import ApiException
 
-        delay = 1.0
+        delay = self.backoff_initial
         while not stop.is_set():
             try:
                 self.run_once(stop)
-                delay = 1.0
+                delay = self.backoff_initial
             except ApiException as e:
                 if e.status == 410:
                     log.info("watch expired (410 Gone): relisting")
