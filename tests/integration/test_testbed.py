@@ -19,6 +19,7 @@ import pytest
 from profiler.errors import TestbedError
 from profiler.testbed import Testbed, envoy_binary, leftovers, read_access_log
 from profiler.testbed.cgroups import unified_root
+from profiler.testbed.config import Names, derived_subnet
 from profiler.testbed.envoy import bootstrap
 from tests.integration.conftest import send_requests
 
@@ -32,20 +33,23 @@ SCOPE = re.compile(
 Factory = Callable[..., Testbed]
 
 
-def _host_snapshot() -> dict[str, Any]:
-    def out(*argv: str) -> str:
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+def _host_snapshot(name: str) -> dict[str, list[str]]:
+    """Host netns, links and iptables that could be this testbed's (other developers may
+    build their own testbeds on the same machine meanwhile, so only ours are compared)."""
+    names = Names(name)
+    ours = (f"smp-{name}-", names.bridge, names.veth_host("server"), names.veth_host("client"),
+            "ISTIO", str(derived_subnet(name).network_address)[:-1])  # fmt: skip
+
+    def out(*argv: str) -> list[str]:
+        text = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        return [ln for ln in text.splitlines() if any(o in ln for o in ours)]
 
     return {
         "netns": out("ip", "netns", "list"),
-        "links": sorted(p.name for p in Path("/sys/class/net").iterdir()),
-        "iptables": out("iptables-save", "-t", "filter") + out("iptables-save", "-t", "nat"),
+        "links": out("ip", "-o", "link", "show"),
+        "addresses": out("ip", "-o", "addr", "show"),
+        "iptables": out("iptables-save") + out("iptables-save", "-t", "nat"),
     }
-
-
-def _strip_counters(s: dict[str, Any]) -> dict[str, Any]:
-    lines = [ln for ln in s["iptables"].splitlines() if not ln.startswith("#")]
-    return {**s, "iptables": [re.sub(r"\[\d+:\d+\]", "", ln) for ln in lines]}
 
 
 def _cgroups_of(pods: list[str]) -> list[str]:
@@ -82,14 +86,19 @@ def test_envoy_accepts_generated_configs() -> None:
 
 
 def test_23_requests_through_both_sidecars(testbed_factory: Factory) -> None:
-    before = _strip_counters(_host_snapshot())
+    name = f"t{secrets.token_hex(3)}"
+    before = _host_snapshot(name)
+    assert before == {"netns": [], "links": [], "addresses": [], "iptables": []}
     t0 = time.monotonic()
-    tb = testbed_factory(client_sidecar=True, app_delay_s=0.001)
+    tb = testbed_factory(name=name, client_sidecar=True, app_delay_s=0.001)
     up_s = time.monotonic() - t0
     st = tb.state
     assert st.status == "up" and Path(st.state_dir, "testbed.json").is_file()
     assert json.loads(Path(st.state_dir, "testbed.json").read_text())["url"] == st.url
     assert all(c.ok for c in tb.status()), [c for c in tb.status() if not c.ok]
+    during = _host_snapshot(name)
+    assert len(during["netns"]) == 2 and len(during["links"]) == 3  # bridge + 2 veths
+    assert during["iptables"] == []  # the capture lives in the pods' netns, not the host's
     # kubelet-looking cgroups, each process in its own container's scope
     for pid in (st.server.app_pid, st.server.envoy_pid, st.client.envoy_pid):
         assert pid is not None
@@ -122,7 +131,7 @@ def test_23_requests_through_both_sidecars(testbed_factory: Factory) -> None:
     tb.down()
     down_s = time.monotonic() - t0
     tb.down()  # twice is fine
-    assert _strip_counters(_host_snapshot()) == before
+    assert _host_snapshot(name) == before
     assert _cgroups_of([st.server.uid.replace("-", "_"), st.client.uid.replace("-", "_")]) == []
     for d in st.created_cgroups:  # the shared parents go too, unless another pod still uses them
         assert not Path(d).exists() or any(p.is_dir() for p in Path(d).iterdir())
