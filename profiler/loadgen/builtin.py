@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from profiler import __version__
 from profiler.errors import TargetUnreachable, UsageError
 from profiler.histogram import LatencyHistogram
-from profiler.loadgen.common import LoadgenError, netns_prefix
+from profiler.loadgen.common import LoadgenError, launch_prefix
 from profiler.loadgen.result import LoadResult, LoadSpec, percentiles_from_histogram, rate_reached
 from profiler.loadgen.worker import WorkerConfig
 
@@ -111,7 +111,7 @@ def run(spec: LoadSpec) -> LoadResult:
     run_id = spec.run_id or secrets.token_hex(4)
     n = worker_count(spec)
     configs = _configs(spec, n, run_id)
-    cmd = [*netns_prefix(spec.netns), sys.executable, "-m", "profiler.loadgen.worker"]
+    cmd = [*launch_prefix(spec.netns, spec.cgroup), sys.executable, "-m", "profiler.loadgen.worker"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     procs = [
         subprocess.Popen(

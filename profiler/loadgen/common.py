@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from profiler.errors import BadInputFile, SmpError, TargetNotFound
+from profiler.errors import BadInputFile, SmpError, TargetNotFound, UsageError
 
 
 class LoadgenError(SmpError):
@@ -21,6 +21,34 @@ def netns_prefix(netns: str | None) -> list[str]:
     if not Path("/run/netns", netns).exists():
         raise TargetNotFound(f"network namespace '{netns}' does not exist (ip netns list)")
     return ["ip", "netns", "exec", netns]
+
+
+def cgroup2_mounts() -> list[Path]:
+    with open("/proc/self/mounts") as f:
+        return [
+            Path(p[1]) for p in (line.split() for line in f) if len(p) > 2 and p[2] == "cgroup2"
+        ]
+
+
+def cgroup_prefix(cgroup: str | None) -> list[str]:
+    """A wrapper that moves the process into a cgroup v2 directory, then execs the command.
+
+    Only cgroup v2 (unified) directories are accepted: v1 hierarchies are the machine's own.
+    """
+    if cgroup is None:
+        return []
+    path = Path(cgroup).resolve()
+    if not any(path.is_relative_to(m) for m in cgroup2_mounts()):
+        raise UsageError(f"{cgroup} is not a cgroup v2 directory (only the unified hierarchy)")
+    procs = path / "cgroup.procs"
+    if not procs.exists():
+        raise TargetNotFound(f"cgroup {cgroup} does not exist")
+    return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs)]
+
+
+def launch_prefix(netns: str | None, cgroup: str | None) -> list[str]:
+    """Run inside a cgroup v2 directory and a network namespace (either, both or neither)."""
+    return [*cgroup_prefix(cgroup), *netns_prefix(netns)]
 
 
 def run_tool(name: str, cmd: list[str], seconds: float) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 
 from profiler.errors import BadInputFile, CapabilityMissing
 from profiler.histogram import LatencyHistogram
-from profiler.loadgen.common import load_json, netns_prefix, run_tool
+from profiler.loadgen.common import launch_prefix, load_json, run_tool
 from profiler.loadgen.result import LoadResult, LoadSpec, rate_reached
 
 _SPREAD_MAX = 1_000_000  # spread at most this many samples of a bucket; more go at its middle
@@ -35,7 +35,7 @@ def binary() -> str:
 
 def command(spec: LoadSpec, json_path: str) -> list[str]:
     cmd = [
-        *netns_prefix(spec.netns),
+        *launch_prefix(spec.netns, spec.cgroup),
         binary(),
         "load",
         "-json",

@@ -18,7 +18,7 @@ from typing import Any
 
 from profiler.errors import BadInputFile, CapabilityMissing
 from profiler.histogram import LatencyHistogram
-from profiler.loadgen.common import netns_prefix, run_tool
+from profiler.loadgen.common import launch_prefix, run_tool
 from profiler.loadgen.result import LoadResult, LoadSpec, percentiles_from_histogram, rate_reached
 
 CSV_HEADER = "response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read"
@@ -44,7 +44,7 @@ def version() -> str | None:
 
 def command(spec: LoadSpec, duration_s: float, csv_out: bool = True) -> list[str]:
     cmd = [
-        *netns_prefix(spec.netns),
+        *launch_prefix(spec.netns, spec.cgroup),
         binary(),
         "-z",
         f"{duration_s:g}s",

@@ -17,7 +17,7 @@ from typing import Any
 
 from profiler.errors import BadInputFile, CapabilityMissing
 from profiler.histogram import LatencyHistogram
-from profiler.loadgen.common import load_json, netns_prefix, run_tool
+from profiler.loadgen.common import launch_prefix, load_json, run_tool
 from profiler.loadgen.result import STANDARD_PERCENTILES, LoadResult, LoadSpec, rate_reached
 
 MAIN_STATISTIC = "benchmark_http_client.request_to_response"
@@ -41,7 +41,7 @@ def binary() -> str:
 
 def command(spec: LoadSpec) -> list[str]:
     cmd = [
-        *netns_prefix(spec.netns),
+        *launch_prefix(spec.netns, spec.cgroup),
         binary(),
         "--output-format",
         "json",

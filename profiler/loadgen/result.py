@@ -168,6 +168,7 @@ class LoadSpec:
     connections: int
     warmup_s: float = 0.0  # load sent first, not measured
     netns: str | None = None  # network namespace (as `ip netns` knows it) to run inside
+    cgroup: str | None = None  # cgroup v2 directory the generator's processes join (a pod's)
     timeout_s: float = 5.0  # per request
     extra_headers: dict[str, str] | None = None
     poisson: bool = False  # Poisson arrivals instead of a constant rate (builtin)

@@ -20,7 +20,7 @@ from typing import Any
 
 from profiler.errors import BadInputFile, CapabilityMissing, UsageError
 from profiler.histogram import LatencyHistogram
-from profiler.loadgen.common import netns_prefix, run_tool
+from profiler.loadgen.common import launch_prefix, run_tool
 from profiler.loadgen.result import LoadResult, LoadSpec, percentiles_from_histogram, rate_reached
 
 MARKER = "SMP-WRK-JSON "
@@ -78,7 +78,7 @@ def command(spec: LoadSpec, script: str, duration_s: float) -> list[str]:
         )
     threads = max(1, min(spec.connections, os.cpu_count() or 1))
     cmd = [
-        *netns_prefix(spec.netns),
+        *launch_prefix(spec.netns, spec.cgroup),
         binary(),
         f"-t{threads}",
         f"-c{spec.connections}",
