@@ -76,7 +76,13 @@ BPF_RINGBUF_OUTPUT(smp_spans, SMP_RINGBUF_PAGES);
 BPF_HASH(smp_proc, u32, struct smp_proc_stats, SMP_MAX_PIDS);
 BPF_TABLE("lru_hash", u64, struct smp_conn, smp_conns, SMP_MAX_CONNS);
 BPF_TABLE("lru_hash", u64, u64, smp_rid_index, SMP_MAX_CONNS);
-BPF_TABLE("lru_hash", u32, u64, smp_thread_last, SMP_MAX_THREADS);
+#define SMP_FIFO 8               /* requests a worker thread may have read but not yet sent on */
+struct smp_fifo {
+    u64 keys[SMP_FIFO];
+    u32 head;
+    u32 tail;
+};
+BPF_TABLE("lru_hash", u32, struct smp_fifo, smp_thread_fifo, SMP_MAX_THREADS);
 BPF_HASH(smp_args_map, u64, struct smp_args, SMP_MAX_THREADS);
 BPF_HASH(smp_threads, u32, struct smp_thread_cpu, SMP_MAX_THREADS);
 BPF_PERCPU_ARRAY(smp_scratch, struct smp_scan, 1);
@@ -268,7 +274,19 @@ static inline __attribute__((always_inline)) void smp_ds_start(struct smp_conn *
     if (mode == MODE_PROXY) {
         if (c->span.rid_hash)
             smp_rid_index.update(&c->span.rid_hash, &key);
-        smp_thread_last.update(&id_tid, &key);
+        struct smp_fifo *q = smp_thread_fifo.lookup(&id_tid);
+        if (!q) {
+            struct smp_fifo empty = {};
+            smp_thread_fifo.update(&id_tid, &empty);
+            q = smp_thread_fifo.lookup(&id_tid);
+        }
+        if (q) {
+            u32 t = q->tail;
+            q->keys[t & (SMP_FIFO - 1)] = key;
+            q->tail = t + 1;
+            if (q->tail - q->head > SMP_FIFO)
+                q->head = q->tail - SMP_FIFO;
+        }
     }
 }
 
@@ -400,17 +418,43 @@ static inline __attribute__((always_inline)) int smp_exit(s64 ret, int is_read)
                 smp_rid_index.delete(&h);
             }
         }
-        if (!dkey) {
-            u64 *k = smp_thread_last.lookup(&tid);
-            if (!k)
-                return 0;
-            dkey = *k;
-            how = SMP_F_MATCH_THREAD;
+        struct smp_conn *d = 0;
+        if (dkey) {
+            d = smp_conns.lookup(&dkey);
+            if (d && (d->phase != 1 || d->span.us_tx_end))
+                d = 0;  /* an id seen twice: fall back to the thread's order */
         }
-        struct smp_conn *d = smp_conns.lookup(&dkey);
-        if (!d || d->phase != 1 || d->span.us_tx_end)
-            return 0;
-        smp_thread_last.delete(&tid);
+        if (!d) {
+            /* the oldest request this thread read and has not sent on yet */
+            struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
+            if (!q)
+                return 0;
+            how = SMP_F_MATCH_THREAD;
+            for (int i = 0; i < SMP_FIFO; i++) {
+                if (q->head == q->tail)
+                    break;
+                u64 k = q->keys[q->head & (SMP_FIFO - 1)];
+                q->head++;
+                struct smp_conn *cand = smp_conns.lookup(&k);
+                if (cand && cand->phase == 1 && !cand->span.us_tx_end) {
+                    d = cand;
+                    dkey = k;
+                    break;
+                }
+            }
+            if (!d)
+                return 0;
+        }
+        if (rid && rid->rid_len && !d->span.rid_len) {
+            /* the proxy made the id (none came from downstream): adopt it, so the app's
+             * span of this request can be joined to this one */
+            d->span.rid_len = rid->rid_len;
+            d->span.rid_hash = rid->rid_hash;
+            __builtin_memcpy(d->span.rid, rid->rid, SMP_RID_LEN);
+            for (u32 k = 0; k < SMP_RID_LEN; k++)
+                if (k >= d->span.rid_len)
+                    d->span.rid[k] = 0;
+        }
         d->span.us_fd = args.fd;
         d->span.us_tx_beg = args.ts;
         d->span.us_tx_end = wts;

@@ -7,6 +7,7 @@ TLS), and decodes one record per request. See docs/probes/sidecar.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -52,8 +53,21 @@ class Span:
         return 0 < self.ds_rx_beg <= self.us_tx_end <= self.us_rx_beg <= self.ds_tx_end
 
 
-_INT_FIELDS = ("kind", "tgid", "tid", "ds_rx_beg", "us_tx_beg", "us_tx_end", "us_rx_beg",
-               "ds_tx_end", "ds_rx_ready", "us_rx_ready", "flags", "req_bytes", "resp_bytes")
+_INT_FIELDS = (
+    "kind",
+    "tgid",
+    "tid",
+    "ds_rx_beg",
+    "us_tx_beg",
+    "us_tx_end",
+    "us_rx_beg",
+    "ds_tx_end",
+    "ds_rx_ready",
+    "us_rx_ready",
+    "flags",
+    "req_bytes",
+    "resp_bytes",
+)
 
 
 def _decode(e: Any) -> Span:
@@ -163,26 +177,20 @@ class SidecarProbe:
 
     def remove_target(self, pid: int) -> None:
         filt = self._bpf["smp_filter_pids"]
-        try:
+        with contextlib.suppress(KeyError):
             del filt[filt.Key(pid)]
-        except KeyError:
-            pass
         self._targets.pop(pid, None)
         threads = self._bpf["smp_threads"]
         for key, leaf in list(threads.items()):
             if leaf.tgid == pid:
                 del threads[key]
         conns = self._bpf["smp_conns"]
-        for key in [k for k in conns.keys() if k.value >> 32 == pid]:
-            try:
+        for key in [k for k in conns if k.value >> 32 == pid]:
+            with contextlib.suppress(KeyError):
                 del conns[key]
-            except KeyError:
-                pass
         procs = self._bpf["smp_proc"]
-        try:
+        with contextlib.suppress(KeyError):
             del procs[procs.Key(pid)]
-        except KeyError:
-            pass
 
     @property
     def targets(self) -> dict[int, Mode]:

@@ -1,0 +1,220 @@
+"""The capture engine: the sidecar probe plus per-target aggregation.
+
+One span per request arrives from the kernel; the engine turns it into legs, records them in
+fixed-bucket histograms (no per-request storage unless ``keep_spans``), joins app spans to
+the sidecar's by request id for the ``loopback`` leg, and accounts CPU from the probe's
+per-thread counters. Used by ``capture``/``run`` (with spans kept) and by the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from profiler.capture.memory import memory_of
+from profiler.daemon.snapshot import Snapshot, TargetSnapshot
+from profiler.histogram import LatencyHistogram
+from profiler.probes.sidecar import (
+    F_DS_TLS,
+    F_MATCH_RID,
+    F_MATCH_THREAD,
+    KIND_PROXY,
+    Mode,
+    SidecarProbe,
+    Span,
+)
+
+PROXY_LEGS = ("request_proxy", "upstream", "response_proxy", "sidecar_total")
+APP_LEGS = ("app", "loopback")
+V = TypeVar("V")
+_JOIN_LIMIT = 65536  # unmatched spans kept for the app/sidecar join, oldest dropped first
+
+
+@dataclass
+class SpanRow:
+    """One request as the spans file stores it (nanoseconds, monotonic clock)."""
+
+    role: str
+    pid: int
+    tid: int
+    request_id: str
+    ds_rx_beg: int
+    us_tx_end: int
+    us_rx_beg: int
+    ds_tx_end: int
+    flags: int
+
+
+@dataclass
+class Target:
+    pid: int
+    role: str  # "sidecar" | "app"
+    labels: Mapping[str, str]
+    legs: dict[str, LatencyHistogram] = field(default_factory=dict)
+    requests: int = 0
+    incomplete: int = 0
+    tls_downstream: int = 0
+    matched_by_rid: int = 0
+    matched_by_thread: int = 0
+    rows: list[SpanRow] = field(default_factory=list)
+    rows_dropped: int = 0
+
+    def __post_init__(self) -> None:
+        names = PROXY_LEGS if self.role == "sidecar" else APP_LEGS
+        self.legs = {n: LatencyHistogram() for n in names}
+
+
+def _us(ns: int) -> int:
+    return max(0, (ns + 500) // 1000)
+
+
+class Engine:
+    """Attach once; add and remove targets as they come and go; poll; snapshot."""
+
+    def __init__(
+        self,
+        aggregate: bool = True,
+        ringbuf_pages: int = 64,
+        keep_spans: bool = False,
+        max_spans: int = 1_000_000,
+    ) -> None:
+        self.aggregate = aggregate
+        self._keep = keep_spans
+        self._max_spans = max_spans
+        self._targets: dict[int, Target] = {}
+        self._app_by_rid: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        self._upstream_by_rid: OrderedDict[int, int] = OrderedDict()
+        self._probe = SidecarProbe(self._on_span, ringbuf_pages=ringbuf_pages)
+
+    # -- targets --------------------------------------------------------------------------
+    def add_target(self, pid: int, role: str, labels: Mapping[str, str] | None = None) -> None:
+        if role not in ("sidecar", "app"):
+            raise ValueError(f"role must be sidecar or app, not {role!r}")
+        mode: Mode = "proxy" if role == "sidecar" else "app"
+        self._targets[pid] = Target(pid, role, dict(labels or {}))
+        self._probe.add_target(pid, mode)
+
+    def remove_target(self, pid: int) -> None:
+        self._probe.remove_target(pid)
+        self._targets.pop(pid, None)
+
+    @property
+    def targets(self) -> dict[int, Target]:
+        return self._targets
+
+    # -- events ---------------------------------------------------------------------------
+    def poll(self, timeout_ms: int = 100) -> None:
+        self._probe.poll(timeout_ms)
+
+    def drain(self) -> None:
+        """Everything still in the ring buffer, and the answered requests no later event has
+        emitted yet (read from the connection table)."""
+        self._probe.consume()
+        for span in list(self._probe.drain_pending()):
+            self._on_span(span)
+
+    def _on_span(self, s: Span) -> None:
+        t = self._targets.get(s.tgid)
+        if t is None:
+            return
+        if not s.complete:
+            t.incomplete += 1
+            return
+        t.requests += 1
+        if s.kind == KIND_PROXY:
+            rp, up = s.us_tx_end - s.ds_rx_beg, s.us_rx_beg - s.us_tx_end
+            resp = s.ds_tx_end - s.us_rx_beg
+            legs = t.legs
+            legs["request_proxy"].record(_us(rp))
+            legs["upstream"].record(_us(up))
+            legs["response_proxy"].record(_us(resp))
+            legs["sidecar_total"].record(_us(rp + resp))
+            t.tls_downstream += bool(s.flags & F_DS_TLS)
+            t.matched_by_rid += bool(s.flags & F_MATCH_RID)
+            t.matched_by_thread += bool(s.flags & F_MATCH_THREAD)
+            if s.rid_hash:
+                app = self._app_by_rid.pop(s.rid_hash, None)
+                if app is None:
+                    _bounded_put(self._upstream_by_rid, s.rid_hash, up)
+                else:
+                    self._record_loopback(app[0], app[1], up)
+        else:
+            app_ns = s.ds_tx_end - s.ds_rx_beg
+            t.legs["app"].record(_us(app_ns))
+            if s.rid_hash:
+                up_ns = self._upstream_by_rid.pop(s.rid_hash, None)
+                if up_ns is None:
+                    _bounded_put(self._app_by_rid, s.rid_hash, (s.tgid, app_ns))
+                else:
+                    self._record_loopback(s.tgid, app_ns, up_ns)
+        if self._keep:
+            if len(t.rows) < self._max_spans:
+                role = "sidecar" if s.kind == KIND_PROXY else "app"
+                t.rows.append(
+                    SpanRow(
+                        role,
+                        s.tgid,
+                        s.tid,
+                        s.rid,
+                        s.ds_rx_beg,
+                        s.us_tx_end,
+                        s.us_rx_beg,
+                        s.ds_tx_end,
+                        s.flags,
+                    )
+                )
+            else:
+                t.rows_dropped += 1
+
+    def _record_loopback(self, app_pid: int, app_ns: int, upstream_ns: int) -> None:
+        t = self._targets.get(app_pid)
+        if t is not None:
+            t.legs["loopback"].record(_us(max(upstream_ns - app_ns, 0)))
+
+    # -- counters -------------------------------------------------------------------------
+    def cpu_ns(self) -> dict[int, dict[int, int]]:
+        """pid -> {tid: on-CPU ns since attach} for every target."""
+        out: dict[int, dict[int, int]] = {pid: {} for pid in self._targets}
+        for tid, (tgid, ns) in self._probe.thread_cpu_ns().items():
+            if tgid in out:
+                out[tgid][tid] = ns
+        return out
+
+    def proc_stats(self, pid: int) -> dict[str, int]:
+        return self._probe.proc_stats(pid)
+
+    def drops(self) -> int:
+        return self._probe.drops()
+
+    def conns_in_use(self) -> int:
+        return self._probe.conns_in_use()
+
+    def snapshot(self) -> Snapshot:
+        cpu = self.cpu_ns()
+        snap = Snapshot(drops=self.drops(), attached=len(self._targets))
+        for pid, t in self._targets.items():
+            mem = memory_of(pid)
+            snap.targets[pid] = TargetSnapshot(
+                labels=t.labels,
+                role=t.role,
+                requests=t.requests,
+                legs={k: v.copy() for k, v in t.legs.items()},
+                cpu_seconds=sum(cpu.get(pid, {}).values()) / 1e9,
+                memory_working_set_bytes=mem.working_set if mem else 0,
+            )
+        return snap
+
+    def alive(self, pid: int) -> bool:
+        return os.path.exists(f"/proc/{pid}/stat")
+
+    def close(self) -> None:
+        self._probe.close()
+
+
+def _bounded_put(d: OrderedDict[int, V], key: int, value: V) -> None:
+    d[key] = value
+    if len(d) > _JOIN_LIMIT:
+        d.popitem(last=False)

@@ -1,0 +1,215 @@
+"""A capture: attach to sidecars (and apps), measure over a window, write the document."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from profiler import __version__
+from profiler.capture import document
+from profiler.capture.engine import Engine, SpanRow, Target
+from profiler.capture.memory import memory_of
+from profiler.discovery.cgroups import cgroup_of
+from profiler.errors import TargetNotFound
+
+
+@dataclass
+class CaptureConfig:
+    sidecar_pids: list[int]
+    app_pids: list[int] = field(default_factory=list)
+    duration_s: float | None = 10.0
+    ringbuf_pages: int = 64
+    spans_file: Path | None = None
+    max_spans: int = 1_000_000
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _thread_comm(pid: int, tid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _cgroup(pid: int) -> str | None:
+    try:
+        return cgroup_of(pid)
+    except TargetNotFound:
+        return None
+
+
+class CaptureSession:
+    """Attached probes over one window. ``stop()`` returns the capture document."""
+
+    def __init__(self, config: CaptureConfig) -> None:
+        for pid in [*config.sidecar_pids, *config.app_pids]:
+            if not os.path.exists(f"/proc/{pid}/stat"):
+                raise TargetNotFound(f"no process with PID {pid}")
+        self.config = config
+        self.engine = Engine(
+            keep_spans=True, ringbuf_pages=config.ringbuf_pages, max_spans=config.max_spans
+        )
+        self._info: dict[int, dict[str, Any]] = {}
+        for role, pids in (("sidecar", config.sidecar_pids), ("app", config.app_pids)):
+            for pid in pids:
+                self._info[pid] = {"comm": _comm(pid), "cgroup": _cgroup(pid), "thread_comm": {}}
+                self.engine.add_target(pid, role)
+        self._cpu0 = self.engine.cpu_ns()
+        self._last_mem = {pid: memory_of(pid) for pid in self._info}
+        self.exited: list[int] = []
+        self.start_wall = datetime.now(UTC)
+        self.start = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def spans(self) -> int:
+        return sum(t.requests for t in self.engine.targets.values())
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        self.engine.poll(timeout_ms)
+        for pid in self._info:
+            if pid in self.exited:
+                continue
+            if not self.engine.alive(pid):
+                self.exited.append(pid)
+            else:
+                mem = memory_of(pid)
+                if mem is not None:
+                    self._last_mem[pid] = mem
+                for tid in self.engine.cpu_ns().get(pid, {}):
+                    names = self._info[pid]["thread_comm"]
+                    if tid not in names:
+                        names[tid] = _thread_comm(pid, tid)
+
+    def targets_alive(self) -> bool:
+        return len(self.exited) < len(self._info)
+
+    def run(
+        self,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_tick: Callable[[CaptureSession], None] | None = None,
+    ) -> str | None:
+        """Poll until the duration is over, ``should_stop()`` or every target exited.
+        Returns why it ended early (None when the window ran its course)."""
+        duration = self.config.duration_s
+        while True:
+            if should_stop():
+                return "interrupted"
+            if duration is not None and self.elapsed >= duration:
+                return None
+            self.poll(100)
+            if on_tick is not None:
+                on_tick(self)
+            if not self.targets_alive():
+                return "every target exited"
+
+    def stop(self, incomplete_reason: str | None = None) -> dict[str, Any]:
+        self.engine.drain()
+        duration = self.elapsed
+        end_wall = datetime.now(UTC)
+        cpu1 = self.engine.cpu_ns()
+        if self.exited and incomplete_reason is None:
+            incomplete_reason = "target exited: " + ", ".join(map(str, self.exited))
+        sidecars: list[dict[str, Any]] = []
+        apps: list[dict[str, Any]] = []
+        rows: list[SpanRow] = []
+        for pid, t in self.engine.targets.items():
+            entry = self._target_doc(pid, t, cpu1, duration)
+            (sidecars if t.role == "sidecar" else apps).append(entry)
+            rows.extend(t.rows)
+        spans_file = None
+        if self.config.spans_file is not None:
+            document.write_spans(self.config.spans_file, rows)
+            spans_file = str(self.config.spans_file)
+        tls = sum(t.tls_downstream for t in self.engine.targets.values())
+        doc: dict[str, Any] = {
+            "kind": document.KIND,
+            "format_version": document.FORMAT_VERSION,
+            "smp_profiler_version": __version__,
+            "complete": incomplete_reason is None,
+            "incomplete_reason": incomplete_reason,
+            "start_time": self.start_wall.isoformat(),
+            "end_time": end_wall.isoformat(),
+            "duration_s": round(duration, 6),
+            "drops": self.engine.drops(),
+            "method": _method(tls),
+            "sidecars": sidecars,
+            "apps": apps,
+            "spans_file": spans_file,
+            "host": {"kernel": os.uname().release, "cpus": os.cpu_count()},
+        }
+        self.engine.close()
+        return doc
+
+    def _target_doc(
+        self, pid: int, t: Target, cpu1: dict[int, dict[int, int]], duration: float
+    ) -> dict[str, Any]:
+        info = self._info[pid]
+        before, after = self._cpu0.get(pid, {}), cpu1.get(pid, {})
+        threads = []
+        for tid, ns in sorted(after.items()):
+            delta = ns - before.get(tid, 0)
+            threads.append(
+                {
+                    "tid": tid,
+                    "comm": info["thread_comm"].get(tid, ""),
+                    "cpu_seconds": round(delta / 1e9, 6),
+                }
+            )
+        cpu_s = sum(th["cpu_seconds"] for th in threads)
+        mem = self._last_mem.get(pid)
+        stats = self.engine.proc_stats(pid)
+        entry: dict[str, Any] = {
+            "pid": pid,
+            "comm": info["comm"],
+            "cgroup": info["cgroup"],
+            "requests": t.requests,
+            "incomplete_spans": t.incomplete,
+            "exited": pid in self.exited,
+            "cpu_seconds": round(cpu_s, 6),
+            "cpu_mcores": round(1000.0 * cpu_s / duration, 3) if duration > 0 else 0.0,
+            "threads": threads,
+            "mem_mb": mem.to_mb() if mem else None,
+            "bytes_rx": stats["rx_bytes"],
+            "bytes_tx": stats["tx_bytes"],
+        }
+        if t.role == "sidecar":
+            values = document.proxy_leg_values([r for r in t.rows if r.role == "sidecar"])
+            exact = t.rows_dropped == 0
+            entry["legs"] = {
+                name: document.leg_stats(values[name] if exact else None, hist)
+                for name, hist in t.legs.items()
+            }
+            entry["local_replies"] = stats["local_replies"]
+            entry["matched"] = {"request_id": t.matched_by_rid, "thread": t.matched_by_thread}
+            entry["tls_downstream_spans"] = t.tls_downstream
+        else:
+            entry["legs"] = {name: document.leg_stats(None, hist) for name, hist in t.legs.items()}
+        return entry
+
+
+def _method(tls_spans: int) -> str:
+    base = "ebpf-tracepoints: socket syscalls + sched_switch, spans assembled in the kernel"
+    if tls_spans:
+        return (
+            base + "; TLS downstream: request_proxy from the first downstream read that "
+            "precedes the plaintext upstream write, matched by worker thread"
+        )
+    return base + "; plaintext HTTP/1.1, matched by x-request-id"
+
+
+def start_capture(config: CaptureConfig) -> CaptureSession:
+    return CaptureSession(config)
