@@ -17,9 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from profiler.capabilities import Check
+from profiler.capabilities import Check, effective_caps
 from profiler.errors import PermissionDenied, SmpError, TestbedError
 from profiler.testbed import cgroups, envoy, netns
+from profiler.testbed.accesslog import AccessLogEntry, read_access_log
 from profiler.testbed.config import (
     ADMIN_PORT,
     INBOUND_PORT,
@@ -34,6 +35,7 @@ from profiler.testbed.state import STATE_FILE, PodState, TestbedState, read_stat
 
 PODS = ("server", "client")
 _TOOLS = ("ip", "iptables-restore", "nsenter", "setpriv")
+_CAPS = (12, 21)  # CAP_NET_ADMIN, CAP_SYS_ADMIN
 
 
 def _containers(cfg_sidecar: bool, pod: str, client_sidecar: bool) -> list[str]:
@@ -75,8 +77,12 @@ class Testbed:
     def up(cls, cfg: TestbedConfig) -> Testbed:
         """Build the node; on any failure remove what was made and raise one clear error."""
         cfg.validate()
-        if os.geteuid() != 0:
-            raise PermissionDenied("the testbed needs root (network namespaces, iptables, cgroups)")
+        caps = effective_caps()
+        if os.geteuid() != 0 or not all(caps & (1 << c) for c in _CAPS):
+            raise PermissionDenied(
+                "the testbed needs root with CAP_NET_ADMIN and CAP_SYS_ADMIN "
+                "(network namespaces, iptables, cgroups): run with sudo"
+            )
         for tool in _TOOLS:
             if shutil.which(tool) is None:
                 raise TestbedError(f"{tool} is not installed (make setup)")
@@ -224,6 +230,21 @@ class Testbed:
         if status != 200:
             raise TestbedError(f"Envoy admin {path} answered {status}")
         return body.decode()
+
+    def wait_access_log(
+        self, n: int, pod: str = "server", timeout: float = 5.0
+    ) -> list[AccessLogEntry]:
+        """The sidecar's access log once it has ``n`` entries (Envoy flushes every 200 ms), or
+        what it has after ``timeout``."""
+        p = self.state.server if pod == "server" else self.state.client
+        if p.access_log is None:
+            raise TestbedError(f"the {pod} pod has no Envoy sidecar, hence no access log")
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = read_access_log(p.access_log)
+            if len(entries) >= n or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.05)
 
     def app_stats(self) -> dict[str, int]:
         """The app's own counters (GET /__stats on 127.0.0.1, which no sidecar intercepts)."""

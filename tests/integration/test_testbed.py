@@ -12,12 +12,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from profiler.errors import TestbedError
-from profiler.testbed import Testbed, envoy_binary, leftovers, read_access_log
+from profiler.testbed import Testbed, envoy_binary, leftovers
 from profiler.testbed.cgroups import unified_root
 from profiler.testbed.config import Names, derived_subnet
 from profiler.testbed.envoy import bootstrap
@@ -57,15 +56,6 @@ def _cgroups_of(pods: list[str]) -> list[str]:
     if not root.exists():
         return []
     return [str(p) for p in root.rglob("*") if p.is_dir() and any(u in str(p) for u in pods)]
-
-
-def _wait_lines(path: str, n: int, timeout: float = 5.0) -> list[Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = read_access_log(path)
-        if len(entries) >= n or time.monotonic() > deadline:
-            return entries
-        time.sleep(0.05)
 
 
 def test_envoy_accepts_generated_configs() -> None:
@@ -115,9 +105,8 @@ def test_23_requests_through_both_sidecars(testbed_factory: Factory) -> None:
     assert all(r["server"] == "envoy" and r["len"] == 128 for r in replies)
     assert tb.app_stats()["requests"] == N
 
-    for log, direction in ((st.access_log, "inbound"), (st.client.access_log, "outbound")):
-        assert log is not None
-        entries = _wait_lines(log, N)
+    for pod, direction in (("server", "inbound"), ("client", "outbound")):
+        entries = tb.wait_access_log(N, pod=pod)
         assert len(entries) == N
         assert [e.request_id for e in entries] == [f"both-{i}" for i in range(N)]
         for e in entries:
@@ -203,7 +192,7 @@ def test_mtls_between_sidecars(testbed_factory: Factory) -> None:
             capture_output=True, text=True,
         )  # fmt: skip
         assert (r.returncode, r.stdout) == (0, "200 2"), r.stderr
-    entries = _wait_lines(str(tb.state.access_log), 8)
+    entries = tb.wait_access_log(8)
     assert [e.request_id for e in entries] == [f"tls-{i}" for i in range(5)] + [
         f"h2c-{i}" for i in range(3)]  # fmt: skip
     assert {e.protocol for e in entries[5:]} == {"HTTP/2"}
@@ -228,6 +217,19 @@ def test_rejected_envoy_config_leaves_nothing(testbed_factory: Factory) -> None:
     msg = str(e.value)
     assert "\n" not in msg and "Envoy" in msg and "NO_SUCH_TYPE" in msg, msg
     assert leftovers(name) == []
+
+
+def test_without_privileges_one_line_and_nothing_made() -> None:
+    name = f"t{secrets.token_hex(3)}"
+    # root without capabilities, as in an unprivileged container
+    r = subprocess.run(
+        ["setpriv", "--bounding-set=-all", "--inh-caps=-all", *CLI, "testbed", "up",
+         "--name", name, "--state-dir", f"/tmp/smp-{name}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 77 and "CAP_NET_ADMIN" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert leftovers(name) == [] and not Path(f"/tmp/smp-{name}").exists()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
