@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _testbed import send_requests
 
 from profiler.errors import TestbedError
 from profiler.testbed import Testbed, envoy_binary, leftovers
 from profiler.testbed.cgroups import unified_root
 from profiler.testbed.config import Names, derived_subnet
 from profiler.testbed.envoy import bootstrap
-from tests.integration.conftest import send_requests
 
 pytestmark = [pytest.mark.testbed, pytest.mark.envoy]
 N = 23

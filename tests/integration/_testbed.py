@@ -1,0 +1,38 @@
+"""Helpers for tests on the local testbed (import as ``from _testbed import ...``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+# Sends N sequential GETs over one keep-alive connection, ids "<prefix>-<i>"; prints a summary.
+_CLIENT = r"""
+import http.client, json, sys
+url, n, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+host, _, rest = url.split("//", 1)[1].partition(":")
+port, path = int(rest.split("/", 1)[0]), "/" + rest.split("/", 1)[1]
+conn = http.client.HTTPConnection(host, port, timeout=10)
+out = []
+for i in range(n):
+    rid = f"{prefix}-{i}"
+    conn.request("GET", path, headers={"x-request-id": rid})
+    r = conn.getresponse()
+    body = r.read()
+    out.append({"id": rid, "status": r.status, "echo": r.getheader("x-request-id"),
+                "len": len(body), "server": r.getheader("server")})
+print(json.dumps(out))
+"""
+
+
+def send_requests(tb: Any, n: int, prefix: str, url: str | None = None) -> list[dict[str, Any]]:
+    """``n`` requests from the client pod to ``url`` (the testbed's URL); one dict each."""
+    r = tb.run_in_client(
+        [sys.executable, "-c", _CLIENT, url or tb.state.url, str(n), prefix],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    result: list[dict[str, Any]] = json.loads(r.stdout)
+    return result
