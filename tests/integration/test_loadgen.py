@@ -8,6 +8,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from profiler.errors import TargetUnreachable
 from profiler.loadgen import LoadSpec, run_load, wrk
 from profiler.loadgen.common import run_tool
+from profiler.testbed import read_access_log
 
 SERVER = Path(__file__).resolve().parents[1] / "helpers" / "http_server.py"
 
@@ -184,9 +186,17 @@ def test_builtin_1000_rps_in_the_testbed_client_pod(testbed_factory: Callable[..
         warmup_s=0.5,
         netns=client.netns,
         cgroup=client.cgroups.get("client"),
+        keep_request_ids=5000,
     )
     r = run_load(spec)
     assert r.rate_achieved == pytest.approx(1000, rel=0.01), r.notes
     assert r.target_reached and r.errors == {}
     assert r.status_counts == {200: r.requests}
     assert r.percentiles_ms[50] < 20
+    # every measured request id reached the server's sidecar (what a capture matches on)
+    ids = set(r.request_ids or [])
+    assert len(ids) == r.requests
+    deadline = time.monotonic() + 10  # Envoy flushes its access log about once a second
+    while not ids <= (logged := {e.request_id for e in read_access_log(tb.state.access_log)}):
+        assert time.monotonic() < deadline, f"{len(ids - logged)} ids not in the access log"
+        time.sleep(0.2)
