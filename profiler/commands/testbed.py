@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from profiler.errors import BadInputFile, TestbedError
@@ -69,6 +70,8 @@ def down(*, name: str, state_dir: Path | None, json_out: bool) -> int:
         name = tb.state.name
     except BadInputFile:
         removed = teardown(name)  # no (readable) description: clean up by the derived names
+        if state_dir is None and d.is_dir() and not any(d.glob("*.json")):
+            shutil.rmtree(d, ignore_errors=True)  # the default dir of a crashed run: logs only
     if json_out:
         print(json.dumps({"name": name, "removed": removed}, indent=2))
     elif removed:

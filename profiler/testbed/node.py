@@ -279,14 +279,23 @@ class Testbed:
     # ----- tearing down ---------------------------------------------------------------
 
     def down(self) -> list[str]:
-        """Remove everything; safe to call twice. Returns what was removed."""
+        """Remove everything; safe to call twice. Returns what was removed.
+
+        A state dir given by the caller keeps its logs (testbed.json goes); the default one
+        under /run/smp-profiler (a tmpfs) is removed whole, access logs included.
+        """
         removed = teardown(self.state.name, self.state)
         for p in self._procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=2)
         self._procs.clear()
-        with contextlib.suppress(FileNotFoundError):
-            (Path(self.state.state_dir) / STATE_FILE).unlink()
+        d = Path(self.state.state_dir)
+        if d == TestbedConfig(name=self.state.name).resolved_state_dir and d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(f"state dir {d}")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (d / STATE_FILE).unlink()
         return removed
 
 

@@ -259,5 +259,12 @@ def test_cli_and_a_crashed_run(tmp_path: Path) -> None:
         assert r.returncode == 0 and "nothing to remove" in r.stdout
         r = _cli("testbed", "up", "--name", name, "--mtls")
         assert r.returncode == 2 and "--client-sidecar" in r.stderr
+        # the default state dir is on /run (a tmpfs): down removes it, logs included
+        assert _cli("testbed", "up", "--name", name, "--sidecar", "none").returncode == 0
+        default = Path(f"/run/smp-profiler/testbed-{name}")
+        assert (default / "testbed.json").is_file() and (default / "app.log").is_file()
+        assert _cli("testbed", "down", "--name", name).returncode == 0
+        assert not default.exists() and leftovers(name) == []
     finally:
         _cli("testbed", "down", "--name", name, "--state-dir", d)
+        _cli("testbed", "down", "--name", name)
