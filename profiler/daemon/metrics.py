@@ -203,7 +203,8 @@ class SnapshotCollector(Collector):
             if total < self._drops - self._drops_base:  # the engine was restarted
                 self._drops_base = self._drops
             self._drops = self._drops_base + total
-            self._attached = int(snapshot.attached)
+            # sidecar targets only (the engine's ``attached`` counts its app targets too)
+            self._attached = sum(role == "sidecar" for _, role, _ in live.values())
             self.updated = True
 
     def label_sets(self) -> int:

@@ -66,7 +66,7 @@ def test_families_from_a_snapshot() -> None:
             4244: TargetSnapshot(APP, "app", 0, {}, 0.25, 10_000_000),
         },
         drops=7,
-        attached=1,
+        attached=3,  # the engine counts every target; the metric counts sidecars
     )
     c.update(snap)
     m = scrape(c)
@@ -119,3 +119,24 @@ def test_drops_survive_an_engine_restart() -> None:
     c.update(Snapshot({}, drops=5))
     c.update(Snapshot({}, drops=2))  # the engine's counter started over
     assert scrape(c)["smp_probe_events_dropped_total"] == {(): 7}
+
+
+def test_pod_churn_keeps_memory_bounded() -> None:
+    now = [0.0]
+    c = SnapshotCollector(retire_after=60.0, clock=lambda: now[0])
+    held = []
+    for i in range(2000):  # a new pod every second, each living 3 s
+        now[0] = float(i)
+        live = {
+            1000 + j: TargetSnapshot(
+                {"namespace": "churn", "pod": f"p{j}", "container": "istio-proxy"},
+                "sidecar",
+                requests=5,
+                legs={"sidecar_total": hist(100)},
+            )
+            for j in range(max(0, i - 2), i + 1)
+        }
+        c.update(Snapshot(live, attached=len(live)))
+        held.append(c.label_sets())
+    assert max(held[1000:]) <= 64  # 3 live + the last 60 s of retired pods
+    assert held[-1] == held[-500]
