@@ -1,0 +1,98 @@
+"""``smp-profiler daemon --no-kubernetes`` with the real engine on the testbed's real Envoy:
+it finds the sidecar and its app by name and cgroup, counts 23 requests on /metrics, and
+exits 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _testbed import send_requests
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
+CLI = [sys.executable, "-m", "profiler.cli"]
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def test_daemon_node_only_on_the_testbed(
+    testbed_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    tb = testbed_factory()
+    server = tb.state.server
+    pod_cgroup = str(Path(server.cgroups["istio-proxy"]).parent)
+    log = tmp_path / "daemon.log"
+    argv = [*CLI, "daemon", "--no-kubernetes", "--metrics-port", "0"]
+    argv += ["--metrics-address", "127.0.0.1", "--interval", "0.5", "--cgroup-root", pod_cgroup]
+    with log.open("w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        port = None
+        while port is None:
+            assert proc.poll() is None, log.read_text()
+            m = re.search(r"metrics on 127\.0\.0\.1:(\d+)", log.read_text())
+            port = int(m.group(1)) if m else None
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        while _get(url + "/readyz")[0] != 200:
+            assert time.monotonic() < deadline, _get(url + "/readyz")
+            time.sleep(0.1)
+        assert _get(url + "/healthz")[0] == 200
+
+        sidecar = (("container", "envoy"), ("namespace", ""), ("pod", server.uid))
+        app = (("container", "app"), ("namespace", ""), ("pod", server.uid))
+        while ("smp_sidecar_requests_total", sidecar) not in _samples(_get(url + "/metrics")[1]):
+            assert time.monotonic() < deadline, _get(url + "/metrics")[1]
+            time.sleep(0.1)
+        replies = send_requests(tb, 23, "d23")
+        assert [r["status"] for r in replies] == [200] * 23
+        while True:
+            m = _samples(_get(url + "/metrics")[1])
+            if m.get(("smp_sidecar_requests_total", sidecar)) == 23:
+                break
+            assert time.monotonic() < deadline, m.get(("smp_sidecar_requests_total", sidecar))
+            time.sleep(0.2)
+        total = tuple(sorted([*sidecar, ("leg", "sidecar_total")]))
+        assert m["smp_sidecar_leg_duration_seconds_count", total] == 23
+        assert m["smp_attached_sidecars", ()] == 1
+        assert m["smp_probe_events_dropped_total", ()] == 0
+        assert m["smp_sidecar_cpu_seconds_total", sidecar] > 0
+        assert ("smp_app_cpu_seconds_total", app) in m
+        assert m["smp_sidecar_memory_working_set_bytes", sidecar] > 1 << 20
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    text = log.read_text()
+    assert code == 0, text
+    assert "Traceback" not in text and "detaching" in text
