@@ -219,4 +219,5 @@ def _merge(
         notes=notes,
         service_histogram=svc,
         max_send_lag_ms=lag * 1e3,
+        cpu_s=sum(float(d.get("cpu_s", 0.0)) for d in parts),
     )

@@ -58,6 +58,7 @@ class LoadResult:
     # builtin: latency from the actual send (what a closed-loop tool reports), for comparison
     service_histogram: LatencyHistogram | None = None
     max_send_lag_ms: float | None = None  # builtin: latest send behind its intended time
+    cpu_s: float | None = None  # builtin: CPU seconds of its processes (warm-up included)
 
     @property
     def error_count(self) -> int:
@@ -93,6 +94,7 @@ class LoadResult:
             "workers": self.workers,
             "notes": list(self.notes),
             "max_send_lag_ms": self.max_send_lag_ms,
+            "cpu_s": self.cpu_s,
             "service_histogram": None
             if self.service_histogram is None
             else self.service_histogram.to_json(),
@@ -132,6 +134,7 @@ class LoadResult:
                 workers=int(d.get("workers", 1)),
                 notes=[str(n) for n in d.get("notes", [])],
                 max_send_lag_ms=_opt_float(d.get("max_send_lag_ms")),
+                cpu_s=_opt_float(d.get("cpu_s")),
                 service_histogram=None
                 if d.get("service_histogram") is None
                 else LatencyHistogram.from_json(d["service_histogram"]),
