@@ -38,6 +38,7 @@ class RunConfig:
     baseline_target: str | None = None
     sidecar_pids: list[int] = field(default_factory=list)
     app_pids: list[int] = field(default_factory=list)
+    baseline_app_pids: list[int] = field(default_factory=list)  # captured too: same probe cost
     netns: str | None = None
     baseline_netns: str | None = None
     testbed: str | None = None

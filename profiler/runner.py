@@ -13,6 +13,7 @@ import importlib
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -27,7 +28,7 @@ from profiler.loadgen.result import GENERATORS, LoadResult, LoadSpec
 from profiler.model import MeshInfo, RunBundle, RunConfig, StepRecord
 
 LoadFn = Callable[[LoadSpec], LoadResult]
-CaptureFn = Callable[[list[int]], "CaptureSession"]
+CaptureFn = Callable[[list[int], list[int]], "CaptureSession"]  # sidecar PIDs, app PIDs
 MAX_RATE = 100_000.0
 
 
@@ -111,8 +112,14 @@ def resolve(cfg: RunConfig) -> tuple[RunConfig, MeshInfo]:
             cfg.sidecar_pids = [p for p in (st.server.envoy_pid, st.client.envoy_pid) if p]
         if not cfg.app_pids and st.server.app_pid:
             cfg.app_pids = [st.server.app_pid]
+        build = st.envoy_version
+        if cfg.sidecar_pids:
+            from profiler.smp.environment import envoy_binary_of, envoy_version
+
+            exe = envoy_binary_of(cfg.sidecar_pids[0])
+            build = (envoy_version(exe) if exe else None) or build
         mesh = MeshInfo(
-            proxy_build=st.envoy_version,
+            proxy_build=build,
             proxy_concurrency=st.concurrency,
             mtls_enabled=bool(st.mtls),
             sidecar_count=len(cfg.sidecar_pids),
@@ -120,6 +127,8 @@ def resolve(cfg: RunConfig) -> tuple[RunConfig, MeshInfo]:
     if cfg.baseline_testbed:
         st = _testbed_state(Path(cfg.baseline_testbed))
         cfg.baseline_target, cfg.baseline_netns = st.url, st.client.netns
+        if not cfg.baseline_app_pids and st.server.app_pid:
+            cfg.baseline_app_pids = [st.server.app_pid]
     if not cfg.target:
         raise UsageError("give --target URL or --testbed STATE_DIR")
     check_url(cfg.target)
@@ -131,7 +140,7 @@ def resolve(cfg: RunConfig) -> tuple[RunConfig, MeshInfo]:
         raise UsageError("--repeat and --connections must be at least 1")
     if cfg.step_duration_s <= 0 or cfg.warmup_s < 0:
         raise UsageError("--step-duration must be > 0 and --warmup >= 0")
-    for pid in cfg.sidecar_pids + cfg.app_pids:
+    for pid in cfg.sidecar_pids + cfg.app_pids + cfg.baseline_app_pids:
         if not Path(f"/proc/{pid}").exists():
             raise TargetNotFound(f"no process with PID {pid}")
     if cfg.sidecar_pids and not cfg.testbed:
@@ -167,8 +176,11 @@ def default_capture_fn() -> CaptureFn | None:
     except ImportError:
         return None
 
-    def start(pids: list[int]) -> CaptureSession:
-        return capture.start_capture(capture.CaptureConfig(pids=pids))  # type: ignore[no-any-return]
+    def start(sidecar_pids: list[int], app_pids: list[int]) -> CaptureSession:
+        config = capture.CaptureConfig(
+            sidecar_pids=sidecar_pids, app_pids=app_pids, duration_s=None
+        )
+        return capture.start_capture(config)  # type: ignore[no-any-return]
 
     return start
 
@@ -201,12 +213,44 @@ def check_reachable(url: str, netns: str | None, timeout_s: float = 3.0) -> None
         raise TargetUnreachable(f"cannot connect to {url} from netns {netns}: {why}")
 
 
+def _load_polling(load_fn: LoadFn, spec: LoadSpec, session: CaptureSession) -> LoadResult:
+    """Run the load in a thread while this thread consumes the capture's events."""
+    poll = getattr(session, "poll", None)
+    if poll is None:
+        return load_fn(spec)
+    box: dict[str, Any] = {}
+
+    def drive() -> None:
+        try:
+            box["result"] = load_fn(spec)
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=drive, name="smp-load", daemon=True)
+    t.start()
+    while t.is_alive():
+        poll(100)
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    result: LoadResult = box["result"]
+    return result
+
+
 def plan(cfg: RunConfig, captured: bool) -> list[Window]:
     roles = [("mesh", cfg.target, cfg.netns)]
     if cfg.baseline_target:
         roles.append(("baseline", cfg.baseline_target, cfg.baseline_netns))
     return [
-        Window(i, rate, role, rep, target, ns, captured and role == "mesh")
+        Window(
+            i,
+            rate,
+            role,
+            rep,
+            target,
+            ns,
+            captured and (role == "mesh" or bool(cfg.baseline_app_pids)),
+        )
         for i, rate in enumerate(cfg.rates)
         for rep in range(cfg.repeat)
         for role, target, ns in roles
@@ -227,7 +271,6 @@ def execute(
 
     load_fn = load_fn or default_load_fn(cfg.generator)
     notes: list[str] = []
-    pids = cfg.sidecar_pids + cfg.app_pids
     if cfg.sidecar_pids and capture_fn is None:
         capture_fn = default_capture_fn()
         if capture_fn is None:
@@ -257,12 +300,15 @@ def execute(
                     reporter.start(w, "warm-up")
                     load_fn(replace(spec, duration_s=cfg.warmup_s))
                 reporter.start(w, "measure")
-                session = capture_fn(pids)
+                if w.role == "mesh":
+                    session = capture_fn(cfg.sidecar_pids, cfg.app_pids)
+                else:  # the baseline's app: both paths then carry the probes' cost
+                    session = capture_fn([], cfg.baseline_app_pids)
             else:  # nothing to align with: the generator's own (unmeasured) warm-up
                 spec = replace(spec, warmup_s=cfg.warmup_s)
                 reporter.start(w, "warm-up + measure")
             try:
-                load = load_fn(spec)
+                load = load_fn(spec) if session is None else _load_polling(load_fn, spec, session)
             finally:
                 capture = session.stop() if session is not None else None
             rec = StepRecord(w.step, w.rate, w.role, w.repetition, load, capture)

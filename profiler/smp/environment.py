@@ -87,8 +87,13 @@ def envoy_version(binary: str | Path) -> str | None:
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
-    m = re.search(r"version:\s*\S+/(\S+)", out)
-    return m.group(1) if m else (out.strip().splitlines()[-1] if out.strip() else None)
+    return parse_envoy_version(out)
+
+
+def parse_envoy_version(text: str) -> str | None:
+    """``envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL`` -> ``1.40.0/Clean/...``."""
+    m = re.search(r"version:\s*[0-9a-f]+/(\S+)", text)
+    return m.group(1) if m else None
 
 
 def envoy_binary_of(pid: int) -> Path | None:

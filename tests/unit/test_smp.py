@@ -240,3 +240,11 @@ def test_yaml_output_is_loadable_by_a_plain_yaml_reader(tmp_path: Path) -> None:
     code = "import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); print(d['smp_version'])"
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert r.stdout.strip() == "v0.6.1", r.stderr
+
+
+def test_envoy_version_string() -> None:
+    from profiler.smp.environment import parse_envoy_version
+
+    text = "envoy  version: 9e5580933739775e8bce696a57a2e1bc99368f23/1.40.0/Clean/RELEASE/BoringSSL"
+    assert parse_envoy_version(text) == "1.40.0/Clean/RELEASE/BoringSSL"
+    assert parse_envoy_version("no version here") is None
