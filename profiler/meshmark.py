@@ -91,7 +91,7 @@ def compute(steps: Sequence[StepCosts]) -> MeshMark:
             mues.append(Mue(cls, name, value, _adjusted(adjustment)))
 
     for s in steps:
-        tag = f"{s.rate:g} rps"
+        tag = "max rate" if s.rate == 0 else f"{s.rate:g} rps"
         cpu_adj = ADJUST_TOP_RATE_CPU if s.rate == top and len(steps) > 1 else 0.0
         add("cpu", f"cpu @ {tag}", _share_mue(s.sidecar_cpu_s, s.app_cpu_s), cpu_adj)
         add("memory", f"memory @ {tag}", _share_mue(s.sidecar_rss_mb, s.app_rss_mb), 0.0)

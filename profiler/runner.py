@@ -75,14 +75,24 @@ class QuietReporter:
 # ----- options ------------------------------------------------------------------------
 
 
+def rate_label(rate: float) -> str:
+    """A step's rate as shown: ``0`` is "max" (as fast as possible, SMP's rps 0)."""
+    return "max" if rate == 0 else f"{rate:g}"
+
+
 def parse_rates(text: str) -> list[float]:
-    """``"100,500,1000"`` -> [100.0, 500.0, 1000.0]; UsageError on anything else."""
+    """``"100,500,1000"`` -> [100.0, 500.0, 1000.0]; ``max`` -> 0.0 (as fast as possible)."""
     rates: list[float] = []
     for part in text.split(","):
+        if part.strip() == "max":
+            rates.append(0.0)
+            continue
         try:
             r = float(part.strip())
         except ValueError:
-            raise UsageError(f"bad --rates {text!r}: use numbers in req/s, e.g. 100,500") from None
+            raise UsageError(
+                f"bad --rates {text!r}: use req/s numbers or max, e.g. 100,500"
+            ) from None
         if not 0 < r <= MAX_RATE:
             raise UsageError(f"bad rate {part.strip()}: use 0 < rate <= {MAX_RATE:g} req/s")
         rates.append(r)
@@ -288,7 +298,7 @@ def execute(
             spec = LoadSpec(
                 generator=cfg.generator,
                 target=w.target,
-                rate=w.rate,
+                rate=w.rate or None,
                 duration_s=cfg.step_duration_s,
                 connections=cfg.connections,
                 netns=w.netns,
@@ -314,7 +324,7 @@ def execute(
             rec = StepRecord(w.step, w.rate, w.role, w.repetition, load, capture)
             if not load.target_reached:
                 notes.append(
-                    f"step {w.step} {w.role} rep {w.repetition}: asked {w.rate:g} req/s, "
+                    f"step {w.step} {w.role} rep {w.repetition}: asked {rate_label(w.rate)} req/s, "
                     f"achieved {load.rate_achieved:.1f}"
                 )
             records.append(rec)

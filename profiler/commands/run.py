@@ -12,7 +12,7 @@ from rich.table import Table
 
 from profiler.errors import UsageError
 from profiler.model import RunConfig, StepRecord, dumps
-from profiler.runner import Window
+from profiler.runner import Window, rate_label
 
 FORMATS = ("json", "yaml")
 
@@ -51,7 +51,7 @@ class RichReporter:
         self.console.print(f"{len(windows)} windows, about {seconds:.0f} s of load")
 
     def start(self, window: Window, phase: str) -> None:
-        rates = f"{window.rate:g} req/s"
+        rates = f"{rate_label(window.rate)} req/s"
         done = self.progress.tasks[0].completed
         self.progress.update(
             self.task,
@@ -69,7 +69,8 @@ class RichReporter:
             mc = sum(float(s.get("cpu_mcores") or 0) for s in scs)
             extra = f" sidecar {mc:.0f} mcores, drops {record.capture.get('drops', 0)}"
         line = (
-            f"step {window.step} {window.role:8} {window.rate:>7g} req/s rep {window.repetition}:"
+            f"step {window.step} {window.role:8} {rate_label(window.rate):>7} req/s"
+            f" rep {window.repetition}:"
             f" achieved {load.rate_achieved:8.1f}  p50 {_ms(p50)}  p99 {_ms(p99)}"
             f"  errors {load.error_count}{extra}"
         )
@@ -115,7 +116,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
         sc = step.get("sidecar") or {}
         total = (sc.get("legs") or {}).get("sidecar_total") or {}
         t.add_row(
-            f"{step['rate_asked']:g}",
+            rate_label(step["rate_asked"]),
             f"{step['mesh']['rate_achieved']:.1f}",
             _f(lat.get("p50_ms")),
             _f(lat.get("p99_ms")),

@@ -36,7 +36,7 @@ def performance_test_config(b: RunBundle) -> dict[str, Any]:
     generator = b.records[0].load.generator if b.records else c.generator
     version = b.records[0].load.generator_version if b.records else None
     mode = b.records[0].load.mode if b.records else None
-    rates = ",".join(f"{r:g}" for r in c.rates)
+    rates = ",".join("max" if r == 0 else f"{r:g}" for r in c.rates)
     return {
         "smp_version": SMP_VERSION,
         "id": b.test_id,
@@ -81,7 +81,7 @@ def performance_test_results(b: RunBundle, details: dict[str, Any]) -> list[dict
                 "smp_version": SMP_VERSION,
                 "id": b.result_ids[i],
                 "labels": _labels(
-                    rate_asked=f"{step['rate_asked']:g}",
+                    rate_asked="max" if step["rate_asked"] == 0 else f"{step['rate_asked']:g}",
                     repetitions=step["repetitions"],
                     target_reached=str(mesh["target_reached"]).lower(),
                     step=i,

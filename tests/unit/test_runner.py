@@ -6,7 +6,7 @@ import pytest
 
 from profiler.errors import TargetUnreachable, UsageError
 from profiler.model import RunConfig
-from profiler.runner import check_reachable, check_url, parse_rates, plan
+from profiler.runner import check_reachable, check_url, parse_rates, plan, rate_label
 
 
 def _cfg(**kw: object) -> RunConfig:
@@ -25,6 +25,8 @@ def _cfg(**kw: object) -> RunConfig:
 
 def test_parse_rates() -> None:
     assert parse_rates("100, 500,1000") == [100.0, 500.0, 1000.0]
+    assert parse_rates("max,100") == [0.0, 100.0]  # 0 = as fast as possible (SMP rps 0)
+    assert rate_label(0.0) == "max" and rate_label(100.0) == "100"
     for bad in ("", "100,x", "0", "-5", "1e9"):
         with pytest.raises(UsageError):
             parse_rates(bad)
