@@ -40,6 +40,15 @@ def _comm(pid: int, proc: str = PROC) -> str:
         return ""
 
 
+def _exited(pid: int, proc: str = PROC) -> bool:
+    """A zombie (exited, not yet reaped) or gone: /proc still lists zombies, with their comm."""
+    try:
+        state = Path(f"{proc}/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
 def proxy_kind(pid: int, proc: str = PROC) -> ProxyKind | None:
     """``"envoy"`` or ``"linkerd2-proxy"`` when the process is one (by executable name, then by
     comm), else None. Istio's pilot-agent, which starts Envoy, is not a proxy."""
@@ -145,7 +154,7 @@ def find_sidecars(cgroup_root: str | None = None, proc: str = PROC) -> list[Side
             continue
         pid = int(entry)
         kind = proxy_kind(pid, proc)
-        if kind is None:
+        if kind is None or _exited(pid, proc):
             continue
         placed = _placement(pid, proc)
         if placed is None:

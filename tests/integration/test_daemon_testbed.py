@@ -1,9 +1,10 @@
 """``smp-profiler daemon --no-kubernetes`` with the real engine on the testbed's real Envoy:
-it finds the sidecar and its app by name and cgroup, counts 23 requests on /metrics, and
-exits 0 on SIGTERM."""
+it finds the sidecar and its app by name and cgroup, counts 23 requests on /metrics, follows
+a sidecar restart to the new PID, and exits 0 on SIGTERM."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _kubepods import named_binary
 from _testbed import send_requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -48,6 +50,7 @@ def test_daemon_node_only_on_the_testbed(
     log = tmp_path / "daemon.log"
     argv = [*CLI, "daemon", "--no-kubernetes", "--metrics-port", "0"]
     argv += ["--metrics-address", "127.0.0.1", "--interval", "0.5", "--cgroup-root", pod_cgroup]
+    extra: list[subprocess.Popen[bytes]] = []
     with log.open("w") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
     try:
@@ -85,7 +88,24 @@ def test_daemon_node_only_on_the_testbed(
         assert m["smp_sidecar_cpu_seconds_total", sidecar] > 0
         assert ("smp_app_cpu_seconds_total", app) in m
         assert m["smp_sidecar_memory_working_set_bytes", sidecar] > 1 << 20
+
+        # the sidecar restarts: a new proxy process in the container replaces the old PID,
+        # and the counters of the label set stay monotonic
+        old = server.envoy_pid
+        os.kill(old, signal.SIGKILL)
+        new = subprocess.Popen([named_binary("envoy"), "600"])
+        extra.append(new)
+        Path(server.cgroups["istio-proxy"], "cgroup.procs").write_text(str(new.pid))
+        while f"+[{new.pid}] -[{old}]" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        m = _samples(_get(url + "/metrics")[1])
+        assert m["smp_attached_sidecars", ()] == 1
+        assert m["smp_sidecar_requests_total", sidecar] == 23
     finally:
+        for p in extra:
+            p.kill()
+            p.wait()
         proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(timeout=20)

@@ -129,3 +129,15 @@ def test_real_envoy_found_as_sidecar_with_its_apps(tmp_path: Path) -> None:
         finally:
             stray.kill()
             stray.wait()
+
+
+def test_an_exited_proxy_is_not_a_sidecar() -> None:
+    with node_root() as root, kubelet_pod(root) as pod:
+        proxy = pod.add_container("istio-proxy", [named_binary("envoy"), "600"])
+        assert [s.pid for s in find_sidecars(cgroup_root=str(root))] == proxy.pids
+        proxy.procs[0].kill()  # not reaped yet: a zombie that /proc still lists as "envoy"
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{proxy.pids[0]}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert find_sidecars(cgroup_root=str(root)) == []
