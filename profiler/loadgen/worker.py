@@ -140,11 +140,24 @@ class Conn:
         self.reader = self.writer = None
 
     async def exchange(self, request: bytes) -> tuple[int, int]:
+        if self.reader is not None and self.reader.at_eof():
+            self.close()  # the server closed this idle keep-alive connection
+        reused = self.writer is not None
         if self.writer is None:
             await self.open()
         assert self.reader is not None and self.writer is not None
         self.writer.write(request)
-        status, n, close = await read_response(self.reader)
+        try:
+            status, n, close = await read_response(self.reader)
+        except asyncio.IncompleteReadError as e:
+            if not reused or e.partial:
+                raise
+            # closed by the server while idle, before any answer: once more on a new one
+            self.close()
+            await self.open()
+            assert self.reader is not None and self.writer is not None
+            self.writer.write(request)
+            status, n, close = await read_response(self.reader)
         if close:
             self.close()
         return status, n

@@ -5,7 +5,8 @@
 
 Prints the port it listens on, then serves until killed. ``--stall-after N`` blocks the
 whole server (every connection) once, for ``--stall-ms``, when request N arrives;
-``--stall-at-ms T`` does it at the first request T ms after the first request.
+``--stall-at-ms T`` does it at the first request T ms after the first request;
+``--idle-close-ms T`` closes a keep-alive connection idle for T ms.
 Every response echoes the request's ``x-request-id``.
 """
 
@@ -25,6 +26,7 @@ def main() -> None:
     ap.add_argument("--stall-at-ms", type=float, default=0.0)
     ap.add_argument("--stall-ms", type=float, default=200.0)
     ap.add_argument("--body-bytes", type=int, default=3)
+    ap.add_argument("--idle-close-ms", type=float, default=0.0)
     a = ap.parse_args()
     body = (b"ok\n" * (a.body_bytes // 3 + 1))[: a.body_bytes]
     seen = 0
@@ -35,7 +37,14 @@ def main() -> None:
         nonlocal seen, first, stalled
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
+                if a.idle_close_ms > 0:
+                    try:
+                        async with asyncio.timeout(a.idle_close_ms / 1000.0):
+                            head = await reader.readuntil(b"\r\n\r\n")
+                    except TimeoutError:
+                        break  # close an idle keep-alive connection, as servers do
+                else:
+                    head = await reader.readuntil(b"\r\n\r\n")
                 seen += 1
                 now = time.monotonic()
                 first = now if first is None else first

@@ -91,6 +91,12 @@ def test_timeouts_are_counted_by_kind(server: Server) -> None:
     assert r.requests + r.errors["timeout"] == pytest.approx(400, abs=2)
 
 
+def test_idle_connections_closed_by_the_server_are_reopened(server: Server) -> None:
+    url = server("--idle-close-ms", "60")  # every connection idles ~200 ms between requests
+    r = run_load(_spec(url, rate=20.0, duration_s=2.0, connections=4))
+    assert r.errors == {} and r.status_counts == {200: 40}
+
+
 def test_two_workers_merge(server: Server) -> None:
     r = run_load(_spec(server(), rate=3000.0, duration_s=2.0, workers=2, run_id="two"))
     assert r.workers == 2 and r.target_reached, r.notes
