@@ -321,6 +321,8 @@ def execute(
                 load = load_fn(spec) if session is None else _load_polling(load_fn, spec, session)
             finally:
                 capture = session.stop() if session is not None else None
+            # The ids served the capture's matching; kept, they would be most of the bundle.
+            load = replace(load, request_ids=None)
             rec = StepRecord(w.step, w.rate, w.role, w.repetition, load, capture)
             if not load.target_reached:
                 notes.append(

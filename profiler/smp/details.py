@@ -320,6 +320,13 @@ def _ebpf_vs_ab(
         return None
     ci = stats.bootstrap_percentiles(*arrays(total), rng, (50.0,), N_BOOT, LEVEL)[50.0]
     ab = ov["p50"]
+    base = {r.repetition: r.load for r in bundle.records_of(step["index"], "baseline")}
+    per_rep = []
+    for r in recs:  # paired by repetition: one disturbed window shows up here
+        b = base.get(r.repetition)
+        m50, b50 = _rep_value(r.load, 50.0), _rep_value(b, 50.0) if b else None
+        if m50 is not None and b50 is not None:
+            per_rep.append(_r(m50 - b50))
     lo, hi = ci.low / 1000, ci.high / 1000
     overlap = lo <= ab["ci_ms"][1] and ab["ci_ms"][0] <= hi
     close = abs(ci.estimate / 1000 - ab["delta_ms"]) <= AGREE_TOLERANCE_MS
@@ -328,6 +335,7 @@ def _ebpf_vs_ab(
         "ebpf_ci_ms": [_r(lo), _r(hi)],
         "ab_delta_p50_ms": ab["delta_ms"],
         "ab_ci_ms": ab["ci_ms"],
+        "ab_delta_p50_per_repetition_ms": per_rep,
         "tolerance_ms": AGREE_TOLERANCE_MS,
         "agree": bool(overlap or close),
     }

@@ -114,6 +114,8 @@ def test_baseline_deltas_with_intervals_and_significance(doc: dict[str, Any]) ->
     agree = doc["details"]["steps"][0]["ebpf_vs_ab"]
     assert agree["agree"] is True
     assert agree["ebpf_sidecar_total_p50_ms"] == pytest.approx(0.5, abs=0.02)
+    reps = agree["ab_delta_p50_per_repetition_ms"]
+    assert len(reps) == 2 and all(abs(d - 0.5) < 0.03 for d in reps)
 
 
 def test_no_difference_is_not_significant() -> None:
