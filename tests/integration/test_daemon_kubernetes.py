@@ -1,0 +1,114 @@
+"""``smp-profiler daemon`` in Kubernetes mode with the real engine: the pod of the testbed's
+server (real Envoy, real app, kubelet-style cgroups) is served by a loopback stand-in for the
+API server through a kubeconfig; the daemon watches it, traces istio-proxy and the app under
+their Kubernetes names, and stops tracing when the pod is deleted."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _apiserver import api_server, pod_json
+from _testbed import send_requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from profiler.discovery.containers import container_id_of_name
+
+pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
+CLI = [sys.executable, "-m", "profiler.cli"]
+ISTIO = {"sidecar.istio.io/status": json.dumps({"containers": ["istio-proxy"]})}
+
+
+def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_daemon_kubernetes_mode(testbed_factory: Callable[..., Any], tmp_path: Path) -> None:
+    tb = testbed_factory()
+    server = tb.state.server
+    ids = {c: container_id_of_name(Path(p).name) for c, p in server.cgroups.items()}
+    pod = pod_json(
+        "reviews-1",
+        "shop",
+        server.uid,
+        {c: f"containerd://{i}" for c, i in ids.items()},
+        annotations=ISTIO,
+    )
+    log = tmp_path / "daemon.log"
+    with api_server() as api:
+        api.put(pod)
+        kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
+        argv = [*CLI, "daemon", "--node-name", "node-a", "--kubeconfig", str(kubeconfig)]
+        argv += ["--metrics-port", "0", "--metrics-address", "127.0.0.1", "--interval", "0.5"]
+        with log.open("w") as err:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 60
+            m = None
+            while m is None:
+                assert proc.poll() is None, log.read_text()
+                m = re.search(r"metrics on 127\.0\.0\.1:(\d+)", log.read_text())
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            url = f"http://127.0.0.1:{m.group(1)}"
+            while not _ready(url):
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            labels = (("container", "istio-proxy"), ("namespace", "shop"), ("pod", "reviews-1"))
+            app = (("container", "app"), ("namespace", "shop"), ("pod", "reviews-1"))
+            key = ("smp_sidecar_requests_total", labels)
+            while key not in _metrics(url):
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            assert [r["status"] for r in send_requests(tb, 23, "k23")] == [200] * 23
+            while _metrics(url).get(key) != 23:
+                assert time.monotonic() < deadline, _metrics(url).get(key)
+                time.sleep(0.2)
+            got = _metrics(url)
+            assert got["smp_attached_sidecars", ()] == 1
+            assert ("smp_app_cpu_seconds_total", app) in got
+            pids = ", ".join(str(p) for p in sorted([server.app_pid, server.envoy_pid]))
+            assert f"targets: +[{pids}] -[]" in log.read_text()
+            assert all(r["fieldSelector"] == "spec.nodeName=node-a" for r in api.requests)
+
+            # the pod is deleted: its processes are no longer traced
+            api.delete(server.uid)
+            while _metrics(url).get(("smp_attached_sidecars", ())) != 0:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            assert _metrics(url)[key] == 23  # kept (retired) for a while, still monotonic
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise
+    text = log.read_text()
+    assert code == 0, text
+    assert "Traceback" not in text
