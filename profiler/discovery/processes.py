@@ -171,10 +171,14 @@ def find_sidecars(cgroup_root: str | None = None, proc: str = PROC) -> list[Side
 
 
 def container_cgroups(cgroup_root: str | None = None) -> dict[str, str]:
-    """Every container cgroup below the roots: container id -> file-system path (the v2
-    hierarchy wins over v1 when a container is in both)."""
+    """Every container cgroup below ``cgroup_root``: container id -> file-system path.
+
+    Without a root, the v2 hierarchy is walked, and only when it holds no container (a v1 or
+    hybrid node whose kubelet uses v1) the v1 hierarchies, which mirror each other."""
     out: dict[str, str] = {}
     for root in _roots(cgroup_root):
+        if out and cgroup_root is None:
+            break
         for d in _walk(Path(root)):
             cid = container_id_of_name(d.name)
             if cid is not None and cid not in out and parse_container_cgroup(str(d)) is not None:
