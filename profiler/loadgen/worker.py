@@ -92,8 +92,10 @@ def error_kind(e: BaseException) -> str:
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, int, bool]:
     """Read one HTTP/1.1 response: (status, bytes read, server wants the connection closed)."""
+    n = 0
     while True:
         head = await reader.readuntil(b"\r\n\r\n")
+        n += len(head)
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
@@ -107,7 +109,6 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, int, bool]:
         if ":" in line:
             k, v = line.split(":", 1)
             hdr[k.strip().lower()] = v.strip()
-    n = len(head)
     close = hdr.get("connection", "").lower() == "close" or parts[0] == "HTTP/1.0"
     if "chunked" in hdr.get("transfer-encoding", "").lower():
         while True:
