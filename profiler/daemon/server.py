@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from profiler import capabilities
-from profiler.errors import UsageError
+from profiler.errors import SmpError, UsageError
 
 Probe = Callable[[], tuple[bool, str]]
 
@@ -36,7 +36,11 @@ class CachedReadiness:
         with self._lock:
             now = self._clock()
             if self._at is None or now - self._at >= self._ttl:
-                checks = self._run()
+                try:
+                    checks = self._run()
+                except (OSError, SmpError) as e:  # e.g. headers cannot be presented: read-only
+                    self._answer, self._at = (False, f"capability check failed: {e}"), now
+                    return self._answer
                 missing = capabilities.missing(checks)
                 if missing:
                     detail = "; ".join(f"{c.name}: {c.detail}" for c in missing)

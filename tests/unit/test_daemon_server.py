@@ -83,3 +83,11 @@ def test_port_in_use_is_a_usage_error(
         MetricsServer(
             CollectorRegistry(), lambda: (True, ""), lambda: (True, ""), server.port, "127.0.0.1"
         )
+
+
+def test_a_failing_check_is_not_ready() -> None:
+    def read_only() -> list[Check]:
+        raise OSError(30, "Read-only file system", "/lib/modules/6.18.0/build")
+
+    ok, detail = CachedReadiness(run=read_only)()
+    assert not ok and "Read-only file system" in detail
