@@ -84,7 +84,10 @@ def main(
     collector = SnapshotCollector()
     registry.register(collector)
     ProcessCollector(registry=registry)  # the daemon's own CPU and RSS: its overhead
-    engine: EngineLike = engine_module.Engine(aggregate=True)
+    try:
+        engine: EngineLike = engine_module.Engine(aggregate=True)
+    except OSError as e:  # e.g. kernel headers cannot be presented on a read-only /lib/modules
+        raise CapabilityMissing(f"cannot load the probes: {e}") from None
     agent = Agent(engine, source, collector, interval=interval)
     readiness = CachedReadiness()
     readiness()  # check once before serving: the first /readyz answers at once
