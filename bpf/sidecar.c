@@ -135,10 +135,13 @@ static inline __attribute__((always_inline)) u64 smp_first_buf(struct smp_args *
 static inline __attribute__((always_inline)) u8 smp_classify(u64 buf, u32 len)
 {
     char p[8] = {};
-    if (len < 8 || bpf_probe_read_user(p, sizeof(p), (void *)buf))
+    if (len < 3 || bpf_probe_read_user(p, sizeof(p), (void *)buf))
         return CLS_OTHER;
-    if (p[0] == 0x16 || p[0] == 0x17 || p[0] == 0x15 || p[0] == 0x14)
-        return p[1] == 0x03 ? CLS_TLS : CLS_OTHER;
+    /* a TLS record header (BoringSSL reads the 5-byte header on its own) */
+    if ((p[0] >= 0x14 && p[0] <= 0x17) && p[1] == 0x03 && p[2] <= 0x04)
+        return CLS_TLS;
+    if (len < 8)
+        return CLS_OTHER;
     if (p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1')
         return CLS_RESP;
     if ((p[0] == 'G' && p[1] == 'E' && p[2] == 'T' && p[3] == ' ') ||

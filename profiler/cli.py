@@ -71,15 +71,48 @@ def doctor(
 @app.command()
 def capture(
     pid: Annotated[
-        list[int] | None, typer.Option("--pid", help="PID to trace (repeatable).")
+        list[int] | None,
+        typer.Option("--pid", help="PID to trace (repeatable); proxies by name are sidecars."),
     ] = None,
+    sidecar_pid: Annotated[
+        list[int] | None, typer.Option("--sidecar-pid", help="Trace this PID as a sidecar.")
+    ] = None,
+    cgroup: Annotated[
+        list[str] | None, typer.Option("--cgroup", help="A pod or container cgroup (v2 path).")
+    ] = None,
+    container_id: Annotated[
+        list[str] | None, typer.Option("--container-id", help="A container of the pod.")
+    ] = None,
+    sidecar: Annotated[
+        str, typer.Option(help="auto: the proxy (envoy, linkerd2-proxy) must be among them.")
+    ] = "auto",
     duration: Annotated[str, typer.Option(help="How long to capture, e.g. 10s.")] = "10s",
     output: Annotated[Path, typer.Option("-o", "--output", help="Capture file to write.")] = Path(
         "capture.json"
     ),
+    spans: Annotated[
+        bool, typer.Option(help="Also write the per-request spans file (<output>.spans.csv).")
+    ] = True,
+    ringbuf_pages: Annotated[int, typer.Option(help="Ring buffer size in pages.")] = 256,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Trace sidecar (and app) processes: per-leg latency, CPU and memory -> a capture file."""
-    _not_yet("capture")
+    from profiler.commands import capture as cmd
+
+    _exit(
+        cmd.main(
+            pid or [],
+            sidecar_pid or [],
+            cgroup or [],
+            container_id or [],
+            sidecar,
+            duration,
+            output,
+            spans,
+            ringbuf_pages,
+            quiet,
+        )
+    )
 
 
 @app.command()

@@ -34,6 +34,8 @@ SPAN_COLUMNS = (
     "response_proxy_us",
     "app_us",
     "flags",
+    "ds_fd",
+    "us_fd",
 )
 
 
@@ -102,6 +104,8 @@ def write_spans(path: Path, rows: Iterable[SpanRow]) -> int:
                     r.ds_tx_end,
                     *legs,
                     r.flags,
+                    r.ds_fd,
+                    r.us_fd,
                 ]
             )
             n += 1

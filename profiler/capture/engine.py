@@ -46,6 +46,8 @@ class SpanRow:
     us_rx_beg: int
     ds_tx_end: int
     flags: int
+    ds_fd: int
+    us_fd: int
 
 
 @dataclass
@@ -164,6 +166,8 @@ class Engine:
                         s.us_rx_beg,
                         s.ds_tx_end,
                         s.flags,
+                        s.ds_fd,
+                        s.us_fd,
                     )
                 )
             else:

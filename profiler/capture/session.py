@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from profiler import __version__
 from profiler.capture import document
@@ -17,13 +18,15 @@ from profiler.capture.memory import memory_of
 from profiler.discovery.cgroups import cgroup_of
 from profiler.errors import TargetNotFound
 
+T = TypeVar("T")
+
 
 @dataclass
 class CaptureConfig:
     sidecar_pids: list[int]
     app_pids: list[int] = field(default_factory=list)
     duration_s: float | None = 10.0
-    ringbuf_pages: int = 64
+    ringbuf_pages: int = 256
     spans_file: Path | None = None
     max_spans: int = 1_000_000
 
@@ -94,6 +97,27 @@ class CaptureSession:
                     if tid not in names:
                         names[tid] = _thread_comm(pid, tid)
 
+    def during(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (e.g. the load) in a thread while this thread consumes the events, so
+        the ring buffer never fills while the window is open."""
+        box: dict[str, Any] = {}
+
+        def drive() -> None:
+            try:
+                box["result"] = fn()
+            except BaseException as e:  # re-raised in the caller's thread
+                box["error"] = e
+
+        worker = threading.Thread(target=drive, name="smp-capture-load", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            self.poll(100)
+        worker.join()
+        if "error" in box:
+            raise box["error"]
+        result: T = box["result"]
+        return result
+
     def targets_alive(self) -> bool:
         return len(self.exited) < len(self._info)
 
@@ -114,7 +138,7 @@ class CaptureSession:
             if on_tick is not None:
                 on_tick(self)
             if not self.targets_alive():
-                return "every target exited"
+                return "every target exited: " + ", ".join(map(str, self.exited))
 
     def stop(self, incomplete_reason: str | None = None) -> dict[str, Any]:
         self.engine.drain()

@@ -43,6 +43,8 @@ class Span:
     rid: str
     rid_hash: int
     flags: int
+    ds_fd: int
+    us_fd: int
     req_bytes: int
     resp_bytes: int
 
@@ -65,6 +67,8 @@ _INT_FIELDS = (
     "ds_rx_ready",
     "us_rx_ready",
     "flags",
+    "ds_fd",
+    "us_fd",
     "req_bytes",
     "resp_bytes",
 )
@@ -144,10 +148,16 @@ class SidecarProbe:
         )
         self._on_span = on_span
         self._targets: dict[int, Mode] = {}
+        self.callback_errors = 0
         ring = self._bpf["smp_spans"]
 
         def callback(_ctx: object, data: int, _size: int) -> None:
-            self._on_span(_decode(ring.event(data)))
+            # ctypes swallows exceptions raised in a callback: count them instead, so a
+            # span lost to a bug in user space is reported like one lost in the kernel
+            try:
+                self._on_span(_decode(ring.event(data)))
+            except Exception:
+                self.callback_errors += 1
 
         ring.open_ring_buffer(callback)
 
@@ -233,7 +243,9 @@ class SidecarProbe:
         }
 
     def drops(self) -> int:
-        return loader.drops(self._bpf)
+        """Spans lost: ring-buffer reservations that failed, and records user space could
+        not handle."""
+        return loader.drops(self._bpf) + self.callback_errors
 
     def conns_in_use(self) -> int:
         return len(self._bpf["smp_conns"])

@@ -1,0 +1,336 @@
+"""Real probes on the testbed's real Envoy: counts, accuracy against Envoy's own timers,
+CPU against the kernel's account, drops, and the capture command's bad-input paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from profiler.capture import CaptureConfig, start_capture
+from profiler.capture.document import read_spans
+from profiler.capture.engine import Engine
+
+pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
+CLI = [sys.executable, "-m", "profiler.cli"]
+LEGS = ("request_proxy", "upstream", "response_proxy")
+
+
+def _curl_loop(tb: Any, n: int, prefix: str) -> None:
+    script = (
+        f'for i in $(seq {n}); do curl -sf -o /dev/null -H "x-request-id: {prefix}-$i" '
+        f"{tb.state.url} || exit 1; done"
+    )
+    r = tb.run_in_client(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_23_requests_give_23_spans(testbed_factory: Callable[..., Any], tmp_path: Path) -> None:
+    tb = testbed_factory(app_delay_s=0.001)
+    server = tb.state.server
+    spans_file = tmp_path / "spans.csv"
+    session = start_capture(
+        CaptureConfig(
+            sidecar_pids=[server.envoy_pid],
+            app_pids=[server.app_pid],
+            duration_s=None,
+            spans_file=spans_file,
+        )
+    )
+    _curl_loop(tb, 23, "c23")
+    time.sleep(0.2)
+    session.poll(0)
+    doc = session.stop()
+    sidecar, app = doc["sidecars"][0], doc["apps"][0]
+    assert doc["complete"] is True and doc["drops"] == 0
+    assert sidecar["requests"] == 23
+    assert app["requests"] == 23
+    assert sidecar["legs"]["sidecar_total"]["count"] == 23
+    assert app["legs"]["loopback"]["count"] == 23
+    rows = read_spans(spans_file)
+    ids = sorted(r["request_id"] for r in rows if r["role"] == "sidecar")
+    assert ids == sorted(f"c23-{i}" for i in range(1, 24))
+    assert sidecar["matched"]["request_id"] == 23
+    # the app was given 1 ms of service time: its leg must show it
+    assert app["legs"]["app"]["p50_ms"] >= 1.0
+    assert sidecar["legs"]["upstream"]["p50_ms"] >= app["legs"]["app"]["p50_ms"]
+
+
+def _accuracy(tb: Any, tmp_path: Path, tag: str) -> dict[str, Any]:
+    """200 req/s for 10 s with the built-in open-loop generator (after a 1 s warm-up that
+    opens the connection pools, not captured); legs matched to Envoy's log by request id."""
+    from profiler.loadgen import LoadSpec, run_load
+    from profiler.testbed import read_access_log
+
+    server = tb.state.server
+
+    def load(seconds: float, run_id: str) -> Any:
+        return run_load(
+            LoadSpec(
+                generator="builtin",
+                target=tb.state.url,
+                rate=200,
+                duration_s=seconds,
+                connections=8,
+                netns=tb.state.client.netns,
+                run_id=run_id,
+            )
+        )
+
+    warm = load(1, f"{tag}w")
+    spans_file = tmp_path / f"{tag}.csv"
+    session = start_capture(
+        CaptureConfig(
+            sidecar_pids=[server.envoy_pid],
+            app_pids=[server.app_pid],
+            duration_s=None,
+            spans_file=spans_file,
+        )
+    )
+    cpu0 = _proc_cpu_s(server.envoy_pid)
+    result = session.during(lambda: load(10, tag))
+    cpu1 = _proc_cpu_s(server.envoy_pid)
+    doc = session.stop()
+    tb.wait_access_log(warm.requests + result.requests)
+    envoy = {
+        e.request_id: e
+        for e in read_access_log(Path(tb.state.access_log))
+        if e.request_id.startswith(f"smp-{tag}-")
+    }
+    ours = {
+        r["request_id"]: r
+        for r in read_spans(spans_file)
+        if r["role"] == "sidecar" and r["request_id"].startswith(f"smp-{tag}-")
+    }
+    matched = sorted(set(envoy) & set(ours))
+    out: dict[str, Any] = {
+        "sent": result.requests,
+        "envoy": len(envoy),
+        "ours": len(ours),
+        "matched": len(matched),
+        "doc": doc,
+        "proc_cpu": cpu1 - cpu0,
+    }
+
+    def ours_leg(leg: str) -> np.ndarray:
+        return np.array([float(ours[k][f"{leg}_us"]) for k in matched])
+
+    def envoy_leg(leg: str) -> np.ndarray:
+        return np.array([float(getattr(envoy[k], f"{leg}_us")) for k in matched])
+
+    pairs = {leg: (ours_leg(leg), envoy_leg(leg)) for leg in LEGS}
+    # first byte in from downstream -> first byte back from upstream: both ends are reads
+    pairs["to_first_upstream_byte"] = (
+        pairs["request_proxy"][0] + pairs["upstream"][0],
+        pairs["request_proxy"][1] + pairs["upstream"][1],
+    )
+    for name, (a, b) in pairs.items():
+        out[name] = {
+            "ours_p50": float(np.median(a)),
+            "envoy_p50": float(np.median(b)),
+            "ours_p99": float(np.percentile(a, 99)),
+            "envoy_p99": float(np.percentile(b, 99)),
+        }
+    print(tag, json.dumps({k: v for k, v in out.items() if k != "doc"}))
+    return out
+
+
+def _close(o: dict[str, float], what: str) -> None:
+    """The issue's tolerance: median within max(20 us, 10%), p99 within max(100 us, 25%)."""
+    assert abs(o["ours_p50"] - o["envoy_p50"]) <= max(20.0, 0.10 * o["envoy_p50"]), (what, o)
+    assert abs(o["ours_p99"] - o["envoy_p99"]) <= max(100.0, 0.25 * o["envoy_p99"]), (what, o)
+
+
+def _assert_accuracy(out: dict[str, Any]) -> None:
+    assert out["ours"] >= 0.99 * out["sent"], out
+    assert out["matched"] >= 0.99 * out["envoy"], out
+    # Read-side instants (DS_RX_BEG, US_RX_BEG) are the same events for Envoy and for us.
+    _close(out["to_first_upstream_byte"], "to_first_upstream_byte")
+    _close(out["upstream"], "upstream")
+    # Write-side instants differ by design: Envoy stamps US_TX_END/DS_TX_END when its codec
+    # has encoded the message; we stamp the write syscall that puts it on the socket, after
+    # the rest of that event-loop pass (stream teardown, access log). So our proxy legs are
+    # never shorter than Envoy's and longer by that deferred flush (docs/accuracy.md).
+    for leg in ("request_proxy", "response_proxy"):
+        o = out[leg]
+        assert o["ours_p50"] >= o["envoy_p50"] - 20.0, (leg, o)
+        assert o["ours_p50"] - o["envoy_p50"] <= 150.0, (leg, o)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"concurrency": 2}, {"mtls": True, "client_sidecar": True}],
+    ids=["1-worker", "2-workers", "mtls"],
+)
+def test_accuracy_against_envoy_timers(
+    testbed_factory: Callable[..., Any], tmp_path: Path, variant: dict[str, Any]
+) -> None:
+    tb = testbed_factory(app_delay_s=0.001, **variant)
+    out = _accuracy(tb, tmp_path, "acc")
+    _assert_accuracy(out)
+    doc = out["doc"]
+    assert doc["drops"] == 0 and doc["complete"]
+    sidecar = doc["sidecars"][0]
+    if variant.get("mtls"):
+        assert sidecar["tls_downstream_spans"] == sidecar["requests"]
+        assert "TLS downstream" in doc["method"]
+    # CPU: the probe's sched_switch account against the kernel's utime+stime
+    assert sidecar["cpu_seconds"] == pytest.approx(out["proc_cpu"], rel=0.05, abs=0.02)
+    assert sidecar["cpu_mcores"] > 0
+    workers = [t for t in sidecar["threads"] if t["comm"].startswith("wrk:worker")]
+    assert len(workers) == variant.get("concurrency", 1)
+
+
+def test_tiny_ring_buffer_drops_are_counted(testbed_factory: Callable[..., Any]) -> None:
+    """Nothing polls while 300 requests go through a one-page ring buffer: most spans are
+    dropped, and every one is counted."""
+    tb = testbed_factory()
+    engine = Engine(ringbuf_pages=1)
+    try:
+        engine.add_target(tb.state.server.envoy_pid, "sidecar")
+        _curl_loop(tb, 300, "drop")
+        engine.drain()
+        sidecar = engine.targets[tb.state.server.envoy_pid]
+        assert engine.drops() > 0
+        assert sidecar.requests + engine.drops() == 300
+    finally:
+        engine.close()
+
+
+def _wait_attached(proc: subprocess.Popen[str]) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "attached to" in line:
+            return
+    raise AssertionError("capture ended before attaching")
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_capture_command_end_to_end(testbed_factory: Callable[..., Any], tmp_path: Path) -> None:
+    tb = testbed_factory()
+    out = tmp_path / "capture.json"
+    server = tb.state.server
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "capture",
+            "--pid",
+            str(server.envoy_pid),
+            "--pid",
+            str(server.app_pid),
+            "--duration",
+            "30s",
+            "-o",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_attached(proc)
+    _curl_loop(tb, 23, "cli")
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: still writes what it measured
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, err
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is False and doc["incomplete_reason"] == "interrupted"
+    assert doc["sidecars"][0]["requests"] == 23
+    assert doc["sidecars"][0]["comm"] == "envoy"
+    assert doc["apps"][0]["legs"]["app"]["count"] == 23
+    assert Path(doc["spans_file"]).exists()
+    assert "Traceback" not in err
+
+
+def test_target_dying_mid_capture_writes_incomplete_file(tmp_path: Path) -> None:
+    victim = subprocess.Popen(["sleep", "30"])
+    out = tmp_path / "capture.json"
+    proc = subprocess.Popen(
+        [*CLI, "capture", "--sidecar-pid", str(victim.pid), "--duration", "30s", "-o", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_attached(proc)
+    victim.kill()
+    victim.wait()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, err
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is False
+    assert str(victim.pid) in doc["incomplete_reason"]
+    assert doc["sidecars"][0]["exited"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--pid", "999999"], 3, "no process with PID 999999"),
+        (["--pid", str(os.getpid())], 3, "is not a sidecar proxy"),
+        ([], 2, "name what to trace"),
+        (["--sidecar-pid", str(os.getpid()), "--duration", "-1s"], 2, "duration"),
+    ],
+)
+def test_capture_bad_input(args: list[str], code: int, message: str) -> None:
+    r = _cli("capture", *args)
+    assert r.returncode == code, r.stderr
+    assert message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr
+
+
+def test_capture_without_privileges_or_bcc() -> None:
+    r = subprocess.run(
+        [
+            "setpriv",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            *CLI,
+            "capture",
+            "--sidecar-pid",
+            str(os.getpid()),
+            "--duration",
+            "1s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 77, r.stderr
+    assert "root" in r.stderr and "Traceback" not in r.stderr
+    code = (
+        "import sys; sys.modules['bcc'] = None; from profiler.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "capture",
+            "--sidecar-pid",
+            str(os.getpid()),
+            "--duration",
+            "1s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 69, r.stderr
+    assert "bcc" in r.stderr and "Traceback" not in r.stderr
