@@ -80,6 +80,15 @@ def main(
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
+    # installed before the probes load (seconds of compiling): a SIGTERM then still exits 0
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("signal %d: detaching and exiting", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     registry = CollectorRegistry()
     collector = SnapshotCollector()
     registry.register(collector)
@@ -104,14 +113,6 @@ def main(
         engine.close()
         raise
     server.start()
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        logging.getLogger(__name__).info("signal %d: detaching and exiting", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     mode = f"Kubernetes node {node_name}" if kubernetes else "node-only discovery"
     print(
         f"smp-profiler daemon: {mode}, metrics on {metrics_address}:{server.port}",
