@@ -64,8 +64,8 @@ class RichReporter:
         p99 = load.percentiles_ms.get(99.0)
         p50 = load.percentiles_ms.get(50.0)
         extra = ""
-        if record.capture:
-            scs = record.capture.get("sidecars", [])
+        scs = (record.capture or {}).get("sidecars", [])
+        if record.capture and scs:
             mc = sum(float(s.get("cpu_mcores") or 0) for s in scs)
             extra = f" sidecar {mc:.0f} mcores, drops {record.capture.get('drops', 0)}"
         line = (
