@@ -5,7 +5,8 @@ Options reach the C as ``-D`` macros; the defaults live in the C (``#ifndef``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,56 @@ def drops(bpf: Any) -> int:
     """Ring-buffer reservations that failed, summed over CPUs."""
     table = bpf["smp_drops"]
     return int(table.sum(table.Key(0)).value)
+
+
+BPF_STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+def parse_fdinfo(text: str) -> tuple[int, int]:
+    """(run_cnt, run_time_ns) from a BPF program's ``/proc/<pid>/fdinfo/<fd>`` text; zeros
+    when the kernel prints no counters (they count only while ``bpf_stats_enabled`` is 1)."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("run_cnt", "run_time_ns"):
+            values[key] = int(value.strip())
+    return values.get("run_cnt", 0), values.get("run_time_ns", 0)
+
+
+def prog_stats(bpf: Any) -> dict[str, tuple[int, int]]:
+    """Program name -> (run_cnt, run_time_ns) for every program ``bpf`` has loaded, read
+    from this process's fdinfo of the program fds BCC keeps. Kernel time spent running the
+    programs, which is charged to the traced processes' syscalls, not to this process."""
+    out: dict[str, tuple[int, int]] = {}
+    for name, fn in bpf.funcs.items():
+        key = name.decode() if isinstance(name, bytes) else str(name)
+        try:
+            text = Path(f"/proc/self/fdinfo/{int(fn.fd)}").read_text()
+        except OSError:
+            continue
+        out[key] = parse_fdinfo(text)
+    return out
+
+
+@contextlib.contextmanager
+def bpf_stats_enabled() -> Iterator[bool]:
+    """Turn on the kernel's per-program run-time accounting (``kernel.bpf_stats_enabled``)
+    for the block and put the previous value back after. Yields whether it is on; it costs
+    two clock reads per program run while on, so it is never left enabled."""
+    try:
+        before = BPF_STATS_SYSCTL.read_text().strip()
+    except OSError:
+        yield False
+        return
+    try:
+        if before != "1":
+            BPF_STATS_SYSCTL.write_text("1\n")
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        if before != "1":
+            with contextlib.suppress(OSError):
+                BPF_STATS_SYSCTL.write_text(before + "\n")
