@@ -117,7 +117,8 @@ def window_queries(window_s: int, namespace: str | None = None) -> dict[str, str
         "sidecar_cpu_seconds": f"sum(increase(smp_sidecar_cpu_seconds_total{sel}[{w}]))",
         "app_cpu_seconds": f"sum(increase(smp_app_cpu_seconds_total{sel}[{w}]))",
         "sidecar_memory_bytes": f"sum(avg_over_time({mem}{sel}[{w}]))",
-        "sidecars": f"count(last_over_time(smp_sidecar_cpu_seconds_total{sel}[{w}]))",
+        # the gauge, not a counter: a gone pod's counters stay exported for a while
+        "sidecars": f"count(last_over_time({mem}{sel}[{w}]))",
         "dropped": f"sum(increase(smp_probe_events_dropped_total[{w}]))",
     }
 

@@ -1,0 +1,293 @@
+"""Cluster-wide SMP results from the DaemonSet's metrics (``report --prometheus``).
+
+Prometheus does the merging: the leg histograms are ``sum by (le, leg)`` of their increase
+over the window (see :mod:`profiler.daemon.promql`), percentiles are read from the merged
+buckets, never averaged. The SMP documents hold what the metrics can say: the sidecars'
+count, CPU (millicores over the window), memory (average working set) and rate; what they
+cannot say (the clients' end-to-end latency, the load generator, the nodes' hardware) is left
+out rather than guessed. Everything else is in ``details``.
+
+:func:`build_bundle` is pure (a :class:`WindowResult` in, the bundle out); :func:`cluster_bundle`
+asks a Prometheus server for the window first.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from profiler import __version__, stats
+from profiler.daemon.promql import Prometheus, Sample, WindowResult, selector, window_queries
+from profiler.errors import UsageError
+from profiler.smp.build import duration_string, int32
+from profiler.smp.read import format_time
+from profiler.smp.schema import SMP_VERSION
+
+KIND = "smp-profiler/cluster-bundle"
+FORMAT_VERSION = 1
+PS = (50.0, 90.0, 95.0, 99.0, 99.9)
+MESH_OF_CONTAINER = {
+    "istio-proxy": "ISTIO",
+    "envoy": "ISTIO",  # node-only discovery names the proxy; Envoy sidecars are Istio-style
+    "linkerd-proxy": "LINKERD",
+    "linkerd2-proxy": "LINKERD",
+}
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_RELATIVE = re.compile(r"^now(?:\s*-\s*(\d+(?:\.\d+)?)\s*([smhd]))?$")
+
+
+def parse_time(text: str, now: float) -> float:
+    """``--start``/``--end``: RFC 3339 (``2026-12-02T01:00:00Z``), Unix seconds, ``now`` or
+    ``now-15m`` (s, m, h, d) -> Unix seconds."""
+    t = text.strip()
+    m = _RELATIVE.match(t)
+    if m:
+        return now - (float(m.group(1)) * _UNITS[m.group(2)] if m.group(1) else 0.0)
+    try:
+        return float(t)
+    except ValueError:
+        pass
+    try:
+        d = datetime.fromisoformat(t[:-1] + "+00:00" if t.endswith(("Z", "z")) else t)
+    except ValueError:
+        raise UsageError(
+            f"'{text}' is not a time (RFC 3339, Unix seconds, 'now' or 'now-15m')"
+        ) from None
+    return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
+
+
+def extra_queries(window_s: int, namespace: str | None = None) -> dict[str, str]:
+    """Who reported over the window: the agents (one per node) and the proxies' kinds."""
+    w, sel = f"{window_s}s", selector(namespace)
+    mem = "smp_sidecar_memory_working_set_bytes"
+    return {
+        "agents": f"count by (version) (last_over_time(smp_build_info[{w}]))",
+        "containers": f"count by (container) (last_over_time({mem}{sel}[{w}]))",
+    }
+
+
+@dataclass(frozen=True)
+class Reporters:
+    """The agents (by version) and the sidecar containers (by name) seen in the window."""
+
+    agents: dict[str, int] = field(default_factory=dict)
+    containers: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_answers(cls, answers: Mapping[str, Sequence[Sample]]) -> Reporters:
+        def by(name: str, label: str) -> dict[str, int]:
+            return {s.labels.get(label, ""): int(s.value) for s in answers.get(name, [])}
+
+        return cls(by("agents", "version"), by("containers", "container"))
+
+    def mesh_type(self) -> str | None:
+        """The SMP mesh type when every sidecar container names the same mesh."""
+        meshes = {MESH_OF_CONTAINER.get(c) for c in self.containers}
+        return meshes.pop() if len(meshes) == 1 else None
+
+
+def _r(x: float | None, nd: int = 6) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), nd)
+
+
+def _bucket_of(q: float, buckets: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
+    """(lower, upper) bound in seconds of the bucket that holds the ``q`` quantile."""
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return None
+    prev = 0.0
+    for le, c in buckets:
+        if c >= q * total:
+            return prev, le
+        prev = le
+    return None
+
+
+def leg_summary(w: WindowResult, leg: str) -> dict[str, Any]:
+    """One leg's merged buckets: count, mean (from ``_sum``) and interpolated percentiles."""
+    buckets = w.legs[leg]
+    count = buckets[-1][1] if buckets else 0.0
+    total = w.leg_sums.get(leg)
+    out: dict[str, Any] = {
+        "count": _r(count, 3),
+        "mean_ms": _r(total / count * 1000.0) if total is not None and count > 0 else None,
+    }
+    for p in PS:
+        out["p" + f"{p:g}".replace(".", "") + "_ms"] = _r(w.percentile(leg, p) * 1000.0)
+    b50 = _bucket_of(0.5, buckets)
+    out["p50_bucket_ms"] = None if b50 is None else [_r(b * 1000.0) for b in b50]
+    out["buckets"] = [["+Inf" if math.isinf(le) else le, _r(c, 3)] for le, c in buckets]
+    return out
+
+
+def sidecar_totals(w: WindowResult) -> dict[str, Any]:
+    requests = max(w.requests, 0.0)
+    return {
+        "count": w.sidecars,
+        "requests": _r(requests, 3),
+        "rps": _r(w.rps, 3),
+        "cpu_seconds": _r(w.sidecar_cpu_seconds),
+        "cpu_mcores": _r(w.sidecar_cpu_mcores, 3),
+        "cpu_ms_per_1k_requests": _r(
+            stats.cpu_ms_per_1k_requests(max(w.sidecar_cpu_seconds, 0.0), round(requests)), 3
+        ),
+        "mem_mb": _r(w.sidecar_mem_mb, 3),
+        "app_cpu_seconds": _r(w.app_cpu_seconds),
+        "app_cpu_mcores": _r(1000.0 * w.app_cpu_seconds / w.window_s, 3),
+        "dropped_events": _r(w.dropped, 3),
+    }
+
+
+def build_bundle(
+    w: WindowResult,
+    start: float,
+    end: float,
+    url: str,
+    namespace: str | None = None,
+    reporters: Reporters | None = None,
+    queries: Mapping[str, str] | None = None,
+    created: datetime | None = None,
+    ids: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The cluster bundle of one window: the four SMP documents and ``details``."""
+    rep = reporters or Reporters()
+    ids = dict(ids or {})
+    for k in ("test_id", "mesh_config_id", "env_id", "result_id"):
+        ids.setdefault(k, str(uuid.uuid4()))
+    t0 = datetime.fromtimestamp(end - w.window_s, UTC)
+    t1 = datetime.fromtimestamp(end, UTC)
+    where = {"namespace": namespace} if namespace else {}
+    notes: list[str] = []
+    if w.dropped > 0:
+        notes.append(f"the probes dropped {w.dropped:.0f} events: counts are too low")
+    if w.requests <= 0:
+        notes.append("no request went through a traced sidecar in the window")
+    if round(end - start) != end - start:
+        notes.append(f"window rounded to {w.window_s} s ending at the given end")
+    sc = sidecar_totals(w)
+    mesh: dict[str, Any] = {
+        "smp_version": SMP_VERSION,
+        "id": ids["mesh_config_id"],
+        "labels": {"sidecar_measured_by": "smp-profiler daemonset via prometheus"} | where,
+        "sidecar": {
+            "count": int32(w.sidecars),
+            "cpu_mcores": int32(w.sidecar_cpu_mcores),
+            "mem_mb": int32(w.sidecar_mem_mb),
+            "rps": int32(w.rps),
+        },
+    }
+    mesh_type = rep.mesh_type()
+    if mesh_type is not None:
+        mesh["mesh_type"] = {"type": mesh_type, "labels": {"sidecar": ",".join(rep.containers)}}
+    versions = ",".join(sorted(rep.agents))
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": KIND,
+        "smp_version": SMP_VERSION,
+        "performance_test_config": {
+            "smp_version": SMP_VERSION,
+            "id": ids["test_id"],
+            "name": f"smp-profiler cluster window {format_time(t0)} .. {format_time(t1)}",
+            "labels": {"tool": "smp-profiler", "tool_version": __version__, "source": "prometheus"}
+            | where,
+            "duration": duration_string(w.window_s),
+        },
+        "performance_test_results": [
+            {
+                "smp_version": SMP_VERSION,
+                "id": ids["result_id"],
+                "labels": {"source": "prometheus", "latencies": "sidecar legs in details"} | where,
+                "start_time": format_time(t0),
+                "end_time": format_time(t1),
+                "details_uri": "#/details",
+                "test_id": ids["test_id"],
+                "mesh_config_id": ids["mesh_config_id"],
+                "env_id": ids["env_id"],
+            }
+        ],
+        "service_mesh_config": mesh,
+        "environment_config": {
+            "smp_version": SMP_VERSION,
+            "id": ids["env_id"],
+            "labels": {"nodes_reporting": str(sum(rep.agents.values()))}
+            | ({"smp_profiler_versions": versions} if versions else {}),
+        },
+        "details": {
+            "source": {
+                "prometheus": url,
+                "namespace": namespace,
+                "merged_by": "prometheus: sum by (le, leg) of increase over the window",
+                "queries": dict(queries or {}),
+            },
+            "window": {"start": format_time(t0), "end": format_time(t1), "seconds": w.window_s},
+            "nodes_reporting": sum(rep.agents.values()),
+            "sidecar_containers": dict(rep.containers),
+            "sidecar": sc,
+            "legs": {leg: leg_summary(w, leg) for leg in w.legs},
+            "notes": notes,
+        },
+        "created": format_time(created or datetime.now(UTC)),
+    }
+
+
+def cluster_bundle(
+    prom: Prometheus, start: float, end: float, namespace: str | None = None
+) -> dict[str, Any]:
+    """Ask ``prom`` for the window ``[start, end]`` (Unix seconds) and build the bundle."""
+    w = prom.window(start, end, namespace)
+    extra = extra_queries(w.window_s, namespace)
+    reporters = Reporters.from_answers({k: prom.query(q, at=end) for k, q in extra.items()})
+    queries = window_queries(w.window_s, namespace) | extra
+    return build_bundle(w, start, end, prom.url, namespace, reporters, queries)
+
+
+def write_bundle(doc: Mapping[str, Any], path: Path, fmt: str | None = None) -> str:
+    """Write as JSON or YAML (by ``fmt``, else by the suffix); returns the format used."""
+    from profiler.model import dumps
+
+    fmt = fmt or ("yaml" if path.suffix in (".yaml", ".yml") else "json")
+    try:
+        path.write_text(dumps(dict(doc), fmt))
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+    return fmt
+
+
+def main(
+    prometheus: str,
+    start: str,
+    end: str = "now",
+    namespace: str | None = None,
+    output: Path = Path("cluster.json"),
+    fmt: str | None = None,
+    now: float | None = None,
+) -> int:
+    """``report --prometheus URL --start T --end T [--namespace NS] -o FILE``."""
+    import sys
+    import time
+
+    if not prometheus.startswith(("http://", "https://")):
+        raise UsageError(f"--prometheus needs an http(s) URL, not '{prometheus}'")
+    if fmt not in (None, "json", "yaml"):
+        raise UsageError(f"--format {fmt} is not json or yaml")
+    t = time.time() if now is None else now
+    t0, t1 = parse_time(start, t), parse_time(end, t)
+    if t1 <= t0:
+        raise UsageError("--end must be after --start")
+    doc = cluster_bundle(Prometheus(prometheus), t0, t1, namespace)
+    write_bundle(doc, output, fmt)
+    sc = doc["details"]["sidecar"]
+    total = doc["details"]["legs"].get("sidecar_total", {})
+    print(
+        f"{output}: {sc['count']} sidecars, {sc['requests']:.0f} requests ({sc['rps']} req/s), "
+        f"{sc['cpu_mcores']} mcores, {sc['mem_mb']} MiB, "
+        f"sidecar_total p50 {total.get('p50_ms')} ms p99 {total.get('p99_ms')} ms",
+        file=sys.stderr,
+    )
+    return 0
