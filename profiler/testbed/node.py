@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import shutil
 import subprocess
@@ -149,10 +150,10 @@ class Testbed:
         return {p: certs.make_leaf(out, ca, p, "cluster.local") for p in PODS}
 
     def _spawn(self, pod: PodState, container: str, argv: list[str], out: Path,
-               err: Path) -> subprocess.Popen[bytes]:  # fmt: skip
+               err: Path, mode: str = "wb") -> subprocess.Popen[bytes]:  # fmt: skip
         procs = Path(pod.cgroups[container]) / "cgroup.procs"
         wrapper = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs)]
-        with open(out, "wb") as o, open(err, "wb") if err != out else o as e:  # fresh logs
+        with open(out, mode) as o, open(err, mode) if err != out else o as e:  # fresh logs
             p = subprocess.Popen([*wrapper, *netns.exec_prefix(pod.netns), *argv],
                                  stdin=subprocess.DEVNULL, stdout=o, stderr=e,
                                  start_new_session=True)  # fmt: skip
@@ -186,12 +187,13 @@ class Testbed:
         _wait("the app", listening, p, log, cfg.ready_timeout_s, _last_line)
 
     def _start_envoy(self, pod: PodState, binary: Path, config: dict[str, Any],
-                     cfg: TestbedConfig) -> None:  # fmt: skip
+                     cfg: TestbedConfig, mode: str = "wb") -> None:  # fmt: skip
         d = Path(self.state.state_dir)
         assert pod.access_log is not None and pod.envoy_log is not None
         (d / f"{pod.name}-envoy.json").write_text(_json(config))
         argv = envoy.command(binary, config, cfg.concurrency)
-        p = self._spawn(pod, "istio-proxy", argv, Path(pod.access_log), Path(pod.envoy_log))
+        p = self._spawn(pod, "istio-proxy", argv, Path(pod.access_log), Path(pod.envoy_log),
+                        mode)  # fmt: skip
         pod.envoy_pid = p.pid
         self.state.write()
 
@@ -220,6 +222,33 @@ class Testbed:
     def run_in_client(self, argv: list[str], **popen_kw: Any) -> subprocess.CompletedProcess[Any]:
         popen_kw.setdefault("timeout", 120)
         return subprocess.run(self.client_cmd(argv), check=False, **popen_kw)
+
+    def restart_envoy(self, pod: str = "server", ready_timeout_s: float = 20.0) -> int:
+        """Kill a pod's Envoy (SIGKILL, as a crashed sidecar container) and start it again
+        with the same bootstrap and options in the same cgroup; the new PID once it is ready.
+        Its logs are appended to."""
+        p = self.state.server if pod == "server" else self.state.client
+        if p.envoy_pid is None:
+            raise TestbedError(f"the {pod} pod has no Envoy sidecar")
+        old = p.envoy_pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old, 9)
+        for proc in [x for x in self._procs if x.pid == old]:
+            proc.wait(timeout=10)  # ours: reap it
+            self._procs.remove(proc)
+        deadline = time.monotonic() + 10
+        while _running(old) and time.monotonic() < deadline:  # another process's child
+            time.sleep(0.02)
+        config_file = Path(self.state.state_dir) / f"{p.name}-envoy.json"
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError) as e:
+            raise TestbedError(f"cannot read the Envoy bootstrap {config_file}: {e}") from None
+        cfg = TestbedConfig(name=self.state.name, concurrency=self.state.concurrency,
+                            ready_timeout_s=ready_timeout_s)  # fmt: skip
+        self._start_envoy(p, envoy.envoy_binary(), config, cfg, mode="ab")
+        assert p.envoy_pid is not None
+        return p.envoy_pid
 
     def envoy_admin(self, path: str, pod: str = "server") -> str:
         """GET a path of a sidecar's admin interface (e.g. ``/stats?filter=ssl``)."""
@@ -396,6 +425,15 @@ def _initial_state(cfg: TestbedConfig, state_dir: Path) -> TestbedState:
         server=pods["server"], client=pods["client"], url=url,
         access_log=pods["server"].access_log,
     )  # fmt: skip
+
+
+def _running(pid: int) -> bool:
+    """A process that has not exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _pid_in(pid: int, cg: str) -> tuple[bool, str]:
