@@ -1,0 +1,172 @@
+"""The tables of a report, as plain cells: the terminal and markdown renderers lay them out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from profiler.report.view import CaptureView, Interval, RunView, StepView, sentence
+from profiler.smp.details import LEGS
+
+DASH = "-"
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Document:
+    """A report as text blocks: title, header facts, tables, the sentence, footer lines."""
+
+    title: str
+    facts: list[tuple[str, str]]
+    tables: list[Table]
+    meaning: str
+    footer: list[str]
+
+
+def ms(x: float | None, nd: int = 3) -> str:
+    return DASH if x is None else f"{x:.{nd}f}"
+
+
+def with_ci(x: float | None, ci: Interval | None, nd: int = 3) -> str:
+    if x is None:
+        return DASH
+    return f"{x:.{nd}f}" + (f" [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]" if ci else "")
+
+
+def signed_ci(d: float, ci: Interval, nd: int = 3) -> str:
+    return f"{d:+.{nd}f} [{ci[0]:+.{nd}f}, {ci[1]:+.{nd}f}]"
+
+
+def rate(x: float | None) -> str:
+    return DASH if x is None else ("max" if x == 0 else f"{x:g}")
+
+
+def num(x: float | None, nd: int = 1) -> str:
+    return DASH if x is None else f"{x:,.{nd}f}"
+
+
+def _e2e(steps: list[StepView]) -> Table:
+    base = any(s.baseline for s in steps)
+    headers = ["rate", "achieved", "p50 ms [95% CI]", "p90 ms", "p99 ms [95% CI]"]
+    headers += ["baseline p50", "baseline p99"] if base else []
+    headers += ["errors"]
+    rows = []
+    for s in steps:
+        row = [
+            rate(s.rate_asked),
+            num(s.rate_achieved),
+            with_ci(s.latency.get("p50"), s.latency_ci.get("p50")),
+            ms(s.latency.get("p90")),
+            with_ci(s.latency.get("p99"), s.latency_ci.get("p99")),
+        ]
+        if base:
+            b = s.baseline or {}
+            row += [ms(b.get("p50")), ms(b.get("p99"))]
+        row.append(DASH if s.requests is None else f"{s.errors:,}")
+        rows.append(row)
+    return Table("End to end (mesh)", headers, rows)
+
+
+def _adds(steps: list[StepView]) -> Table | None:
+    ab = any(s.overhead for s in steps)
+    ebpf = any(s.legs for s in steps)
+    if not (ab or ebpf):
+        return None
+    headers = ["rate"]
+    headers += ["A/B +p50 ms [95% CI]", "A/B +p99 ms [95% CI]", "significant"] if ab else []
+    headers += ["request", "upstream", "response", "sidecar p50 [95% CI]", "sidecar p99"] * ebpf
+    rows = []
+    for s in steps:
+        row = [rate(s.rate_asked)]
+        if ab:
+            o = s.overhead or {}
+            row += [signed_ci(*o["p50"]) if "p50" in o else DASH]
+            row += [signed_ci(*o["p99"]) if "p99" in o else DASH]
+            row += [
+                DASH
+                if s.significant is None
+                else ("yes" if s.significant else "no") + f" (p={s.p_value or 0:.2g})"
+            ]
+        if ebpf:
+            row += [ms(s.legs.get(leg)) for leg in LEGS[:3]]
+            row += [with_ci(s.legs.get("sidecar_total"), s.sidecar_ci)]
+            row += [ms(s.legs_p99.get("sidecar_total"))]
+        rows.append(row)
+    return Table("What the sidecar adds (ms; eBPF legs are p50)", headers, rows)
+
+
+def _cost(steps: list[StepView]) -> Table | None:
+    if not any(s.cpu_mcores is not None for s in steps):
+        return None
+    headers = ["rate", "sidecar mcores", "CPU-ms / 1k req", "cores / 1k req/s", "RSS MB"]
+    headers += ["drops", "complete"]
+    rows = [
+        [
+            rate(s.rate_asked),
+            num(s.cpu_mcores),
+            num(s.cpu_ms_per_1k),
+            num(s.cores_per_1k_rps, 3),
+            num(s.mem_rss_mb),
+            DASH if s.drops is None else str(s.drops),
+            DASH if s.complete is None else ("yes" if s.complete else "NO"),
+        ]
+        for s in steps
+    ]
+    return Table("Sidecar cost", headers, rows)
+
+
+def _meshmark(v: RunView) -> list[str]:
+    m = v.meshmark
+    if not m or m.get("score") is None:
+        return []
+    classes = ", ".join(f"{k} {c:.2f}" for k, c in (m.get("classes") or {}).items())
+    return [f"MeshMark {m['score']:.1f} / 100 (MUE by class: {classes}; see docs/meshmark.md)"]
+
+
+def run_document(v: RunView) -> Document:
+    tables = [t for t in (_e2e(v.steps), _adds(v.steps), _cost(v.steps)) if t is not None]
+    footer = _meshmark(v) + [f"note: {n}" for n in v.notes]
+    return Document(v.title, v.facts, tables, sentence(v), footer)
+
+
+def capture_document(v: CaptureView) -> Document:
+    legs = Table("Legs (eBPF, ms)", ["process", "leg", "count", "p50 [95% CI]", "p90", "p99"], [])
+    for p in v.processes:
+        for leg, d in p.legs.items():
+            if not d.get("count"):
+                continue
+            legs.rows.append(
+                [
+                    f"{p.comm} ({p.pid})",
+                    leg,
+                    f"{d['count']:,}",
+                    with_ci(d.get("p50_ms"), p.leg_ci.get(leg)),
+                    ms(d.get("p90_ms")),
+                    ms(d.get("p99_ms")),
+                ]
+            )
+    cost = Table("Cost", ["process", "role", "requests", "CPU mcores", "CPU s", "RSS MB"], [])
+    for p in v.processes:
+        cost.rows.append(
+            [
+                f"{p.comm} ({p.pid})" + (" exited" if p.exited else ""),
+                p.role,
+                f"{p.requests:,}",
+                num(p.cpu_mcores),
+                num(p.cpu_seconds, 3),
+                num(p.mem_rss_mb),
+            ]
+        )
+    state = "complete" if v.complete else f"INCOMPLETE ({v.incomplete_reason or 'no reason'})"
+    facts = [*v.facts, ("state", f"{state}, {v.duration_s:.1f} s, {v.drops} events dropped")]
+    footer = [f"note: {n}" for n in v.notes]
+    return Document(v.title, facts, [legs, cost], sentence(v), footer)
+
+
+def document(v: RunView | CaptureView) -> Document:
+    return capture_document(v) if isinstance(v, CaptureView) else run_document(v)

@@ -1,0 +1,347 @@
+"""The numbers a report shows, taken from a :class:`Source` once, for every renderer.
+
+Bundles (and converted load-test results) read the ``details`` the SMP builder derives from
+the raw records; SMP documents from other tools give only what their results hold; captures
+give per-sidecar legs and costs. Confidence intervals that the details do not carry (eBPF legs
+without a baseline, captures) are bootstrapped here from the histograms, seeded, so a report
+of the same file is always the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from profiler import stats
+from profiler.histogram import LatencyHistogram
+from profiler.report.source import Source
+from profiler.smp.details import LEGS, N_BOOT, arrays, merge_histograms
+
+Interval = tuple[float, float]
+PS = ("p50", "p90", "p99")
+
+
+@dataclass
+class StepView:
+    """One rate step of a run (mesh role; repetitions merged)."""
+
+    rate_asked: float | None
+    rate_achieved: float | None
+    requests: int | None = None
+    errors: int = 0
+    latency: dict[str, float | None] = field(default_factory=dict)  # p50/p90/p99 ms
+    latency_ci: dict[str, Interval | None] = field(default_factory=dict)
+    baseline: dict[str, float | None] | None = None
+    overhead: dict[str, tuple[float, Interval]] | None = None  # A/B delta p50/p90/p99 ms
+    p_value: float | None = None
+    significant: bool | None = None
+    legs: dict[str, float | None] = field(default_factory=dict)  # eBPF p50 per leg, ms
+    legs_p99: dict[str, float | None] = field(default_factory=dict)
+    sidecar_ci: Interval | None = None  # eBPF sidecar_total p50
+    cpu_mcores: float | None = None
+    cpu_ms_per_1k: float | None = None
+    cores_per_1k_rps: float | None = None
+    mem_rss_mb: float | None = None
+    drops: int | None = None
+    complete: bool | None = None
+    mesh_hist: LatencyHistogram | None = None
+    baseline_hist: LatencyHistogram | None = None
+    leg_hists: dict[str, LatencyHistogram] = field(default_factory=dict)
+
+
+@dataclass
+class SidecarView:
+    """One traced process of a capture."""
+
+    pid: int
+    comm: str
+    role: str  # "sidecar" | "app"
+    requests: int
+    legs: dict[str, dict[str, Any]]
+    leg_ci: dict[str, Interval]  # p50 CIs, ms
+    cpu_mcores: float | None
+    cpu_seconds: float | None
+    mem_rss_mb: float | None
+    exited: bool
+
+
+@dataclass
+class RunView:
+    """Everything a renderer of a run (or a converted result) needs."""
+
+    kind: str
+    title: str
+    steps: list[StepView]
+    meshmark: dict[str, Any] | None
+    facts: list[tuple[str, str]]  # (label, value) lines of the header
+    notes: list[str]
+
+
+@dataclass
+class CaptureView:
+    kind: str
+    title: str
+    complete: bool
+    incomplete_reason: str | None
+    duration_s: float
+    drops: int
+    processes: list[SidecarView]
+    facts: list[tuple[str, str]]
+    notes: list[str]
+
+
+def _f(x: Any) -> float | None:
+    return None if x is None or isinstance(x, bool) else float(x)
+
+
+def _pair(x: Any) -> Interval | None:
+    return (float(x[0]), float(x[1])) if isinstance(x, list | tuple) and len(x) == 2 else None
+
+
+def _ci50(h: LatencyHistogram | None, rng: np.random.Generator) -> Interval | None:
+    if h is None or not h.count:
+        return None
+    i = stats.bootstrap_percentiles(*arrays(h), rng, (50.0,), N_BOOT)[50.0]
+    return (i.low / 1000.0, i.high / 1000.0)
+
+
+def _leg_hists(src: Source, step: int) -> dict[str, LatencyHistogram]:
+    if src.bundle is None:
+        return {}
+    by_leg: dict[str, list[LatencyHistogram | None]] = {}
+    for r in src.bundle.records_of(step, "mesh"):
+        for sc in (r.capture or {}).get("sidecars", []):
+            for leg, v in (sc.get("legs") or {}).items():
+                if isinstance(v, dict) and v.get("histogram"):
+                    by_leg.setdefault(leg, []).append(LatencyHistogram.from_json(v["histogram"]))
+    out = {}
+    for leg, hs in by_leg.items():
+        m = merge_histograms(hs)
+        if m is not None:
+            out[leg] = m
+    return out
+
+
+def _step_from_details(src: Source, d: dict[str, Any], rng: np.random.Generator) -> StepView:
+    mesh = d["mesh"]
+    lat = mesh.get("latency") or {}
+    ci = d.get("mesh_ci") or {}
+    v = StepView(
+        rate_asked=_f(d.get("rate_asked")),
+        rate_achieved=_f(mesh.get("rate_achieved")),
+        requests=mesh.get("requests"),
+        errors=sum((mesh.get("errors") or {}).values()),
+        latency={p: _f(lat.get(p + "_ms")) for p in PS},
+        latency_ci={p: _pair(ci.get(p + "_ms")) for p in PS},
+    )
+    if d.get("baseline"):
+        blat = d["baseline"].get("latency") or {}
+        v.baseline = {p: _f(blat.get(p + "_ms")) for p in PS}
+    ov = d.get("overhead")
+    if ov:
+        v.overhead = {
+            p: (float(ov[p]["delta_ms"]), _pair(ov[p]["ci_ms"]) or (0.0, 0.0))
+            for p in PS
+            if p in ov
+        }
+        sig = ov.get("significance") or {}
+        v.p_value, v.significant = _f(sig.get("p_value")), sig.get("significant")
+    sc = d.get("sidecar")
+    if sc:
+        legs = sc.get("legs") or {}
+        v.legs = {leg: _f((legs.get(leg) or {}).get("p50_ms")) for leg in LEGS}
+        v.legs_p99 = {leg: _f((legs.get(leg) or {}).get("p99_ms")) for leg in LEGS}
+        v.cpu_mcores = _f(sc.get("cpu_mcores"))
+        v.cpu_ms_per_1k = _f(sc.get("cpu_ms_per_1k_requests"))
+        v.cores_per_1k_rps = _f(sc.get("cores_per_1k_rps"))
+        v.mem_rss_mb = _f((sc.get("mem_mb") or {}).get("rss"))
+        v.drops, v.complete = sc.get("drops"), sc.get("complete")
+    if src.bundle is not None:
+        step = int(d["index"])
+        v.mesh_hist = merge_histograms(
+            r.load.histogram for r in src.bundle.records_of(step, "mesh")
+        )
+        base = src.bundle.records_of(step, "baseline")
+        v.baseline_hist = merge_histograms(r.load.histogram for r in base) if base else None
+        v.leg_hists = _leg_hists(src, step)
+    ab = d.get("ebpf_vs_ab")
+    v.sidecar_ci = (
+        _pair(ab.get("ebpf_ci_ms")) if ab else _ci50(v.leg_hists.get("sidecar_total"), rng)
+    )
+    return v
+
+
+def _step_from_result(r: dict[str, Any]) -> StepView:
+    lat = r.get("latencies_ms") or {}
+    labels = r.get("labels") or {}
+    try:
+        asked: float | None = float(labels.get("rate_asked", ""))
+    except ValueError:
+        asked = None
+    return StepView(
+        rate_asked=asked,
+        rate_achieved=_f(r.get("actual_qps")),
+        latency={p: _f(lat.get(p)) for p in PS},
+        latency_ci={p: None for p in PS},
+    )
+
+
+def _run_facts(src: Source) -> list[tuple[str, str]]:
+    facts: list[tuple[str, str]] = [("file", f"{src.name} ({src.kind})")]
+    docs = src.documents or {}
+    b = src.bundle
+    if b is not None:
+        first = b.records[0].load if b.records else None
+        if first is not None:
+            facts.append(("load", f"{first.generator} {first.mode}, {first.connections} conns"))
+        facts.append(("target", b.config.target))
+        if src.kind == "bundle":
+            e = b.environment
+            facts.append(("node", f"{e.cpu_model}, {e.cores} cores, kernel {e.kernel}"))
+            if b.mesh.proxy_build:
+                conc = b.mesh.proxy_concurrency
+                facts.append(
+                    ("sidecar", f"Envoy {b.mesh.proxy_build.split('/')[0]}, concurrency {conc}")
+                )
+            facts.append(("test id", b.test_id))
+        else:
+            facts.append(("mesh, node", "unknown (not in the load-test result)"))
+    else:
+        cfg = docs.get("performance_test_config") or {}
+        if cfg.get("name"):
+            facts.append(("test", str(cfg["name"])))
+        env = docs.get("environment_config") or {}
+        nodes = env.get("nodes") or []
+        if nodes:
+            facts.append(
+                ("node", f"{nodes[0].get('type', '?')}, {nodes[0].get('cores', '?')} cores")
+            )
+    return facts
+
+
+def run_view(src: Source) -> RunView:
+    docs = src.documents or {}
+    details = docs.get("details")
+    seed = src.bundle.seed if src.bundle is not None else 0
+    rng = np.random.default_rng(seed)
+    if isinstance(details, dict) and details.get("steps"):
+        steps = [_step_from_details(src, d, rng) for d in details["steps"]]
+        mark = details.get("meshmark") if src.kind == "bundle" else None
+        notes = [str(n) for n in details.get("notes") or []]
+    else:
+        steps = [_step_from_result(r) for r in docs.get("performance_test_results") or []]
+        mark, notes = None, []
+    title = {
+        "bundle": "smp-profiler run",
+        "fortio": "fortio result",
+        "nighthawk": "Nighthawk result",
+        "smp": "SMP result",
+    }.get(src.kind, src.kind)
+    notes = list(dict.fromkeys(notes + src.notes))
+    return RunView(src.kind, f"{title}: {src.name}", steps, mark, _run_facts(src), notes)
+
+
+def _process(p: dict[str, Any], role: str, rng: np.random.Generator) -> SidecarView:
+    legs = {k: v for k, v in (p.get("legs") or {}).items() if isinstance(v, dict)}
+    ci = {}
+    for leg, v in legs.items():
+        h = LatencyHistogram.from_json(v["histogram"]) if v.get("histogram") else None
+        c = _ci50(h, rng)
+        if c is not None:
+            ci[leg] = c
+    mem = p.get("mem_mb")
+    return SidecarView(
+        pid=int(p.get("pid", 0)),
+        comm=str(p.get("comm", "?")),
+        role=role,
+        requests=int(p.get("requests") or 0),
+        legs=legs,
+        leg_ci=ci,
+        cpu_mcores=_f(p.get("cpu_mcores")),
+        cpu_seconds=_f(p.get("cpu_seconds")),
+        mem_rss_mb=_f(mem.get("rss")) if isinstance(mem, dict) else _f(mem),
+        exited=bool(p.get("exited", False)),
+    )
+
+
+def capture_view(src: Source) -> CaptureView:
+    from profiler.errors import BadInputFile
+
+    cap = src.capture or {}
+    rng = np.random.default_rng(0)
+    try:
+        procs = [_process(p, "sidecar", rng) for p in cap.get("sidecars") or []]
+        procs += [_process(p, "app", rng) for p in cap.get("apps") or []]
+        host = cap.get("host") or {}
+        facts = [
+            ("file", f"{src.name} (capture)"),
+            ("window", f"{cap.get('start_time', '?')} .. {cap.get('end_time', '?')}"),
+            ("host", f"kernel {host.get('kernel', '?')}, {host.get('cpus', '?')} CPUs"),
+            ("method", str(cap.get("method", "?"))),
+        ]
+        return CaptureView(
+            kind="capture",
+            title=f"capture: {src.name}",
+            complete=bool(cap.get("complete", False)),
+            incomplete_reason=cap.get("incomplete_reason"),
+            duration_s=float(cap.get("duration_s") or 0.0),
+            drops=int(cap.get("drops") or 0),
+            processes=procs,
+            facts=facts,
+            notes=list(src.notes),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BadInputFile(f"{src.path}: malformed capture: {type(e).__name__}: {e}") from None
+
+
+def view(src: Source) -> RunView | CaptureView:
+    return capture_view(src) if src.kind == "capture" else run_view(src)
+
+
+def _rate(x: float | None) -> str:
+    if not x:
+        return "as fast as possible"
+    return f"{x:,.0f} req/s" if x >= 10 else f"{x:.2g} req/s"
+
+
+def sentence(v: RunView | CaptureView) -> str:
+    """What it means, in one sentence."""
+    if isinstance(v, CaptureView):
+        sc = [p for p in v.processes if p.role == "sidecar"]
+        if not sc:
+            return "the capture traced no sidecar"
+        p = sc[0]
+        tot = p.legs.get("sidecar_total") or {}
+        ci = p.leg_ci.get("sidecar_total")
+        ci_s = f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else ""
+        state = "" if v.complete else f"; INCOMPLETE: {v.incomplete_reason or 'see the file'}"
+        p50 = tot.get("p50_ms")
+        lat = f"spent {p50:.2f} ms at p50{ci_s} in the sidecar per request" if p50 else "no spans"
+        return (
+            f"over {v.duration_s:.1f} s, {p.comm} (pid {p.pid}) handled {p.requests:,} requests, "
+            f"{lat}, and used {(p.cpu_mcores or 0) / 1000:.2f} cores; {v.drops} events "
+            f"dropped{state}"
+        )
+    if not v.steps:
+        return "no rate step"
+    s = v.steps[-1]
+    at = f"at {_rate(s.rate_achieved or s.rate_asked)}"
+    parts = []
+    if s.overhead and "p50" in s.overhead:
+        d, (lo, hi) = s.overhead["p50"]
+        parts.append(f"the sidecar adds {d:.2f} ms at p50 (95% CI {lo:.2f}-{hi:.2f}, A/B)")
+    sc50 = s.legs.get("sidecar_total")
+    if sc50 is not None:
+        sci = f" (95% CI {s.sidecar_ci[0]:.2f}-{s.sidecar_ci[1]:.2f})" if s.sidecar_ci else ""
+        parts.append(f"{'eBPF sees' if parts else 'the sidecar adds'} {sc50:.2f} ms at p50{sci}")
+    if s.cpu_mcores is not None:
+        per = f" ({s.cores_per_1k_rps:.2f} per 1,000 req/s)" if s.cores_per_1k_rps else ""
+        parts.append(f"costs {s.cpu_mcores / 1000:.2f} cores{per}")
+    if not parts:
+        p50 = s.latency.get("p50")
+        if p50 is None:
+            return f"{at} the file has no latency"
+        return f"{at} requests took {p50:.2f} ms at p50 (no baseline, no sidecar measurement)"
+    return f"{at} " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
