@@ -175,22 +175,48 @@ def run(
     )
 
 
+_WIDTH = typer.Option(help="Terminal width of the view [default: the terminal's].")
+
+
 @app.command()
 def report(
-    file: Annotated[Path | None, typer.Argument(help="A capture or a result bundle.")] = None,
+    file: Annotated[
+        Path,
+        typer.Argument(help="A capture, a run bundle, fortio or Nighthawk JSON, or SMP results."),
+    ],
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="terminal|markdown|json|yaml|smp|html [default: by the -o suffix]."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="File to write [default: stdout].")
+    ] = None,
+    width: Annotated[int | None, _WIDTH] = None,
 ) -> None:
-    """Show a capture or a result bundle (terminal, JSON, YAML, SMP, HTML, markdown)."""
-    _not_yet("report")
+    """Show a result file (terminal, markdown, JSON, YAML, SMP documents, HTML with plots)."""
+    from profiler.commands import report as cmd
+
+    _exit(cmd.main(file=file, fmt=fmt, output=output, width=width))
 
 
 @app.command()
 def compare(
-    files: Annotated[
-        list[Path] | None, typer.Argument(help="Two or more bundles or captures.")
+    files: Annotated[list[Path], typer.Argument(help="Two or more bundles or captures.")],
+    fmt: Annotated[str, typer.Option("--format", help="terminal|markdown|json.")] = "terminal",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="File to write [default: stdout].")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Compare even when CPU model or core count differ.")
+    ] = False,
+    width: Annotated[int | None, _WIDTH] = None,
 ) -> None:
     """Put two or more results side by side, with the differences and their significance."""
-    _not_yet("compare")
+    from profiler.commands import compare as cmd
+
+    _exit(cmd.main(files=files, fmt=fmt, output=output, force=force, width=width))
 
 
 @app.command()

@@ -66,6 +66,11 @@ def main(
     out.print(summary_table(doc))
     for note in bundle.notes:
         out.print(f"[yellow]note:[/] {note}")
+    from profiler import report
+
+    html = output_dir / "report.html"
+    html.write_text(report.get("html").render(report.load(path)))
     out.print(f"demo took {time.monotonic() - t0:.0f} s; testbeds torn down")
-    print(f"results in {output_dir.resolve()}/ (result.json, result.yaml)")
+    print(f"results in {output_dir.resolve()}/ (result.json, result.yaml, report.html)")
+    print(f"HTML report: {html.resolve()}")
     return 0
