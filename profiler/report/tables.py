@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from profiler.report.view import CaptureView, Interval, RunView, StepView, sentence
+from profiler.report.view import PS, CaptureView, Interval, RunView, StepView, sentence
 from profiler.smp.details import LEGS
 
 DASH = "-"
@@ -72,32 +72,32 @@ def _e2e(steps: list[StepView]) -> Table:
     return Table("End to end (mesh)", headers, rows)
 
 
-def _adds(steps: list[StepView]) -> Table | None:
-    ab = any(s.overhead for s in steps)
-    ebpf = any(s.legs for s in steps)
-    if not (ab or ebpf):
+def _ab(steps: list[StepView]) -> Table | None:
+    if not any(s.overhead for s in steps):
         return None
-    headers = ["rate"]
-    headers += ["A/B +p50 ms [95% CI]", "A/B +p99 ms [95% CI]", "significant"] if ab else []
-    headers += ["request", "upstream", "response", "sidecar p50 [95% CI]", "sidecar p99"] * ebpf
+    headers = ["rate", "+p50 [95% CI]", "+p90 [95% CI]", "+p99 [95% CI]", "significant"]
     rows = []
     for s in steps:
-        row = [rate(s.rate_asked)]
-        if ab:
-            o = s.overhead or {}
-            row += [signed_ci(*o["p50"]) if "p50" in o else DASH]
-            row += [signed_ci(*o["p99"]) if "p99" in o else DASH]
-            row += [
-                DASH
-                if s.significant is None
-                else ("yes" if s.significant else "no") + f" (p={s.p_value or 0:.2g})"
-            ]
-        if ebpf:
-            row += [ms(s.legs.get(leg)) for leg in LEGS[:3]]
-            row += [with_ci(s.legs.get("sidecar_total"), s.sidecar_ci)]
-            row += [ms(s.legs_p99.get("sidecar_total"))]
+        o = s.overhead or {}
+        row = [rate(s.rate_asked)] + [signed_ci(*o[p]) if p in o else DASH for p in PS]
+        sig = DASH if s.significant is None else ("yes" if s.significant else "no")
+        row.append(sig if s.p_value is None else f"{sig} (p={s.p_value:.2g})")
         rows.append(row)
-    return Table("What the sidecar adds (ms; eBPF legs are p50)", headers, rows)
+    return Table("What the sidecar adds, A/B: mesh minus baseline (ms)", headers, rows)
+
+
+def _ebpf(steps: list[StepView]) -> Table | None:
+    if not any(s.legs for s in steps):
+        return None
+    headers = ["rate", "request", "upstream", "response", "sidecar p50 [95% CI]", "sidecar p99"]
+    rows = [
+        [rate(s.rate_asked)]
+        + [ms(s.legs.get(leg)) for leg in LEGS[:3]]
+        + [with_ci(s.legs.get("sidecar_total"), s.sidecar_ci)]
+        + [ms(s.legs_p99.get("sidecar_total"))]
+        for s in steps
+    ]
+    return Table("What the sidecar adds, eBPF: time inside the sidecar (ms, p50)", headers, rows)
 
 
 def _cost(steps: list[StepView]) -> Table | None:
@@ -129,7 +129,9 @@ def _meshmark(v: RunView) -> list[str]:
 
 
 def run_document(v: RunView) -> Document:
-    tables = [t for t in (_e2e(v.steps), _adds(v.steps), _cost(v.steps)) if t is not None]
+    tables = [
+        t for t in (_e2e(v.steps), _ab(v.steps), _ebpf(v.steps), _cost(v.steps)) if t is not None
+    ]
     footer = _meshmark(v) + [f"note: {n}" for n in v.notes]
     return Document(v.title, v.facts, tables, sentence(v), footer)
 

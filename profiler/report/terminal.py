@@ -42,7 +42,7 @@ def render_document(doc: Document, width: int | None = None, color: bool = False
     out.print(f"[bold]{doc.meaning}[/]", markup=True)
     for line in doc.footer:
         out.print(line, markup=False)
-    return buf.getvalue()
+    return "".join(line.rstrip() + "\n" for line in buf.getvalue().splitlines())
 
 
 class Terminal(Renderer):
