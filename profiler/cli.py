@@ -181,9 +181,9 @@ _WIDTH = typer.Option(help="Terminal width of the view [default: the terminal's]
 @app.command()
 def report(
     file: Annotated[
-        Path,
+        Path | None,
         typer.Argument(help="A capture, a run bundle, fortio or Nighthawk JSON, or SMP results."),
-    ],
+    ] = None,
     fmt: Annotated[
         str | None,
         typer.Option(
@@ -194,11 +194,27 @@ def report(
         Path | None, typer.Option("-o", "--output", help="File to write [default: stdout].")
     ] = None,
     width: Annotated[int | None, _WIDTH] = None,
+    prometheus: Annotated[
+        str | None,
+        typer.Option(help="Prometheus URL: the cluster-wide bundle from the DaemonSet's metrics."),
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option(help="Window start (RFC 3339, Unix seconds, now-15m).")
+    ] = None,
+    end: Annotated[str, typer.Option(help="Window end, with --prometheus.")] = "now",
+    namespace: Annotated[
+        str | None, typer.Option(help="Only this namespace's pods, with --prometheus.")
+    ] = None,
 ) -> None:
     """Show a result file (terminal, markdown, JSON, YAML, SMP documents, HTML with plots)."""
-    from profiler.commands import report as cmd
+    if file is None or prometheus is not None:
+        from profiler.daemon import cluster
 
-    _exit(cmd.main(file=file, fmt=fmt, output=output, width=width))
+        _exit(cluster.main(prometheus, start, end, namespace, output, fmt, file))
+    else:
+        from profiler.commands import report as cmd
+
+        _exit(cmd.main(file=file, fmt=fmt, output=output, width=width))
 
 
 @app.command()

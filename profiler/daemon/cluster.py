@@ -260,22 +260,32 @@ def write_bundle(doc: Mapping[str, Any], path: Path, fmt: str | None = None) -> 
 
 
 def main(
-    prometheus: str,
-    start: str,
+    prometheus: str | None,
+    start: str | None,
     end: str = "now",
     namespace: str | None = None,
-    output: Path = Path("cluster.json"),
+    output: Path | None = None,
     fmt: str | None = None,
+    file: Path | None = None,
     now: float | None = None,
 ) -> int:
-    """``report --prometheus URL --start T --end T [--namespace NS] -o FILE``."""
+    """``report --prometheus URL --start T [--end T] [--namespace NS] [-o FILE]``."""
     import sys
     import time
 
+    if prometheus is None:
+        if start is not None or namespace is not None:
+            raise UsageError("--start and --namespace go with --prometheus URL")
+        raise UsageError("report needs a FILE, or --prometheus URL --start T")
+    if file is not None:
+        raise UsageError("report reads a FILE or queries --prometheus, not both")
+    if start is None:
+        raise UsageError("--prometheus needs --start (e.g. --start now-15m)")
     if not prometheus.startswith(("http://", "https://")):
         raise UsageError(f"--prometheus needs an http(s) URL, not '{prometheus}'")
     if fmt not in (None, "json", "yaml"):
-        raise UsageError(f"--format {fmt} is not json or yaml")
+        raise UsageError(f"--format {fmt} with --prometheus: json or yaml")
+    output = output or Path("cluster.json")
     t = time.time() if now is None else now
     t0, t1 = parse_time(start, t), parse_time(end, t)
     if t1 <= t0:

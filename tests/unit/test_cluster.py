@@ -169,8 +169,10 @@ class _Handler(BaseHTTPRequestHandler):
         form = urllib.parse.parse_qs(body)
         expr = form["query"][0]
         self.seen.append(expr)
-        queries = window_queries(W) | extra_queries(W)
-        name = next((k for k, q in queries.items() if q == expr), None)
+        name = None
+        for ns in (None, "shop"):
+            queries = window_queries(W, ns) | extra_queries(W, ns)
+            name = name or next((k for k, q in queries.items() if q == expr), None)
         if name is None:
             code, doc = 400, {"status": "error", "errorType": "bad_data", "error": "unknown"}
         else:
@@ -215,8 +217,32 @@ def test_main_queries_prometheus_and_writes_the_bundle(
     assert yml.read_text().startswith("format_version: 1")
 
 
+def test_report_command_with_prometheus(
+    prometheus_api: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from profiler.cli import main as cli
+
+    out = tmp_path / "c.json"
+    end = datetime.fromtimestamp(END, UTC).isoformat()
+    argv = ["report", "--prometheus", prometheus_api, "--start", str(END - W), "--end", end]
+    assert cli([*argv, "--namespace", "shop", "-o", str(out)]) == 0
+    assert validate(json.loads(out.read_text())) == []
+    assert '{namespace="shop"}' in _Handler.seen[0]
+    capsys.readouterr()
+    assert cli(["report"]) == 2
+    assert cli(["report", "--start", "now-1m"]) == 2
+    assert cli([*argv, "--format", "html", "-o", str(out)]) == 2
+    assert cli([*argv, str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4 and all(line.startswith("smp-profiler: error: ") for line in err)
+
+
 def test_main_bad_input_is_one_clear_error(prometheus_api: str, tmp_path: Path) -> None:
     out = tmp_path / "x.json"
+    with pytest.raises(UsageError, match="needs --start"):
+        main(prometheus_api, None, output=out)
+    with pytest.raises(UsageError, match="needs a FILE"):
+        main(None, None, output=out)
     with pytest.raises(UsageError, match="http"):
         main("prom:9090", "now-1m", output=out)
     with pytest.raises(UsageError, match="after --start"):
