@@ -1,6 +1,6 @@
-/* sidecar: per-request legs through a proxy (and its app), and on-CPU time per thread.
+/* sidecar: per-request legs through a proxy (and its app).
  *
- * Tracepoints only (syscalls, sched): stable ABIs, no kprobes, no fentry. Spans are
+ * Syscall tracepoints only: stable ABIs, no kprobes, no fentry. Spans are
  * assembled here, one ring-buffer record per request (struct smp_span, sidecar.h), so user
  * space does no per-syscall work. See docs/probes/sidecar.md.
  */
@@ -38,9 +38,6 @@
 #define IO_MMSG 3
 
 #define MSG_PEEK 2
-#ifndef EAGAIN
-#define EAGAIN 11
-#endif
 
 struct smp_conn {
     u8 role;
@@ -84,7 +81,6 @@ struct smp_fifo {
 };
 BPF_TABLE("lru_hash", u32, struct smp_fifo, smp_thread_fifo, SMP_MAX_THREADS);
 BPF_HASH(smp_args_map, u64, struct smp_args, SMP_MAX_THREADS);
-BPF_HASH(smp_threads, u32, struct smp_thread_cpu, SMP_MAX_THREADS);
 BPF_PERCPU_ARRAY(smp_scratch, struct smp_scan, 1);
 BPF_PERCPU_ARRAY(smp_conn_init, struct smp_conn, 1);
 
@@ -194,27 +190,29 @@ static inline __attribute__((always_inline)) struct smp_scan *smp_find_rid(u64 b
      * position where the scan could have stopped. */
     u32 at = *(volatile u32 *)&s->at;
     n = *(volatile u32 *)&s->n;
-    if (!at || at >= SMP_SCAN_LEN)
-        return s;
-    u32 a0 = at;
-    SMP_CLAMP(a0);
-    if (s->buf[a0] == ' ')
-        at++;
-    u64 h = 0xcbf29ce484222325ULL;
-    u32 k;
-    for (k = 0; k < SMP_RID_LEN; k++) {
-        u32 j = at + k;
-        if (j >= n)
-            break;
-        SMP_CLAMP(j);
-        char c = s->buf[j];
-        if (c == '\r' || c == '\n' || c == ' ')
-            break;
-        s->rid[k] = c;
-        h = (h ^ (u8)c) * 0x100000001b3ULL;
+    if (at && at < SMP_SCAN_LEN) {
+        u32 a0 = at;
+        SMP_CLAMP(a0);
+        if (s->buf[a0] == ' ')
+            at++;
+        u64 h = 0xcbf29ce484222325ULL;
+        u32 k;
+        for (k = 0; k < SMP_RID_LEN; k++) {
+            u32 j = at + k;
+            if (j >= n)
+                break;
+            SMP_CLAMP(j);
+            char c = s->buf[j];
+            if (c == '\r' || c == '\n' || c == ' ')
+                break;
+            s->rid[k] = c;
+            h = (h ^ (u8)c) * 0x100000001b3ULL;
+        }
+        s->rid_len = k;
+        s->rid_hash = k ? h : 0;
     }
-    s->rid_len = k;
-    s->rid_hash = k ? h : 0;
+    /* The request head (Authorization, cookies) must not stay readable in the map. */
+    __builtin_memset(s->buf, 0, sizeof(s->buf));
     return s;
 }
 
@@ -293,31 +291,6 @@ static inline __attribute__((always_inline)) void smp_ds_start(struct smp_conn *
     }
 }
 
-/* A read found the socket empty: the proxy has all it will get for now of the message. */
-static inline __attribute__((always_inline)) int smp_read_drained(u64 id, u32 fd)
-{
-    u32 tgid = id >> 32;
-    if (smp_mode(tgid) != MODE_PROXY)
-        return 0;
-    u64 key = ((u64)tgid << 32) | fd;
-    struct smp_conn *c = smp_conns.lookup(&key);
-    if (!c)
-        return 0;
-    u64 ts = bpf_ktime_get_ns();
-    if (c->role == ROLE_DS) {
-        if (c->phase == 1 && !c->span.ds_rx_ready && !c->span.us_tx_end)
-            c->span.ds_rx_ready = ts;
-        return 0;
-    }
-    if (c->phase == 2) {
-        struct smp_conn *d = smp_conns.lookup(&c->ds_key);
-        if (d && d->phase == 1 && d->span.us_fd == (s32)fd && d->span.us_rx_beg &&
-            !d->span.us_rx_ready)
-            d->span.us_rx_ready = ts;
-    }
-    return 0;
-}
-
 static inline __attribute__((always_inline)) int smp_exit(s64 ret, int is_read)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -326,8 +299,6 @@ static inline __attribute__((always_inline)) int smp_exit(s64 ret, int is_read)
         return 0;
     struct smp_args args = *a;
     smp_args_map.delete(&id);
-    if (ret == -EAGAIN && is_read && !args.skip)
-        return smp_read_drained(id, args.fd);
     if (ret <= 0 || args.skip)
         return 0;
     u32 tgid = id >> 32, tid = (u32)id;
@@ -549,40 +520,5 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     if (c->role == ROLE_DS && c->phase == 2)
         smp_emit(c, tgid);
     smp_conns.delete(&key);
-    return 0;
-}
-
-/* CPU: on-CPU time of every thread of a traced process */
-TRACEPOINT_PROBE(sched, sched_switch)
-{
-    u64 now = bpf_ktime_get_ns();
-    u32 prev = args->prev_pid, next = args->next_pid;
-    struct smp_thread_cpu *t = smp_threads.lookup(&prev);
-    if (t) {
-        if (t->on_since)
-            t->total_ns += now - t->on_since;
-        t->on_since = 0;
-    } else if (prev) {
-        u32 tgid = bpf_get_current_pid_tgid() >> 32;
-        if (smp_mode(tgid)) {
-            struct smp_thread_cpu n = {};
-            n.tgid = tgid;
-            smp_threads.update(&prev, &n);
-        }
-    }
-    t = smp_threads.lookup(&next);
-    if (t)
-        t->on_since = now;
-    return 0;
-}
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!smp_mode(tgid))
-        return 0;
-    u32 child = args->child_pid;
-    struct smp_thread_cpu n = {};
-    n.tgid = tgid;
-    smp_threads.update(&child, &n);
     return 0;
 }

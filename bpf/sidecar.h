@@ -9,9 +9,6 @@
  *   us_tx_end  the last upstream write of the request starts             (US_TX_END)
  *   us_rx_beg  first response bytes read from the upstream connection     (US_RX_BEG)
  *   ds_tx_end  the last downstream write of the response starts          (DS_TX_END)
- *   ds_rx_ready / us_rx_ready  the proxy's read of that message drained the socket (the
- *              first read after it that found nothing, EAGAIN): the proxy starts
- *              processing the message here, which is where Envoy's DS_RX_BEG/US_RX_BEG lie
  * For an app (kind SMP_SPAN_SERVER) only ds_rx_beg (request read) and ds_tx_end (last
  * response write) are set.
  *
@@ -38,8 +35,6 @@ struct smp_span {
     u64 us_tx_end;
     u64 us_rx_beg;
     u64 ds_tx_end;
-    u64 ds_rx_ready;
-    u64 us_rx_ready;
     u64 rid_hash;
     u32 tgid;
     u32 tid;
@@ -54,15 +49,7 @@ struct smp_span {
     char rid[SMP_RID_LEN];
 };
 
-/* Per-thread on-CPU time, accumulated at sched_switch. */
-struct smp_thread_cpu {
-    u32 tgid;
-    u32 pad;
-    u64 on_since;  /* 0 while off-CPU */
-    u64 total_ns;
-};
-
-/* Per-process byte and request counters (index = slot in smp_filter_pids value). */
+/* Per-process byte and request counters. */
 struct smp_proc_stats {
     u64 rx_bytes;
     u64 tx_bytes;

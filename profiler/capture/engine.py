@@ -2,8 +2,8 @@
 
 One span per request arrives from the kernel; the engine turns it into legs, records them in
 fixed-bucket histograms (no per-request storage unless ``keep_spans``), joins app spans to
-the sidecar's by request id for the ``loopback`` leg, and accounts CPU from the probe's
-per-thread counters. Used by ``capture``/``run`` (with spans kept) and by the daemon.
+the sidecar's by request id for the ``loopback`` leg, and reads CPU per thread from the
+kernel's own scheduler account. Used by ``capture``/``run`` (with spans kept) and by the daemon.
 """
 
 from __future__ import annotations
@@ -63,10 +63,30 @@ class Target:
     matched_by_thread: int = 0
     rows: list[SpanRow] = field(default_factory=list)
     rows_dropped: int = 0
+    cpu_base: dict[int, int] = field(default_factory=dict)  # tid -> ns when added
+    cpu_last: dict[int, int] = field(default_factory=dict)  # tid -> ns last seen
 
     def __post_init__(self) -> None:
         names = PROXY_LEGS if self.role == "sidecar" else APP_LEGS
         self.legs = {n: LatencyHistogram() for n in names}
+        self.cpu_base = thread_runtime_ns(self.pid)
+        self.cpu_last = dict(self.cpu_base)
+
+
+def thread_runtime_ns(pid: int) -> dict[int, int]:
+    """tid -> nanoseconds on CPU so far, for every live thread of ``pid``."""
+    out: dict[int, int] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
 
 
 def _us(ns: int) -> int:
@@ -180,11 +200,14 @@ class Engine:
 
     # -- counters -------------------------------------------------------------------------
     def cpu_ns(self) -> dict[int, dict[int, int]]:
-        """pid -> {tid: on-CPU ns since attach} for every target."""
-        out: dict[int, dict[int, int]] = {pid: {} for pid in self._targets}
-        for tid, (tgid, ns) in self._probe.thread_cpu_ns().items():
-            if tgid in out:
-                out[tgid][tid] = ns
+        """pid -> {tid: on-CPU ns since the target was added}, from the kernel's own per-
+        thread account (sum_exec_runtime in /proc/<pid>/task/<tid>/schedstat). A thread that
+        exits keeps the time it was last seen with, so totals never go down."""
+        out: dict[int, dict[int, int]] = {}
+        for pid, t in self._targets.items():
+            for tid, ns in thread_runtime_ns(pid).items():
+                t.cpu_last[tid] = ns
+            out[pid] = {tid: ns - t.cpu_base.get(tid, 0) for tid, ns in t.cpu_last.items()}
         return out
 
     def proc_stats(self, pid: int) -> dict[str, int]:

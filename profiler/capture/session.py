@@ -69,6 +69,7 @@ class CaptureSession:
                 self._info[pid] = {"comm": _comm(pid), "cgroup": _cgroup(pid), "thread_comm": {}}
                 self.engine.add_target(pid, role)
         self._cpu0 = self.engine.cpu_ns()
+        self._last_tick = 0.0
         self._last_mem = {pid: memory_of(pid) for pid in self._info}
         self.exited: list[int] = []
         self.start_wall = datetime.now(UTC)
@@ -83,19 +84,25 @@ class CaptureSession:
 
     def poll(self, timeout_ms: int = 100) -> None:
         self.engine.poll(timeout_ms)
-        for pid in self._info:
+        now = time.monotonic()
+        if now - self._last_tick < 1.0:
+            return
+        self._last_tick = now
+        # once a second: who exited, memory, names of new threads
+        cpu = self.engine.cpu_ns()
+        for pid, info in self._info.items():
             if pid in self.exited:
                 continue
             if not self.engine.alive(pid):
                 self.exited.append(pid)
-            else:
-                mem = memory_of(pid)
-                if mem is not None:
-                    self._last_mem[pid] = mem
-                for tid in self.engine.cpu_ns().get(pid, {}):
-                    names = self._info[pid]["thread_comm"]
-                    if tid not in names:
-                        names[tid] = _thread_comm(pid, tid)
+                continue
+            mem = memory_of(pid)
+            if mem is not None:
+                self._last_mem[pid] = mem
+            names = info["thread_comm"]
+            for tid in cpu.get(pid, {}):
+                if tid not in names:
+                    names[tid] = _thread_comm(pid, tid)
 
     def during(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` (e.g. the load) in a thread while this thread consumes the events, so
@@ -183,17 +190,19 @@ class CaptureSession:
     ) -> dict[str, Any]:
         info = self._info[pid]
         before, after = self._cpu0.get(pid, {}), cpu1.get(pid, {})
-        threads = []
+        threads: list[dict[str, Any]] = []
+        total_ns = 0
         for tid, ns in sorted(after.items()):
             delta = ns - before.get(tid, 0)
+            total_ns += delta
             threads.append(
                 {
                     "tid": tid,
-                    "comm": info["thread_comm"].get(tid, ""),
+                    "comm": info["thread_comm"].get(tid) or _thread_comm(pid, tid),
                     "cpu_seconds": round(delta / 1e9, 6),
                 }
             )
-        cpu_s = sum(th["cpu_seconds"] for th in threads)
+        cpu_s = total_ns / 1e9
         mem = self._last_mem.get(pid)
         stats = self.engine.proc_stats(pid)
         entry: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""The sidecar probe (bpf/sidecar.c): one span per request, on-CPU time per thread.
+"""The sidecar probe (bpf/sidecar.c): one span per request through a proxy or app.
 
 User space only tells the kernel which processes to trace and in which mode, seeds the roles
 of connections that were open before the probe attached (needed when downstream bytes are
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +37,6 @@ class Span:
     us_tx_end: int
     us_rx_beg: int
     ds_tx_end: int
-    ds_rx_ready: int
-    us_rx_ready: int
     rid: str
     rid_hash: int
     flags: int
@@ -64,8 +61,6 @@ _INT_FIELDS = (
     "us_tx_end",
     "us_rx_beg",
     "ds_tx_end",
-    "ds_rx_ready",
-    "us_rx_ready",
     "flags",
     "ds_fd",
     "us_fd",
@@ -164,15 +159,6 @@ class SidecarProbe:
     # -- targets ------------------------------------------------------------------------
     def add_target(self, pid: int, mode: Mode) -> None:
         b = self._bpf
-        threads = b["smp_threads"]
-        try:
-            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-        except OSError:
-            tids = []
-        for tid in tids:
-            leaf = threads.Leaf()
-            leaf.tgid = pid
-            threads[threads.Key(tid)] = leaf
         procs = b["smp_proc"]
         procs[procs.Key(pid)] = procs.Leaf()
         if mode == "proxy":
@@ -190,10 +176,6 @@ class SidecarProbe:
         with contextlib.suppress(KeyError):
             del filt[filt.Key(pid)]
         self._targets.pop(pid, None)
-        threads = self._bpf["smp_threads"]
-        for key, leaf in list(threads.items()):
-            if leaf.tgid == pid:
-                del threads[key]
         conns = self._bpf["smp_conns"]
         for key in [k for k in conns if k.value >> 32 == pid]:
             with contextlib.suppress(KeyError):
@@ -219,15 +201,6 @@ class SidecarProbe:
             if c.role == ROLE_DS and c.phase == 2 and (key.value >> 32) in self._targets:
                 span = _decode(c.span)
                 yield Span(**{**_fields(span), "flags": span.flags | F_DRAINED})
-
-    def thread_cpu_ns(self) -> dict[int, tuple[int, int]]:
-        """tid -> (tgid, on-CPU nanoseconds so far), including a slice still running."""
-        now = time.monotonic_ns()
-        out = {}
-        for key, t in self._bpf["smp_threads"].items():
-            total = int(t.total_ns) + (now - int(t.on_since) if t.on_since else 0)
-            out[int(key.value)] = (int(t.tgid), total)
-        return out
 
     def proc_stats(self, pid: int) -> dict[str, int]:
         procs = self._bpf["smp_proc"]
