@@ -220,6 +220,33 @@ class SidecarProbe:
         not handle."""
         return loader.drops(self._bpf) + self.callback_errors
 
+    MAPS = (
+        "smp_filter_pids",
+        "smp_drops",
+        "smp_proc",
+        "smp_conns",
+        "smp_rid_index",
+        "smp_thread_fifo",
+        "smp_args_map",
+        "smp_scratch",
+        "smp_conn_init",
+    )
+
+    def map_bytes(self) -> Iterator[tuple[str, bytes]]:
+        """Every value held in the probe's maps, as raw bytes: for audits that no payload
+        (an Authorization header, a cookie) is kept in the kernel."""
+        import ctypes
+
+        for name in self.MAPS:
+            table = self._bpf[name]
+            for _key, value in table.items():
+                values = value if isinstance(value, list) else [value]
+                for v in values:
+                    if isinstance(v, ctypes.Structure | ctypes.Array):
+                        yield name, ctypes.string_at(ctypes.addressof(v), ctypes.sizeof(v))
+                    else:
+                        yield name, bytes(v)
+
     def conns_in_use(self) -> int:
         return len(self._bpf["smp_conns"])
 

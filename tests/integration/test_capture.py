@@ -70,6 +70,41 @@ def test_23_requests_give_23_spans(testbed_factory: Callable[..., Any], tmp_path
     assert sidecar["legs"]["upstream"]["p50_ms"] >= app["legs"]["app"]["p50_ms"]
 
 
+def test_no_secret_leaves_the_probe(testbed_factory: Callable[..., Any], tmp_path: Path) -> None:
+    """Authorization and Cookie headers and the body reach the app, but no byte of them is in
+    the capture, the spans file or any map of the probe; the request id is."""
+    tb = testbed_factory()
+    server = tb.state.server
+    spans_file = tmp_path / "spans.csv"
+    session = start_capture(
+        CaptureConfig(
+            sidecar_pids=[server.envoy_pid],
+            app_pids=[server.app_pid],
+            duration_s=None,
+            spans_file=spans_file,
+        )
+    )
+    secret = "SMPSECRET7d1f"
+    script = (
+        f'for i in 1 2 3; do curl -sf -o /dev/null -H "x-request-id: sec-$i" '
+        f'-H "Authorization: Bearer {secret}a" -H "Cookie: session={secret}b" '
+        f'--data "password={secret}c" {tb.state.url} || exit 1; done'
+    )
+    r = tb.run_in_client(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    time.sleep(0.2)
+    session.poll(0)
+    probe = session.engine._probe
+    kept = b"".join(value for _name, value in probe.map_bytes())
+    assert b"sec-" in kept or session.spans() > 0  # the maps were really read
+    assert secret.encode() not in kept
+    doc = session.stop()
+    assert doc["sidecars"][0]["requests"] == 3
+    text = json.dumps(doc) + spans_file.read_text()
+    assert "sec-1" in text
+    assert secret not in text
+
+
 def _accuracy(tb: Any, tmp_path: Path, tag: str) -> dict[str, Any]:
     """200 req/s for 10 s with the built-in open-loop generator (after a 1 s warm-up that
     opens the connection pools, not captured); legs matched to Envoy's log by request id."""
