@@ -20,7 +20,12 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-STACK = (("request_proxy", "#4c78a8"), ("upstream", "#f58518"), ("response_proxy", "#54a24b"))
+# the sidecar's own time (request + response legs), then the wait for the app on top
+STACK = (
+    ("request_proxy", "#4c78a8", ""),
+    ("response_proxy", "#54a24b", ""),
+    ("upstream", "#f5c48f", "//"),
+)
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d")
 RC: dict[str, Any] = {
     "svg.hashsalt": "smp-profiler",  # stable ids: the same file renders the same SVG
@@ -75,9 +80,10 @@ def legs_stacked(v: RunView | CaptureView) -> str | None:
     with _figure() as (fig, (ax,)):
         x = np.arange(len(bars))
         bottom = np.zeros(len(bars))
-        for leg, color in STACK:
+        for leg, color, hatch in STACK:
             vals = np.array([float(b[1].get(leg) or 0.0) for b in bars])
-            ax.bar(x, vals, 0.6, bottom=bottom, label=leg, color=color)
+            label = "upstream (waiting for the app)" if leg == "upstream" else leg
+            ax.bar(x, vals, 0.6, bottom=bottom, label=label, color=color, hatch=hatch)
             bottom += vals
         totals = [b[1].get("sidecar_total") for b in bars]
         for xi, t in zip(x, totals, strict=True):

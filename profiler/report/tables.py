@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from profiler.report.view import PS, CaptureView, Interval, RunView, StepView, sentence
-from profiler.smp.details import LEGS
 
 DASH = "-"
 
@@ -89,15 +88,21 @@ def _ab(steps: list[StepView]) -> Table | None:
 def _ebpf(steps: list[StepView]) -> Table | None:
     if not any(s.legs for s in steps):
         return None
-    headers = ["rate", "request", "upstream", "response", "sidecar p50 [95% CI]", "sidecar p99"]
+    headers = ["rate", "request leg", "response leg", "sidecar p50 [95% CI]", "sidecar p99"]
+    headers.append("upstream wait")
     rows = [
-        [rate(s.rate_asked)]
-        + [ms(s.legs.get(leg)) for leg in LEGS[:3]]
-        + [with_ci(s.legs.get("sidecar_total"), s.sidecar_ci)]
-        + [ms(s.legs_p99.get("sidecar_total"))]
+        [
+            rate(s.rate_asked),
+            ms(s.legs.get("request_proxy")),
+            ms(s.legs.get("response_proxy")),
+            with_ci(s.legs.get("sidecar_total"), s.sidecar_ci),
+            ms(s.legs_p99.get("sidecar_total")),
+            ms(s.legs.get("upstream")),
+        ]
         for s in steps
     ]
-    return Table("What the sidecar adds, eBPF: time inside the sidecar (ms, p50)", headers, rows)
+    title = "What the sidecar adds, eBPF: time inside the sidecar (ms, p50; upstream = app wait)"
+    return Table(title, headers, rows)
 
 
 def _cost(steps: list[StepView]) -> Table | None:
