@@ -35,4 +35,7 @@ def test_demo_writes_results_and_tears_down(
     assert (out / "result.yaml").read_text().startswith("format_version: 1\n")
     captured = capsys.readouterr()
     assert f"results in {out.resolve()}/" in captured.out
+    html = out / "report.html"
+    assert f"HTML report: {html.resolve()}" in captured.out
+    assert '<figure id="plot-cdf" data-plot="cdf"><svg' in html.read_text()
     assert "MeshMark" in captured.err
