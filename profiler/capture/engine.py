@@ -9,6 +9,7 @@ kernel's own scheduler account. Used by ``capture``/``run`` (with spans kept) an
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ class Engine:
         self._targets: dict[int, Target] = {}
         self._app_by_rid: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self._upstream_by_rid: OrderedDict[int, int] = OrderedDict()
+        self._window_start_ns = 0
         self._probe = SidecarProbe(self._on_span, ringbuf_pages=ringbuf_pages)
 
     # -- targets --------------------------------------------------------------------------
@@ -127,6 +129,24 @@ class Engine:
     def targets(self) -> dict[int, Target]:
         return self._targets
 
+    def new_window(self, sidecars: list[int], apps: list[int]) -> None:
+        """Start a fresh measurement window on the attached probe (no recompiling): these
+        targets, zeroed counters, and only requests that begin from now on."""
+        self._probe.consume()
+        want = {pid: "sidecar" for pid in sidecars} | {pid: "app" for pid in apps}
+        for pid, t in list(self._targets.items()):
+            if want.get(pid) != t.role:
+                self.remove_target(pid)
+        for pid, role in want.items():
+            if pid in self._targets:
+                old = self._targets[pid]
+                self._targets[pid] = Target(pid, role, old.labels)
+            else:
+                self.add_target(pid, role)
+        self._app_by_rid.clear()
+        self._upstream_by_rid.clear()
+        self._window_start_ns = time.monotonic_ns()
+
     # -- events ---------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 100) -> None:
         self._probe.poll(timeout_ms)
@@ -140,7 +160,7 @@ class Engine:
 
     def _on_span(self, s: Span) -> None:
         t = self._targets.get(s.tgid)
-        if t is None:
+        if t is None or s.ds_rx_beg < self._window_start_ns:
             return
         if not s.complete:
             t.incomplete += 1

@@ -55,19 +55,27 @@ def _cgroup(pid: int) -> str | None:
 class CaptureSession:
     """Attached probes over one window. ``stop()`` returns the capture document."""
 
-    def __init__(self, config: CaptureConfig) -> None:
+    def __init__(self, config: CaptureConfig, engine: Engine | None = None) -> None:
         for pid in [*config.sidecar_pids, *config.app_pids]:
             if not os.path.exists(f"/proc/{pid}/stat"):
                 raise TargetNotFound(f"no process with PID {pid}")
         self.config = config
-        self.engine = Engine(
-            keep_spans=True, ringbuf_pages=config.ringbuf_pages, max_spans=config.max_spans
-        )
-        self._info: dict[int, dict[str, Any]] = {}
-        for role, pids in (("sidecar", config.sidecar_pids), ("app", config.app_pids)):
-            for pid in pids:
-                self._info[pid] = {"comm": _comm(pid), "cgroup": _cgroup(pid), "thread_comm": {}}
-                self.engine.add_target(pid, role)
+        self._owns_engine = engine is None
+        if engine is None:
+            engine = Engine(
+                keep_spans=True, ringbuf_pages=config.ringbuf_pages, max_spans=config.max_spans
+            )
+            for pid in config.sidecar_pids:
+                engine.add_target(pid, "sidecar")
+            for pid in config.app_pids:
+                engine.add_target(pid, "app")
+        else:
+            engine.new_window(config.sidecar_pids, config.app_pids)
+        self.engine = engine
+        self._info: dict[int, dict[str, Any]] = {
+            pid: {"comm": _comm(pid), "cgroup": _cgroup(pid), "thread_comm": {}}
+            for pid in [*config.sidecar_pids, *config.app_pids]
+        }
         self._cpu0 = self.engine.cpu_ns()
         self._last_tick = 0.0
         self._last_mem = {pid: memory_of(pid) for pid in self._info}
@@ -182,7 +190,8 @@ class CaptureSession:
             "spans_file": spans_file,
             "host": {"kernel": os.uname().release, "cpus": os.cpu_count()},
         }
-        self.engine.close()
+        if self._owns_engine:
+            self.engine.close()
         return doc
 
     def _target_doc(
@@ -244,5 +253,7 @@ def _method(tls_spans: int) -> str:
     return base + "; plaintext HTTP/1.1, matched by x-request-id"
 
 
-def start_capture(config: CaptureConfig) -> CaptureSession:
-    return CaptureSession(config)
+def start_capture(config: CaptureConfig, engine: Engine | None = None) -> CaptureSession:
+    """Attach and start a window. With ``engine`` (``Engine(keep_spans=True)``, owned by the
+    caller) the probe already loaded is reused: a run of many windows compiles once."""
+    return CaptureSession(config, engine)
