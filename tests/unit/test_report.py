@@ -232,3 +232,38 @@ def test_html_of_a_capture_plots_its_legs() -> None:
     html = _render("html", CAPTURE)
     assert re.search(r'<figure id="plot-legs"[^>]*><svg', html)
     assert re.search(r'<figure id="plot-cdf"[^>]*><svg', html)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "with_capture"), [(True, True), (False, True), (True, False), (False, False)]
+)
+@pytest.mark.parametrize("fmt", ["terminal", "markdown", "json", "html", "smp"])
+def test_every_format_renders_bundles_with_parts_missing(
+    tmp_path: Path, fmt: str, baseline: bool, with_capture: bool
+) -> None:
+    """Runs without a baseline or without captures render what they have (and nothing else)."""
+    from tests.unit import smp_fixtures as fx
+
+    b = fx.bundle(rates=(100.0, 200.0), repeat=1, baseline=baseline, with_capture=with_capture)
+    path = tmp_path / "b.json"
+    b.write(path)
+    text = _render(fmt, path)
+    assert text
+    if fmt == "markdown":
+        assert ("A/B: mesh minus baseline" in text) == baseline
+        assert ("Sidecar cost" in text) == with_capture
+    if fmt == "html":
+        assert ('id="plot-cost" data-plot="cost"><svg' in text) == with_capture
+        assert ('id="plot-overhead" data-plot="overhead"><svg' in text) == (
+            baseline or with_capture
+        )
+
+
+def test_incomplete_capture_with_drops_says_so(tmp_path: Path) -> None:
+    doc = json.loads(CAPTURE.read_text())
+    doc.update(complete=False, incomplete_reason="target exited", drops=17)
+    path = tmp_path / "cut-short.json"
+    path.write_text(json.dumps(doc))
+    text = _render("terminal", path, width=200)
+    assert "INCOMPLETE (target exited), 3.5 s, 17 events dropped" in text
+    assert "17 events dropped; INCOMPLETE: target exited" in text
