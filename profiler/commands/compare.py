@@ -12,7 +12,7 @@ FORMATS = ("terminal", "markdown", "json")
 
 
 def main(files: list[Path], fmt: str, output: Path | None, force: bool, width: int | None) -> int:
-    from profiler.commands.report import write
+    from profiler.commands.report import term_width, write
     from profiler.report import compare, load, markdown, terminal
 
     if fmt not in FORMATS:
@@ -29,6 +29,6 @@ def main(files: list[Path], fmt: str, output: Path | None, force: bool, width: i
             text = markdown.render_document(doc)
         else:
             color = output is None and sys.stdout.isatty()
-            text = terminal.render_document(doc, width, color)
+            text = terminal.render_document(doc, width or term_width(), color)
     write(text, output)
     return 0
