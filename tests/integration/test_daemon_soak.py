@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import socket
 import sys
 import time
@@ -31,6 +32,7 @@ from profiler.daemon.metrics import SnapshotCollector
 
 pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy, pytest.mark.slow]
 CYCLES, ENVOY_RESTARTS, REQUESTS = 200, 200, 5
+LEAKY = ("smp_thread_fifo",)  # see the assertion: not yet cleaned by remove_target
 HERE = Path(__file__).resolve().parent
 _T = "type.googleapis.com/envoy.extensions."
 
@@ -100,10 +102,22 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _map_sizes(engine: Any) -> dict[str, int]:
+# every hash map the probe declares, whatever it is called: BPF_HASH(name, ...) and
+# BPF_TABLE("hash" | "lru_hash", key, leaf, name, size)
+_HASH_MAPS = re.compile(r'^BPF_(?:HASH\((\w+)|TABLE\("(?:lru_)?hash",[^,]+,[^,]+,\s*(\w+))', re.M)
+
+
+def _hash_maps() -> list[str]:
+    source = (HERE.parents[1] / "bpf" / "sidecar.c").read_text()
+    names = sorted(a or b for a, b in _HASH_MAPS.findall(source))
+    assert "smp_filter_pids" in names and "smp_conns" in names, names
+    return names
+
+
+def _map_sizes(engine: Any, names: list[str]) -> dict[str, int]:
     bpf = engine._probe._bpf  # the probe's own maps, read through the engine
-    sizes = {name: len(bpf[name]) for name in ("smp_threads", "smp_filter_pids", "smp_proc")}
-    sizes["smp_conns"] = engine.conns_in_use()
+    sizes = {name: len(bpf[name]) for name in names}
+    assert sizes["smp_conns"] == engine.conns_in_use()
     return sizes
 
 
@@ -125,6 +139,7 @@ def test_soak_sidecar_churn_keeps_rss_maps_and_label_sets_flat() -> None:
     from profiler.capture.engine import Engine
 
     now = [0.0]
+    maps = _hash_maps()
     engine = Engine(aggregate=True)
     collector = SnapshotCollector(retire_after=60.0, clock=lambda: now[0])
     proc = psutil.Process()
@@ -157,7 +172,7 @@ def test_soak_sidecar_churn_keeps_rss_maps_and_label_sets_flat() -> None:
                         assert len(agent.attached) == 5  # 2 sidecars, 3 app processes
                 step()
                 held.append(collector.label_sets())
-                rest.append(_map_sizes(engine))
+                rest.append(_map_sizes(engine, maps))
                 if i in (19, CYCLES - 1):
                     rss.append(proc.memory_info().rss)
             churn_s = time.monotonic() - t0
@@ -189,11 +204,11 @@ def test_soak_sidecar_churn_keeps_rss_maps_and_label_sets_flat() -> None:
                 _wait(lambda t=target: (engine.poll(50), t.requests)[1] >= REQUESTS, "spans")
                 step()
                 counted.append(_requests_of(collector, proxied.uid))
-                envoy_rest.append(_map_sizes(engine))
+                envoy_rest.append(_map_sizes(engine, maps))
             proxied.remove_container("istio-proxy")
             step()
             envoy_s = time.monotonic() - t1
-            final = _map_sizes(engine)
+            final = _map_sizes(engine, maps)
             rss.append(proc.memory_info().rss)
     finally:
         engine.close()
@@ -206,8 +221,18 @@ def test_soak_sidecar_churn_keeps_rss_maps_and_label_sets_flat() -> None:
           f"{max(held)}")  # fmt: skip
     # the probe's maps hold what is attached now, never what is gone
     assert rest[-1] == rest[19] == rest[CYCLES // 2]
-    assert envoy_rest[-1] == envoy_rest[0]
-    assert final == rest[-1]  # the last Envoy and its app detached: back to the steady pod
+    # smp_thread_fifo (keyed by thread id) keeps the entry of each dead Envoy worker thread:
+    # remove_target does not delete it, the LRU caps it at SMP_MAX_THREADS. Every other map
+    # must be exactly flat; that one may not grow by more than one entry per restart.
+    leaky = {k for k in LEAKY if k in final}
+    flat = {k: v for k, v in envoy_rest[-1].items() if k not in leaky}
+    assert flat == {k: v for k, v in envoy_rest[0].items() if k not in leaky}
+    for k in leaky:
+        assert envoy_rest[-1][k] - envoy_rest[0][k] <= ENVOY_RESTARTS
+    # the last Envoy and its app detached: back to the steady pod
+    assert {k: v for k, v in final.items() if k not in leaky} == {
+        k: v for k, v in rest[-1].items() if k not in leaky
+    }
     # the collector holds the live label sets plus those retired within 60 s, no more
     assert max(held[20:]) <= 2 + 2 * 7 and held[-1] == held[-21]
     # the restarted Envoys' requests all counted, under one label set
