@@ -166,10 +166,11 @@ def _step_from_details(src: Source, d: dict[str, Any], rng: np.random.Generator)
         base = src.bundle.records_of(step, "baseline")
         v.baseline_hist = merge_histograms(r.load.histogram for r in base) if base else None
         v.leg_hists = _leg_hists(src, step)
-    ab = d.get("ebpf_vs_ab")
-    v.sidecar_ci = (
-        _pair(ab.get("ebpf_ci_ms")) if ab else _ci50(v.leg_hists.get("sidecar_total"), rng)
-    )
+    ab = d.get("ebpf_vs_ab") or {}
+    if ab.get("ebpf_ci_ms") and ab.get("ebpf_basis", "sidecar_total") == "sidecar_total":
+        v.sidecar_ci = _pair(ab["ebpf_ci_ms"])  # the interval the SMP details carry
+    else:  # none, or of another leg (mesh_added): the sidecar's own, from its histograms
+        v.sidecar_ci = _ci50(v.leg_hists.get("sidecar_total"), rng)
     return v
 
 
