@@ -53,6 +53,19 @@ def _synthetic(n_req: int, seed: int = 8) -> dict[str, Any]:
     }
 
 
+class _NoProbe:
+    """Stands in for the kernel side: the engine's real code, fed by this benchmark."""
+
+    def __init__(self, on_span: Any, **_: Any) -> None:
+        self.on_span = on_span
+
+    def add_target(self, pid: int, mode: str) -> None:
+        pass
+
+    def remove_target(self, pid: int) -> None:
+        pass
+
+
 def _scalar_record(self: Any, us: int, count: int = 1) -> None:
     """What-if: LatencyHistogram.record with the bucket index computed in pure Python
     (bit_length) instead of numpy on a 0-d array; same buckets (checked by the unit test)."""
@@ -82,18 +95,17 @@ def child(n_spans: int, what_if: bool = False) -> dict[str, Any]:
 
         LatencyHistogram.record = _scalar_record  # type: ignore[method-assign]
     from profiler.capture import document
-    from profiler.capture.engine import Engine, Target
+    from profiler.capture import engine as engine_mod
+    from profiler.capture.engine import Engine
     from profiler.probes.sidecar import F_MATCH_RID, KIND_PROXY, KIND_SERVER, Span
 
     n_req = n_spans // 2
     d = _synthetic(n_req)
     cols = {k: v.tolist() for k, v in d.items()}
-    engine = Engine.__new__(Engine)  # the span handler without a probe in the kernel
-    engine.aggregate, engine._keep, engine._max_spans = True, True, n_req
-    engine._targets = {SIDECAR: Target(SIDECAR, "sidecar", {}), APP: Target(APP, "app", {})}
-    from collections import OrderedDict
-
-    engine._app_by_rid, engine._upstream_by_rid = OrderedDict(), OrderedDict()
+    vars(engine_mod)["SidecarProbe"] = _NoProbe
+    engine = Engine(aggregate=True, keep_spans=True, max_spans=n_req)
+    engine.add_target(SIDECAR, "sidecar")
+    engine.add_target(APP, "app")
     rss0 = rss_bytes()
     base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
@@ -148,10 +160,10 @@ def child(n_spans: int, what_if: bool = False) -> dict[str, Any]:
         )
     ingest = time.perf_counter() - t0
     t1 = time.perf_counter()
-    side = engine._targets[SIDECAR]
+    side = engine.targets[SIDECAR]
     values = document.proxy_leg_values(side.rows)
-    legs = {name: document.leg_stats(values[name], h) for name, h in side.legs.items()}
-    app_t = engine._targets[APP]
+    legs = {name: document.leg_stats(values.get(name), h) for name, h in side.legs.items()}
+    app_t = engine.targets[APP]
     legs.update({name: document.leg_stats(None, h) for name, h in app_t.legs.items()})
     summarise = time.perf_counter() - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

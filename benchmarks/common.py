@@ -43,7 +43,7 @@ class Profile:
 FULL = Profile(
     "full",
     rounds=5,
-    window_s=5.0,
+    window_s=4.0,
     step_s=3.0,
     sweep_points=4,
     capacity_s=2.0,
@@ -56,7 +56,7 @@ QUICK = Profile(
     step_s=1.5,
     sweep_points=2,
     capacity_s=1.0,
-    analysis_spans=1_000_000,
+    analysis_spans=200_000,
 )
 
 

@@ -45,7 +45,7 @@ def _measure(fn: Callable[[], Any]) -> dict[str, Any]:
 def run(profile: Profile) -> dict[str, Any]:
     from profiler.loadgen import LoadSpec, run_load
 
-    secs = profile.window_s
+    secs, rounds = profile.window_s, min(profile.rounds, 3)
     with testbed("bl") as tb:
         url, ns = tb.state.url, tb.state.client.netns
 
@@ -54,32 +54,32 @@ def run(profile: Profile) -> dict[str, Any]:
 
         _measure(spec("wrk", None))  # warm the pools
         maxes = rotate(
-            profile.rounds,
+            rounds,
             [
                 lambda: _measure(spec("wrk", None)),
                 lambda: _measure(spec("hey", None)),
                 lambda: _measure(spec("builtin", None, workers=2)),
             ],
         )
-        # ours, open loop: the highest rate held within 1% with p99 under 50 ms
+        # ours, open loop: the highest rate held within 1% of the asked
         top = summary([m["rate"] for m in maxes[2]])["median"] or 1000.0
         held, sweep = 0.0, []
-        for frac in (0.5, 0.7, 0.85, 1.0, 1.2):
+        for frac in (0.3, 0.5, 0.7, 0.85, 1.0, 1.2):
             rate = round(top * frac, -2)
             m = _measure(spec("builtin", rate, warmup_s=0.3))
             sweep.append({"asked": rate, **m})
-            if not m["reached"] or m["p99_us"] > 50_000:
+            if not m["reached"]:
                 break
             held = m["rate"]
         fixed = rotate(
-            profile.rounds,
+            rounds,
             [
                 lambda: _measure(spec("builtin", FIXED_RATE, FIXED_CONNECTIONS, warmup_s=0.3)),
                 lambda: _measure(spec("hey", FIXED_RATE, FIXED_CONNECTIONS)),
                 lambda: _measure(spec("wrk", None, 1)),
             ],
         )
-    return _report(profile, maxes, held, sweep, fixed)
+    return _report(profile, rounds, maxes, held, sweep, fixed)
 
 
 def _s(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -88,6 +88,7 @@ def _s(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 def _report(
     profile: Profile,
+    rounds: int,
     maxes: list[list[dict[str, Any]]],
     held: float,
     sweep: list[dict[str, Any]],
@@ -114,9 +115,7 @@ def _report(
                 med_range(s["cpu_us_per_req"]),
             ]
         )
-    rows_max.append(
-        ["builtin, open loop (highest rate held within 1%, p99 < 50 ms)", round(held), "", "", ""]
-    )
+    rows_max.append(["builtin, open loop (highest rate held within 1%)", round(held), "", "", ""])
     rows_fixed = []
     labels = (
         "builtin (open loop)",
@@ -150,7 +149,7 @@ def _report(
         "summary": summ,
         "tables": [
             table(
-                f"Highest rate, closed loop, {CONNECTIONS} connections, {profile.rounds} rotated "
+                f"Highest rate, closed loop, {CONNECTIONS} connections, {rounds} rotated "
                 f"rounds of {profile.window_s:g} s (median [min..max])",
                 ["generator", "req/s", "p50 (us)", "p99 (us)", "generator CPU us/req"],
                 rows_max,
