@@ -140,7 +140,15 @@ def _run_rows(views: list[RunView], rng: np.random.Generator) -> list[Row]:
             rows.append(_row(label, "sidecar p50 (eBPF)", "ms", sc, legs, 50, rng))
         if any(s is not None and s.overhead for s in steps):
             ab = val(lambda s: s.overhead["p50"][0] if s.overhead else None)
-            rows.append(_row(label, "A/B +p50", "ms", ab))
+            row = _row(label, "A/B +p50", "ms", ab)
+            cis = [s.overhead["p50"][1] if s is not None and s.overhead else None for s in steps]
+            for i in range(1, len(steps)):
+                a, b = cis[0], cis[i]
+                # two intervals of their own: apart is a difference (conservatively)
+                row.significant[i] = (
+                    None if a is None or b is None else (b[0] > a[1] or a[0] > b[1])
+                )
+            rows.append(row)
         if any(s is not None and s.cpu_mcores is not None for s in steps):
             rows.append(_row(label, "CPU / 1k req", "ms", val(lambda s: s.cpu_ms_per_1k)))
             rows.append(_row(label, "sidecar RSS", "MB", val(lambda s: s.mem_rss_mb)))
@@ -188,7 +196,9 @@ def _sig(row: Row, i: int) -> str:
     s = row.significant[i]
     if s is None:
         return "n/a (one number)" if row.deltas[i] is not None else DASH
-    return ("yes" if s else "no") + f" (MW p={row.p_value[i] or 0:.2g})"
+    if row.p_value[i] is None:  # A/B: each run's own 95% interval
+        return "yes (CIs apart)" if s else "no (CIs overlap)"
+    return ("yes" if s else "no") + f" (MW p={row.p_value[i]:.2g})"
 
 
 def document(sources: list[Source], rows: list[Row], notes: list[str]) -> Document:

@@ -58,6 +58,12 @@ def test_one_vs_two_workers_differences_and_significance() -> None:
     # the eBPF sidecar median at 100 req/s: 0.426 -> 0.529 ms, thousands of spans each
     sc = rows[("100", "sidecar p50 (eBPF)")]
     assert sc.significant[1] is True and sc.p_value[1] is not None and sc.p_value[1] < 1e-6
+    # the A/B overheads: each run has its own interval; apart means different
+    for i, rate in enumerate(("100", "300")):
+        ca = a["details"]["steps"][i]["overhead"]["p50"]["ci_ms"]
+        cb = b["details"]["steps"][i]["overhead"]["p50"]["ci_ms"]
+        apart = cb[0] > ca[1] or ca[0] > cb[1]
+        assert rows[(rate, "A/B +p50")].significant[1] is apart
     # single numbers get a difference but no test
     cpu = rows[("100", "CPU / 1k req")]
     assert cpu.deltas[1] is not None and cpu.significant[1] is None
