@@ -23,7 +23,7 @@ from profiler.model import load_file
 from profiler.smp import validate
 
 pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy, pytest.mark.prometheus]
-RATE, SECONDS = 250, 8
+RATE, SECONDS = 250, 10
 LEGS = ("request_proxy", "upstream", "response_proxy", "sidecar_total")
 
 
@@ -50,7 +50,7 @@ def test_prometheus_scrapes_the_daemon_and_the_cluster_report_matches_a_capture(
     tb = testbed_factory()
     server, client = tb.state.server, tb.state.client
     pod_cgroup = str(Path(server.cgroups["istio-proxy"]).parent)
-    args = ("--no-kubernetes", "--interval", "0.25", "--cgroup-root", pod_cgroup)
+    args = ("--no-kubernetes", "--interval", "0.2", "--cgroup-root", pod_cgroup)
     with (
         daemon_process(tmp_path / "daemon.log", *args) as daemon,
         prometheus_server(tmp_path, [daemon.url.removeprefix("http://")]) as prom,
