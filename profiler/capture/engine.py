@@ -28,7 +28,7 @@ from profiler.probes.sidecar import (
     Span,
 )
 
-PROXY_LEGS = ("request_proxy", "upstream", "response_proxy", "sidecar_total")
+PROXY_LEGS = ("request_proxy", "upstream", "response_proxy", "sidecar_total", "mesh_added")
 APP_LEGS = ("app", "loopback")
 V = TypeVar("V")
 _JOIN_LIMIT = 65536  # unmatched spans kept for the app/sidecar join, oldest dropped first
@@ -109,7 +109,7 @@ class Engine:
         self._max_spans = max_spans
         self._targets: dict[int, Target] = {}
         self._app_by_rid: OrderedDict[int, tuple[int, int]] = OrderedDict()
-        self._upstream_by_rid: OrderedDict[int, int] = OrderedDict()
+        self._upstream_by_rid: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
         self._window_start_ns = 0
         self._probe = SidecarProbe(self._on_span, ringbuf_pages=ringbuf_pages)
 
@@ -178,20 +178,21 @@ class Engine:
             t.matched_by_rid += bool(s.flags & F_MATCH_RID)
             t.matched_by_thread += bool(s.flags & F_MATCH_THREAD)
             if s.rid_hash:
+                proxy = (s.tgid, up, rp + resp)
                 app = self._app_by_rid.pop(s.rid_hash, None)
                 if app is None:
-                    _bounded_put(self._upstream_by_rid, s.rid_hash, up)
+                    _bounded_put(self._upstream_by_rid, s.rid_hash, proxy)
                 else:
-                    self._record_loopback(app[0], app[1], up)
+                    self._join(app, proxy)
         else:
             app_ns = s.ds_tx_end - s.ds_rx_beg
             t.legs["app"].record(_us(app_ns))
             if s.rid_hash:
-                up_ns = self._upstream_by_rid.pop(s.rid_hash, None)
-                if up_ns is None:
+                seen = self._upstream_by_rid.pop(s.rid_hash, None)
+                if seen is None:
                     _bounded_put(self._app_by_rid, s.rid_hash, (s.tgid, app_ns))
                 else:
-                    self._record_loopback(s.tgid, app_ns, up_ns)
+                    self._join((s.tgid, app_ns), seen)
         if self._keep:
             if len(t.rows) < self._max_spans:
                 role = "sidecar" if s.kind == KIND_PROXY else "app"
@@ -213,10 +214,18 @@ class Engine:
             else:
                 t.rows_dropped += 1
 
-    def _record_loopback(self, app_pid: int, app_ns: int, upstream_ns: int) -> None:
-        t = self._targets.get(app_pid)
-        if t is not None:
-            t.legs["loopback"].record(_us(max(upstream_ns - app_ns, 0)))
+    def _join(self, app: tuple[int, int], proxy: tuple[int, int, int]) -> None:
+        """The app's and the sidecar's records of one request: the loopback hop between
+        them (upstream - app), and what the mesh adds to the request in all
+        (sidecar_total + loopback), the one-run estimate of an A/B difference."""
+        (app_pid, app_ns), (proxy_pid, upstream_ns, sidecar_ns) = app, proxy
+        loopback = max(upstream_ns - app_ns, 0)
+        a = self._targets.get(app_pid)
+        if a is not None:
+            a.legs["loopback"].record(_us(loopback))
+        p = self._targets.get(proxy_pid)
+        if p is not None:
+            p.legs["mesh_added"].record(_us(sidecar_ns + loopback))
 
     # -- counters -------------------------------------------------------------------------
     def cpu_ns(self) -> dict[int, dict[int, int]]:

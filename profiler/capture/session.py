@@ -232,7 +232,7 @@ class CaptureSession:
             values = document.proxy_leg_values([r for r in t.rows if r.role == "sidecar"])
             exact = t.rows_dropped == 0
             entry["legs"] = {
-                name: document.leg_stats(values[name] if exact else None, hist)
+                name: document.leg_stats(values.get(name) if exact else None, hist)
                 for name, hist in t.legs.items()
             }
             entry["local_replies"] = stats["local_replies"]
@@ -244,7 +244,7 @@ class CaptureSession:
 
 
 def _method(tls_spans: int) -> str:
-    base = "ebpf-tracepoints: socket syscalls + sched_switch, spans assembled in the kernel"
+    base = "ebpf-tracepoints: socket syscalls, spans assembled in the kernel"
     if tls_spans:
         return (
             base + "; TLS downstream: request_proxy from the first downstream read that "

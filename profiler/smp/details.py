@@ -308,13 +308,21 @@ def _ebpf_vs_ab(
     bundle: RunBundle, recs: list[StepRecord], step: dict[str, Any], rng: np.random.Generator
 ) -> dict[str, Any] | None:
     """The one-run eBPF sidecar median next to the A/B median delta: do they agree?"""
-    hs = []
-    for r in recs:
-        for sc in (r.capture or {}).get("sidecars", []):
-            h = ((sc.get("legs") or {}).get("sidecar_total") or {}).get("histogram")
-            if h:
-                hs.append(LatencyHistogram.from_json(h))
-    total = merge_histograms(hs) if hs else None
+
+    def merged(leg: str) -> LatencyHistogram | None:
+        hs = []
+        for r in recs:
+            for sc in (r.capture or {}).get("sidecars", []):
+                h = ((sc.get("legs") or {}).get(leg) or {}).get("histogram")
+                if h and h.get("count"):
+                    hs.append(LatencyHistogram.from_json(h))
+        return merge_histograms(hs) if hs else None
+
+    sidecar_total = merged("sidecar_total")
+    # With the app traced too: sidecar_total + the loopback hop it causes, per request: the
+    # one-run counterpart of mesh - baseline. Else the sidecar's own time only.
+    added = merged("mesh_added")
+    total, basis = (added, "mesh_added") if added is not None else (sidecar_total, "sidecar_total")
     ov = step.get("overhead")
     if total is None or ov is None:
         return None
@@ -331,7 +339,11 @@ def _ebpf_vs_ab(
     overlap = lo <= ab["ci_ms"][1] and ab["ci_ms"][0] <= hi
     close = abs(ci.estimate / 1000 - ab["delta_ms"]) <= AGREE_TOLERANCE_MS
     return {
-        "ebpf_sidecar_total_p50_ms": _r(ci.estimate / 1000),
+        "ebpf_basis": basis,
+        "ebpf_sidecar_total_p50_ms": _r(sidecar_total.percentile(50.0) / 1000)
+        if sidecar_total is not None
+        else None,
+        "ebpf_p50_ms": _r(ci.estimate / 1000),
         "ebpf_ci_ms": [_r(lo), _r(hi)],
         "ab_delta_p50_ms": ab["delta_ms"],
         "ab_ci_ms": ab["ci_ms"],

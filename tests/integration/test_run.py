@@ -145,8 +145,11 @@ def test_sidecar_costs_match_the_captures(swept: dict[str, Any]) -> None:
         # Both estimates are there, with intervals; whether they agree is reported, not
         # asserted: on a busy 2-core node the A/B delta moves by more than the sidecar's time.
         assert cmp is not None and cmp["ebpf_sidecar_total_p50_ms"] > 0
+        # the app is traced: the estimate is sidecar_total + the loopback hop, per request
+        assert cmp["ebpf_basis"] == "mesh_added"
+        assert cmp["ebpf_p50_ms"] > cmp["ebpf_sidecar_total_p50_ms"]
         lo, hi = cmp["ebpf_ci_ms"]
-        assert lo <= cmp["ebpf_sidecar_total_p50_ms"] <= hi
+        assert lo <= cmp["ebpf_p50_ms"] <= hi
         assert isinstance(cmp["agree"], bool)
         legs = step["sidecar"]["legs"]
         assert legs["sidecar_total"]["count"] >= step["mesh"]["requests"] * 0.99
