@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from profiler import __version__
-from profiler.errors import NotImplementedYet, SmpError
+from profiler.errors import SmpError
 
 app = typer.Typer(
     name="smp-profiler",
@@ -47,10 +47,6 @@ def _root(
     ] = False,
 ) -> None:
     _state["debug"] = debug
-
-
-def _not_yet(command: str) -> None:
-    raise NotImplementedYet(f"'{command}' is not implemented yet")
 
 
 def _exit(code: int) -> None:

@@ -19,12 +19,6 @@ class UsageError(SmpError):
     exit_code = 2
 
 
-class NotImplementedYet(SmpError):
-    """A command of the product that is not built yet."""
-
-    exit_code = 2
-
-
 class PermissionDenied(SmpError):
     """Not root, or missing CAP_BPF/CAP_PERFMON/CAP_NET_ADMIN."""
 

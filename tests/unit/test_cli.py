@@ -8,8 +8,6 @@ import time
 
 import pytest
 
-from profiler.cli import main
-
 COMMANDS = ["doctor", "capture", "run", "report", "compare", "demo", "daemon", "testbed"]
 
 
@@ -50,9 +48,13 @@ def test_version() -> None:
     assert r.stdout.startswith("smp-profiler ")
 
 
-def test_main_returns_exit_code_of_known_error(capsys: pytest.CaptureFixture[str]) -> None:
-    from profiler.errors import NotImplementedYet, SmpError
+def test_known_error_is_one_line_and_its_exit_code() -> None:
+    r = _cli("capture", "--pid", "999999")
+    assert r.returncode == 3
+    assert r.stderr.strip().splitlines() == ["smp-profiler: error: no process with PID 999999"]
 
-    assert issubclass(NotImplementedYet, SmpError)
-    assert main(["--version"]) == 0
-    capsys.readouterr()
+
+def test_debug_shows_the_traceback() -> None:
+    r = _cli("--debug", "capture", "--pid", "999999")
+    assert r.returncode == 3
+    assert "Traceback" in r.stderr
