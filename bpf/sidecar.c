@@ -78,6 +78,8 @@ struct smp_fifo {
     u64 keys[SMP_FIFO];
     u32 head;
     u32 tail;
+    u32 tgid;   /* so user space can drop a detached process's threads */
+    u32 pad;
 };
 BPF_TABLE("lru_hash", u32, struct smp_fifo, smp_thread_fifo, SMP_MAX_THREADS);
 BPF_HASH(smp_args_map, u64, struct smp_args, SMP_MAX_THREADS);
@@ -278,6 +280,7 @@ static inline __attribute__((always_inline)) void smp_ds_start(struct smp_conn *
         struct smp_fifo *q = smp_thread_fifo.lookup(&id_tid);
         if (!q) {
             struct smp_fifo empty = {};
+            empty.tgid = tgid;
             smp_thread_fifo.update(&id_tid, &empty);
             q = smp_thread_fifo.lookup(&id_tid);
         }

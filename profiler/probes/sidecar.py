@@ -176,6 +176,15 @@ class SidecarProbe:
         with contextlib.suppress(KeyError):
             del filt[filt.Key(pid)]
         self._targets.pop(pid, None)
+        # per-thread state of the detached process: its request order and saved arguments
+        fifo = self._bpf["smp_thread_fifo"]
+        for key in [k for k, v in fifo.items() if v.tgid == pid]:
+            with contextlib.suppress(KeyError):
+                del fifo[key]
+        args = self._bpf["smp_args_map"]
+        for key in [k for k in args if k.value >> 32 == pid]:
+            with contextlib.suppress(KeyError):
+                del args[key]
         conns = self._bpf["smp_conns"]
         for key in [k for k in conns if k.value >> 32 == pid]:
             with contextlib.suppress(KeyError):
