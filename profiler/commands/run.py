@@ -104,6 +104,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
         "baseline p50",
         "A/B delta p50 [95% CI]",
         "eBPF sidecar p50",
+        "eBPF mesh-added p50",
         "sidecar mcores",
         "CPU-ms/1k req",
         "mem MB",
@@ -115,6 +116,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
         ov = step.get("overhead")
         sc = step.get("sidecar") or {}
         total = (sc.get("legs") or {}).get("sidecar_total") or {}
+        added = (sc.get("legs") or {}).get("mesh_added") or {}
         t.add_row(
             rate_label(step["rate_asked"]),
             f"{step['mesh']['rate_achieved']:.1f}",
@@ -126,6 +128,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
             if ov
             else "-",
             _f(total.get("p50_ms")),
+            _f(added.get("p50_ms")),
             _f(sc.get("cpu_mcores"), 0),
             _f(sc.get("cpu_ms_per_1k_requests"), 1),
             _f((sc.get("mem_mb") or {}).get("rss"), 1),
