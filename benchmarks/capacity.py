@@ -97,7 +97,7 @@ def run(profile: Profile) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="smp-bench-rr-"))
     try:
         exe = build(tmp)
-        untraced = [_rr(exe, secs, 0, None, "")["requests"] / secs for _ in range(3)]
+        untraced: list[float] = []
         configs: list[dict[str, Any]] = []
         for pages in pages_list:
             engine = Engine(aggregate=True, ringbuf_pages=pages, keep_spans=False)
@@ -108,7 +108,10 @@ def run(profile: Profile) -> dict[str, Any]:
                         steps.append({"rate": rate, **_rr(exe, secs, rate, engine, mode)})
                         if steps[-1]["drops"]:
                             break
-                    top = {"rate": 0, **_rr(exe, secs, 0, engine, mode)}
+                    # untraced right before traced, as fast as possible: the workload's slowdown
+                    bare = _rr(exe, secs, 0, None, "")
+                    untraced.append(_rate(bare))
+                    top = {"rate": 0, **_rr(exe, secs, 0, engine, mode), "untraced": _rate(bare)}
                     configs.append({"pages": pages, "mode": mode, "steps": steps, "max": top})
             finally:
                 engine.close()
@@ -149,6 +152,8 @@ def _report(
             "max_offered_rate": top_rate,
             "max_handled_rate": handled_rate,
             "max_drop_fraction": top["drops"] / max(top["requests"], 1),
+            "untraced_rate": top["untraced"],
+            "traced_vs_untraced": top_rate / top["untraced"] if top["untraced"] else None,
             "consumer_us_per_record": per_rec_us,
             "steps": c["steps"],
         }
@@ -160,6 +165,7 @@ def _report(
                 entry["consume"],
                 round(entry["zero_drop_rate"]),
                 "none" if begins is None else round(begins),
+                round(top["untraced"]),
                 round(top_rate),
                 round(handled_rate),
                 f"{100 * entry['max_drop_fraction']:.1f}%",
@@ -178,15 +184,15 @@ def _report(
         "tables": [
             table(
                 f"Pipeline capacity (rr over a socketpair, one record per request, "
-                f"{profile.capacity_s:g} s steps; untraced the workload runs at "
-                f"{untraced_s['median']:,.0f} req/s)",
+                f"{profile.capacity_s:g} s steps; untraced, just before each traced run)",
                 [
                     "ring pages",
                     "records held",
                     "consumer",
                     "highest rate with 0 drops",
                     "drops begin at",
-                    "as fast as possible: offered",
+                    "as fast as possible: untraced",
+                    "traced",
                     "handled",
                     "dropped",
                     "consumer us/record",
