@@ -88,6 +88,7 @@ def _window(
             "envoy_cpu_s": envoy_cpu,
             "poll_cpu_s": poll_cpu,
             "traced": engine.targets[envoy].requests,
+            "incomplete": engine.targets[envoy].incomplete,
             "drops": engine.drops(),
             "rss_added": engine.rss_added,
             "rss_total": rss_bytes(),
@@ -235,6 +236,13 @@ def _report(
         "rss_total_mb": round(max(w["rss_total"] for w in on_a + on_b) / 2**20, 1),
         "drops": sum(w["drops"] for w in on_a + on_b + batch_b),
         "every_request_traced": traced_ok,
+        "traced_per_request_saturation": summary(
+            [w["traced"] / max(w["load"].requests, 1) for w in on_a]
+        ),
+        "traced_per_request_fixed": summary(
+            [w["traced"] / max(w["load"].requests, 1) for w in on_b + batch_b]
+        ),
+        "incomplete_spans": sum(w["incomplete"] for w in on_a + on_b + batch_b),
         "top_programs": {
             k: {"runs_per_req": c / n_req, "ns_per_req": ns / n_req} for k, (c, ns) in top
         },
