@@ -2,16 +2,16 @@
 
 Half the spans are a sidecar's, half its app's, for the same requests, with realistic legs
 (log-normal: request_proxy ~60 us, app ~1 ms, loopback ~80 us, response_proxy ~50 us) and
-request ids. They go through the engine's own span handler (``Engine._on_span``: legs into
-histograms, the app/sidecar join by request id, rows kept as a capture keeps them), then the
-capture document's summaries (``proxy_leg_values`` + ``leg_stats``). Runs in a child process
-so that peak memory (``ru_maxrss``) is its own; building the Span objects is part of the
-ingest time, as decoding them is in a capture.
+request ids. They arrive as the ring buffer delivers them: one bytes object per record
+(struct smp_span, the probe's own dtype), joined and decoded per batch of 4,096 by numpy, then
+through the engine's batch handler (``Engine._on_batch``: legs into histograms, the app/sidecar
+join by request id, rows kept as a capture keeps them), then the capture document's summaries
+(``proxy_leg_values`` + ``leg_stats``). Runs in a child process so that peak memory
+(``ru_maxrss``) is its own.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import resource
 import subprocess
@@ -56,8 +56,10 @@ def _synthetic(n_req: int, seed: int = 8) -> dict[str, Any]:
 class _NoProbe:
     """Stands in for the kernel side: the engine's real code, fed by this benchmark."""
 
-    def __init__(self, on_span: Any, **_: Any) -> None:
-        self.on_span = on_span
+    dtype: Any = None
+
+    def __init__(self, on_batch: Any, **_: Any) -> None:
+        self.on_batch = on_batch
 
     def add_target(self, pid: int, mode: str) -> None:
         pass
@@ -66,103 +68,89 @@ class _NoProbe:
         pass
 
 
-def _scalar_record(self: Any, us: int, count: int = 1) -> None:
-    """What-if: LatencyHistogram.record with the bucket index computed in pure Python
-    (bit_length) instead of numpy on a 0-d array; same buckets (checked by the unit test)."""
-    us, count = int(us), int(count)
-    if us < 0 or count < 0:
-        raise ValueError("negative latency or count")
-    if count == 0:
-        return
-    self._counts[scalar_bucket_index(us)] += count
-    self._note(us, us, us * count, count)
+BATCH = 4096
 
 
-def scalar_bucket_index(us: int) -> int:
-    from profiler.histogram import _EXACT, _SUB, MAX_TRACKABLE_US, SUB_BITS
+def _records(dtype: Any, n: int, fields: dict[str, Any], ids: list[bytes]) -> list[bytes]:
+    """n records of struct smp_span as the ring buffer hands them over: one bytes each."""
+    import numpy as np
 
-    v = min(us, MAX_TRACKABLE_US)
-    if v < _EXACT:
-        return v
-    e = v.bit_length() - (SUB_BITS + 1)
-    return _EXACT + (e - 1) * _SUB + ((v >> e) - _SUB)
+    a = np.zeros(n, dtype=dtype)
+    for k, v in fields.items():
+        a[k] = v
+    rid = np.array(ids, dtype="S48")
+    a["rid"] = rid.view("S1").reshape(n, 48)
+    a["rid_len"] = [len(i) for i in ids]
+    raw = a.tobytes()
+    size = dtype.itemsize
+    return [raw[i * size : (i + 1) * size] for i in range(n)]
 
 
-def child(n_spans: int, what_if: bool = False) -> dict[str, Any]:
-    """Runs in the child: the measurements as a dict. ``what_if``: with the scalar record."""
-    if what_if:
-        from profiler.histogram import LatencyHistogram
+def child(n_spans: int) -> dict[str, Any]:
+    """Runs in the child: the measurements as a dict."""
+    import numpy as np
 
-        LatencyHistogram.record = _scalar_record  # type: ignore[method-assign]
     from profiler.capture import document
     from profiler.capture import engine as engine_mod
     from profiler.capture.engine import Engine
-    from profiler.probes.sidecar import F_MATCH_RID, KIND_PROXY, KIND_SERVER, Span
+    from profiler.probes.sidecar import F_MATCH_RID, KIND_PROXY, KIND_SERVER, SidecarProbe
 
+    probe = SidecarProbe(lambda _batch: None, ringbuf_pages=1)  # for its dtype only
+    dtype = probe.dtype
+    probe.close()
     n_req = n_spans // 2
     d = _synthetic(n_req)
-    cols = {k: v.tolist() for k, v in d.items()}
+    ids = [f"smp-bench-{i}".encode() for i in range(n_req)]
+    common = {"rid_hash": d["hash"], "flags": F_MATCH_RID, "req_bytes": 200, "resp_bytes": 128}
+    app = _records(
+        dtype,
+        n_req,
+        {
+            **common,
+            "kind": KIND_SERVER,
+            "tgid": APP,
+            "tid": APP + 1,
+            "ds_rx_beg": d["app_beg"],
+            "ds_tx_end": d["app_end"],
+            "ds_fd": 5,
+            "us_fd": -1,
+        },
+        ids,
+    )
+    side = _records(
+        dtype,
+        n_req,
+        {
+            **common,
+            "kind": KIND_PROXY,
+            "tgid": SIDECAR,
+            "tid": SIDECAR + 1,
+            "ds_rx_beg": d["start"],
+            "us_tx_beg": d["us_tx"] - 5000,
+            "us_tx_end": d["us_tx"],
+            "us_rx_beg": d["us_rx"],
+            "ds_tx_end": d["ds_tx"],
+            "ds_fd": 40,
+            "us_fd": 41,
+        },
+        ids,
+    )
     vars(engine_mod)["SidecarProbe"] = _NoProbe
     engine = Engine(aggregate=True, keep_spans=True, max_spans=n_req)
     engine.add_target(SIDECAR, "sidecar")
     engine.add_target(APP, "app")
     rss0 = rss_bytes()
     t0 = time.perf_counter()
-    start, us_tx, us_rx, ds_tx = cols["start"], cols["us_tx"], cols["us_rx"], cols["ds_tx"]
-    app_beg, app_end, hashes = cols["app_beg"], cols["app_end"], cols["hash"]
-    on_span = engine._on_span
-    # every field by name, zero for any this test does not set (the struct may grow)
-    zero = {f.name: 0 for f in dataclasses.fields(Span)}
-    for i in range(n_req):
-        rid = f"smp-bench-{i}"
-        h = hashes[i]
-        on_span(
-            Span(
-                **{
-                    **zero,
-                    "kind": KIND_SERVER,
-                    "tgid": APP,
-                    "tid": APP + 1,
-                    "ds_rx_beg": app_beg[i],
-                    "ds_tx_end": app_end[i],
-                    "rid": rid,
-                    "rid_hash": h,
-                    "flags": F_MATCH_RID,
-                    "ds_fd": 5,
-                    "us_fd": -1,
-                    "req_bytes": 200,
-                    "resp_bytes": 128,
-                }
-            )
-        )
-        on_span(
-            Span(
-                **{
-                    **zero,
-                    "kind": KIND_PROXY,
-                    "tgid": SIDECAR,
-                    "tid": SIDECAR + 1,
-                    "ds_rx_beg": start[i],
-                    "us_tx_beg": us_tx[i] - 5000,
-                    "us_tx_end": us_tx[i],
-                    "us_rx_beg": us_rx[i],
-                    "ds_tx_end": ds_tx[i],
-                    "rid": rid,
-                    "rid_hash": h,
-                    "flags": F_MATCH_RID,
-                    "ds_fd": 40,
-                    "us_fd": 41,
-                    "req_bytes": 200,
-                    "resp_bytes": 128,
-                }
-            )
-        )
+    on_batch = engine._on_batch
+    for i in range(0, n_req, BATCH):  # app records of a batch first, then the sidecar's
+        for raw in (app[i : i + BATCH], side[i : i + BATCH]):
+            on_batch(np.frombuffer(b"".join(raw), dtype=dtype))
     ingest = time.perf_counter() - t0
     held = rss_bytes() - rss0  # the rows, histograms and join tables the engine now holds
     t1 = time.perf_counter()
-    side = engine.targets[SIDECAR]
-    values = document.proxy_leg_values(side.rows)
-    legs = {name: document.leg_stats(values.get(name), h) for name, h in side.legs.items()}
+    sidecar = engine.targets[SIDECAR]
+    values = document.proxy_leg_values(sidecar.rows)
+    legs = {name: document.leg_stats(values.get(name), h) for name, h in sidecar.legs.items()}
     app_t = engine.targets[APP]
     legs.update({name: document.leg_stats(None, h) for name, h in app_t.legs.items()})
     summarise = time.perf_counter() - t1
@@ -185,9 +173,9 @@ def child(n_spans: int, what_if: bool = False) -> dict[str, Any]:
     }
 
 
-def _child(n: int, what_if: bool) -> dict[str, Any]:
+def _child(n: int) -> dict[str, Any]:
     root = Path(__file__).resolve().parent.parent
-    argv = [sys.executable, "-m", "benchmarks.analysis", str(n), *(["what-if"] if what_if else [])]
+    argv = [sys.executable, "-m", "benchmarks.analysis", str(n)]
     p = subprocess.run(argv, capture_output=True, text=True, cwd=root, timeout=600)
     if p.returncode != 0:
         raise RuntimeError(f"analysis child failed: {p.stderr.strip().splitlines()[-1:]}")
@@ -196,18 +184,12 @@ def _child(n: int, what_if: bool) -> dict[str, Any]:
 
 
 def run(profile: Profile) -> dict[str, Any]:
-    r = _child(profile.analysis_spans, False)
-    w = _child(profile.analysis_spans, True)
-    if w["p50_ms"] != r["p50_ms"] or w["p99_ms"] != r["p99_ms"]:
-        raise RuntimeError("the what-if histogram record gave other percentiles")
-    r["what_if_scalar_record"] = {k: w[k] for k in ("ingest_s", "us_per_span", "total_s")}
+    r = _child(profile.analysis_spans)
     rows = [
         ["spans (sidecar + app, same requests)", r["spans"]],
         ["app/sidecar pairs joined by request id", r["joined"]],
-        ["ingest: build Span + Engine._on_span (s)", r["ingest_s"]],
+        ["ingest: records as bytes -> numpy batches -> Engine._on_batch (s)", r["ingest_s"]],
         ["per span (us)", r["us_per_span"]],
-        ["what-if: ingest with a pure-Python histogram bucket index (s)", w["ingest_s"]],
-        ["what-if: per span (us)", w["us_per_span"]],
         ["summarise: proxy_leg_values + leg_stats (s)", r["summarise_s"]],
         ["total (s)", r["total_s"]],
         ["RSS before ingest, synthetic input included (MB)", r["rss_before_mb"]],
@@ -222,4 +204,4 @@ def run(profile: Profile) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(child(int(sys.argv[1]), what_if=sys.argv[2:] == ["what-if"])))
+    print(json.dumps(child(int(sys.argv[1]))))

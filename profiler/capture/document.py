@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from profiler.capture.engine import SpanRow
 from profiler.errors import BadInputFile
 from profiler.histogram import LatencyHistogram
+from profiler.probes.sidecar import request_ids
 
 KIND = "smp-profiler.capture"
 FORMAT_VERSION = 1
@@ -59,56 +59,60 @@ def leg_stats(values_us: Iterable[float] | None, hist: LatencyHistogram) -> dict
     return out
 
 
-def proxy_leg_values(rows: list[SpanRow]) -> dict[str, np.ndarray]:
-    ds_rx = np.array([r.ds_rx_beg for r in rows], dtype=np.int64)
-    us_tx = np.array([r.us_tx_end for r in rows], dtype=np.int64)
-    us_rx = np.array([r.us_rx_beg for r in rows], dtype=np.int64)
-    ds_tx = np.array([r.ds_tx_end for r in rows], dtype=np.int64)
-    # the same rounding to whole microseconds as the histograms
-    rp = np.maximum((us_tx - ds_rx + 500) // 1000, 0)
-    resp = np.maximum((ds_tx - us_rx + 500) // 1000, 0)
+def proxy_leg_values(rows: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-request legs in whole microseconds (the histograms' rounding) from batches of
+    struct smp_span."""
+    if not rows:
+        return {}
+    s = np.concatenate(rows)
+    ds_rx, us_tx = s["ds_rx_beg"].astype(np.int64), s["us_tx_end"].astype(np.int64)
+    us_rx, ds_tx = s["us_rx_beg"].astype(np.int64), s["ds_tx_end"].astype(np.int64)
+
+    def us(ns: np.ndarray) -> np.ndarray:
+        out: np.ndarray = np.maximum((ns + 500) // 1000, 0).astype(np.float64)
+        return out
+
     return {
-        "request_proxy": rp.astype(np.float64),
-        "upstream": np.maximum((us_rx - us_tx + 500) // 1000, 0).astype(np.float64),
-        "response_proxy": resp.astype(np.float64),
-        "sidecar_total": np.maximum((us_tx - ds_rx + ds_tx - us_rx + 500) // 1000, 0).astype(
-            np.float64
-        ),
+        "request_proxy": us(us_tx - ds_rx),
+        "upstream": us(us_rx - us_tx),
+        "response_proxy": us(ds_tx - us_rx),
+        "sidecar_total": us(us_tx - ds_rx + ds_tx - us_rx),
     }
 
 
-def write_spans(path: Path, rows: Iterable[SpanRow]) -> int:
+def write_spans(path: Path, chunks: Iterable[tuple[str, np.ndarray]]) -> int:
+    """One CSV row per request (role, ids, instants in ns, legs in us)."""
     n = 0
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(SPAN_COLUMNS)
-        for r in rows:
-            if r.role == "sidecar":
-                legs = [
-                    (r.us_tx_end - r.ds_rx_beg) / 1e3,
-                    (r.us_rx_beg - r.us_tx_end) / 1e3,
-                    (r.ds_tx_end - r.us_rx_beg) / 1e3,
-                    "",
-                ]
-            else:
-                legs = ["", "", "", (r.ds_tx_end - r.ds_rx_beg) / 1e3]
-            w.writerow(
-                [
-                    r.role,
-                    r.pid,
-                    r.tid,
-                    r.request_id,
-                    r.ds_rx_beg,
-                    r.us_tx_end,
-                    r.us_rx_beg,
-                    r.ds_tx_end,
-                    *legs,
-                    r.flags,
-                    r.ds_fd,
-                    r.us_fd,
-                ]
-            )
-            n += 1
+        for role, s in chunks:
+            ids = request_ids(s)
+            cols = [
+                s[k].astype(np.int64).tolist()
+                for k in (
+                    "tgid",
+                    "tid",
+                    "ds_rx_beg",
+                    "us_tx_end",
+                    "us_rx_beg",
+                    "ds_tx_end",
+                    "flags",
+                    "ds_fd",
+                    "us_fd",
+                )
+            ]
+            for i, (pid, tid, ds_rx, us_tx, us_rx, ds_tx, flags, ds_fd, us_fd) in enumerate(
+                zip(*cols, strict=True)
+            ):
+                if role == "sidecar":
+                    legs = [(us_tx - ds_rx) / 1e3, (us_rx - us_tx) / 1e3, (ds_tx - us_rx) / 1e3, ""]
+                else:
+                    legs = ["", "", "", (ds_tx - ds_rx) / 1e3]
+                w.writerow(
+                    [role, pid, tid, ids[i], ds_rx, us_tx, us_rx, ds_tx, *legs, flags, ds_fd, us_fd]
+                )
+                n += 1
     return n
 
 

@@ -1,8 +1,9 @@
 """The capture engine: the sidecar probe plus per-target aggregation.
 
-One span per request arrives from the kernel; the engine turns it into legs, records them in
-fixed-bucket histograms (no per-request storage unless ``keep_spans``), joins app spans to
-the sidecar's by request id for the ``loopback`` leg, and reads CPU per thread from the
+One span per request arrives from the kernel, in batches (numpy structured arrays of struct
+smp_span); the engine turns them into legs with array arithmetic, records them in fixed-bucket
+histograms (no per-request storage unless ``keep_spans``), joins app spans to the sidecar's by
+request id for the ``loopback`` and ``mesh_added`` legs, and reads CPU per thread from the
 kernel's own scheduler account. Used by ``capture``/``run`` (with spans kept) and by the daemon.
 """
 
@@ -15,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import numpy as np
+
 from profiler.capture.memory import memory_of
 from profiler.daemon.snapshot import Snapshot, TargetSnapshot
 from profiler.histogram import LatencyHistogram
@@ -23,32 +26,15 @@ from profiler.probes.sidecar import (
     F_MATCH_RID,
     F_MATCH_THREAD,
     KIND_PROXY,
+    KIND_SERVER,
     Mode,
     SidecarProbe,
-    Span,
 )
 
 PROXY_LEGS = ("request_proxy", "upstream", "response_proxy", "sidecar_total", "mesh_added")
 APP_LEGS = ("app", "loopback")
 V = TypeVar("V")
 _JOIN_LIMIT = 65536  # unmatched spans kept for the app/sidecar join, oldest dropped first
-
-
-@dataclass
-class SpanRow:
-    """One request as the spans file stores it (nanoseconds, monotonic clock)."""
-
-    role: str
-    pid: int
-    tid: int
-    request_id: str
-    ds_rx_beg: int
-    us_tx_end: int
-    us_rx_beg: int
-    ds_tx_end: int
-    flags: int
-    ds_fd: int
-    us_fd: int
 
 
 @dataclass
@@ -62,7 +48,8 @@ class Target:
     tls_downstream: int = 0
     matched_by_rid: int = 0
     matched_by_thread: int = 0
-    rows: list[SpanRow] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)  # batches of struct smp_span
+    rows_kept: int = 0
     rows_dropped: int = 0
     cpu_base: dict[int, int] = field(default_factory=dict)  # tid -> ns when added
     cpu_last: dict[int, int] = field(default_factory=dict)  # tid -> ns last seen
@@ -90,7 +77,13 @@ def thread_runtime_ns(pid: int) -> dict[int, int]:
     return out
 
 
-def _us(ns: int) -> int:
+def _us(ns: np.ndarray) -> np.ndarray:
+    """Nanoseconds to whole microseconds, as the histograms and the spans file round."""
+    out: np.ndarray = np.maximum((ns + 500) // 1000, 0)
+    return out
+
+
+def _us1(ns: int) -> int:
     return max(0, (ns + 500) // 1000)
 
 
@@ -105,13 +98,13 @@ class Engine:
         max_spans: int = 1_000_000,
     ) -> None:
         self.aggregate = aggregate
-        self._keep = keep_spans
+        self._keep_spans = keep_spans
         self._max_spans = max_spans
         self._targets: dict[int, Target] = {}
         self._app_by_rid: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self._upstream_by_rid: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
         self._window_start_ns = 0
-        self._probe = SidecarProbe(self._on_span, ringbuf_pages=ringbuf_pages)
+        self._probe = SidecarProbe(self._on_batch, ringbuf_pages=ringbuf_pages)
 
     # -- targets --------------------------------------------------------------------------
     def add_target(self, pid: int, role: str, labels: Mapping[str, str] | None = None) -> None:
@@ -155,77 +148,103 @@ class Engine:
         """Everything still in the ring buffer, and the answered requests no later event has
         emitted yet (read from the connection table)."""
         self._probe.consume()
-        for span in list(self._probe.drain_pending()):
-            self._on_span(span)
+        self._on_batch(self._probe.drain_pending())
 
-    def _on_span(self, s: Span) -> None:
-        t = self._targets.get(s.tgid)
-        if t is None or s.ds_rx_beg < self._window_start_ns:
+    def _on_batch(self, spans: np.ndarray) -> None:
+        """A batch of records from the kernel (struct smp_span): legs, joins, rows."""
+        if not len(spans):
             return
-        if not s.complete:
-            t.incomplete += 1
-            return
-        t.requests += 1
-        if s.kind == KIND_PROXY:
-            rp, up = s.us_tx_end - s.ds_rx_beg, s.us_rx_beg - s.us_tx_end
-            resp = s.ds_tx_end - s.us_rx_beg
-            legs = t.legs
-            legs["request_proxy"].record(_us(rp))
-            legs["upstream"].record(_us(up))
-            legs["response_proxy"].record(_us(resp))
-            legs["sidecar_total"].record(_us(rp + resp))
-            t.tls_downstream += bool(s.flags & F_DS_TLS)
-            t.matched_by_rid += bool(s.flags & F_MATCH_RID)
-            t.matched_by_thread += bool(s.flags & F_MATCH_THREAD)
-            if s.rid_hash:
-                proxy = (s.tgid, up, rp + resp)
-                app = self._app_by_rid.pop(s.rid_hash, None)
-                if app is None:
-                    _bounded_put(self._upstream_by_rid, s.rid_hash, proxy)
-                else:
-                    self._join(app, proxy)
-        else:
-            app_ns = s.ds_tx_end - s.ds_rx_beg
-            t.legs["app"].record(_us(app_ns))
-            if s.rid_hash:
-                seen = self._upstream_by_rid.pop(s.rid_hash, None)
-                if seen is None:
-                    _bounded_put(self._app_by_rid, s.rid_hash, (s.tgid, app_ns))
-                else:
-                    self._join((s.tgid, app_ns), seen)
-        if self._keep:
-            if len(t.rows) < self._max_spans:
-                role = "sidecar" if s.kind == KIND_PROXY else "app"
-                t.rows.append(
-                    SpanRow(
-                        role,
-                        s.tgid,
-                        s.tid,
-                        s.rid,
-                        s.ds_rx_beg,
-                        s.us_tx_end,
-                        s.us_rx_beg,
-                        s.ds_tx_end,
-                        s.flags,
-                        s.ds_fd,
-                        s.us_fd,
-                    )
-                )
+        spans = spans[spans["ds_rx_beg"] >= self._window_start_ns]
+        tgids = spans["tgid"]
+        for tgid in np.unique(tgids).tolist():
+            t = self._targets.get(tgid)
+            if t is None:
+                continue
+            mine = spans[tgids == tgid]
+            if t.role == "sidecar":
+                self._proxy_spans(t, mine[mine["kind"] == KIND_PROXY])
             else:
-                t.rows_dropped += 1
+                self._app_spans(t, mine[mine["kind"] == KIND_SERVER])
 
-    def _join(self, app: tuple[int, int], proxy: tuple[int, int, int]) -> None:
-        """The app's and the sidecar's records of one request: the loopback hop between
-        them (upstream - app), and what the mesh adds to the request in all
-        (sidecar_total + loopback), the one-run estimate of an A/B difference."""
-        (app_pid, app_ns), (proxy_pid, upstream_ns, sidecar_ns) = app, proxy
+    def _keep(self, t: Target, spans: np.ndarray) -> None:
+        if not self._keep_spans:
+            return
+        room = max(self._max_spans - t.rows_kept, 0)
+        if len(spans) > room:
+            t.rows_dropped += len(spans) - room
+            spans = spans[:room]
+        if len(spans):
+            t.rows.append(spans.copy())
+            t.rows_kept += len(spans)
+
+    def _proxy_spans(self, t: Target, s: np.ndarray) -> None:
+        ds_rx, us_tx = s["ds_rx_beg"].astype(np.int64), s["us_tx_end"].astype(np.int64)
+        us_rx, ds_tx = s["us_rx_beg"].astype(np.int64), s["ds_tx_end"].astype(np.int64)
+        ok = (ds_rx > 0) & (ds_rx <= us_tx) & (us_tx <= us_rx) & (us_rx <= ds_tx)
+        t.incomplete += int(len(s) - ok.sum())
+        s, ds_rx, us_tx, us_rx, ds_tx = s[ok], ds_rx[ok], us_tx[ok], us_rx[ok], ds_tx[ok]
+        if not len(s):
+            return
+        rp, up, resp = us_tx - ds_rx, us_rx - us_tx, ds_tx - us_rx
+        legs = t.legs
+        legs["request_proxy"].record_many(_us(rp))
+        legs["upstream"].record_many(_us(up))
+        legs["response_proxy"].record_many(_us(resp))
+        legs["sidecar_total"].record_many(_us(rp + resp))
+        t.requests += len(s)
+        flags = s["flags"]
+        t.tls_downstream += int(np.count_nonzero(flags & F_DS_TLS))
+        t.matched_by_rid += int(np.count_nonzero(flags & F_MATCH_RID))
+        t.matched_by_thread += int(np.count_nonzero(flags & F_MATCH_THREAD))
+        with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
+        added = []
+        for h, u, total in zip(
+            s["rid_hash"][with_id].tolist(),
+            up[with_id].tolist(),
+            (rp + resp)[with_id].tolist(),
+            strict=True,
+        ):
+            app = self._app_by_rid.pop(h, None)
+            if app is None:
+                _bounded_put(self._upstream_by_rid, h, (t.pid, u, total))
+            else:
+                added.append(self._join(app, (t.pid, u, total)))
+        if added:
+            legs["mesh_added"].record_many(_us(np.array(added, dtype=np.int64)))
+        self._keep(t, s)
+
+    def _app_spans(self, t: Target, s: np.ndarray) -> None:
+        ds_rx, ds_tx = s["ds_rx_beg"].astype(np.int64), s["ds_tx_end"].astype(np.int64)
+        ok = (ds_rx > 0) & (ds_tx >= ds_rx)
+        t.incomplete += int(len(s) - ok.sum())
+        s, app = s[ok], (ds_tx - ds_rx)[ok]
+        if not len(s):
+            return
+        t.legs["app"].record_many(_us(app))
+        t.requests += len(s)
+        with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
+        for h, a in zip(s["rid_hash"][with_id].tolist(), app[with_id].tolist(), strict=True):
+            proxy = self._upstream_by_rid.pop(h, None)
+            if proxy is None:
+                _bounded_put(self._app_by_rid, h, (t.pid, a))
+            else:
+                p = self._targets.get(proxy[0])
+                added = self._join((t.pid, a), proxy)
+                if p is not None and p.role == "sidecar":
+                    p.legs["mesh_added"].record(_us1(added))
+        self._keep(t, s)
+
+    def _join(self, app: tuple[int, int], proxy: tuple[int, int, int]) -> int:
+        """The app's and the sidecar's records of one request: records the loopback hop
+        between them (upstream - app) on the app, and returns what the mesh adds to the
+        request in all (sidecar_total + loopback, ns), the one-run estimate of an A/B
+        difference, for the sidecar's ``mesh_added`` leg."""
+        (app_pid, app_ns), (_proxy_pid, upstream_ns, sidecar_ns) = app, proxy
         loopback = max(upstream_ns - app_ns, 0)
         a = self._targets.get(app_pid)
         if a is not None:
-            a.legs["loopback"].record(_us(loopback))
-        p = self._targets.get(proxy_pid)
-        if p is not None:
-            p.legs["mesh_added"].record(_us(sidecar_ns + loopback))
+            a.legs["loopback"].record(_us1(loopback))
+        return sidecar_ns + loopback
 
     # -- counters -------------------------------------------------------------------------
     def cpu_ns(self) -> dict[int, dict[int, int]]:

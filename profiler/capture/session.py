@@ -11,9 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from profiler import __version__
 from profiler.capture import document
-from profiler.capture.engine import Engine, SpanRow, Target
+from profiler.capture.engine import Engine, Target
 from profiler.capture.memory import memory_of
 from profiler.discovery.cgroups import cgroup_of
 from profiler.errors import TargetNotFound
@@ -164,11 +166,11 @@ class CaptureSession:
             incomplete_reason = "target exited: " + ", ".join(map(str, self.exited))
         sidecars: list[dict[str, Any]] = []
         apps: list[dict[str, Any]] = []
-        rows: list[SpanRow] = []
+        rows: list[tuple[str, np.ndarray]] = []
         for pid, t in self.engine.targets.items():
             entry = self._target_doc(pid, t, cpu1, duration)
             (sidecars if t.role == "sidecar" else apps).append(entry)
-            rows.extend(t.rows)
+            rows.extend((t.role, chunk) for chunk in t.rows)
         spans_file = None
         if self.config.spans_file is not None:
             document.write_spans(self.config.spans_file, rows)
@@ -229,7 +231,7 @@ class CaptureSession:
             "bytes_tx": stats["tx_bytes"],
         }
         if t.role == "sidecar":
-            values = document.proxy_leg_values([r for r in t.rows if r.role == "sidecar"])
+            values = document.proxy_leg_values(t.rows)
             exact = t.rows_dropped == 0
             entry["legs"] = {
                 name: document.leg_stats(values.get(name) if exact else None, hist)

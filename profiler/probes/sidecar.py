@@ -2,18 +2,22 @@
 
 User space only tells the kernel which processes to trace and in which mode, seeds the roles
 of connections that were open before the probe attached (needed when downstream bytes are
-TLS), and decodes one record per request. See docs/probes/sidecar.md.
+TLS), and takes the records in batches: the ring-buffer callback only copies the bytes, and
+each poll hands them on as one numpy structured array whose dtype is the C struct smp_span of
+bpf/sidecar.h, as BCC decodes it (no second definition). See docs/probes/sidecar.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from profiler.probes import loader
 
@@ -25,56 +29,14 @@ F_DS_TLS, F_MATCH_RID, F_MATCH_THREAD, F_DRAINED = 0x1, 0x2, 0x4, 0x8
 _RID_OK = re.compile(rb"^[A-Za-z0-9._:\-]+$")
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
-    """One request through one traced process; times are CLOCK_MONOTONIC nanoseconds."""
-
-    kind: int
-    tgid: int
-    tid: int
-    ds_rx_beg: int
-    us_tx_beg: int
-    us_tx_end: int
-    us_rx_beg: int
-    ds_tx_end: int
-    rid: str
-    rid_hash: int
-    flags: int
-    ds_fd: int
-    us_fd: int
-    req_bytes: int
-    resp_bytes: int
-
-    @property
-    def complete(self) -> bool:
-        if self.kind == KIND_SERVER:
-            return self.ds_rx_beg > 0 and self.ds_tx_end >= self.ds_rx_beg
-        return 0 < self.ds_rx_beg <= self.us_tx_end <= self.us_rx_beg <= self.ds_tx_end
-
-
-_INT_FIELDS = (
-    "kind",
-    "tgid",
-    "tid",
-    "ds_rx_beg",
-    "us_tx_beg",
-    "us_tx_end",
-    "us_rx_beg",
-    "ds_tx_end",
-    "flags",
-    "ds_fd",
-    "us_fd",
-    "req_bytes",
-    "resp_bytes",
-)
-
-
-def _decode(e: Any) -> Span:
-    """A Span from the C struct smp_span (decoded by BCC from bpf/sidecar.h)."""
-    raw = bytes(e.rid[: e.rid_len])
-    rid = raw.decode() if raw and _RID_OK.match(raw) else ""
-    values = {name: int(getattr(e, name)) for name in _INT_FIELDS}
-    return Span(rid=rid, rid_hash=int(e.rid_hash) if rid else 0, **values)
+def request_ids(spans: np.ndarray) -> list[str]:
+    """The x-request-id of each span ('' when none, or not made of id characters)."""
+    raw = np.ascontiguousarray(spans["rid"]).view(f"S{spans.dtype['rid'].shape[0]}")
+    out = []
+    for value, n in zip(raw.ravel().tolist(), spans["rid_len"].tolist(), strict=True):
+        b = value[:n]
+        out.append(b.decode() if b and _RID_OK.match(b) else "")
+    return out
 
 
 def _socket_inodes(pid: int) -> dict[int, int]:
@@ -132,29 +94,36 @@ class SidecarProbe:
     """The loaded probe. Not thread-safe: one owner polls it."""
 
     def __init__(
-        self, on_span: Callable[[Span], None], ringbuf_pages: int = 64, max_conns: int = 16384
+        self,
+        on_batch: Callable[[np.ndarray], None],
+        ringbuf_pages: int = 64,
+        max_conns: int = 16384,
     ) -> None:
         self._bpf = loader.load(
-            "sidecar",
-            {
-                "SMP_RINGBUF_PAGES": ringbuf_pages,
-                "SMP_MAX_CONNS": max_conns,
-            },
+            "sidecar", {"SMP_RINGBUF_PAGES": ringbuf_pages, "SMP_MAX_CONNS": max_conns}
         )
-        self._on_span = on_span
+        self._on_batch = on_batch
         self._targets: dict[int, Mode] = {}
         self.callback_errors = 0
-        ring = self._bpf["smp_spans"]
+        # struct smp_span, from the connection table's value type (BCC builds it from C)
+        span_type = dict(self._bpf["smp_conns"].Leaf._fields_)["span"]
+        self.dtype = np.dtype(span_type)
+        self._span_size = ctypes.sizeof(span_type)
+        self._raw: list[bytes] = []
 
-        def callback(_ctx: object, data: int, _size: int) -> None:
-            # ctypes swallows exceptions raised in a callback: count them instead, so a
-            # span lost to a bug in user space is reported like one lost in the kernel
-            try:
-                self._on_span(_decode(ring.event(data)))
-            except Exception:
-                self.callback_errors += 1
+        def callback(_ctx: object, data: int, size: int) -> None:
+            # the hot path: copy the record and return; decoding is done per batch
+            self._raw.append(ctypes.string_at(data, size))
 
-        ring.open_ring_buffer(callback)
+        self._bpf["smp_spans"].open_ring_buffer(callback)
+
+    def _flush(self) -> None:
+        if not self._raw:
+            return
+        raw, self._raw = self._raw, []
+        good = [r for r in raw if len(r) == self._span_size]
+        self.callback_errors += len(raw) - len(good)
+        self._on_batch(np.frombuffer(b"".join(good), dtype=self.dtype))
 
     # -- targets ------------------------------------------------------------------------
     def add_target(self, pid: int, mode: Mode) -> None:
@@ -200,16 +169,23 @@ class SidecarProbe:
     # -- data ---------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 100) -> None:
         self._bpf.ring_buffer_poll(timeout_ms)
+        self._flush()
 
     def consume(self) -> None:
         self._bpf.ring_buffer_consume()
+        self._flush()
 
-    def drain_pending(self) -> Iterator[Span]:
-        """Requests whose response is written but that no later request or close emitted."""
+    def drain_pending(self) -> np.ndarray:
+        """Requests whose response is written but that no later request or close emitted
+        yet, read from the connection table (flag DRAINED)."""
+        rows = []
         for key, c in self._bpf["smp_conns"].items():
             if c.role == ROLE_DS and c.phase == 2 and (key.value >> 32) in self._targets:
-                span = _decode(c.span)
-                yield Span(**{**_fields(span), "flags": span.flags | F_DRAINED})
+                rows.append(ctypes.string_at(ctypes.addressof(c.span), self._span_size))
+        spans: Any = np.frombuffer(b"".join(rows), dtype=self.dtype).copy()
+        spans["flags"] |= F_DRAINED
+        out: np.ndarray = spans
+        return out
 
     def proc_stats(self, pid: int) -> dict[str, int]:
         procs = self._bpf["smp_proc"]
@@ -225,8 +201,7 @@ class SidecarProbe:
         }
 
     def drops(self) -> int:
-        """Spans lost: ring-buffer reservations that failed, and records user space could
-        not handle."""
+        """Spans lost: ring-buffer reservations that failed, and records of a wrong size."""
         return loader.drops(self._bpf) + self.callback_errors
 
     MAPS = (
@@ -244,8 +219,6 @@ class SidecarProbe:
     def map_bytes(self) -> Iterator[tuple[str, bytes]]:
         """Every value held in the probe's maps, as raw bytes: for audits that no payload
         (an Authorization header, a cookie) is kept in the kernel."""
-        import ctypes
-
         for name in self.MAPS:
             table = self._bpf[name]
             for _key, value in table.items():
@@ -261,7 +234,3 @@ class SidecarProbe:
 
     def close(self) -> None:
         self._bpf.cleanup()
-
-
-def _fields(span: Span) -> dict[str, Any]:
-    return {name: getattr(span, name) for name in Span.__slots__}

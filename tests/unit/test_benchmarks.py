@@ -9,8 +9,6 @@ import pytest
 
 from benchmarks import common
 from benchmarks.accuracy import rates_for
-from benchmarks.analysis import child, scalar_bucket_index
-from profiler.histogram import MAX_TRACKABLE_US, bucket_index
 
 
 def test_alternate_swaps_the_order_every_round() -> None:
@@ -69,19 +67,3 @@ def test_rates_for_runs_from_100_to_near_the_maximum() -> None:
     r = rates_for(5000, 4)
     assert r[0] == 100.0 and r[-1] == 3000.0 and len(r) == 4 and r == sorted(r)
     assert rates_for(50, 3) == [100.0, 200.0]
-
-
-def test_scalar_bucket_index_is_the_histograms() -> None:
-    values = [0, 1, 255, 256, 257, 511, 512, 1000, 12345, 10**6, 2**37, MAX_TRACKABLE_US]
-    values += [MAX_TRACKABLE_US + 5, *range(0, 70000, 7)]
-    assert [scalar_bucket_index(v) for v in values] == [int(bucket_index(v)) for v in values]
-
-
-def test_analysis_correlates_every_pair() -> None:
-    r = child(4000)
-    assert r["spans"] == 4000 and r["requests"] == 2000 and r["joined"] == 2000
-    # the synthetic legs' medians come back out of the engine's histograms and exact values
-    assert r["p50_ms"]["request_proxy"] == pytest.approx(0.060, abs=0.005)
-    assert r["p50_ms"]["app"] == pytest.approx(1.0, rel=0.03)
-    assert r["p50_ms"]["loopback"] == pytest.approx(0.080, abs=0.008)
-    assert r["ingest_s"] > 0 and r["peak_rss_mb"] > 0

@@ -120,3 +120,11 @@ def test_json_round_trip_is_compact() -> None:
 def test_from_json_rejects_malformed(bad: object) -> None:
     with pytest.raises(BadInputFile):
         LatencyHistogram.from_json(bad)
+
+
+def test_scalar_record_uses_the_same_buckets_as_arrays() -> None:
+    from profiler.histogram import MAX_TRACKABLE_US, _scalar_index, bucket_index
+
+    values = [0, 1, 255, 256, 257, 511, 512, 1000, 12345, 10**6, 2**37, MAX_TRACKABLE_US]
+    values += [MAX_TRACKABLE_US + 5, *range(0, 70000, 7)]
+    assert [_scalar_index(v) for v in values] == [int(bucket_index(v)) for v in values]
