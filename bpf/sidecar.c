@@ -13,6 +13,11 @@
 #ifndef SMP_MAX_THREADS
 #define SMP_MAX_THREADS 8192
 #endif
+/* User space takes the records every 100 ms; waking it for each record (an irq_work and a
+ * context switch per request) would cost more than the record. */
+#ifndef SMP_RB_SUBMIT_FLAGS
+#define SMP_RB_SUBMIT_FLAGS BPF_RB_NO_WAKEUP
+#endif
 #ifndef SMP_WRITE_TS_AT_EXIT
 #define SMP_WRITE_TS_AT_EXIT 0
 #endif
@@ -229,7 +234,7 @@ static inline __attribute__((always_inline)) void smp_emit(struct smp_conn *c, u
         return;
     }
     __builtin_memcpy(e, &c->span, sizeof(struct smp_span));
-    smp_spans.ringbuf_submit(e, 0);
+    smp_spans.ringbuf_submit(e, SMP_RB_SUBMIT_FLAGS);
     struct smp_proc_stats *ps = smp_proc.lookup(&tgid);
     if (ps)
         __sync_fetch_and_add(&ps->spans, 1);
