@@ -83,10 +83,6 @@ def _us(ns: np.ndarray) -> np.ndarray:
     return out
 
 
-def _us1(ns: int) -> int:
-    return max(0, (ns + 500) // 1000)
-
-
 class Engine:
     """Attach once; add and remove targets as they come and go; poll; snapshot."""
 
@@ -104,6 +100,7 @@ class Engine:
         self._app_by_rid: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self._upstream_by_rid: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
         self._window_start_ns = 0
+        self._joined: list[tuple[int, int, int, int]] = []  # app, proxy, loopback, added
         self._probe = SidecarProbe(self._on_batch, ringbuf_pages=ringbuf_pages)
 
     # -- targets --------------------------------------------------------------------------
@@ -165,6 +162,7 @@ class Engine:
                 self._proxy_spans(t, mine[mine["kind"] == KIND_PROXY])
             else:
                 self._app_spans(t, mine[mine["kind"] == KIND_SERVER])
+        self._record_joined()
 
     def _keep(self, t: Target, spans: np.ndarray) -> None:
         if not self._keep_spans:
@@ -197,7 +195,6 @@ class Engine:
         t.matched_by_rid += int(np.count_nonzero(flags & F_MATCH_RID))
         t.matched_by_thread += int(np.count_nonzero(flags & F_MATCH_THREAD))
         with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
-        added = []
         for h, u, total in zip(
             s["rid_hash"][with_id].tolist(),
             up[with_id].tolist(),
@@ -208,9 +205,7 @@ class Engine:
             if app is None:
                 _bounded_put(self._upstream_by_rid, h, (t.pid, u, total))
             else:
-                added.append(self._join(app, (t.pid, u, total)))
-        if added:
-            legs["mesh_added"].record_many(_us(np.array(added, dtype=np.int64)))
+                self._join(app, (t.pid, u, total))
         self._keep(t, s)
 
     def _app_spans(self, t: Target, s: np.ndarray) -> None:
@@ -228,23 +223,28 @@ class Engine:
             if proxy is None:
                 _bounded_put(self._app_by_rid, h, (t.pid, a))
             else:
-                p = self._targets.get(proxy[0])
-                added = self._join((t.pid, a), proxy)
-                if p is not None and p.role == "sidecar":
-                    p.legs["mesh_added"].record(_us1(added))
+                self._join((t.pid, a), proxy)
         self._keep(t, s)
 
-    def _join(self, app: tuple[int, int], proxy: tuple[int, int, int]) -> int:
-        """The app's and the sidecar's records of one request: records the loopback hop
-        between them (upstream - app) on the app, and returns what the mesh adds to the
-        request in all (sidecar_total + loopback, ns), the one-run estimate of an A/B
-        difference, for the sidecar's ``mesh_added`` leg."""
-        (app_pid, app_ns), (_proxy_pid, upstream_ns, sidecar_ns) = app, proxy
+    def _join(self, app: tuple[int, int], proxy: tuple[int, int, int]) -> None:
+        """The app's and the sidecar's records of one request: the loopback hop between
+        them (upstream - app, the app's ``loopback``) and what the mesh adds to the request
+        in all (sidecar_total + loopback, the sidecar's ``mesh_added``: the one-run estimate
+        of an A/B difference). Recorded with the rest of the batch."""
+        (app_pid, app_ns), (proxy_pid, upstream_ns, sidecar_ns) = app, proxy
         loopback = max(upstream_ns - app_ns, 0)
-        a = self._targets.get(app_pid)
-        if a is not None:
-            a.legs["loopback"].record(_us1(loopback))
-        return sidecar_ns + loopback
+        self._joined.append((app_pid, proxy_pid, loopback, sidecar_ns + loopback))
+
+    def _record_joined(self) -> None:
+        if not self._joined:
+            return
+        joined = np.array(self._joined, dtype=np.int64)
+        self._joined.clear()
+        for column, leg, value in ((0, "loopback", 2), (1, "mesh_added", 3)):
+            for pid in np.unique(joined[:, column]).tolist():
+                t = self._targets.get(pid)
+                if t is not None and leg in t.legs:
+                    t.legs[leg].record_many(_us(joined[joined[:, column] == pid, value]))
 
     # -- counters -------------------------------------------------------------------------
     def cpu_ns(self) -> dict[int, dict[int, int]]:

@@ -2,9 +2,9 @@
 
 User space only tells the kernel which processes to trace and in which mode, seeds the roles
 of connections that were open before the probe attached (needed when downstream bytes are
-TLS), and takes the records in batches: the ring-buffer callback only copies the bytes, and
-each poll hands them on as one numpy structured array whose dtype is the C struct smp_span of
-bpf/sidecar.h, as BCC decodes it (no second definition). See docs/probes/sidecar.md.
+TLS), and takes the records in batches: every poll reads all new records of the ring buffer
+as one numpy structured array (profiler/probes/ringbuf.py) whose dtype is the C struct smp_span
+of bpf/sidecar.h as BCC decodes it (no second definition). See docs/probes/sidecar.md.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from profiler.probes import loader
+from profiler.probes.ringbuf import RingReader
 
 Mode = Literal["proxy", "app"]
 _MODES: dict[Mode, int] = {"proxy": 1, "app": 2}
@@ -105,26 +106,11 @@ class SidecarProbe:
         )
         self._on_batch = on_batch
         self._targets: dict[int, Mode] = {}
-        self.callback_errors = 0
         # struct smp_span, from the connection table's value type (BCC builds it from C)
         span_type = dict(self._bpf["smp_conns"].Leaf._fields_)["span"]
         self.dtype = np.dtype(span_type)
         self._span_size = ctypes.sizeof(span_type)
-        self._raw: list[bytes] = []
-
-        def callback(_ctx: object, data: int, size: int) -> None:
-            # the hot path: copy the record and return; decoding is done per batch
-            self._raw.append(ctypes.string_at(data, size))
-
-        self._bpf["smp_spans"].open_ring_buffer(callback)
-
-    def _flush(self) -> None:
-        if not self._raw:
-            return
-        raw, self._raw = self._raw, []
-        good = [r for r in raw if len(r) == self._span_size]
-        self.callback_errors += len(raw) - len(good)
-        self._on_batch(np.frombuffer(b"".join(good), dtype=self.dtype))
+        self._ring = RingReader(self._bpf["smp_spans"].map_fd, ringbuf_pages, self.dtype)
 
     # -- targets ------------------------------------------------------------------------
     def add_target(self, pid: int, mode: Mode) -> None:
@@ -178,8 +164,9 @@ class SidecarProbe:
         self.consume()
 
     def consume(self) -> None:
-        self._bpf.ring_buffer_consume()
-        self._flush()
+        spans = self._ring.read()
+        if len(spans):
+            self._on_batch(spans)
 
     def drain_pending(self) -> np.ndarray:
         """Requests whose response is written but that no later request or close emitted
@@ -207,8 +194,8 @@ class SidecarProbe:
         }
 
     def drops(self) -> int:
-        """Spans lost: ring-buffer reservations that failed, and records of a wrong size."""
-        return loader.drops(self._bpf) + self.callback_errors
+        """Spans lost: ring-buffer reservations that failed (the ring was full)."""
+        return loader.drops(self._bpf) + self._ring.discarded
 
     MAPS = (
         "smp_filter_pids",
@@ -239,4 +226,5 @@ class SidecarProbe:
         return len(self._bpf["smp_conns"])
 
     def close(self) -> None:
+        self._ring.close()
         self._bpf.cleanup()
