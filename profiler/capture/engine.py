@@ -89,7 +89,7 @@ class Engine:
     def __init__(
         self,
         aggregate: bool = True,
-        ringbuf_pages: int = 64,
+        ringbuf_pages: int = 256,
         keep_spans: bool = False,
         max_spans: int = 1_000_000,
     ) -> None:
