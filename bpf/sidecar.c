@@ -117,6 +117,14 @@ static inline __attribute__((always_inline)) u64 smp_first_buf(struct smp_args *
 {
     u64 base = a->ptr;
     u64 blen = (u64)ret;
+    if (a->io == IO_MMSG) {
+        /* ret counts messages: the bytes are the first one's msg_len (struct mmsghdr is a
+         * struct user_msghdr, 56 bytes on 64-bit, then unsigned int msg_len) */
+        u32 first = 0;
+        if (bpf_probe_read_user(&first, sizeof(first), (void *)(a->ptr + 56)))
+            return 0;
+        blen = first;
+    }
     if (a->io == IO_MSG || a->io == IO_MMSG) {
         struct smp_msghdr m = {};
         if (bpf_probe_read_user(&m, sizeof(m), (void *)a->ptr))
@@ -473,7 +481,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg)
 {
     return smp_enter(args->fd, (u64)args->mmsg, IO_MMSG, (args->flags & MSG_PEEK) != 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return smp_exit(args->ret > 0 ? 1 : args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return smp_exit(args->ret, 1); }
 
 /* writes */
 TRACEPOINT_PROBE(syscalls, sys_enter_write) { return smp_enter(args->fd, (u64)args->buf, IO_PTR, 0); }
@@ -485,36 +493,20 @@ TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return smp_exit(args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return smp_enter(args->fd, (u64)args->msg, IO_MSG, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return smp_exit(args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return smp_enter(args->fd, (u64)args->mmsg, IO_MMSG, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return smp_exit(args->ret > 0 ? 1 : args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return smp_exit(args->ret, 0); }
 
-/* connection roles */
-TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+/* connection roles: accepted sockets are downstream, connected ones upstream */
+static inline __attribute__((always_inline)) int smp_conn_role(s64 fd, u8 role)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (args->ret < 0 || smp_mode(id >> 32) != MODE_PROXY)
+    if (fd < 0 || smp_mode(id >> 32) != MODE_PROXY)
         return 0;
-    u64 key = (id & 0xffffffff00000000ULL) | (u32)args->ret;
-    smp_conn_new(key, ROLE_DS);
+    smp_conn_new((id & 0xffffffff00000000ULL) | (u32)fd, role);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    if (args->ret < 0 || smp_mode(id >> 32) != MODE_PROXY)
-        return 0;
-    u64 key = (id & 0xffffffff00000000ULL) | (u32)args->ret;
-    smp_conn_new(key, ROLE_DS);
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_connect)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    if (smp_mode(id >> 32) != MODE_PROXY)
-        return 0;
-    u64 key = (id & 0xffffffff00000000ULL) | (u32)args->fd;
-    smp_conn_new(key, ROLE_US);
-    return 0;
-}
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return smp_conn_role(args->ret, ROLE_DS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return smp_conn_role(args->ret, ROLE_DS); }
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return smp_conn_role(args->fd, ROLE_US); }
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
     u64 id = bpf_get_current_pid_tgid();
