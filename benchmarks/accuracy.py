@@ -8,14 +8,12 @@ against the kernel's utime + stime in /proc. The method is the one of
 from __future__ import annotations
 
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks.common import Profile, proc_cpu_s, table, testbed
 
-LEGS = ("request_proxy", "upstream", "response_proxy")
 VARIANTS: dict[str, dict[str, Any]] = {
     "1 worker": {},
     "2 workers": {"concurrency": 2},
@@ -38,9 +36,8 @@ def rates_for(max_rps: float, points: int) -> list[float]:
 
 def _step(tb: Any, rate: float, seconds: float, tag: str, tmp: Path) -> dict[str, Any]:
     from profiler.capture import CaptureConfig, start_capture
-    from profiler.capture.document import read_spans
     from profiler.loadgen import LoadSpec, run_load
-    from profiler.testbed import read_access_log
+    from profiler.testbed.accuracy import compare
 
     server = tb.state.server
     spans_file = tmp / f"{tag}.csv"
@@ -59,50 +56,19 @@ def _step(tb: Any, rate: float, seconds: float, tag: str, tmp: Path) -> dict[str
     result = session.during(lambda: run_load(spec))
     proc_cpu = proc_cpu_s(server.envoy_pid) - cpu0
     doc = session.stop()
-    prefix = f"smp-{tag}-"
-    tb.wait_access_log(0)
-    envoy: dict[str, Any] = {}
-    for _ in range(40):  # Envoy flushes its log every 200 ms
-        envoy = {
-            e.request_id: e
-            for e in read_access_log(Path(tb.state.access_log))
-            if e.request_id and e.request_id.startswith(prefix)
-        }
-        if len(envoy) >= result.requests:
-            break
-        tb.wait_access_log(10**9, timeout=0.1)
-    ours = {
-        r["request_id"]: r
-        for r in read_spans(spans_file)
-        if r["role"] == "sidecar" and r["request_id"].startswith(prefix)
-    }
-    matched = sorted(set(envoy) & set(ours))
-    out: dict[str, Any] = {
+    cmp = compare(spans_file, Path(tb.state.access_log), f"smp-{tag}-", result.requests)
+    return {
         "rate_asked": rate,
         "rate_achieved": round(result.rate_achieved, 1),
         "sent": result.requests,
-        "envoy": len(envoy),
-        "ours": len(ours),
-        "matched": len(matched),
+        "envoy": cmp.envoy,
+        "ours": cmp.ours,
+        "matched": cmp.matched,
         "drops": doc["drops"],
         "cpu_ours_s": doc["sidecars"][0]["cpu_seconds"],
         "cpu_proc_s": round(proc_cpu, 3),
-        "legs": {},
+        "legs": {leg: asdict(c) for leg, c in cmp.legs.items()},
     }
-    if not matched:
-        return out
-    a = {leg: np.array([float(ours[k][f"{leg}_us"]) for k in matched]) for leg in LEGS}
-    b = {leg: np.array([float(getattr(envoy[k], f"{leg}_us")) for k in matched]) for leg in LEGS}
-    a["first_byte_to_first_byte"] = a["request_proxy"] + a["upstream"]
-    b["first_byte_to_first_byte"] = b["request_proxy"] + b["upstream"]
-    for leg in a:
-        out["legs"][leg] = {
-            "ours_p50": round(float(np.median(a[leg])), 1),
-            "envoy_p50": round(float(np.median(b[leg])), 1),
-            "ours_p99": round(float(np.percentile(a[leg], 99)), 1),
-            "envoy_p99": round(float(np.percentile(b[leg], 99)), 1),
-        }
-    return out
 
 
 def run(profile: Profile) -> dict[str, Any]:

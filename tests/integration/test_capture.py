@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from profiler.capture import CaptureConfig, start_capture
@@ -109,7 +108,6 @@ def _accuracy(tb: Any, tmp_path: Path, tag: str) -> dict[str, Any]:
     """200 req/s for 10 s with the built-in open-loop generator (after a 1 s warm-up that
     opens the connection pools, not captured); legs matched to Envoy's log by request id."""
     from profiler.loadgen import LoadSpec, run_load
-    from profiler.testbed import read_access_log
 
     server = tb.state.server
 
@@ -126,7 +124,7 @@ def _accuracy(tb: Any, tmp_path: Path, tag: str) -> dict[str, Any]:
             )
         )
 
-    warm = load(1, f"{tag}w")
+    load(1, f"{tag}w")  # warm-up: fills the connection pools, not captured
     spans_file = tmp_path / f"{tag}.csv"
     session = start_capture(
         CaptureConfig(
@@ -140,46 +138,20 @@ def _accuracy(tb: Any, tmp_path: Path, tag: str) -> dict[str, Any]:
     result = session.during(lambda: load(10, tag))
     cpu1 = _proc_cpu_s(server.envoy_pid)
     doc = session.stop()
-    tb.wait_access_log(warm.requests + result.requests)
-    envoy = {
-        e.request_id: e
-        for e in read_access_log(Path(tb.state.access_log))
-        if e.request_id.startswith(f"smp-{tag}-")
-    }
-    ours = {
-        r["request_id"]: r
-        for r in read_spans(spans_file)
-        if r["role"] == "sidecar" and r["request_id"].startswith(f"smp-{tag}-")
-    }
-    matched = sorted(set(envoy) & set(ours))
+    from dataclasses import asdict
+
+    from profiler.testbed.accuracy import compare
+
+    cmp = compare(spans_file, Path(tb.state.access_log), f"smp-{tag}-", result.requests)
     out: dict[str, Any] = {
         "sent": result.requests,
-        "envoy": len(envoy),
-        "ours": len(ours),
-        "matched": len(matched),
+        "envoy": cmp.envoy,
+        "ours": cmp.ours,
+        "matched": cmp.matched,
         "doc": doc,
         "proc_cpu": cpu1 - cpu0,
     }
-
-    def ours_leg(leg: str) -> np.ndarray:
-        return np.array([float(ours[k][f"{leg}_us"]) for k in matched])
-
-    def envoy_leg(leg: str) -> np.ndarray:
-        return np.array([float(getattr(envoy[k], f"{leg}_us")) for k in matched])
-
-    pairs = {leg: (ours_leg(leg), envoy_leg(leg)) for leg in LEGS}
-    # first byte in from downstream -> first byte back from upstream: both ends are reads
-    pairs["to_first_upstream_byte"] = (
-        pairs["request_proxy"][0] + pairs["upstream"][0],
-        pairs["request_proxy"][1] + pairs["upstream"][1],
-    )
-    for name, (a, b) in pairs.items():
-        out[name] = {
-            "ours_p50": float(np.median(a)),
-            "envoy_p50": float(np.median(b)),
-            "ours_p99": float(np.percentile(a, 99)),
-            "envoy_p99": float(np.percentile(b, 99)),
-        }
+    out |= {leg: asdict(c) for leg, c in cmp.legs.items()}
     print(tag, json.dumps({k: v for k, v in out.items() if k != "doc"}))
     return out
 
@@ -194,7 +166,7 @@ def _assert_accuracy(out: dict[str, Any]) -> None:
     assert out["ours"] >= 0.99 * out["sent"], out
     assert out["matched"] >= 0.99 * out["envoy"], out
     # Read-side instants (DS_RX_BEG, US_RX_BEG) are the same events for Envoy and for us.
-    _close(out["to_first_upstream_byte"], "to_first_upstream_byte")
+    _close(out["first_byte_to_first_byte"], "first_byte_to_first_byte")
     _close(out["upstream"], "upstream")
     # Write-side instants differ by design: Envoy stamps US_TX_END/DS_TX_END when its codec
     # has encoded the message; we stamp the write syscall that puts it on the socket, after
