@@ -1,7 +1,7 @@
 """3. Capacity: records per second the pipeline (kernel probe -> ring buffer -> Python engine)
 handles with zero drops, and the rate at which drops begin, for several ring-buffer sizes and
-two ways of consuming (woken per record as the daemon's ``poll(100)``; batched: sleep, then
-take everything).
+two poll intervals of the engine (``poll(100)`` as the daemon: sleep 100 ms, then take every
+record in the ring as one batch; and ``poll(10)``).
 
 The workload is ``rr.c``: a server process answering HTTP/1.1 requests over a socketpair as fast
 as its client sends them (or at a paced rate), traced in ``app`` mode so that every request is
@@ -13,14 +13,19 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Profile, poll_during, summary, table
 
 SOURCE = Path(__file__).resolve().parent / "rr.c"
-RECORD_BYTES = 176 + 8  # struct smp_span plus the ring buffer's record header
+HEADER_BYTES = 8  # a ring-buffer record's header
+
+
+def _record_bytes(engine: Any) -> int:
+    """struct smp_span as loaded (8-byte aligned) plus the record header."""
+    size = int(engine._probe.dtype.itemsize)
+    return (size + 7) // 8 * 8 + HEADER_BYTES
 
 
 def build(out_dir: Path) -> Path:
@@ -59,14 +64,7 @@ def _rr(exe: Path, seconds: float, rate: float, engine: Any, mode: str) -> dict[
             p.stdin.flush()
             return p.stdout.readline().split()
 
-        def poll() -> None:
-            if mode == "woken":
-                engine.poll(100)
-            else:
-                time.sleep(float(mode))
-                engine.poll(0)
-
-        out, cpu = poll_during(poll, load)
+        out, cpu = poll_during(lambda: engine.poll(int(mode)), load)
         p.wait(timeout=10)
         engine.drain()
         t = engine.targets[p.pid]
@@ -91,7 +89,7 @@ def run(profile: Profile) -> dict[str, Any]:
 
     quick = profile.name == "quick"
     pages_list = [16, 256] if quick else [16, 256, 1024]
-    modes = ["woken", "0.1"]
+    modes = ["100", "10"]  # poll interval, ms
     rates = [2000, 10000, 40000] if quick else [1000, 2000, 5000, 10000, 20000, 40000]
     secs = profile.capacity_s
     tmp = Path(tempfile.mkdtemp(prefix="smp-bench-rr-"))
@@ -112,7 +110,15 @@ def run(profile: Profile) -> dict[str, Any]:
                     bare = _rr(exe, secs, 0, None, "")
                     untraced.append(_rate(bare))
                     top = {"rate": 0, **_rr(exe, secs, 0, engine, mode), "untraced": _rate(bare)}
-                    configs.append({"pages": pages, "mode": mode, "steps": steps, "max": top})
+                    configs.append(
+                        {
+                            "pages": pages,
+                            "mode": mode,
+                            "steps": steps,
+                            "max": top,
+                            "record_bytes": _record_bytes(engine),
+                        }
+                    )
             finally:
                 engine.close()
     finally:
@@ -143,10 +149,8 @@ def _report(
             begins = top_rate
         entry = {
             "ringbuf_pages": c["pages"],
-            "ring_records": c["pages"] * 4096 // RECORD_BYTES,
-            "consume": "woken per record (poll(100))"
-            if c["mode"] == "woken"
-            else f"batched every {float(c['mode']) * 1000:g} ms",
+            "ring_records": c["pages"] * 4096 // c["record_bytes"],
+            "consume": f"poll({c['mode']}): every {c['mode']} ms, all records as one batch",
             "zero_drop_rate": max(clean) if clean else 0.0,
             "drops_begin_rate": begins,
             "max_offered_rate": top_rate,

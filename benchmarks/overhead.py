@@ -12,7 +12,6 @@ profiler's process: it shows up as Envoy's own extra CPU too, which is reported 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +23,6 @@ from benchmarks.common import (
     paired_ratios,
     poll_during,
     proc_cpu_s,
-    rotate,
     rss_bytes,
     summary,
     table,
@@ -36,7 +34,6 @@ OPEN_CONNECTIONS = 8  # the built-in generator's, at the fixed rate
 # Half the wrk maximum overloads this 2-core machine once the Python generator and app share it
 # (p50 ~10 ms off, all queueing): the fixed rate is a quarter of the maximum (docs/overhead.md).
 FIXED_FRACTION = 0.25
-BATCH_S = 0.1  # the batched consumer: sleep, then take everything in the ring buffer
 # the issue's anchors and goals
 GOAL_THROUGHPUT_LOSS = 0.03
 GOAL_P50_ADDED_US = 10.0
@@ -61,11 +58,9 @@ def attached(envoy_pid: int) -> Iterator[Any]:
         engine.close()
 
 
-def _window(
-    tb: Any, load: Any, profiler_on: bool, stats: bool, batched: bool = False
-) -> dict[str, Any]:
-    """One measured window. On: the engine polls like the daemon (``poll(100)``, woken by
-    the kernel as records arrive) or, ``batched``, sleeps BATCH_S and takes what is there."""
+def _window(tb: Any, load: Any, profiler_on: bool, stats: bool) -> dict[str, Any]:
+    """One measured window. On: the engine consumed as the daemon does, ``poll(100)`` in a
+    loop (every 100 ms, every record in the ring as one batch)."""
     from profiler.probes import loader
 
     envoy = tb.state.server.envoy_pid
@@ -78,7 +73,7 @@ def _window(
         with loader.bpf_stats_enabled() if stats else contextlib.nullcontext(False) as on:
             p0 = loader.prog_stats(bpf) if on else {}
             cpu0 = proc_cpu_s(envoy)
-            r, poll_cpu = poll_during(_batched(engine) if batched else _woken(engine), load)
+            r, poll_cpu = poll_during(lambda: engine.poll(100), load)
             envoy_cpu = proc_cpu_s(envoy) - cpu0
             p1 = loader.prog_stats(bpf) if on else {}
         engine.drain()
@@ -94,18 +89,6 @@ def _window(
             "rss_total": rss_bytes(),
             "progs": progs,
         }
-
-
-def _woken(engine: Any) -> Any:
-    return lambda: engine.poll(100)
-
-
-def _batched(engine: Any) -> Any:
-    def poll() -> None:
-        time.sleep(BATCH_S)
-        engine.poll(0)
-
-    return poll
 
 
 def run(profile: Profile) -> dict[str, Any]:
@@ -142,15 +125,12 @@ def run(profile: Profile) -> dict[str, Any]:
                 )
             )
 
-        off_b, on_b, batch_b = rotate(
+        off_b, on_b = alternate(
             profile.rounds,
-            [
-                lambda: _window(tb, fixed, False, False),
-                lambda: _window(tb, fixed, True, True),
-                lambda: _window(tb, fixed, True, True, batched=True),
-            ],
+            lambda: _window(tb, fixed, False, False),
+            lambda: _window(tb, fixed, True, True),
         )
-    return _report(profile, rate, off_a, on_a, max_off, max_on, off_b, on_b, batch_b)
+    return _report(profile, rate, off_a, on_a, max_off, max_on, off_b, on_b)
 
 
 def _pct(w: dict[str, Any], p: float) -> float:
@@ -179,7 +159,6 @@ def _report(
     max_on: list[float],
     off_b: list[dict[str, Any]],
     on_b: list[dict[str, Any]],
-    batch_b: list[dict[str, Any]],
 ) -> dict[str, Any]:
     thr = summary(paired_ratios(max_off, max_on))
     p50_off, p50_on = [_pct(w, 50.0) for w in off_b], [_pct(w, 50.0) for w in on_b]
@@ -190,13 +169,11 @@ def _report(
         {"user_us": w["poll_cpu_s"] * 1e6 / max(w["traced"], 1)} for w in on_a
     ]  # no kernel stats during the saturation windows (they would slow them)
     user, kern = summary([c["user_us"] for c in costs]), summary([c["kernel_us"] for c in costs])
-    user_batched = summary([_cost(w)["user_us"] for w in batch_b])
-    p50_batch = summary(paired_deltas(p50_off, [_pct(w, 50.0) for w in batch_b]))
     total = summary([c["total_us"] for c in costs])
     envoy_us_off = [w["envoy_cpu_s"] * 1e6 / max(w["load"].requests, 1) for w in off_b]
     envoy_us_on = [w["envoy_cpu_s"] * 1e6 / max(w["load"].requests, 1) for w in on_b]
     env_delta = summary(paired_deltas(envoy_us_off, envoy_us_on))
-    traced_ok = all(w["traced"] >= 0.99 * w["load"].requests for w in on_a + on_b + batch_b)
+    traced_ok = all(w["traced"] >= 0.99 * w["load"].requests for w in on_a + on_b)
     progs: dict[str, list[int]] = {}
     for w in on_b:
         for name, (cnt, ns) in w["progs"].items():
@@ -222,8 +199,6 @@ def _report(
         "p99_added_us": d99,
         "profiler_user_us_per_req": user,
         "profiler_user_us_per_req_at_saturation": summary([c["user_us"] for c in cost_sat]),
-        "profiler_user_us_per_req_batched": user_batched,
-        "p50_added_us_batched": p50_batch,
         "bpf_kernel_us_per_req": kern,
         "profiler_total_us_per_req": total,
         "cores_per_1000_rps": cores_per_krps,
@@ -234,15 +209,15 @@ def _report(
         "envoy_cpu_us_per_req_added": env_delta,
         "rss_added_mb": round(max(w["rss_added"] for w in on_a + on_b) / 2**20, 1),
         "rss_total_mb": round(max(w["rss_total"] for w in on_a + on_b) / 2**20, 1),
-        "drops": sum(w["drops"] for w in on_a + on_b + batch_b),
+        "drops": sum(w["drops"] for w in on_a + on_b),
         "every_request_traced": traced_ok,
         "traced_per_request_saturation": summary(
             [w["traced"] / max(w["load"].requests, 1) for w in on_a]
         ),
         "traced_per_request_fixed": summary(
-            [w["traced"] / max(w["load"].requests, 1) for w in on_b + batch_b]
+            [w["traced"] / max(w["load"].requests, 1) for w in on_b]
         ),
-        "incomplete_spans": sum(w["incomplete"] for w in on_a + on_b + batch_b),
+        "incomplete_spans": sum(w["incomplete"] for w in on_a + on_b),
         "top_programs": {
             k: {"runs_per_req": c / n_req, "ns_per_req": ns / n_req} for k, (c, ns) in top
         },
@@ -286,14 +261,9 @@ def _report(
     ]
     cost_rows = [
         [
-            "user space (polling thread, woken per record: the daemon's poll(100))",
+            "user space (the thread running poll(100), as the daemon)",
             med_range(user),
             "",
-        ],
-        [
-            f"user space, batched consumer (sleep {BATCH_S:g} s, then take all)",
-            med_range(user_batched),
-            f"p50 added {med_range(p50_batch)} us",
         ],
         [
             "kernel (BPF programs, bpf_stats)",
