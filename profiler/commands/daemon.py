@@ -7,7 +7,6 @@ keeps the capture engine's targets in step, and serves ``/metrics``, ``/healthz`
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
@@ -66,13 +65,9 @@ def main(
     root = capabilities.check_root()
     if not root.ok:
         raise PermissionDenied(f"the daemon loads BPF programs: {root.detail}")
-    try:  # the lead's engine; imported by name so this module type-checks without it
-        engine_module = importlib.import_module("profiler.capture.engine")
-    except ImportError as e:
-        raise CapabilityMissing(f"the capture engine is not available: {e}") from None
-
     from prometheus_client import CollectorRegistry, ProcessCollector
 
+    from profiler.capture import engine as engine_module
     from profiler.daemon.agent import Agent, EngineLike
     from profiler.daemon.metrics import SnapshotCollector
     from profiler.daemon.server import CachedReadiness, MetricsServer

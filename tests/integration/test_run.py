@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from profiler.smp import validate
 
 pytestmark = [pytest.mark.testbed, pytest.mark.envoy]
 
-HAS_CAPTURE = importlib.util.find_spec("profiler.capture") is not None
 RATE = 200
 
 
@@ -125,11 +123,6 @@ def test_latencies_are_ms_and_match_the_load_histograms(swept: dict[str, Any]) -
 def test_sidecar_costs_match_the_captures(swept: dict[str, Any]) -> None:
     doc = swept["doc"]
     bundle = read_bundle(swept["path"])
-    if not HAS_CAPTURE:
-        # Without the capture the run is latency-only and says so.
-        assert any("capture not available" in n for n in doc["details"]["notes"])
-        assert "cpu_mcores" not in doc["service_mesh_config"].get("sidecar", {})
-        return
     caps = [r.capture for r in bundle.records if r.role == "mesh"]
     assert all(c is not None for c in caps)
     cpu = sum(s["cpu_seconds"] for c in caps if c for s in c["sidecars"])
