@@ -78,7 +78,9 @@ BPF_RINGBUF_OUTPUT(smp_spans, SMP_RINGBUF_PAGES);
 BPF_HASH(smp_proc, u32, struct smp_proc_stats, SMP_MAX_PIDS);
 BPF_TABLE("lru_hash", u64, struct smp_conn, smp_conns, SMP_MAX_CONNS);
 BPF_TABLE("lru_hash", u64, u64, smp_rid_index, SMP_MAX_CONNS);
-#define SMP_FIFO 8               /* requests a worker thread may have read but not yet sent on */
+#ifndef SMP_FIFO
+#define SMP_FIFO 32              /* requests a worker thread may have read but not yet sent on */
+#endif
 struct smp_fifo {
     u64 keys[SMP_FIFO];
     u32 head;
@@ -87,6 +89,7 @@ struct smp_fifo {
     u32 pad;
 };
 BPF_TABLE("lru_hash", u32, struct smp_fifo, smp_thread_fifo, SMP_MAX_THREADS);
+BPF_PERCPU_ARRAY(smp_fifo_init, struct smp_fifo, 1);
 BPF_HASH(smp_args_map, u64, struct smp_args, SMP_MAX_THREADS);
 BPF_PERCPU_ARRAY(smp_scratch, struct smp_scan, 1);
 BPF_PERCPU_ARRAY(smp_conn_init, struct smp_conn, 1);
@@ -292,17 +295,31 @@ static inline __attribute__((always_inline)) void smp_ds_start(struct smp_conn *
             smp_rid_index.update(&c->span.rid_hash, &key);
         struct smp_fifo *q = smp_thread_fifo.lookup(&id_tid);
         if (!q) {
-            struct smp_fifo empty = {};
-            empty.tgid = tgid;
-            smp_thread_fifo.update(&id_tid, &empty);
+            int zero = 0;
+            struct smp_fifo *empty = smp_fifo_init.lookup(&zero);
+            if (!empty)
+                return;
+            empty->tgid = tgid;
+            smp_thread_fifo.update(&id_tid, empty);
             q = smp_thread_fifo.lookup(&id_tid);
         }
         if (q) {
             u32 t = q->tail;
+            if (t - q->head >= SMP_FIFO) {
+                /* full: the oldest goes. If it is still waiting and has no id to be matched
+                 * by, its span is lost: count it, never silently */
+                u64 old = q->keys[q->head & (SMP_FIFO - 1)];
+                struct smp_conn *o = smp_conns.lookup(&old);
+                if (o && o->phase == 1 && !o->span.us_tx_end && !o->span.rid_hash) {
+                    int zero = 0;
+                    u64 *d = smp_drops.lookup(&zero);
+                    if (d)
+                        (*d)++;
+                }
+                q->head++;
+            }
             q->keys[t & (SMP_FIFO - 1)] = key;
             q->tail = t + 1;
-            if (q->tail - q->head > SMP_FIFO)
-                q->head = q->tail - SMP_FIFO;
         }
     }
 }

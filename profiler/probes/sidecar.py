@@ -204,6 +204,7 @@ class SidecarProbe:
         "smp_conns",
         "smp_rid_index",
         "smp_thread_fifo",
+        "smp_fifo_init",
         "smp_args_map",
         "smp_scratch",
         "smp_conn_init",
