@@ -136,7 +136,7 @@ def child(n_spans: int) -> dict[str, Any]:
         ids,
     )
     vars(engine_mod)["SidecarProbe"] = _NoProbe
-    engine = Engine(aggregate=True, keep_spans=True, max_spans=n_req)
+    engine = Engine(keep_spans=True, max_spans=n_req)
     engine.add_target(SIDECAR, "sidecar")
     engine.add_target(APP, "app")
     rss0 = rss_bytes()

@@ -98,7 +98,7 @@ def run(profile: Profile) -> dict[str, Any]:
         untraced: list[float] = []
         configs: list[dict[str, Any]] = []
         for pages in pages_list:
-            engine = Engine(aggregate=True, ringbuf_pages=pages, keep_spans=False)
+            engine = Engine(ringbuf_pages=pages, keep_spans=False)
             try:
                 for mode in modes:
                     steps = []

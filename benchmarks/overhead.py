@@ -49,7 +49,7 @@ def attached(envoy_pid: int) -> Iterator[Any]:
     from profiler.capture.engine import Engine
 
     rss0 = rss_bytes()
-    engine = Engine(aggregate=True, ringbuf_pages=256, keep_spans=False)
+    engine = Engine(ringbuf_pages=256, keep_spans=False)
     try:
         engine.add_target(envoy_pid, "sidecar", {"pod": "server"})
         engine.rss_added = rss_bytes() - rss0  # type: ignore[attr-defined]

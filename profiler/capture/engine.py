@@ -87,13 +87,8 @@ class Engine:
     """Attach once; add and remove targets as they come and go; poll; snapshot."""
 
     def __init__(
-        self,
-        aggregate: bool = True,
-        ringbuf_pages: int = 256,
-        keep_spans: bool = False,
-        max_spans: int = 1_000_000,
+        self, ringbuf_pages: int = 256, keep_spans: bool = False, max_spans: int = 1_000_000
     ) -> None:
-        self.aggregate = aggregate
         self._keep_spans = keep_spans
         self._max_spans = max_spans
         self._targets: dict[int, Target] = {}

@@ -89,7 +89,7 @@ def main(
     registry.register(collector)
     ProcessCollector(registry=registry)  # the daemon's own CPU and RSS: its overhead
     try:
-        engine: EngineLike = engine_module.Engine(aggregate=True)
+        engine: EngineLike = engine_module.Engine()
     except OSError as e:  # e.g. kernel headers cannot be presented on a read-only /lib/modules
         raise CapabilityMissing(f"cannot load the probes: {e}") from None
     agent = Agent(engine, source, collector, interval=interval)

@@ -139,7 +139,7 @@ def test_soak_sidecar_churn_keeps_rss_maps_and_label_sets_flat() -> None:
 
     now = [0.0]
     maps = _hash_maps()
-    engine = Engine(aggregate=True)
+    engine = Engine()
     collector = SnapshotCollector(retire_after=60.0, clock=lambda: now[0])
     proc = psutil.Process()
     try:
