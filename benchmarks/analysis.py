@@ -135,8 +135,12 @@ def child(n_spans: int) -> dict[str, Any]:
         },
         ids,
     )
+    real_probe = engine_mod.SidecarProbe
     vars(engine_mod)["SidecarProbe"] = _NoProbe
-    engine = Engine(keep_spans=True, max_spans=n_req)
+    try:
+        engine = Engine(keep_spans=True, max_spans=n_req)
+    finally:  # the stand-in must not outlive this engine (tests run child() in-process)
+        vars(engine_mod)["SidecarProbe"] = real_probe
     engine.add_target(SIDECAR, "sidecar")
     engine.add_target(APP, "app")
     rss0 = rss_bytes()

@@ -1,17 +1,17 @@
-"""The analysis benchmark's child on a small input: every app/sidecar pair is joined and the
-synthetic legs' medians come back out (it loads the probe once, for its record type)."""
+"""The analysis benchmark's child process on a small input: every app/sidecar pair is joined
+and the synthetic legs' medians come back out (it loads the probe once, for its record type)."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.analysis import child
+from benchmarks.analysis import _child
 
 pytestmark = pytest.mark.bpf
 
 
 def test_analysis_correlates_every_pair() -> None:
-    r = child(4000)
+    r = _child(4000)  # in a child process, as the benchmark runs it
     assert r["spans"] == 4000 and r["requests"] == 2000 and r["joined"] == 2000
     assert r["p50_ms"]["request_proxy"] == pytest.approx(0.060, abs=0.005)
     assert r["p50_ms"]["app"] == pytest.approx(1.0, rel=0.03)
