@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Profile, proc_cpu_s, table, testbed
+from benchmarks.common import Profile, table, testbed
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "1 worker": {},
@@ -35,38 +35,20 @@ def rates_for(max_rps: float, points: int) -> list[float]:
 
 
 def _step(tb: Any, rate: float, seconds: float, tag: str, tmp: Path) -> dict[str, Any]:
-    from profiler.capture import CaptureConfig, start_capture
-    from profiler.loadgen import LoadSpec, run_load
-    from profiler.testbed.accuracy import compare
+    from profiler.testbed.accuracy import measure
 
-    server = tb.state.server
-    spans_file = tmp / f"{tag}.csv"
-    session = start_capture(
-        CaptureConfig(
-            sidecar_pids=[server.envoy_pid],
-            app_pids=[server.app_pid],
-            duration_s=None,
-            spans_file=spans_file,
-        )
-    )
-    spec = LoadSpec(
-        "builtin", tb.state.url, rate, seconds, CONNECTIONS, netns=tb.state.client.netns, run_id=tag
-    )
-    cpu0 = proc_cpu_s(server.envoy_pid)
-    result = session.during(lambda: run_load(spec))
-    proc_cpu = proc_cpu_s(server.envoy_pid) - cpu0
-    doc = session.stop()
-    cmp = compare(spans_file, Path(tb.state.access_log), f"smp-{tag}-", result.requests)
+    m = measure(tb, rate, seconds, tag, tmp / f"{tag}.csv", connections=CONNECTIONS)
+    cmp = m.comparison
     return {
         "rate_asked": rate,
-        "rate_achieved": round(result.rate_achieved, 1),
-        "sent": result.requests,
+        "rate_achieved": round(m.load.rate_achieved, 1),
+        "sent": m.load.requests,
         "envoy": cmp.envoy,
         "ours": cmp.ours,
         "matched": cmp.matched,
-        "drops": doc["drops"],
-        "cpu_ours_s": doc["sidecars"][0]["cpu_seconds"],
-        "cpu_proc_s": round(proc_cpu, 3),
+        "drops": m.capture["drops"],
+        "cpu_ours_s": m.capture["sidecars"][0]["cpu_seconds"],
+        "cpu_proc_s": round(m.proc_cpu_s, 3),
         "legs": {leg: asdict(c) for leg, c in cmp.legs.items()},
     }
 

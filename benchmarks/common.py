@@ -157,10 +157,6 @@ def med_range(s: dict[str, Any], scale: float = 1.0) -> str:
 
 
 # -- processes ------------------------------------------------------------------------------
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process (all its threads) in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int | str = "self") -> int:

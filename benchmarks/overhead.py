@@ -22,12 +22,12 @@ from benchmarks.common import (
     paired_deltas,
     paired_ratios,
     poll_during,
-    proc_cpu_s,
     rss_bytes,
     summary,
     table,
     testbed,
 )
+from profiler.testbed.accuracy import proc_cpu_s
 
 CONNECTIONS = 16  # wrk's closed-loop connections
 OPEN_CONNECTIONS = 8  # the built-in generator's, at the fixed rate

@@ -8,9 +8,11 @@ docs/accuracy.md).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,3 +78,46 @@ def compare(spans_file: Path, access_log: Path, prefix: str, expect: int) -> Com
             envoy_p99=round(float(np.percentile(b[leg], 99)), 1),
         )
     return out
+
+
+@dataclass
+class Measured:
+    comparison: Comparison
+    capture: dict[str, Any]  # the capture document of the window
+    load: Any  # the LoadResult
+    proc_cpu_s: float  # the sidecar's utime + stime over the window, from /proc
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads) in seconds: the kernel's own account."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    tb: Any, rate: float, seconds: float, tag: str, spans_file: Path, connections: int = 8
+) -> Measured:
+    """Capture the testbed's server sidecar and app while the built-in open-loop generator
+    sends ``rate`` req/s for ``seconds`` from the client pod (request ids ``smp-<tag>-<n>``),
+    then compare the window's spans with Envoy's access log."""
+    from profiler.capture import CaptureConfig, start_capture
+    from profiler.loadgen import LoadSpec, run_load
+
+    server = tb.state.server
+    session = start_capture(
+        CaptureConfig(
+            sidecar_pids=[server.envoy_pid],
+            app_pids=[server.app_pid],
+            duration_s=None,
+            spans_file=spans_file,
+        )
+    )
+    spec = LoadSpec(
+        "builtin", tb.state.url, rate, seconds, connections, netns=tb.state.client.netns, run_id=tag
+    )
+    cpu0 = proc_cpu_s(server.envoy_pid)
+    result = session.during(lambda: run_load(spec))
+    cpu = proc_cpu_s(server.envoy_pid) - cpu0
+    doc = session.stop()
+    cmp = compare(spans_file, Path(tb.state.access_log), f"smp-{tag}-", result.requests)
+    return Measured(cmp, doc, result, cpu)

@@ -33,11 +33,6 @@ def _curl_loop(tb: Any, n: int, prefix: str) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def _proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_23_requests_give_23_spans(testbed_factory: Callable[..., Any], tmp_path: Path) -> None:
     tb = testbed_factory(app_delay_s=0.001)
     server = tb.state.server
@@ -107,49 +102,22 @@ def test_no_secret_leaves_the_probe(testbed_factory: Callable[..., Any], tmp_pat
 def _accuracy(tb: Any, tmp_path: Path, tag: str) -> dict[str, Any]:
     """200 req/s for 10 s with the built-in open-loop generator (after a 1 s warm-up that
     opens the connection pools, not captured); legs matched to Envoy's log by request id."""
-    from profiler.loadgen import LoadSpec, run_load
-
-    server = tb.state.server
-
-    def load(seconds: float, run_id: str) -> Any:
-        return run_load(
-            LoadSpec(
-                generator="builtin",
-                target=tb.state.url,
-                rate=200,
-                duration_s=seconds,
-                connections=8,
-                netns=tb.state.client.netns,
-                run_id=run_id,
-            )
-        )
-
-    load(1, f"{tag}w")  # warm-up: fills the connection pools, not captured
-    spans_file = tmp_path / f"{tag}.csv"
-    session = start_capture(
-        CaptureConfig(
-            sidecar_pids=[server.envoy_pid],
-            app_pids=[server.app_pid],
-            duration_s=None,
-            spans_file=spans_file,
-        )
-    )
-    cpu0 = _proc_cpu_s(server.envoy_pid)
-    result = session.during(lambda: load(10, tag))
-    cpu1 = _proc_cpu_s(server.envoy_pid)
-    doc = session.stop()
     from dataclasses import asdict
 
-    from profiler.testbed.accuracy import compare
+    from profiler.loadgen import LoadSpec, run_load
+    from profiler.testbed.accuracy import measure
 
-    cmp = compare(spans_file, Path(tb.state.access_log), f"smp-{tag}-", result.requests)
+    warm = LoadSpec("builtin", tb.state.url, 200, 1, 8, netns=tb.state.client.netns)
+    run_load(warm)  # fills the connection pools, not captured
+    m = measure(tb, 200, 10, tag, tmp_path / f"{tag}.csv")
+    cmp = m.comparison
     out: dict[str, Any] = {
-        "sent": result.requests,
+        "sent": m.load.requests,
         "envoy": cmp.envoy,
         "ours": cmp.ours,
         "matched": cmp.matched,
-        "doc": doc,
-        "proc_cpu": cpu1 - cpu0,
+        "doc": m.capture,
+        "proc_cpu": m.proc_cpu_s,
     }
     out |= {leg: asdict(c) for leg, c in cmp.legs.items()}
     print(tag, json.dumps({k: v for k, v in out.items() if k != "doc"}))
