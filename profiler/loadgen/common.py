@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from profiler.errors import BadInputFile, SmpError, TargetNotFound, UsageError
+from profiler.errors import BadInputFile, CapabilityMissing, SmpError, TargetNotFound, UsageError
 
 
 class LoadgenError(SmpError):
     """A load generator process failed."""
+
+
+def find_binary(name: str, how_to_install: str) -> str:
+    """The path of an external load generator, or CapabilityMissing saying how to get it."""
+    path = shutil.which(name)
+    if path is None:
+        raise CapabilityMissing(f"{name} is not installed ({how_to_install})")
+    return path
 
 
 def netns_prefix(netns: str | None) -> list[str]:

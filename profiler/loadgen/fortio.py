@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,19 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from profiler.errors import BadInputFile, CapabilityMissing
+from profiler.errors import BadInputFile
 from profiler.histogram import LatencyHistogram
-from profiler.loadgen.common import launch_prefix, load_json, run_tool
+from profiler.loadgen.common import find_binary, launch_prefix, load_json, run_tool
 from profiler.loadgen.result import LoadResult, LoadSpec, rate_reached
 
 _SPREAD_MAX = 1_000_000  # spread at most this many samples of a bucket; more go at its middle
 
 
 def binary() -> str:
-    path = shutil.which("fortio")
-    if path is None:
-        raise CapabilityMissing("fortio is not installed (see https://fortio.org)")
-    return path
+    return find_binary("fortio", "see https://fortio.org")
 
 
 def command(spec: LoadSpec, json_path: str) -> list[str]:

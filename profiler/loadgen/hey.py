@@ -11,24 +11,20 @@ import csv
 import io
 import math
 import re
-import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from profiler.errors import BadInputFile, CapabilityMissing
+from profiler.errors import BadInputFile
 from profiler.histogram import LatencyHistogram
-from profiler.loadgen.common import launch_prefix, run_tool
+from profiler.loadgen.common import find_binary, launch_prefix, run_tool
 from profiler.loadgen.result import LoadResult, LoadSpec, percentiles_from_histogram, rate_reached
 
 CSV_HEADER = "response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read"
 
 
 def binary() -> str:
-    path = shutil.which("hey")
-    if path is None:
-        raise CapabilityMissing("hey is not installed (apt-get install hey)")
-    return path
+    return find_binary("hey", "apt-get install hey")
 
 
 def version() -> str | None:

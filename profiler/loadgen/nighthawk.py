@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from profiler.errors import BadInputFile, CapabilityMissing
+from profiler.errors import BadInputFile
 from profiler.histogram import LatencyHistogram
-from profiler.loadgen.common import launch_prefix, load_json, run_tool
+from profiler.loadgen.common import find_binary, launch_prefix, load_json, run_tool
 from profiler.loadgen.result import STANDARD_PERCENTILES, LoadResult, LoadSpec, rate_reached
 
 MAIN_STATISTIC = "benchmark_http_client.request_to_response"
@@ -33,10 +32,7 @@ _ERROR_COUNTERS = {
 
 
 def binary() -> str:
-    path = shutil.which("nighthawk_client")
-    if path is None:
-        raise CapabilityMissing("nighthawk_client is not installed (see envoyproxy/nighthawk)")
-    return path
+    return find_binary("nighthawk_client", "see envoyproxy/nighthawk")
 
 
 def command(spec: LoadSpec) -> list[str]:

@@ -12,15 +12,14 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from profiler.errors import BadInputFile, CapabilityMissing, UsageError
+from profiler.errors import BadInputFile, UsageError
 from profiler.histogram import LatencyHistogram
-from profiler.loadgen.common import launch_prefix, run_tool
+from profiler.loadgen.common import find_binary, launch_prefix, run_tool
 from profiler.loadgen.result import LoadResult, LoadSpec, percentiles_from_histogram, rate_reached
 
 MARKER = "SMP-WRK-JSON "
@@ -58,10 +57,7 @@ end
 
 
 def binary() -> str:
-    path = shutil.which("wrk")
-    if path is None:
-        raise CapabilityMissing("wrk is not installed (apt-get install wrk)")
-    return path
+    return find_binary("wrk", "apt-get install wrk")
 
 
 def version() -> str | None:
