@@ -98,7 +98,7 @@ class SidecarProbe:
     def __init__(
         self,
         on_batch: Callable[[np.ndarray], None],
-        ringbuf_pages: int = 64,
+        ringbuf_pages: int = 256,
         max_conns: int = 16384,
     ) -> None:
         self._bpf = loader.load(
