@@ -33,11 +33,10 @@ def _curl_loop(tb: Any, n: int, prefix: str) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_23_requests_give_23_spans(testbed_factory: Callable[..., Any], tmp_path: Path) -> None:
-    tb = testbed_factory(app_delay_s=0.001)
+def _capture_server(tb: Any, spans_file: Path) -> Any:
+    """An open-ended capture of the testbed's server sidecar and app."""
     server = tb.state.server
-    spans_file = tmp_path / "spans.csv"
-    session = start_capture(
+    return start_capture(
         CaptureConfig(
             sidecar_pids=[server.envoy_pid],
             app_pids=[server.app_pid],
@@ -45,6 +44,12 @@ def test_23_requests_give_23_spans(testbed_factory: Callable[..., Any], tmp_path
             spans_file=spans_file,
         )
     )
+
+
+def test_23_requests_give_23_spans(testbed_factory: Callable[..., Any], tmp_path: Path) -> None:
+    tb = testbed_factory(app_delay_s=0.001)
+    spans_file = tmp_path / "spans.csv"
+    session = _capture_server(tb, spans_file)
     _curl_loop(tb, 23, "c23")
     time.sleep(0.2)
     session.poll(0)
@@ -68,16 +73,8 @@ def test_no_secret_leaves_the_probe(testbed_factory: Callable[..., Any], tmp_pat
     """Authorization and Cookie headers and the body reach the app, but no byte of them is in
     the capture, the spans file or any map of the probe; the request id is."""
     tb = testbed_factory()
-    server = tb.state.server
     spans_file = tmp_path / "spans.csv"
-    session = start_capture(
-        CaptureConfig(
-            sidecar_pids=[server.envoy_pid],
-            app_pids=[server.app_pid],
-            duration_s=None,
-            spans_file=spans_file,
-        )
-    )
+    session = _capture_server(tb, spans_file)
     secret = "SMPSECRET7d1f"
     script = (
         f'for i in 1 2 3; do curl -sf -o /dev/null -H "x-request-id: sec-$i" '
