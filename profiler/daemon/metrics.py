@@ -98,12 +98,55 @@ SPECS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec("smp_attached_sidecars", "gauge", "", (), "Sidecar processes being traced."),
     MetricSpec(
+        "smp_agent_up",
+        "gauge",
+        "",
+        ("reason",),
+        "1 when the agent is ready (reason=ready), else 0 with why: starting, "
+        "capability_missing, probe_load_failed, no_snapshot, snapshot_stale, "
+        "discovery_not_synced.",
+    ),
+    MetricSpec(
+        "smp_probe_load_failures_total",
+        "counter",
+        "",
+        (),
+        "Failed attempts to load the probes (the agent retries with backoff).",
+    ),
+    MetricSpec(
+        "smp_discovery_last_sync_timestamp_seconds",
+        "gauge",
+        "seconds",
+        (),
+        "Unix time of the last successful list or watch answer from the API server.",
+    ),
+    MetricSpec(
+        "smp_discovery_errors_total",
+        "counter",
+        "",
+        (),
+        "Failed pod lists and watches (each followed by a reconnect with backoff).",
+    ),
+    MetricSpec(
         "smp_build_info", "gauge", "", ("version",), "Always 1; the version of smp-profiler."
     ),
 )
 SPEC = {s.name: s for s in SPECS}
 
 LabelKey = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Health:
+    """The agent's readiness: ``reason`` a short code, ``detail`` the sentence for
+    ``/readyz``."""
+
+    up: bool
+    reason: str
+    detail: str
+    load_failures: int = 0
+    discovery_last_sync: float | None = None  # Unix time
+    discovery_errors: int = 0
 
 
 def _key(labels: Mapping[str, str]) -> LabelKey:
@@ -160,10 +203,15 @@ class SnapshotCollector(Collector):
     """A ``prometheus_client`` collector of the latest snapshot given to :meth:`update`."""
 
     def __init__(
-        self, retire_after: float = 600.0, clock: Callable[[], float] = time.monotonic
+        self,
+        retire_after: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+        health: Callable[[], Health] | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
+        self.health = health
+        self._updated_at: float | None = None
         self.retire_after = retire_after
         self._live: dict[int, tuple[LabelKey, str, TargetLike]] = {}
         self._retired: dict[tuple[LabelKey, str], _Totals] = {}
@@ -206,6 +254,12 @@ class SnapshotCollector(Collector):
             # sidecar targets only (the engine's ``attached`` counts its app targets too)
             self._attached = sum(role == "sidecar" for _, role, _ in live.values())
             self.updated = True
+            self._updated_at = now
+
+    def age(self) -> float | None:
+        """Seconds since the last :meth:`update`; None before the first."""
+        with self._lock:
+            return None if self._updated_at is None else self._clock() - self._updated_at
 
     def label_sets(self) -> int:
         """How many (labels, role) series groups are held: live plus retired."""
@@ -236,6 +290,15 @@ class SnapshotCollector(Collector):
         samples["smp_probe_events_dropped_total"].append(([], drops))
         samples["smp_attached_sidecars"].append(([], attached))
         samples["smp_build_info"].append(([__version__], 1))
+        if self.health is not None:
+            health = self.health()
+            samples["smp_agent_up"].append(([health.reason], 1.0 if health.up else 0.0))
+            samples["smp_probe_load_failures_total"].append(([], health.load_failures))
+            samples["smp_discovery_errors_total"].append(([], health.discovery_errors))
+            if health.discovery_last_sync is not None:
+                samples["smp_discovery_last_sync_timestamp_seconds"].append(
+                    ([], health.discovery_last_sync)
+                )
         for spec in SPECS:
             if spec.type == "histogram":
                 h = HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)

@@ -4,22 +4,24 @@
 (``resync``), it keeps the desired set of sidecar containers and the app containers of their
 pods. :func:`resolve_targets` maps that set to PIDs through the host's /proc and cgroups
 (the DaemonSet runs with ``hostPID``). :class:`PodWatcher` feeds a PodSet from the API
-server: list, then watch from that resourceVersion, relist on 410 Gone and after every watch
-window (the resync), reconnect with backoff on errors.
+server: list once, then watch on from the last resourceVersion, relist on 410 Gone,
+reconnect with backoff on errors and on a watch that stays silent past its read timeout.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from profiler.discovery.cgroups import PROC, pids_in_cgroup
 from profiler.discovery.processes import _non_pause, container_cgroups, proxy_kind
-from profiler.errors import SmpError, TargetNotFound, TargetUnreachable
+from profiler.errors import TargetNotFound, TargetUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +195,16 @@ def core_api(kubeconfig: str | None = None) -> Any:
 
 @dataclass
 class PodWatcher:
-    """Keeps a :class:`PodSet` in step with the pods scheduled on ``node_name``."""
+    """Keeps a :class:`PodSet` in step with the pods scheduled on ``node_name``.
+
+    One list (``resourceVersion=0``: served from the API server's watch cache, not a quorum
+    read of etcd, which matters when every node relists after a failover), then watches that
+    continue from the last resourceVersion seen (events and bookmarks), each window ending
+    after ``resync_seconds`` (jittered); a relist only at start and on 410 Gone. Every request
+    has a client timeout: a watch that sends nothing (not even a bookmark) for
+    ``read_timeout`` seconds is a dead connection (an API server failover leaves half-open
+    TCP connections the client never notices) and is reconnected; TCP keepalive is on.
+    ``synced()`` turns false after ``stale_after`` seconds without an answer."""
 
     podset: PodSet
     node_name: str
@@ -202,37 +213,95 @@ class PodWatcher:
     on_change: Callable[[], None] | None = None
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
-    relists: int = 0  # how many full lists were done: the resyncs and the 410 recoveries
+    read_timeout: float = 90.0
+    connect_timeout: float = 10.0
+    stale_after: float = 600.0
+    clock: Callable[[], float] = time.time
+    relists: int = 0  # how many full lists were done: the start and the 410 recoveries
+    watches: int = 0
+    errors: int = 0  # failed lists and watches
+    last_sync: float | None = None  # Unix time of the last answer from the API server
+    resource_version: str | None = None
 
     def _changed(self, changed: bool) -> None:
         if changed and self.on_change is not None:
             self.on_change()
 
-    def run_once(self, stop: threading.Event) -> None:
-        """One full list, then one watch window from its resourceVersion."""
+    def _contact(self) -> None:
+        self.last_sync = self.clock()
+
+    def synced(self) -> tuple[bool, str]:
+        if self.last_sync is None:
+            return False, f"no pod list from the API server yet ({self.errors} errors)"
+        age = self.clock() - self.last_sync
+        if age > self.stale_after:
+            return False, f"no answer from the API server for {age:.0f} s ({self.errors} errors)"
+        return True, f"pods of {self.node_name} synced {age:.0f} s ago"
+
+    @property
+    def _selector(self) -> str:
+        return f"spec.nodeName={self.node_name}"
+
+    def relist(self) -> None:
+        pods = self.api.list_pod_for_all_namespaces(
+            field_selector=self._selector,
+            resource_version="0",
+            _request_timeout=(self.connect_timeout, self.read_timeout),
+        )
+        self.relists += 1
+        self.resource_version = pods.metadata.resource_version
+        self._contact()
+        self._changed(self.podset.resync(pods.items))
+
+    def watch_once(self, stop: threading.Event) -> None:
+        """One watch window from ``resource_version``."""
         from kubernetes import watch
 
-        selector = f"spec.nodeName={self.node_name}"
-        pods = self.api.list_pod_for_all_namespaces(field_selector=selector)
-        self.relists += 1
-        self._changed(self.podset.resync(pods.items))
         w = watch.Watch()  # type: ignore[no-untyped-call]
+        window = max(1, round(self.resync_seconds * random.uniform(0.9, 1.1)))
         stream = w.stream(  # type: ignore[no-untyped-call]
             self.api.list_pod_for_all_namespaces,
-            field_selector=selector,
-            resource_version=pods.metadata.resource_version,
-            timeout_seconds=self.resync_seconds,
+            field_selector=self._selector,
+            resource_version=self.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=window,
+            _request_timeout=(self.connect_timeout, self.read_timeout),
         )
+        self.watches += 1
         for ev in stream:
+            self._contact()
             if stop.is_set():
                 w.stop()  # type: ignore[no-untyped-call]
                 break
-            if ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                self._changed(self.podset.on_event(ev["type"], ev["object"]))
+            kind = ev["type"]
+            if kind == "BOOKMARK":
+                rv = (ev.get("raw_object") or {}).get("metadata", {}).get("resourceVersion")
+                self.resource_version = rv or self.resource_version
+            elif kind in ("ADDED", "MODIFIED", "DELETED"):
+                self._changed(self.podset.on_event(kind, ev["object"]))
+                meta = getattr(ev["object"], "metadata", None)
+                self.resource_version = getattr(meta, "resource_version", None) or (
+                    self.resource_version
+                )
+        self._contact()  # the window ended as the server meant it to
+
+    def run_once(self, stop: threading.Event) -> None:
+        """A list when there is no resourceVersion to continue from, then one watch window."""
+        if self.resource_version is None:
+            self.relist()
+        self.watch_once(stop)
+
+    def _failed(self, stop: threading.Event, delay: float, what: str) -> float:
+        self.errors += 1
+        wait = delay * random.uniform(0.8, 1.2)
+        log.warning("pod watch failed: %s (retrying in %.1f s)", what, wait)
+        stop.wait(wait)
+        return min(delay * 2, self.backoff_max)
 
     def run(self, stop: threading.Event) -> None:
-        """Until ``stop`` is set: relist and watch; 410 Gone relists at once, other
-        failures back off (``backoff_initial`` doubling to ``backoff_max``) and reconnect."""
+        """Until ``stop`` is set: list once, then watch on; 410 Gone relists at once, other
+        failures back off (``backoff_initial`` doubling to ``backoff_max``, jittered) and
+        reconnect from the last resourceVersion."""
         from kubernetes.client.exceptions import ApiException
 
         delay = self.backoff_initial
@@ -243,18 +312,10 @@ class PodWatcher:
             except ApiException as e:
                 if e.status == 410:
                     log.info("watch expired (410 Gone): relisting")
+                    self.resource_version = None
                     continue
                 if e.status in (401, 403):
                     log.error("API server refused the pod list/watch: %s %s", e.status, e.reason)
-                else:
-                    log.warning("pod watch failed: %s %s", e.status, e.reason)
-                stop.wait(delay)
-                delay = min(delay * 2, self.backoff_max)
-            except (OSError, SmpError, ValueError) as e:
-                log.warning("pod watch failed: %s", e)
-                stop.wait(delay)
-                delay = min(delay * 2, self.backoff_max)
-            except Exception as e:  # urllib3 errors and the like: reconnect, never die
-                log.warning("pod watch failed: %s: %s", type(e).__name__, e)
-                stop.wait(delay)
-                delay = min(delay * 2, self.backoff_max)
+                delay = self._failed(stop, delay, f"{e.status} {e.reason}")
+            except Exception as e:  # timeouts, resets, urllib3 errors: reconnect, never die
+                delay = self._failed(stop, delay, f"{type(e).__name__}: {e}")

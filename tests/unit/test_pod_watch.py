@@ -138,7 +138,7 @@ def test_list_watch_410_relist_and_reconnect(api: ApiServer) -> None:
     t = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
     t.start()
     deadline = time.monotonic() + 10
-    while watcher.relists < 3:
+    while len([r for r in api.requests if r.get("watch") == "true"]) < 3:
         assert time.monotonic() < deadline, api.requests
         time.sleep(0.02)
     stop.set()
@@ -151,4 +151,11 @@ def test_list_watch_410_relist_and_reconnect(api: ApiServer) -> None:
     watches = [r for r in api.requests if r.get("watch") == "true"]
     assert watches[0]["resourceVersion"] == "100"
     assert watches[1]["resourceVersion"] == "200"
+    # an idle window that ended: the next watch continues from where it was, no relist
+    assert watches[2]["resourceVersion"] == "200"
+    assert watcher.relists == 2 and watcher.errors == 1
     assert watches[0]["timeoutSeconds"] == "1"
+    assert all(w["allowWatchBookmarks"] == "true" for w in watches)
+    lists = [r for r in api.requests if r.get("watch") != "true"]
+    assert all(r["resourceVersion"] == "0" for r in lists)  # the watch cache, no quorum read
+    assert watcher.synced()[0]
