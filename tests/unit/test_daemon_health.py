@@ -4,6 +4,7 @@ discovery is synced."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -11,13 +12,13 @@ from collections.abc import Callable, Iterator, Mapping
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from test_daemon_server import get
 
 from profiler.daemon.agent import Agent, EngineLike
 from profiler.daemon.metrics import SnapshotCollector
 from profiler.daemon.server import MetricsServer
 from profiler.daemon.snapshot import Snapshot
 from profiler.discovery.kubernetes import Target
-from test_daemon_server import get
 
 
 class Engine:
@@ -179,7 +180,7 @@ def test_backoff_doubles_with_jitter_and_stops_at_the_cap() -> None:
     agent.load_engine = timed_load
     stop.wait = wait  # type: ignore[method-assign]
     assert agent._load(stop)
-    waits = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    waits = [b - a for a, b in itertools.pairwise(starts)]
     nominal = [5, 10, 20, 40, 60, 60, 60]
     assert len(waits) == 7
     for got, want in zip(waits, nominal, strict=True):
