@@ -10,7 +10,6 @@ reconnect with backoff on errors and on a watch that stays silent past its read 
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from profiler.discovery.cgroups import PROC, pids_in_cgroup
+from profiler.discovery.meshes import PodMesh, _containers, classify
 from profiler.discovery.processes import _non_pause, container_cgroups, proxy_kind
 from profiler.errors import TargetNotFound, TargetUnreachable
 
@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 
 Role = Literal["sidecar", "app"]
 DEFAULT_SIDECAR_NAMES = ("istio-proxy", "linkerd-proxy")
-ISTIO_STATUS = "sidecar.istio.io/status"
-LINKERD_VERSION = "linkerd.io/proxy-version"
 _RUNTIMES = {"containerd": "containerd", "cri-o": "cri-o", "docker": "docker"}
 
 
@@ -43,10 +41,16 @@ class DesiredContainer:
     container_id: str  # hex, without the "containerd://" scheme
     runtime: str | None
     role: Role
+    mesh: str = ""  # SMP mesh type from the pod's evidence; "" when none says
 
     @property
     def labels(self) -> dict[str, str]:
-        return {"namespace": self.namespace, "pod": self.pod, "container": self.container}
+        return {
+            "namespace": self.namespace,
+            "pod": self.pod,
+            "container": self.container,
+            "mesh": self.mesh,
+        }
 
 
 @dataclass(frozen=True)
@@ -66,42 +70,27 @@ def split_container_id(value: str) -> tuple[str | None, str]:
     return _RUNTIMES.get(scheme, scheme), cid
 
 
-def _annotation_sidecars(annotations: Mapping[str, str]) -> set[str]:
-    """Container names the injection annotations declare as the mesh's sidecars."""
-    names: set[str] = set()
-    status = annotations.get(ISTIO_STATUS)
-    if status is not None:
-        try:
-            doc = json.loads(status)
-            listed = [*(doc.get("containers") or []), *(doc.get("initContainers") or [])]
-            names |= {n for n in listed if n == "istio-proxy"} or {"istio-proxy"}
-        except (ValueError, AttributeError, TypeError):
-            names.add("istio-proxy")
-    if LINKERD_VERSION in annotations:
-        names.add("linkerd-proxy")
-    return names
-
-
 @dataclass
 class PodSet:
     """The desired set of containers to trace on this node, kept from pod events."""
 
     sidecar_names: tuple[str, ...] = DEFAULT_SIDECAR_NAMES
     _pods: dict[str, tuple[DesiredContainer, ...]] = field(default_factory=dict)
+    _skipped: dict[str, str] = field(default_factory=dict)  # pod uid -> role
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def containers_of(self, pod: Any) -> tuple[DesiredContainer, ...]:
-        """The containers of one ``V1Pod`` to trace: none unless it has a running sidecar."""
-        meta, spec, status = pod.metadata, pod.spec, pod.status
+        """The containers of one ``V1Pod`` to trace: none unless it is a sidecar pod (see
+        :mod:`profiler.discovery.meshes`: gateways, waypoints, ztunnel and ambient pods are
+        not) with a running sidecar."""
+        meta, status = pod.metadata, pod.status
         if status is None or status.phase in ("Succeeded", "Failed"):
             return ()
-        names = set(self.sidecar_names) | _annotation_sidecars(meta.annotations or {})
-        # native sidecars: init containers that keep running (restartPolicy: Always)
-        native = {
-            c.name
-            for c in ((spec.init_containers if spec is not None else None) or [])
-            if getattr(c, "restart_policy", None) == "Always"
-        }
+        mesh = classify(pod, self.sidecar_names)
+        self._note(meta, mesh)
+        if mesh.role != "sidecar":
+            return ()
+        native = {c.name for c in _containers(pod.spec)}
         statuses = [
             *(status.container_statuses or []),
             *(s for s in (status.init_container_statuses or []) if s.name in native),
@@ -112,19 +101,41 @@ class PodSet:
             if not running or not s.container_id:
                 continue
             runtime, cid = split_container_id(s.container_id)
-            role: Role = "sidecar" if s.name in names else "app"
+            role: Role = "sidecar" if s.name in mesh.sidecars else "app"
             out.append(
-                DesiredContainer(meta.namespace, meta.name, meta.uid, s.name, cid, runtime, role)
+                DesiredContainer(
+                    meta.namespace, meta.name, meta.uid, s.name, cid, runtime, role, mesh.mesh
+                )
             )
         if not any(c.role == "sidecar" for c in out):
             return ()
         return tuple(sorted(out, key=lambda c: (c.role != "sidecar", c.container)))
+
+    def _note(self, meta: Any, mesh: PodMesh) -> None:
+        """Remember (and log once) a mesh pod that is not traced, and why."""
+        with self._lock:
+            if mesh.role in ("sidecar", "none"):
+                self._skipped.pop(meta.uid, None)
+                return
+            if meta.uid not in self._skipped:
+                log.info("not traced: %s/%s: %s", meta.namespace, meta.name, mesh.reason)
+            self._skipped[meta.uid] = mesh.role
+
+    def skipped(self) -> dict[str, int]:
+        """Mesh pods of this node that are not traced, by role (gateway, waypoint, ...)."""
+        with self._lock:
+            out: dict[str, int] = {}
+            for role in self._skipped.values():
+                out[role] = out.get(role, 0) + 1
+            return out
 
     def on_event(self, event_type: str, pod: Any) -> bool:
         """Apply one watch event (ADDED, MODIFIED, DELETED); True when the set changed."""
         uid = pod.metadata.uid
         new = () if event_type == "DELETED" else self.containers_of(pod)
         with self._lock:
+            if event_type == "DELETED":
+                self._skipped.pop(uid, None)
             old = self._pods.get(uid, ())
             if new:
                 self._pods[uid] = new
@@ -134,10 +145,13 @@ class PodSet:
 
     def resync(self, pods: Iterable[Any]) -> bool:
         """Replace the whole set from a full list of this node's pods."""
+        pods = list(pods)
         fresh = {p.metadata.uid: c for p in pods if (c := self.containers_of(p))}
+        listed = {p.metadata.uid for p in pods}
         with self._lock:
             changed = fresh != self._pods
             self._pods = fresh
+            self._skipped = {u: r for u, r in self._skipped.items() if u in listed}
         return changed
 
     def desired(self) -> list[DesiredContainer]:
