@@ -85,7 +85,7 @@ def main(
         return engine_module.Engine()
 
     registry = CollectorRegistry()
-    collector = SnapshotCollector()
+    collector = SnapshotCollector(node=node_name or os.uname().nodename)
     # The probes load in the agent's thread, with retries: the endpoints answer at once and
     # a node that cannot run BPF keeps a pod that says why (/readyz 503, smp_agent_up).
     agent = Agent(

@@ -48,6 +48,10 @@ class DiscoverySource(Protocol):
         """(Unix time of the last successful contact with the source, errors so far)."""
         ...
 
+    def skipped(self) -> dict[str, int]:
+        """Mesh pods not traced, by role (gateway, waypoint, ztunnel, ambient)."""
+        ...
+
 
 @dataclass
 class NodeDiscovery:
@@ -67,6 +71,9 @@ class NodeDiscovery:
     def sync_stats(self) -> tuple[float | None, int]:
         return None, 0
 
+    def skipped(self) -> dict[str, int]:
+        return {}
+
     def targets(self) -> dict[int, Target]:
         out: dict[int, Target] = {}
         for s in find_sidecars(cgroup_root=self.cgroup_root):
@@ -78,7 +85,7 @@ class NodeDiscovery:
 
 
 def _labels(pod: str, container: str) -> dict[str, str]:
-    return {"namespace": "", "pod": pod, "container": container}
+    return {"namespace": "", "pod": pod, "container": container, "mesh": ""}
 
 
 @dataclass
@@ -108,6 +115,9 @@ class KubernetesDiscovery:
 
     def sync_stats(self) -> tuple[float | None, int]:
         return self.watcher.last_sync, self.watcher.errors
+
+    def skipped(self) -> dict[str, int]:
+        return self.podset.skipped()
 
 
 @dataclass
@@ -196,7 +206,8 @@ class Agent:
         sentence ``/readyz`` answers."""
         up, reason, detail = self._readiness()
         last_sync, errors = self.source.sync_stats()
-        return Health(up, reason, detail, self.load_failures, last_sync, errors)
+        skipped = self.source.skipped()
+        return Health(up, reason, detail, self.load_failures, last_sync, errors, skipped)
 
     def _readiness(self) -> tuple[bool, str, str]:
         if self.engine is None:

@@ -30,7 +30,19 @@ from profiler import __version__
 from profiler.daemon.snapshot import HistogramLike, SnapshotLike, TargetLike
 
 MetricType = Literal["counter", "gauge", "histogram"]
-POD_LABELS = ("namespace", "pod", "container")
+# A target's label keys (discovery's) -> the names exported. OpenTelemetry's k8s.* resource
+# attributes as Prometheus spells them: a scrape never adds these itself (it adds namespace,
+# pod, container, node, job, instance), so with honor_labels false nothing is renamed to
+# exported_*, and with a PodMonitor's honorLabels nothing of the target's is overwritten.
+EXPORTED_LABELS = {
+    "namespace": "k8s_namespace_name",
+    "pod": "k8s_pod_name",
+    "container": "k8s_container_name",
+    "mesh": "smp_mesh_type",  # SMP's mesh type name from the pod's evidence; "" unknown
+}
+POD_LABELS = tuple(EXPORTED_LABELS.values())
+NS_LABEL, POD_LABEL, CONTAINER_LABEL, MESH_LABEL = POD_LABELS
+NODE_LABEL = "k8s_node_name"  # on the per-node metrics: duplicates of a node are seen as such
 
 # Upper bounds in seconds: six per decade from 10 us to 10 ms (sidecar legs are typically
 # 30 us .. 1 ms), then 1-2.5-5 up to 10 s.
@@ -93,15 +105,17 @@ SPECS: tuple[MetricSpec, ...] = (
         "smp_probe_events_dropped_total",
         "counter",
         "",
-        (),
+        (NODE_LABEL,),
         "Probe events lost in the kernel (ring buffer full); non-zero means undercounting.",
     ),
-    MetricSpec("smp_attached_sidecars", "gauge", "", (), "Sidecar processes being traced."),
+    MetricSpec(
+        "smp_attached_sidecars", "gauge", "", (NODE_LABEL,), "Sidecar processes being traced."
+    ),
     MetricSpec(
         "smp_agent_up",
         "gauge",
         "",
-        ("reason",),
+        ("reason", NODE_LABEL),
         "1 when the agent is ready (reason=ready), else 0 with why: starting, "
         "capability_missing, probe_load_failed, no_snapshot, snapshot_stale, "
         "discovery_not_synced.",
@@ -121,6 +135,14 @@ SPECS: tuple[MetricSpec, ...] = (
         "Unix time of the last successful list or watch answer from the API server.",
     ),
     MetricSpec(
+        "smp_discovery_pods_skipped",
+        "gauge",
+        "",
+        ("role",),
+        "Mesh pods of the node that are not traced, by role: gateway, waypoint, ztunnel, "
+        "ambient (no sidecar to measure).",
+    ),
+    MetricSpec(
         "smp_discovery_errors_total",
         "counter",
         "",
@@ -128,7 +150,11 @@ SPECS: tuple[MetricSpec, ...] = (
         "Failed pod lists and watches (each followed by a reconnect with backoff).",
     ),
     MetricSpec(
-        "smp_build_info", "gauge", "", ("version",), "Always 1; the version of smp-profiler."
+        "smp_build_info",
+        "gauge",
+        "",
+        ("version", NODE_LABEL),
+        "Always 1; the version of smp-profiler.",
     ),
 )
 SPEC = {s.name: s for s in SPECS}
@@ -147,10 +173,11 @@ class Health:
     load_failures: int = 0
     discovery_last_sync: float | None = None  # Unix time
     discovery_errors: int = 0
+    pods_skipped: Mapping[str, int] = field(default_factory=dict)  # role -> pods
 
 
 def _key(labels: Mapping[str, str]) -> LabelKey:
-    return tuple((k, str(labels.get(k, ""))) for k in POD_LABELS)
+    return tuple((v, str(labels.get(k, ""))) for k, v in EXPORTED_LABELS.items())
 
 
 def prometheus_buckets(h: HistogramLike, bounds: tuple[float, ...] = LEG_BUCKETS) -> list[int]:
@@ -207,8 +234,10 @@ class SnapshotCollector(Collector):
         retire_after: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         health: Callable[[], Health] | None = None,
+        node: str = "",
     ) -> None:
         self._lock = threading.Lock()
+        self.node = node
         self._clock = clock
         self.health = health
         self._updated_at: float | None = None
@@ -287,12 +316,15 @@ class SnapshotCollector(Collector):
                 counts = [float(c) for c in row[:-1]]
                 buckets = [*zip(bounds, counts, strict=True), ("+Inf", float(row[-1]))]
                 hists.append(([*labels, leg], buckets, tot.leg_sums[leg]))
-        samples["smp_probe_events_dropped_total"].append(([], drops))
-        samples["smp_attached_sidecars"].append(([], attached))
-        samples["smp_build_info"].append(([__version__], 1))
+        node = self.node
+        samples["smp_probe_events_dropped_total"].append(([node], drops))
+        samples["smp_attached_sidecars"].append(([node], attached))
+        samples["smp_build_info"].append(([__version__, node], 1))
         if self.health is not None:
             health = self.health()
-            samples["smp_agent_up"].append(([health.reason], 1.0 if health.up else 0.0))
+            samples["smp_agent_up"].append(([health.reason, node], 1.0 if health.up else 0.0))
+            for role, n in sorted(health.pods_skipped.items()):
+                samples["smp_discovery_pods_skipped"].append(([role], n))
             samples["smp_probe_load_failures_total"].append(([], health.load_failures))
             samples["smp_discovery_errors_total"].append(([], health.discovery_errors))
             if health.discovery_last_sync is not None:

@@ -47,6 +47,9 @@ class Source:
     def sync_stats(self) -> tuple[float | None, int]:
         return self.last, self.errors
 
+    def skipped(self) -> dict[str, int]:
+        return {"ambient": 2}
+
 
 class FlakyLoader:
     """Fails ``n`` times (as on a node without headers or CAP_PERFMON), then loads."""
@@ -110,27 +113,28 @@ def test_probe_load_failures_keep_the_agent_up_then_it_becomes_ready(
     assert get(port, "/healthz")[0] == 200
     code, text = get(port, "/readyz")
     assert code == 503 and "loading the probes" in text
-    assert metrics(port)["smp_agent_up", (("reason", "starting"),)] == 0
+    assert metrics(port)["smp_agent_up", (("k8s_node_name", ""), ("reason", "starting"))] == 0
     t = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     t.start()
     _until(lambda: loader.calls >= 1)
     code, text = get(port, "/readyz")
     assert code == 503 and "Operation not permitted" in text, text
     m = metrics(port)
-    assert m["smp_agent_up", (("reason", "probe_load_failed"),)] == 0
+    assert m["smp_agent_up", (("k8s_node_name", ""), ("reason", "probe_load_failed"))] == 0
     assert get(port, "/healthz")[0] == 200  # failing to load is not a reason to restart
     _until(lambda: get(port, "/readyz")[0] == 200)
     assert loader.calls == 4  # three failures, retried, then loaded
     m = metrics(port)
-    assert m["smp_agent_up", (("reason", "ready"),)] == 1
+    assert m["smp_agent_up", (("k8s_node_name", ""), ("reason", "ready"))] == 1
     assert m["smp_probe_load_failures_total", ()] == 3
     assert m["smp_discovery_last_sync_timestamp_seconds", ()] == 1.7e9
+    assert m["smp_discovery_pods_skipped", (("role", "ambient"),)] == 2
     # the discovery loses the API server: not ready, with its reason
     source.ok, source.errors = False, 5
     code, text = get(port, "/readyz")
     assert code == 503 and "no answer from the API server" in text
     m = metrics(port)
-    assert m["smp_agent_up", (("reason", "discovery_not_synced"),)] == 0
+    assert m["smp_agent_up", (("k8s_node_name", ""), ("reason", "discovery_not_synced"))] == 0
     assert m["smp_discovery_errors_total", ()] == 5
     stop.set()
     t.join(timeout=5)
