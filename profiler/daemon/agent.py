@@ -19,12 +19,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
-from profiler.daemon.metrics import Health, SnapshotCollector
+from profiler.capture.memory import CgroupUsage, cgroup_usage
+from profiler.daemon.metrics import ContainerUsage, Health, SnapshotCollector
 from profiler.daemon.snapshot import SnapshotLike
+from profiler.discovery.cgroups import pids_in_cgroup
 from profiler.discovery.kubernetes import PodSet, PodWatcher, Target, resolve_targets
-from profiler.discovery.processes import find_sidecars
+from profiler.discovery.processes import find_sidecars, pod_container_dirs
 from profiler.errors import SmpError
 
 log = logging.getLogger(__name__)
@@ -78,9 +81,14 @@ class NodeDiscovery:
         out: dict[int, Target] = {}
         for s in find_sidecars(cgroup_root=self.cgroup_root):
             uid = s.container.pod_uid
-            out[s.pid] = Target(s.pid, "sidecar", _labels(uid, s.kind))
-            for pid in s.app_pids:
-                out.setdefault(pid, Target(pid, "app", _labels(uid, "app")))
+            out[s.pid] = Target(s.pid, "sidecar", _labels(uid, s.kind), s.cgroup)
+            apps = set(s.app_pids)
+            for d in pod_container_dirs(Path(s.cgroup)):
+                if str(d) == s.cgroup:
+                    continue
+                for pid in pids_in_cgroup(str(d), root=str(d)):
+                    if pid in apps:
+                        out.setdefault(pid, Target(pid, "app", _labels(uid, "app"), str(d)))
         return out
 
 
@@ -181,7 +189,40 @@ class Agent:
 
     def flush(self) -> None:
         if self.engine is not None:
-            self.collector.update(self.engine.snapshot())
+            self.collector.update(self.engine.snapshot(), self.container_usage())
+
+    def container_usage(self) -> list[ContainerUsage]:
+        """Memory and CPU of every traced container from its cgroup in the host's tree: once
+        per container (however many of its processes are traced), summed per label set (the
+        node-only discovery labels all of a pod's app containers ``app``)."""
+        by_key: dict[tuple[tuple[tuple[str, str], ...], str], dict[str, CgroupUsage]] = {}
+        labels_of: dict[tuple[tuple[tuple[str, str], ...], str], Mapping[str, str]] = {}
+        for t in self.attached.values():
+            if t.cgroup is None:
+                continue
+            key: tuple[tuple[tuple[str, str], ...], str] = (tuple(sorted(t.labels.items())), t.role)
+            dirs = by_key.setdefault(key, {})
+            if t.cgroup in dirs:
+                continue
+            usage = cgroup_usage(t.cgroup)
+            if usage is not None:
+                dirs[t.cgroup] = usage
+                labels_of[key] = t.labels
+        out = []
+        for k, dirs in by_key.items():
+            if not dirs:
+                continue
+            cpus = [u.cpu_seconds for u in dirs.values()]
+            mems = [u.working_set for u in dirs.values()]
+            out.append(
+                ContainerUsage(
+                    labels_of[k],
+                    k[1],
+                    None if None in mems else sum(m for m in mems if m is not None),
+                    None if None in cpus else sum(c for c in cpus if c is not None),
+                )
+            )
+        return out
 
     def wake(self) -> None:
         """Reconcile soon (the Kubernetes watch saw a change)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -91,8 +91,25 @@ SPECS: tuple[MetricSpec, ...] = (
         "gauge",
         "bytes",
         POD_LABELS,
-        "Working set of the sidecar (memory.current minus inactive file; RSS where the "
-        "cgroup has no memory controller).",
+        "Working set of the sidecar container from its cgroup in the host's tree "
+        "(memory.current minus inactive_file, v1 the same); the proxies' own accounting where "
+        "no cgroup is found.",
+    ),
+    MetricSpec(
+        "smp_container_memory_working_set_bytes",
+        "gauge",
+        "bytes",
+        POD_LABELS,
+        "Working set of each traced container (sidecar and app) from its cgroup: v2 "
+        "memory.current minus inactive_file, v1 the same; what kubectl top shows.",
+    ),
+    MetricSpec(
+        "smp_container_cpu_seconds_total",
+        "counter",
+        "seconds",
+        POD_LABELS,
+        "CPU of each traced container from its cgroup (every process of it: pilot-agent "
+        "beside Envoy); resets when the container restarts, as cAdvisor's.",
     ),
     MetricSpec(
         "smp_app_cpu_seconds_total",
@@ -160,6 +177,17 @@ SPECS: tuple[MetricSpec, ...] = (
 SPEC = {s.name: s for s in SPECS}
 
 LabelKey = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class ContainerUsage:
+    """One traced container's own accounting from its cgroup: working set and CPU (all of
+    its processes, e.g. pilot-agent next to Envoy)."""
+
+    labels: Mapping[str, str]
+    role: str
+    memory_working_set_bytes: int | None
+    cpu_seconds: float | None
 
 
 @dataclass(frozen=True)
@@ -241,6 +269,7 @@ class SnapshotCollector(Collector):
         self._clock = clock
         self.health = health
         self._updated_at: float | None = None
+        self._containers: dict[tuple[LabelKey, str], ContainerUsage] = {}
         self.retire_after = retire_after
         self._live: dict[int, tuple[LabelKey, str, TargetLike]] = {}
         self._retired: dict[tuple[LabelKey, str], _Totals] = {}
@@ -251,9 +280,13 @@ class SnapshotCollector(Collector):
         self._attached = 0
         self.updated = False
 
-    def update(self, snapshot: SnapshotLike) -> None:
-        """Take a new engine snapshot (cumulative values) as the current state."""
+    def update(
+        self, snapshot: SnapshotLike, containers: Sequence[ContainerUsage] | None = None
+    ) -> None:
+        """Take a new engine snapshot (cumulative values) as the current state, with the
+        traced containers' own cgroup accounting when known."""
         now = self._clock()
+        usage = {(_key(c.labels), c.role): c for c in containers or ()}
         live: dict[int, tuple[LabelKey, str, TargetLike]] = {}
         for i, (pid, t) in enumerate(_targets(snapshot)):
             live[pid if pid is not None else -1 - i] = (_key(t.labels), t.role, t)
@@ -282,6 +315,7 @@ class SnapshotCollector(Collector):
             self._drops = self._drops_base + total
             # sidecar targets only (the engine's ``attached`` counts its app targets too)
             self._attached = sum(role == "sidecar" for _, role, _ in live.values())
+            self._containers = usage
             self.updated = True
             self._updated_at = now
 
@@ -300,6 +334,7 @@ class SnapshotCollector(Collector):
             view = dict(self._view)
             live = {(k, r) for k, r, _ in self._live.values()}
             drops, attached = self._drops, self._attached
+            containers = dict(self._containers)
         samples: dict[str, list[tuple[list[str], float]]] = {s.name: [] for s in SPECS}
         hists: list[tuple[list[str], list[tuple[str, float]], float]] = []
         bounds = [repr(float(b)) for b in LEG_BUCKETS]
@@ -311,12 +346,24 @@ class SnapshotCollector(Collector):
             samples["smp_sidecar_requests_total"].append((labels, tot.requests))
             samples["smp_sidecar_cpu_seconds_total"].append((labels, tot.cpu_seconds))
             if (key, role) in live:
-                samples["smp_sidecar_memory_working_set_bytes"].append((labels, tot.memory))
+                own = containers.get((key, role))
+                memory = tot.memory
+                if own is not None and own.memory_working_set_bytes is not None:
+                    memory = own.memory_working_set_bytes
+                samples["smp_sidecar_memory_working_set_bytes"].append((labels, memory))
             for leg, row in sorted(tot.legs.items()):
                 counts = [float(c) for c in row[:-1]]
                 buckets = [*zip(bounds, counts, strict=True), ("+Inf", float(row[-1]))]
                 hists.append(([*labels, leg], buckets, tot.leg_sums[leg]))
         node = self.node
+        for (key, _), c in sorted(containers.items(), key=lambda kv: kv[0]):
+            labels = [v for _, v in key]
+            if c.memory_working_set_bytes is not None:
+                samples["smp_container_memory_working_set_bytes"].append(
+                    (labels, c.memory_working_set_bytes)
+                )
+            if c.cpu_seconds is not None:
+                samples["smp_container_cpu_seconds_total"].append((labels, c.cpu_seconds))
         samples["smp_probe_events_dropped_total"].append(([node], drops))
         samples["smp_attached_sidecars"].append(([node], attached))
         samples["smp_build_info"].append(([__version__, node], 1))

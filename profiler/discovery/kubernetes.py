@@ -60,6 +60,7 @@ class Target:
     pid: int
     role: Role
     labels: Mapping[str, str]
+    cgroup: str | None = None  # file-system path of its container's cgroup, when known
 
 
 def split_container_id(value: str) -> tuple[str | None, str]:
@@ -181,7 +182,7 @@ def resolve_targets(
         if c.role == "sidecar":
             pids = tuple(p for p in pids if proxy_kind(p, proc) is not None) or pids
         for pid in pids:
-            targets[pid] = Target(pid, c.role, c.labels)
+            targets[pid] = Target(pid, c.role, c.labels, cgroup)
     return targets
 
 
