@@ -61,8 +61,12 @@ def layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(kernel, "HEADERS_ROOT", tmp_path / "usr-src")
     monkeypatch.setattr(kernel, "RUNTIME_DIR", tmp_path / "run")
     monkeypatch.setattr(kernel, "_presented", None)
-    monkeypatch.delenv(kernel.BCC_KERNEL_SOURCE, raising=False)
-    monkeypatch.delenv(kernel.HOST_ROOT_ENV, raising=False)
+    # set, then deleted: monkeypatch restores what was there (nothing) even though
+    # resolve_headers sets BCC_KERNEL_SOURCE itself; a leak would send every later BCC
+    # compile of this process to a deleted tmp tree
+    for name in (kernel.BCC_KERNEL_SOURCE, kernel.HOST_ROOT_ENV):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     (tmp_path / "lib-modules").mkdir()
     _debian_pair(tmp_path / "usr-src", "6.1.0-57")
     return tmp_path
