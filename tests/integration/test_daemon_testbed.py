@@ -94,7 +94,7 @@ def test_daemon_node_only_on_the_testbed(
         total = tuple(sorted([*sidecar, ("leg", "sidecar_total")]))
         assert m["smp_sidecar_leg_duration_seconds_count", total] == 23
         assert m["smp_attached_sidecars", (("k8s_node_name", os.uname().nodename),)] == 1
-        assert m["smp_probe_events_dropped_total", ()] == 0
+        assert m["smp_probe_events_dropped_total", (("k8s_node_name", os.uname().nodename),)] == 0
         assert m["smp_sidecar_cpu_seconds_total", sidecar] > 0
         assert ("smp_app_cpu_seconds_total", app) in m
         assert m["smp_sidecar_memory_working_set_bytes", sidecar] > 1 << 20
