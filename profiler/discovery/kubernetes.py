@@ -205,7 +205,25 @@ def core_api(kubeconfig: str | None = None) -> Any:
     except (config.ConfigException, OSError, TypeError) as e:
         where = kubeconfig or "in-cluster or ~/.kube/config"
         raise KubernetesUnavailable(f"no Kubernetes configuration ({where}): {e}") from None
-    return client.CoreV1Api()
+    cfg = client.Configuration.get_default_copy()
+    cfg.socket_options = keepalive_socket_options()
+    return client.CoreV1Api(client.ApiClient(cfg))
+
+
+def keepalive_socket_options() -> list[tuple[int, int, int]]:
+    """urllib3's defaults plus TCP keepalive with client-go's timings (30 s idle, then 9
+    probes 15 s apart): a connection to an API server that vanished (failover, a load
+    balancer dropping idle flows) is closed by the kernel instead of hanging."""
+    import socket
+
+    from urllib3.connection import HTTPConnection
+
+    opts = list(HTTPConnection.default_socket_options)
+    opts.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 9)):
+        if hasattr(socket, name):
+            opts.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return opts
 
 
 @dataclass

@@ -159,3 +159,37 @@ def test_list_watch_410_relist_and_reconnect(api: ApiServer) -> None:
     lists = [r for r in api.requests if r.get("watch") != "true"]
     assert all(r["resourceVersion"] == "0" for r in lists)  # the watch cache, no quorum read
     assert watcher.synced()[0]
+
+
+def test_api_connections_have_tcp_keepalive(api: ApiServer, tmp_path: Any) -> None:
+    """A half-open connection (the API server gone without a FIN) is found by the kernel:
+    the sockets the client really opens carry SO_KEEPALIVE with client-go's timings."""
+    import socket
+
+    from profiler.discovery.kubernetes import core_api
+
+    kubeconfig = tmp_path / "config"
+    server = f"http://127.0.0.1:{api.server_address[1]}"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    core = core_api(str(kubeconfig))
+    assert core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node-a").items
+    # a connection as the client's own pool opens it (the stand-in closes each after use)
+    conn = core.api_client.rest_client.pool_manager.connection_from_url(server)._new_conn()
+    conn.connect()
+    s = conn.sock
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+    assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 15
+    assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 9
+    conn.close()
