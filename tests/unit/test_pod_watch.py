@@ -193,3 +193,17 @@ def test_api_connections_have_tcp_keepalive(api: ApiServer, tmp_path: Any) -> No
     assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 15
     assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 9
     conn.close()
+
+
+def test_synced_turns_false_after_minutes_without_an_answer() -> None:
+    now = [1000.0]
+    w = PodWatcher(PodSet(), "node-a", api=None, stale_after=600, clock=lambda: now[0])
+    ok, why = w.synced()
+    assert not ok and "no pod list" in why
+    w._contact()
+    now[0] += 599
+    assert w.synced()[0]
+    now[0] += 2  # 601 s: the watch may be hung on a dead connection
+    w.errors = 4
+    ok, why = w.synced()
+    assert not ok and "601 s" in why and "4 errors" in why
