@@ -10,6 +10,7 @@ reconnect with backoff on errors and on a watch that stays silent past its read 
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -233,11 +234,13 @@ class PodWatcher:
     One list (``resourceVersion=0``: served from the API server's watch cache, not a quorum
     read of etcd, which matters when every node relists after a failover), then watches that
     continue from the last resourceVersion seen (events and bookmarks), each window ending
-    after ``resync_seconds`` (jittered); a relist only at start and on 410 Gone. Every request
-    has a client timeout: a watch that sends nothing (not even a bookmark) for
-    ``read_timeout`` seconds is a dead connection (an API server failover leaves half-open
-    TCP connections the client never notices) and is reconnected; TCP keepalive is on.
-    ``synced()`` turns false after ``stale_after`` seconds without an answer."""
+    after ``resync_seconds`` (jittered, ended by the server); a relist only at start and on
+    410 Gone. Every request has a client timeout: a watch that sends nothing, not even the end
+    of its window, for ``read_timeout`` seconds (default: the longest window plus 30 s) is a
+    dead connection (an API server failover leaves half-open TCP connections the client never
+    notices) and is reconnected; TCP keepalive (``core_api``) finds most of them sooner.
+    Every answer counts as contact (a list, an accepted watch, an event or bookmark, a window's
+    end); ``synced()`` turns false after ``stale_after`` seconds without one."""
 
     podset: PodSet
     node_name: str
@@ -246,8 +249,9 @@ class PodWatcher:
     on_change: Callable[[], None] | None = None
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
-    read_timeout: float = 90.0
+    read_timeout: float | None = None
     connect_timeout: float = 10.0
+    list_timeout: float = 60.0
     stale_after: float = 600.0
     clock: Callable[[], float] = time.time
     relists: int = 0  # how many full lists were done: the start and the 410 recoveries
@@ -279,7 +283,7 @@ class PodWatcher:
         pods = self.api.list_pod_for_all_namespaces(
             field_selector=self._selector,
             resource_version="0",
-            _request_timeout=(self.connect_timeout, self.read_timeout),
+            _request_timeout=(self.connect_timeout, self.list_timeout),
         )
         self.relists += 1
         self.resource_version = pods.metadata.resource_version
@@ -292,13 +296,22 @@ class PodWatcher:
 
         w = watch.Watch()  # type: ignore[no-untyped-call]
         window = max(1, round(self.resync_seconds * random.uniform(0.9, 1.1)))
+        read = self.read_timeout or self.resync_seconds * 1.1 + 30
+        list_pods = self.api.list_pod_for_all_namespaces
+
+        @functools.wraps(list_pods)  # the watch reads the call's signature and docstring
+        def accepted(*args: Any, **kwargs: Any) -> Any:
+            response = list_pods(*args, **kwargs)
+            self._contact()  # the API server answered the watch (headers): it is there
+            return response
+
         stream = w.stream(  # type: ignore[no-untyped-call]
-            self.api.list_pod_for_all_namespaces,
+            accepted,
             field_selector=self._selector,
             resource_version=self.resource_version,
             allow_watch_bookmarks=True,
             timeout_seconds=window,
-            _request_timeout=(self.connect_timeout, self.read_timeout),
+            _request_timeout=(self.connect_timeout, read),
         )
         self.watches += 1
         for ev in stream:
