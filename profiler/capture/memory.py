@@ -7,7 +7,12 @@ from pathlib import Path
 
 import psutil
 
-from profiler.discovery.cgroups import cgroup2_mount, cgroup_of
+from profiler.discovery.cgroups import (
+    cgroup2_mount,
+    cgroup_of,
+    find_cgroups_by_container_id,
+    v1_mount,
+)
 from profiler.discovery.containers import parse_container_cgroup
 from profiler.errors import TargetNotFound
 
@@ -32,30 +37,49 @@ class Memory:
         }
 
 
-def _container_cgroup_memory(pid: int) -> tuple[int, int] | None:
-    """(memory.current, inactive_file) of the process's container cgroup (v2), if the
-    memory controller accounts it there. A cgroup that is not a container's is not used:
-    it would charge the whole host service to the pod."""
+_DIRS: dict[str, str] = {}  # container id -> its cgroup directory, found by walking
+
+
+def _by_container_id(container_id: str) -> Path | None:
+    """The container's cgroup found by its id (a reader in another cgroup namespace sees a
+    path in /proc that does not exist under its own mount); remembered, bounded."""
+    known = _DIRS.get(container_id)
+    if known is not None and Path(known).is_dir():
+        return Path(known)
     try:
-        path = cgroup_of(pid)
+        found = find_cgroups_by_container_id(container_id)
     except TargetNotFound:
         return None
-    if parse_container_cgroup(path) is None:
+    if not found:
         return None
-    d = Path(cgroup2_mount()) / path.lstrip("/")
-    try:
-        current = int((d / "memory.current").read_text())
-    except (OSError, ValueError):
-        return None
-    inactive = 0
-    try:
-        for line in (d / "memory.stat").read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "inactive_file":
-                inactive = int(value)
-    except (OSError, ValueError):
-        pass
-    return current, inactive
+    if len(_DIRS) >= 1024:
+        _DIRS.clear()
+    # prefer a directory that accounts memory (v2 with the controller, or v1 memory)
+    best = next((d for d in found if cgroup_usage(d) is not None), found[0])
+    _DIRS[container_id] = best
+    return Path(best)
+
+
+def _container_cgroup_memory(pid: int) -> tuple[int, int] | None:
+    """(usage, inactive file) of the process's container cgroup, v2 or v1, if a memory
+    controller accounts it there. A cgroup that is not a container's is not used: it would
+    charge the whole host service to the pod."""
+    for hierarchy in (None, "memory"):
+        try:
+            path = cgroup_of(pid, hierarchy)
+            ref = parse_container_cgroup(path)
+            if ref is None:
+                continue
+            mount = cgroup2_mount() if hierarchy is None else v1_mount("memory")
+        except TargetNotFound:
+            continue
+        d: Path | None = Path(mount) / path.lstrip("/")
+        if d is None or not d.is_dir():
+            d = _by_container_id(ref.container_id)
+        u = None if d is None else cgroup_usage(d)
+        if u is not None and u.usage is not None and u.inactive_file is not None:
+            return u.usage, u.inactive_file
+    return None
 
 
 def memory_of(pid: int) -> Memory | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -95,3 +96,38 @@ def test_sidecar_memory_is_the_containers_not_a_sum_of_processes() -> None:
     assert m["smp_container_cpu_seconds_total", "istio-proxy"] == 2.25
     assert m["smp_sidecar_cpu_seconds_total", "istio-proxy"] == 1.5
     assert m["smp_container_cpu_seconds_total", "app"] == 3.5
+
+
+def test_capture_memory_finds_the_container_from_another_cgroup_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a private cgroup namespace /proc/<pid>/cgroup shows only the tail of the path,
+    which does not exist under the reader's own mount: the container's cgroup is found by
+    its id instead, and its working set used, not the process's RSS."""
+    import os
+
+    from profiler.capture import memory
+
+    cid = "cd" * 32
+    uid_ = "8a6a1b3e_4a43_4b3c_9a0e_5f2f43f6c7d1"
+    tail = f"/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{cid}.scope"
+    host = tmp_path / "host" / "kubepods.slice" / "kubepods-besteffort.slice" / tail.lstrip("/")
+    host.mkdir(parents=True)
+    (host / "memory.current").write_text(f"{90 * MiB}\n")
+    (host / "memory.stat").write_text(f"inactive_file {26 * MiB}\n")
+    (tmp_path / "ns-root").mkdir()
+    walked: list[str] = []
+
+    def by_id(container_id: str) -> list[str]:
+        walked.append(container_id)
+        return [str(host)]
+
+    monkeypatch.setattr(memory, "cgroup_of", lambda pid, h=None: tail if h is None else "/")
+    monkeypatch.setattr(memory, "cgroup2_mount", lambda: str(tmp_path / "ns-root"))
+    monkeypatch.setattr(memory, "find_cgroups_by_container_id", by_id)
+    monkeypatch.setattr(memory, "_DIRS", {})
+    m = memory.memory_of(os.getpid())
+    assert m is not None
+    assert (m.cgroup_current, m.working_set) == (90 * MiB, 64 * MiB)
+    memory.memory_of(os.getpid())
+    assert walked == [cid]  # found once, remembered
