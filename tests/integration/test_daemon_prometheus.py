@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from profiler.daemon.metrics import SnapshotCollector
+from profiler.daemon.metrics import ContainerUsage, SnapshotCollector
 from profiler.daemon.promql import Prometheus, quantile
 from profiler.daemon.server import MetricsServer
 from profiler.daemon.snapshot import Snapshot, TargetSnapshot
@@ -66,7 +66,9 @@ class GrowingSidecar:
             self.cpu += 0.01
             legs = {"sidecar_total": self.hist}
             t = TargetSnapshot(LABELS, "sidecar", self.requests, legs, self.cpu, 30 * 2**20)
-            self.collector.update(Snapshot({4242: t}, drops=0, attached=1))
+            # the container's cgroup: the same working set, 1.25x the proxy's CPU
+            own = ContainerUsage(LABELS, "sidecar", 30 * 2**20, 1.25 * self.cpu)
+            self.collector.update(Snapshot({4242: t}, drops=0, attached=1), [own])
             self.stop.wait(TICK)
 
 
@@ -184,6 +186,14 @@ def test_dashboard_queries_run(scraped: tuple[Prometheus, GrowingSidecar]) -> No
                 empty.append(panel["title"])
     # every panel has data except the app share (no app in this snapshot)
     assert empty == ["Sidecar CPU as a share of the app's"]
+    # the container's CPU beside the proxy's: 1.25x, as the snapshots grow them
+    (panel,) = [p for p in dash["panels"] if p["title"].startswith("Sidecar container CPU")]
+    container, proxy = (
+        prom.query(t["expr"].replace("$__rate_interval", "5s").replace("$namespace", ".*")
+                   .replace("$pod", ".*"))[0].value
+        for t in panel["targets"]
+    )  # fmt: skip
+    assert container / proxy == pytest.approx(1.25, rel=0.1)
 
 
 def test_two_jobs_and_target_labels_neither_rename_nor_double(
