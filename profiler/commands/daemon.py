@@ -111,7 +111,7 @@ def main(
 
 def _doctor() -> tuple[bool, str]:
     """The full capability check of ``smp-profiler doctor`` (compiles a test program): run
-    once at start, for the log and as the reason while the probes do not load."""
+    once, when the probes first fail to load, for the log and the not-ready reason."""
     from profiler import capabilities
 
     try:

@@ -151,6 +151,7 @@ class Agent:
     load_failures: int = 0
     loading_since: float | None = None
     _reason: tuple[str, str] = ("starting", "loading the probes")
+    _missing: str | None = None  # what the capability check found missing, if it ran
 
     def reconcile(self) -> tuple[list[int], list[int]]:
         """Bring the engine's targets to the discovered set; (added, removed) PIDs."""
@@ -269,13 +270,11 @@ class Agent:
         return h.up, h.detail
 
     def _load(self, stop: threading.Event) -> bool:
-        """Load the engine, retrying with backoff until it loads or ``stop``; False on stop."""
+        """Load the engine, retrying with backoff until it loads or ``stop``; False on stop.
+        The full capability check (``preflight``, doctor's: it compiles a test program) runs
+        once, at the first failure, so its answer is in the log and the not-ready reason
+        without delaying a node that works."""
         assert self.load_engine is not None
-        if self.preflight is not None:  # the full doctor check: once, at start, for the log
-            ok, detail = self.preflight()
-            (log.info if ok else log.warning)("capability check: %s", detail)
-            if not ok:
-                self._reason = ("capability_missing", detail)
         delay = self.backoff_initial
         while not stop.is_set():
             self.loading_since = self.clock()
@@ -289,9 +288,15 @@ class Agent:
                 self.load_failures += 1
                 wait = delay * random.uniform(0.8, 1.2)
                 why = str(e) or type(e).__name__
+                if self.load_failures == 1 and self.preflight is not None:
+                    ok, detail = self.preflight()
+                    log.warning("capability check: %s", detail)
+                    self._missing = None if ok else detail
+                code = "probe_load_failed" if self._missing is None else "capability_missing"
+                also = "" if self._missing is None else f"; capability check: {self._missing}"
                 self._reason = (
-                    "probe_load_failed",
-                    f"cannot load the probes: {why} (attempt {self.load_failures}, "
+                    code,
+                    f"cannot load the probes: {why}{also} (attempt {self.load_failures}, "
                     f"retrying in {wait:.0f} s)",
                 )
                 log.warning("%s", self._reason[1])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -37,6 +38,7 @@ from _apiserver import api_server, pod_json
 from _testbed import send_requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from profiler.discovery.cgroups import cgroup2_mount
 from profiler.discovery.containers import container_id_of_name
 
 pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
@@ -143,13 +145,15 @@ def deployed_agent(
     argv += ["--kubeconfig", f"/kube/{kubeconfig.name}"]
     script = container_script(spec, newroot, kubeconfig, argv, set(drop))
     log = tmp_path / "agent.log"
+    # The agent's own pod cgroup (unified hierarchy), entered before a private cgroup
+    # namespace is made, as runtimes do on cgroup v2: the sidecars' /proc/<pid>/cgroup then
+    # read "/../..." from inside, and their cgroups are found by container id in /host.
+    own = Path(cgroup2_mount()) / f"smp-agent-pod-{secrets.token_hex(4)}"
+    own.mkdir()
+    unshare = ["unshare", "--mount", "--cgroup", "--propagation", "private", "sh", "-c", script]
+    enter = f"echo $$ > {shlex.quote(str(own / 'cgroup.procs'))} && exec " + shlex.join(unshare)
     with log.open("w") as err:
-        proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            cwd="/",
-        )
+        proc = subprocess.Popen(["sh", "-c", enter], stdout=subprocess.DEVNULL, stderr=err, cwd="/")
     try:
         deadline = time.monotonic() + 60
         m = None
@@ -168,6 +172,12 @@ def deployed_agent(
                 proc.kill()
                 proc.wait()
         newroot.rmdir()  # the tmpfs was the namespace's: the directory is empty
+        for _ in range(100):  # the agent has exited: its cgroup empties
+            try:
+                own.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
 
 
 def get(url: str) -> tuple[int, str]:
@@ -255,14 +265,15 @@ def test_without_cap_perfmon_it_stays_up_and_says_why(
         with deployed_agent(tmp_path, kubeconfig, drop={"PERFMON"}) as (proc, log, url):
             assert get(url() + "/healthz")[0] == 200  # at once
             deadline = time.monotonic() + 30
-            while "probe_load_failed" not in get(url() + "/metrics")[1]:
+            while "capability_missing" not in get(url() + "/metrics")[1]:
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
             code, why = get(url() + "/readyz")
             assert code == 503 and "cannot load the probes" in why, why
+            assert "CAP_PERFMON" in why  # the capability check's own words
             m = metrics(url())
-            up = ("k8s_node_name", "node-a"), ("reason", "probe_load_failed")
+            up = ("k8s_node_name", "node-a"), ("reason", "capability_missing")
             assert m["smp_agent_up", up] == 0
             assert m["smp_probe_load_failures_total", ()] >= 1
             time.sleep(3)  # it stays up, alive, and keeps saying so

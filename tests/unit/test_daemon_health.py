@@ -189,3 +189,25 @@ def test_backoff_doubles_with_jitter_and_stops_at_the_cap() -> None:
     assert len(waits) == 7
     for got, want in zip(waits, nominal, strict=True):
         assert 0.8 * want - 1 <= got <= 1.2 * want + 1, (waits, nominal)
+
+
+def test_the_full_capability_check_runs_once_and_only_when_loading_fails() -> None:
+    calls: list[int] = []
+
+    def doctor() -> tuple[bool, str]:
+        calls.append(1)
+        return False, "root: no CAP_BPF+CAP_PERFMON"
+
+    stop = threading.Event()
+    ok_agent = Agent(None, Source(), SnapshotCollector(), load_engine=FlakyLoader(0),
+                     preflight=doctor)  # fmt: skip
+    assert ok_agent._load(stop) and calls == []  # a node that works pays nothing for it
+
+    loader = FlakyLoader(3)
+    agent = Agent(None, Source(), SnapshotCollector(), load_engine=loader, preflight=doctor,
+                  backoff_initial=0.01, backoff_max=0.01)  # fmt: skip
+    assert agent._load(stop)
+    assert calls == [1] and loader.calls == 4  # once, at the first of three failures
+    agent.engine = None
+    h = agent.health()
+    assert h.reason == "capability_missing" and "CAP_PERFMON" in h.detail
