@@ -265,7 +265,8 @@ def test_without_cap_perfmon_it_stays_up_and_says_why(
         with deployed_agent(tmp_path, kubeconfig, drop={"PERFMON"}) as (proc, log, url):
             assert get(url() + "/healthz")[0] == 200  # at once
             deadline = time.monotonic() + 30
-            while "capability_missing" not in get(url() + "/metrics")[1]:
+            up = ("k8s_node_name", "node-a"), ("reason", "capability_missing")
+            while ("smp_agent_up", up) not in metrics(url()):  # the sample, not its HELP
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
@@ -273,7 +274,6 @@ def test_without_cap_perfmon_it_stays_up_and_says_why(
             assert code == 503 and "cannot load the probes" in why, why
             assert "CAP_PERFMON" in why  # the capability check's own words
             m = metrics(url())
-            up = ("k8s_node_name", "node-a"), ("reason", "capability_missing")
             assert m["smp_agent_up", up] == 0
             assert m["smp_probe_load_failures_total", ()] >= 1
             time.sleep(3)  # it stays up, alive, and keeps saying so
