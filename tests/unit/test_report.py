@@ -28,7 +28,7 @@ from profiler.smp import validate
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "report"
 BUNDLE, CAPTURE = FIX / "bundle.json", FIX / "capture.json"
 MESHERY_YAML = FIX / "meshery-result.yaml"
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "loadgen"
+SHARED = Path(__file__).resolve().parents[1] / "fixtures" / "loadgen"
 MESHERY_FORTIO = SHARED / "meshery-fortio-results.json"
 NIGHTHAWK = SHARED / "nighthawk-output.json"
 GOLDEN = Path(__file__).parent / "golden"
