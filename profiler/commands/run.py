@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from profiler.errors import UsageError
+from profiler.errors import TooManyErrors, UsageError
 from profiler.model import RunConfig, StepRecord, dumps
 from profiler.runner import Window, rate_label
 
@@ -72,7 +72,7 @@ class RichReporter:
             f"step {window.step} {window.role:8} {rate_label(window.rate):>7} req/s"
             f" rep {window.repetition}:"
             f" achieved {load.rate_achieved:8.1f}  p50 {_ms(p50)}  p99 {_ms(p99)}"
-            f"  errors {load.error_count}{extra}"
+            f"  errors {load.error_rate:.1%}{extra}"
         )
         self.progress.console.print(line)
         self.progress.update(self.task, advance=1, last=f"p99 {_ms(p99)}")
@@ -160,6 +160,7 @@ def main(
     output: Path,
     fmt: str | None,
     seed: int | None = None,
+    max_error_rate: float = 0.01,
 ) -> int:
     from profiler import runner
 
@@ -178,17 +179,46 @@ def main(
         app_pids=list(app_pid),
         testbed=str(testbed) if testbed else None,
         baseline_testbed=str(baseline_testbed) if baseline_testbed else None,
+        max_error_rate=max_error_rate,
     )
     if not output.parent.is_dir():
         raise UsageError(f"bad -o {output}: {output.parent} is not a directory")
     cfg, mesh = runner.resolve(cfg)
     out = console()
-    bundle = runner.execute(cfg, mesh, reporter=RichReporter(out), seed=seed)
     used = fmt or ("yaml" if output.suffix in (".yaml", ".yml") else "json")
+    try:
+        bundle = runner.execute(cfg, mesh, reporter=RichReporter(out), seed=seed)
+    except runner.RunInterrupted as stop:
+        # what was measured is written before anything else is said
+        doc = stop.bundle.to_json()
+        output.write_text(dumps(doc, used))
+        out.print(summary_table(doc))
+        for note in doc["details"]["notes"]:
+            out.print(f"[yellow]note:[/] {note}")
+        out.print(f"wrote {output} ({used}): PARTIAL, the run was interrupted")
+        if isinstance(stop.cause, KeyboardInterrupt):
+            return 130
+        raise stop.cause from None
     doc = bundle.to_json()
     output.write_text(dumps(doc, used))
     out.print(summary_table(doc))
-    for note in bundle.notes:
+    for note in doc["details"]["notes"]:
         out.print(f"[yellow]note:[/] {note}")
     out.print(f"wrote {output} ({used})")
+    check_error_rate(doc, cfg.max_error_rate)
     return 0
+
+
+def check_error_rate(doc: dict[str, Any], limit: float) -> None:
+    """TooManyErrors (exit 6) when a step's mesh or baseline failed more than ``limit``."""
+    worst: tuple[float, str] | None = None
+    for step in doc["details"]["steps"]:
+        for role in ("mesh", "baseline"):
+            ld = step.get(role)
+            if ld and ld["error_rate"] > limit and (worst is None or ld["error_rate"] > worst[0]):
+                worst = (ld["error_rate"], f"{role} at {rate_label(step['rate_asked'])} req/s")
+    if worst is not None:
+        raise TooManyErrors(
+            f"error rate {worst[0]:.2%} ({worst[1]}) is above --max-error-rate {limit:.2%}: "
+            "the results are written, but their latency and rates are not the service's"
+        )

@@ -154,7 +154,13 @@ def bundle(
             baseline_target="http://10.0.1.2:8080/" if baseline else None,
             sidecar_pids=[4242],
         ),
-        mesh=MeshInfo(proxy_build="1.40.0/Clean/RELEASE/BoringSSL", proxy_concurrency=2),
+        mesh=MeshInfo(
+            proxy="envoy",
+            proxy_build="1.40.0/Clean/RELEASE/BoringSSL",
+            proxy_concurrency=2,
+            sidecar_count=1,
+            evidence="PID 4242 is a plain Envoy: no Istio or other mesh seen",
+        ),
         environment=Environment(
             hostname="node-1",
             kernel="6.18.0",

@@ -102,15 +102,24 @@ def test_fortio_result_becomes_valid_smp_in_milliseconds(tmp_path: Path) -> None
     raw = json.loads(MESHERY_FORTIO.read_text())
     raw = raw["results"] if isinstance(raw, dict) else raw
     for res, r, load in zip(results, raw, loads, strict=True):
-        fortio_p50_s = next(
-            p["Value"]
-            for p in r["runner_results"][0]["DurationHistogram"]["Percentiles"]
-            if p["Percentile"] == 50
-        )
-        # milliseconds (Meshery writes fortio's seconds here), within fortio's bucket width
-        assert res["latencies_ms"]["p50"] == pytest.approx(fortio_p50_s * 1000, rel=0.02, abs=1)
-        # completed requests per second (fortio's ActualQPS counts socket errors too)
-        assert res["actual_qps"] == pytest.approx(load.requests / load.duration_s, abs=1e-3)
+        dh = r["runner_results"][0]["DurationHistogram"]
+        if load.successes:
+            # the figures fortio printed, exactly, in milliseconds (Meshery writes seconds)
+            pct = {p["Percentile"]: p["Value"] for p in dh["Percentiles"]}
+            lat = res["latencies_ms"]
+            assert lat["p50"] == pytest.approx(pct[50] * 1000, abs=1e-4)
+            assert lat["p90"] == pytest.approx(pct[90] * 1000, abs=1e-4)
+            assert lat["p99"] == pytest.approx(pct[99] * 1000, abs=1e-4)
+            assert lat["min"] == pytest.approx(dh["Min"] * 1000, abs=1e-4)
+            assert lat["max"] == pytest.approx(dh["Max"] * 1000, abs=1e-4)
+            assert lat["average"] == pytest.approx(dh["Avg"] * 1000, abs=1e-4)
+            assert res["labels"]["error_rate"] == "0"
+        else:  # 300 socket errors: no latency of the service, and the error rate says why
+            assert "latencies_ms" not in res
+            assert res["labels"]["error_rate"] == "1"
+            assert res["labels"]["target_reached"] == "false"
+        # successful responses per second (fortio's ActualQPS counts socket errors too)
+        assert res["actual_qps"] == pytest.approx(load.successes / load.duration_s, abs=1e-3)
         for key in ("id", "test_id", "mesh_config_id", "env_id"):
             uuid.UUID(res[key])  # real ids, not placeholders
     assert len({r["id"] for r in results}) == 3
