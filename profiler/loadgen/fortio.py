@@ -102,7 +102,10 @@ def histogram(h: dict[str, Any], minus: dict[str, Any] | None = None) -> Latency
     """fortio's buckets (seconds) as microseconds, each bucket's count spread evenly over it;
     ``minus``: a histogram of the same buckets whose counts are taken out (fortio's
     ErrorsDurationHistogram out of its DurationHistogram leaves the successes)."""
-    take = {(float(b["Start"]), float(b["End"])): int(b["Count"]) for b in (minus or {}).get("Data") or []}
+    take = {
+        (float(b["Start"]), float(b["End"])): int(b["Count"])
+        for b in (minus or {}).get("Data") or []
+    }
     out = LatencyHistogram()
     for b in h.get("Data") or []:
         start, end = float(b["Start"]), float(b["End"])

@@ -113,10 +113,15 @@ class LoadResult:
             what = ", ".join(
                 [f"{n} x {c}" for c, n in sorted(self.status_counts.items()) if c >= ERROR_STATUS]
                 + [f"{n} {k}" for k, n in sorted(self.errors.items())]
-                + ([f"{self.error_responses_uncoded} non-2xx/3xx"] if self.error_responses_uncoded else [])
+                + (
+                    [f"{self.error_responses_uncoded} non-2xx/3xx"]
+                    if self.error_responses_uncoded
+                    else []
+                )
             )
             self._note(
-                f"error rate {self.error_rate:.2%} ({what}); successful {self.success_rate:.1f} req/s"
+                f"error rate {self.error_rate:.2%} ({what}); "
+                f"successful {self.success_rate:.1f} req/s"
             )
         if self.errors_in_histogram:
             self._note(

@@ -15,6 +15,7 @@ import os
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -276,3 +277,38 @@ def test_incomplete_capture_with_drops_says_so(tmp_path: Path) -> None:
     text = _render("terminal", path, width=200)
     assert "INCOMPLETE (target exited), 3.5 s, 17 events dropped" in text
     assert "17 events dropped; INCOMPLETE: target exited" in text
+
+
+def test_html_plots_draw_the_bundles_numbers(tmp_path: Path) -> None:
+    """The cost and overhead plots draw exactly the bundle's figures: each line's data is the
+    details' numbers and its drawn vertices are those numbers on the axes (three rates, so a
+    line that is not these points cannot fit). Catches an empty axes, a series plotted from
+    the wrong field (cpu_seconds for mcores, p99 for p50), swapped series, stale data."""
+    from tests import html_series as hs
+    from tests.unit import smp_fixtures as fx
+
+    path = tmp_path / "b.json"
+    fx.bundle(rates=(100.0, 200.0, 400.0), repeat=1, shift_us=400.0).write(path)
+    doc = json.loads(path.read_text())
+    page = _render("html", path)
+    steps = doc["details"]["steps"]
+
+    def pts(f: Any) -> list[tuple[float, float]]:
+        return [(s["mesh"]["rate_achieved"], f(s)) for s in steps]
+
+    cost = hs.figure(page, "cost")
+    hs.check_drawn(cost, "cpu-cores", pts(lambda s: s["sidecar"]["cpu_mcores"] / 1000))
+    hs.check_drawn(cost, "rss-mib", pts(lambda s: s["sidecar"]["mem_mb"]["rss"]))
+    over = hs.figure(page, "overhead")
+    for p in ("p50", "p99"):
+        hs.check_drawn(over, f"ab-{p}", pts(lambda s, p=p: s["overhead"][p]["delta_ms"]))
+    legs = [s["sidecar"]["legs"]["sidecar_total"]["p50_ms"] for s in steps]
+    hs.check_drawn(over, "ebpf-p50", pts(lambda s: s["sidecar"]["legs"]["sidecar_total"]["p50_ms"]))
+    # and the check can fail: another series' numbers are not what is drawn
+    with pytest.raises(AssertionError):
+        hs.check_drawn(
+            over, "ab-p50", pts(lambda s: s["sidecar"]["legs"]["sidecar_total"]["p50_ms"])
+        )
+    # and the vertex check alone tells the lines apart (they are not affine images of each other)
+    ab = [y for _, y in hs.drawn(over, "ab-p99")]
+    assert hs.affine_residual(legs, ab) > 0.5
