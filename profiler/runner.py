@@ -426,7 +426,9 @@ def _sidecar_check(cfg: RunConfig, w: Window, rec: StepRecord, notes: list[str])
     """After the first captured mesh window with responses: a sidecar that proxied none of its
     requests is not on the path (a wrong --sidecar-pid); the run stops rather than report
     its costs. True once checked."""
-    if rec.capture is None or rec.load.requests == 0:
+    # Only successes prove the path: an Envoy whose app is gone answers 503 itself and
+    # proxies nothing, yet it is on the path (the error rate tells that story).
+    if rec.capture is None or rec.load.successes == 0:
         return False
     seen = {
         int(sc.get("pid", 0)): int(sc.get("requests") or 0)
@@ -435,11 +437,12 @@ def _sidecar_check(cfg: RunConfig, w: Window, rec: StepRecord, notes: list[str])
     idle = [pid for pid in cfg.sidecar_pids if seen.get(pid, 0) == 0]
     if idle and len(idle) == len(cfg.sidecar_pids):
         raise SidecarNotOnPath(
-            f"sidecar PID {', '.join(map(str, idle))} proxied 0 of the {rec.load.requests} "
-            f"requests to {cfg.target}: it is not on the path (check --sidecar-pid)"
+            f"sidecar PID {', '.join(map(str, idle))} proxied 0 of the {rec.load.successes} "
+            f"successful requests to {cfg.target}: it is not on the path (check --sidecar-pid)"
         )
     notes.extend(
-        f"sidecar PID {pid} proxied 0 of the {rec.load.requests} requests of step {w.step}"
+        f"sidecar PID {pid} proxied 0 of the {rec.load.successes} successful requests of "
+        f"step {w.step}"
         for pid in idle
     )
     return True

@@ -99,6 +99,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
     for col in (
         "rate",
         "achieved",
+        "errors",
         "p50 ms",
         "p99 ms",
         "baseline p50",
@@ -107,7 +108,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
         "eBPF mesh-added p50",
         "sidecar mcores",
         "CPU-ms/1k req",
-        "mem MB",
+        "mem MiB",
     ):
         t.add_column(col, justify="right")
     for step in doc["details"]["steps"]:
@@ -120,6 +121,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
         t.add_row(
             rate_label(step["rate_asked"]),
             f"{step['mesh']['rate_achieved']:.1f}",
+            f"{step['mesh']['error_rate']:.1%}",
             _f(lat.get("p50_ms")),
             _f(lat.get("p99_ms")),
             _f(base["latency"].get("p50_ms")) if base else "-",
