@@ -22,6 +22,7 @@ from profiler.histogram import LatencyHistogram
 from profiler.loadgen.common import find_binary, launch_prefix, load_json, run_tool
 from profiler.loadgen.result import (
     ERROR_STATUS,
+    GRPC_OK,
     STANDARD_PERCENTILES,
     LoadResult,
     LoadSpec,
@@ -160,19 +161,24 @@ def _one(d: dict[str, Any], label: str | None) -> LoadResult:
         duration_s = int(d["ActualDuration"]) / 1e9
         asked_raw = str(d.get("RequestedQPS", "max")).strip()
         asked = None if asked_raw.lower() in ("max", "0", "-1", "") else float(asked_raw)
-        codes = {int(k): int(v) for k, v in (d.get("RetCodes") or {}).items()}
+        raw_codes = dict(d.get("RetCodes") or {})
+        # HTTP runs key RetCodes by status (-1: socket error); gRPC runs by status name
+        grpc = {str(k): int(v) for k, v in raw_codes.items() if not str(k).lstrip("-").isdigit()}
+        codes = {int(k): int(v) for k, v in raw_codes.items() if str(k).lstrip("-").isdigit()}
         status = {k: v for k, v in codes.items() if k >= 0}
         errors = {"socket": codes[-1]} if codes.get(-1) else {}
+        responses = sum(status.values()) + sum(grpc.values())
         count = int(dh["Count"])
         start = _start(d["StartTime"])
         sizes = d.get("Sizes") or {}
         full = histogram(dh)
         if full.count != count:
             raise ValueError(f"bucket counts add up to {full.count}, not Count {count}")
-        calls = sum(codes.values()) or count
+        calls = sum(codes.values()) + sum(grpc.values()) or count
         # ActualQPS counts every call, socket errors too: the responses' share of it
-        achieved = float(d["ActualQPS"]) * sum(status.values()) / calls if calls else 0.0
+        achieved = float(d["ActualQPS"]) * responses / calls if calls else 0.0
         failed = errors.get("socket", 0) + sum(n for c, n in status.items() if c >= ERROR_STATUS)
+        failed += sum(n for st, n in grpc.items() if st not in GRPC_OK)
         notes = ["fortio: closed loop; histogram rebuilt from its buckets (linear within each)"]
         if label:
             notes.append(f"Meshery result '{label}'")
@@ -210,7 +216,7 @@ def _one(d: dict[str, Any], label: str | None) -> LoadResult:
         rate_asked=asked,
         rate_achieved=achieved,
         duration_s=duration_s,
-        requests=sum(status.values()),
+        requests=responses,
         histogram=hist,
         status_counts=status,
         errors=errors,
@@ -223,5 +229,7 @@ def _one(d: dict[str, Any], label: str | None) -> LoadResult:
         error_histogram=err_hist,
         errors_in_histogram=mixed,
         computed=computed,
+        protocol="grpc" if grpc or "grpc" in str(d.get("RunType", "")).lower() else "http",
+        grpc_status_counts=grpc,
         **stats,
     ).judge()

@@ -15,6 +15,7 @@ MODES = ("open-loop", "closed-loop")
 STANDARD_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 RATE_TOLERANCE = 0.01  # achieved within 1% of asked counts as reached
 ERROR_STATUS = 400  # a response with this status or above is an error response
+GRPC_OK = ("OK", "SERVING")  # gRPC statuses that are successes (a call, a health check)
 MAX_REQUEST_IDS = 100_000  # request_ids kept in a result (bounded)
 
 
@@ -70,6 +71,8 @@ class LoadResult:
     # Imports: the statistics (min, mean, max, p50, ...) the file does not state, computed here
     # from its histogram; everything else is the file's own value.
     computed: list[str] = field(default_factory=list)
+    protocol: str = "http"  # "http" | "grpc" (fortio's gRPC runs: statuses by name)
+    grpc_status_counts: dict[str, int] = field(default_factory=dict)  # gRPC status -> count
 
     @property
     def error_count(self) -> int:
@@ -78,9 +81,10 @@ class LoadResult:
 
     @property
     def error_responses(self) -> int:
-        """Responses with an error status (>= 400)."""
+        """Responses with an error status (HTTP >= 400, a gRPC status other than OK)."""
         bad = sum(n for code, n in self.status_counts.items() if code >= ERROR_STATUS)
-        return bad + self.error_responses_uncoded
+        grpc = sum(n for st, n in self.grpc_status_counts.items() if st not in GRPC_OK)
+        return bad + grpc + self.error_responses_uncoded
 
     @property
     def successes(self) -> int:
@@ -112,6 +116,11 @@ class LoadResult:
         if self.error_responses or self.error_count:
             what = ", ".join(
                 [f"{n} x {c}" for c, n in sorted(self.status_counts.items()) if c >= ERROR_STATUS]
+                + [
+                    f"{n} x {st}"
+                    for st, n in sorted(self.grpc_status_counts.items())
+                    if st not in GRPC_OK
+                ]
                 + [f"{n} {k}" for k, n in sorted(self.errors.items())]
                 + (
                     [f"{self.error_responses_uncoded} non-2xx/3xx"]
@@ -174,6 +183,8 @@ class LoadResult:
             "errors_in_histogram": self.errors_in_histogram,
             "error_responses_uncoded": self.error_responses_uncoded,
             "computed": list(self.computed),
+            "protocol": self.protocol,
+            "grpc_status_counts": dict(sorted(self.grpc_status_counts.items())),
         }
 
     @classmethod
@@ -220,6 +231,10 @@ class LoadResult:
                 errors_in_histogram=int(d.get("errors_in_histogram", 0)),
                 error_responses_uncoded=int(d.get("error_responses_uncoded", 0)),
                 computed=[str(c) for c in d.get("computed", [])],
+                protocol=str(d.get("protocol", "http")),
+                grpc_status_counts={
+                    str(k): int(v) for k, v in (d.get("grpc_status_counts") or {}).items()
+                },
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BadInputFile(f"malformed load result: {type(e).__name__}: {e}") from None

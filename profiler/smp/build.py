@@ -12,7 +12,10 @@ from profiler.smp.schema import INT32_MAX, SMP_VERSION, enum_value
 
 # SMP's mem_mb is "memory in MB": megabytes of 10^6 bytes. Captures measure MiB (2^20 bytes).
 MB_PER_MIB = 1.048576
-PROTOCOL_HTTP = enum_value("PerformanceTestConfig.Client.Protocol", "PROTOCOL_HTTP")
+PROTOCOLS = {
+    "http": enum_value("PerformanceTestConfig.Client.Protocol", "PROTOCOL_HTTP"),
+    "grpc": enum_value("PerformanceTestConfig.Client.Protocol", "PROTOCOL_GRPC"),
+}
 
 
 def int32(x: float | None) -> int:
@@ -45,6 +48,7 @@ def performance_test_config(b: RunBundle) -> dict[str, Any]:
     generator = b.records[0].load.generator if b.records else c.generator
     version = b.records[0].load.generator_version if b.records else None
     mode = b.records[0].load.mode if b.records else None
+    protocol = b.records[0].load.protocol if b.records else "http"
     rates = ",".join("max" if r == 0 else f"{r:g}" for r in c.rates)
     return {
         "smp_version": SMP_VERSION,
@@ -67,7 +71,7 @@ def performance_test_config(b: RunBundle) -> dict[str, Any]:
             {
                 "internal": generator == "builtin",
                 "load_generator": generator,
-                "protocol": PROTOCOL_HTTP,
+                "protocol": PROTOCOLS[protocol],
                 "connections": int32(c.connections),
                 "rps": int(max(c.rates)) if c.rates else 0,
                 "endpoint_urls": [c.target],

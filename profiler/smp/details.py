@@ -170,6 +170,7 @@ def load_summary(recs: list[StepRecord]) -> dict[str, Any]:
         "duration_s": _r(duration, 3),
         "latency": _latency_ms(loads, merged),
         "status_counts": _sum_dicts(r.status_counts for r in loads),
+        "grpc_status_counts": _sum_dicts(r.grpc_status_counts for r in loads),
         "errors": _sum_dicts(r.errors for r in loads),
         "bytes_received": sum(r.bytes_received or 0 for r in loads),
         "start_time": min(r.start_time for r in loads).isoformat(),

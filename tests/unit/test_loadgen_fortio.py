@@ -139,3 +139,14 @@ def test_bucket_counts_must_add_up() -> None:
     raw["DurationHistogram"]["Count"] = 79
     with pytest.raises(BadInputFile, match="malformed fortio result"):
         fortio.parse(raw)
+
+
+def test_grpc_statuses_count_and_non_ok_ones_are_errors() -> None:
+    raw = json.loads(FIXTURE.read_text())[0]["runner_results"][0]
+    raw["RunType"] = "GRPC Health"
+    raw["RetCodes"] = {"SERVING": 70, "NOT_SERVING": 8}  # fortio keys gRPC runs by status name
+    (r,) = fortio.parse(raw)
+    assert r.protocol == "grpc" and r.grpc_status_counts == {"SERVING": 70, "NOT_SERVING": 8}
+    assert r.requests == 78 and r.error_responses == 8 and r.successes == 70
+    assert r.error_rate == pytest.approx(8 / 78) and r.errors_in_histogram == 8
+    assert any("8 x NOT_SERVING" in n for n in r.notes)

@@ -148,6 +148,19 @@ def test_report_format_smp_parses(
     assert parse_documents(parse, doc) >= 4
 
 
+def test_a_grpc_import_is_protocol_grpc(parse: Parser, tmp_path: Path) -> None:
+    raw = json.loads((FIXTURES / "loadgen" / "meshery-fortio-results.json").read_text())
+    run = raw[0]["runner_results"][0]
+    run["RunType"], run["RetCodes"] = "GRPC Health", {"SERVING": 78}
+    src = tmp_path / "grpc.json"
+    src.write_text(json.dumps(run))
+    out = tmp_path / "smp.json"
+    assert report_cmd.main(file=src, fmt="smp", output=out, width=None) == 0
+    doc = json.loads(out.read_text())
+    parse_documents(parse, doc)
+    assert doc["performance_test_config"]["clients"][0]["protocol"] == "PROTOCOL_GRPC"
+
+
 def test_cluster_report_parses(parse: Parser) -> None:
     w = window_from(ANSWERS)
     doc = build_bundle(w, END - W, END, "http://prom:9090", "shop", reporters_from(ANSWERS))
