@@ -377,13 +377,16 @@ def execute(
     return bundle(records, notes)
 
 
-class RunInterrupted(Exception):
+class RunInterrupted(SmpError):
     """The run stopped early (Ctrl-C, a sidecar off the path, a dying target): what it
-    measured so far, as a bundle, and why."""
+    measured so far, as a bundle, and why. Its exit code is the cause's (130 for Ctrl-C), so a
+    caller that does not write the bundle still ends with one line, never a traceback."""
 
     def __init__(self, bundle: RunBundle, cause: BaseException) -> None:
-        super().__init__(str(cause) or type(cause).__name__)
+        why = "interrupted (Ctrl-C)" if isinstance(cause, KeyboardInterrupt) else str(cause)
+        super().__init__(why or type(cause).__name__)
         self.bundle, self.cause = bundle, cause
+        self.exit_code = cause.exit_code if isinstance(cause, SmpError) else 130
 
 
 class SidecarNotOnPath(TargetNotFound):

@@ -66,7 +66,9 @@ class RichReporter:
         extra = ""
         scs = (record.capture or {}).get("sidecars", [])
         if record.capture and scs:
-            mc = sum(float(s.get("cpu_mcores") or 0) for s in scs)
+            # over the load's own seconds: the capture window is longer (start-up, collection)
+            cpu = sum(float(s.get("cpu_seconds") or 0) for s in scs)
+            mc = cpu / load.duration_s * 1000 if load.duration_s > 0 else 0.0
             extra = f" sidecar {mc:.0f} mcores, drops {record.capture.get('drops', 0)}"
         line = (
             f"step {window.step} {window.role:8} {rate_label(window.rate):>7} req/s"
@@ -131,7 +133,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
             else "-",
             _f(total.get("p50_ms")),
             _f(added.get("p50_ms")),
-            _f(sc.get("cpu_mcores"), 0),
+            "off path" if sc.get("error") else _f(sc.get("cpu_mcores"), 0),
             _f(sc.get("cpu_ms_per_1k_requests"), 1),
             _f((sc.get("mem_mb") or {}).get("rss"), 1),
         )
