@@ -151,23 +151,28 @@ def mesh_evidence(pid: int) -> tuple[str, str | None, str]:
         if any("/etc/istio/" in a for a in args):
             return "ISTIO", "envoy", f"PID {pid} is an Envoy with Istio's bootstrap"
         return "INVALID_MESH", "envoy", f"PID {pid} is a plain Envoy: no Istio or other mesh seen"
-    return "INVALID_MESH", comm or None, f"PID {pid} ({comm or '?'}) is no known sidecar proxy"
+    return "INVALID_MESH", None, f"PID {pid} ({comm or '?'}) is no known sidecar proxy"
 
 
 def _mesh_of(pids: list[int], **kw: Any) -> MeshInfo:
     from profiler.smp.environment import envoy_binary_of, envoy_version, proxy_concurrency_of
 
     kind, proxy, why = mesh_evidence(pids[0])
+    if proxy != "envoy":  # a testbed's Envoy facts do not describe another process
+        kw.pop("proxy_build", None)
+        kw.pop("proxy_concurrency", None)
+        return MeshInfo(mesh_type=kind, proxy=proxy, sidecar_count=len(pids), evidence=why, **kw)
     exe = envoy_binary_of(pids[0])
-    build = envoy_version(exe) if proxy == "envoy" and exe else None
-    kw.setdefault("proxy_concurrency", proxy_concurrency_of(pids[0]) if proxy == "envoy" else None)
+    build = envoy_version(exe) if exe else None
+    kw.setdefault("proxy_concurrency", proxy_concurrency_of(pids[0]))
+    fallback = kw.pop("proxy_build", None)
     return MeshInfo(
         mesh_type=kind,
         proxy=proxy,
-        proxy_build=build or kw.pop("proxy_build", None),
+        proxy_build=build or fallback,
         sidecar_count=len(pids),
         evidence=why,
-        **{k: v for k, v in kw.items() if k != "proxy_build"},
+        **kw,
     )
 
 

@@ -151,14 +151,15 @@ def _run_sidecar(details: dict[str, Any]) -> dict[str, Any] | None:
 
 def service_mesh_config(b: RunBundle, details: dict[str, Any]) -> dict[str, Any]:
     m = b.mesh
+    proxy = m.proxy or ("unknown" if m.sidecar_count else "none")
     doc: dict[str, Any] = {
         "smp_version": SMP_VERSION,
         "id": b.mesh_config_id,
-        "labels": _labels(proxy=m.proxy or "none", mesh_evidence=m.evidence),
+        "labels": _labels(proxy=proxy, mesh_evidence=m.evidence),
         "mtls_enabled": m.mtls_enabled,
         "mesh_type": {
             "type": enum_value("ServiceMesh.Type", m.mesh_type),
-            "labels": _labels(sidecar=m.proxy or "none"),
+            "labels": _labels(sidecar=proxy),
         },
     }
     if m.mesh_version:

@@ -13,6 +13,7 @@ import pytest
 from profiler.errors import TargetUnreachable, UsageError
 from profiler.model import RunConfig
 from profiler.runner import (
+    _mesh_of,
     check_reachable,
     check_url,
     mesh_evidence,
@@ -106,7 +107,11 @@ def test_mesh_type_only_from_evidence(tmp_path: Path) -> None:
         kind, proxy, why = mesh_evidence(child)
         assert (kind, proxy) == ("ISTIO", "envoy") and "pilot-agent" in why
         kind, proxy, why = mesh_evidence(os.getpid())  # pytest: no sidecar proxy
-        assert kind == "INVALID_MESH" and "no known sidecar proxy" in why
+        assert (kind, proxy) == ("INVALID_MESH", None) and "no known sidecar proxy" in why
+        # a testbed's Envoy version and concurrency never describe another process
+        m = _mesh_of([os.getpid()], proxy_build="1.40.0", proxy_concurrency=2, mtls_enabled=True)
+        assert m.proxy is None and m.proxy_build is None and m.proxy_concurrency is None
+        assert m.mtls_enabled and m.sidecar_count == 1
     finally:
         for p in (plain, istio):
             p.kill()
