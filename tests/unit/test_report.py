@@ -312,3 +312,17 @@ def test_html_plots_draw_the_bundles_numbers(tmp_path: Path) -> None:
     # and the vertex check alone tells the lines apart (they are not affine images of each other)
     ab = [y for _, y in hs.drawn(over, "ab-p99")]
     assert hs.affine_residual(legs, ab) > 0.5
+
+
+def test_nighthawk_import_keeps_its_figures_and_names_the_computed(tmp_path: Path) -> None:
+    """Nighthawk printed min 180.007, mean 195.004, max 210.007 us and p50 190.007 us: the SMP
+    result has exactly those; p90/p99 (not listed) are computed and the label says so."""
+    out = tmp_path / "smp.json"
+    assert main(["report", str(NIGHTHAWK), "--format", "smp", "-o", str(out)]) == 0
+    res = json.loads(out.read_text())["performance_test_results"][0]
+    lat = res["latencies_ms"]
+    assert lat["min"] == pytest.approx(0.180007, abs=1e-4)  # the details keep 0.1 us
+    assert lat["average"] == pytest.approx(0.195004, abs=1e-4)  # the details keep 0.1 us
+    assert lat["max"] == pytest.approx(0.210007, abs=1e-4)  # the details keep 0.1 us
+    assert lat["p50"] == pytest.approx(0.190007, abs=1e-4)  # the details keep 0.1 us
+    assert set(res["labels"]["latency_computed"].split(",")) >= {"p90", "p99"}
