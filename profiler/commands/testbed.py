@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+from profiler import capabilities
 from profiler.errors import BadInputFile, TestbedError
 
 
@@ -63,6 +64,7 @@ def up(
 def down(*, name: str, state_dir: Path | None, json_out: bool) -> int:
     from profiler.testbed import Testbed, teardown
 
+    capabilities.require_admin("testbed down")
     d = _state_dir(name, state_dir)
     try:
         tb = Testbed.load(d)
@@ -84,6 +86,7 @@ def down(*, name: str, state_dir: Path | None, json_out: bool) -> int:
 def status(*, name: str, state_dir: Path | None, json_out: bool) -> int:
     from profiler.testbed import Testbed, leftovers
 
+    capabilities.require_admin("testbed status")
     d = _state_dir(name, state_dir)
     try:
         tb = Testbed.load(d)
