@@ -91,8 +91,15 @@ def capture(
     ] = True,
     ringbuf_pages: Annotated[int, typer.Option(help="Ring buffer size in pages.")] = 256,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    testbed: Annotated[
+        str | None,
+        typer.Option(help="A local testbed (state dir or name): its sidecars and app."),
+    ] = None,
 ) -> None:
-    """Trace sidecar (and app) processes: per-leg latency, CPU and memory -> a capture file."""
+    """Trace sidecar (and app) processes: per-leg latency, CPU and memory -> a capture file.
+
+    Exit codes: 0 complete, 1 incomplete (a target exited), 130 interrupted (what was
+    measured is written), 73 the output could not be written (saved elsewhere, said where)."""
     from profiler.commands import capture as cmd
 
     _exit(
@@ -107,6 +114,7 @@ def capture(
             spans,
             ringbuf_pages,
             quiet,
+            testbed,
         )
     )
 
