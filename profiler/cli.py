@@ -355,6 +355,28 @@ def testbed_status(
     _exit(cmd.status(name=name, state_dir=state_dir, json_out=json_out))
 
 
+@testbed_app.command("load")
+def testbed_load(
+    name: Annotated[str, _NAME] = "smp",
+    state_dir: Annotated[Path | None, _STATE] = None,
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 100.0,
+    duration: Annotated[str, typer.Option(help="How long, e.g. 20s.")] = "10s",
+    connections: Annotated[int, typer.Option(help="Connections.")] = 4,
+) -> None:
+    """Send requests from the client pod to the server pod (traffic for a capture)."""
+    from profiler.commands import testbed as cmd
+
+    _exit(
+        cmd.load(
+            name=name,
+            state_dir=state_dir,
+            rate=rate,
+            duration=duration,
+            connections=connections,
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; known errors become one line on stderr and an exit code."""
     try:
