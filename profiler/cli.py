@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from profiler import __version__
-from profiler.errors import SmpError
+from profiler.errors import Interrupted, PermissionDenied, SmpError
 
 app = typer.Typer(
     name="smp-profiler",
@@ -388,9 +388,15 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"smp-profiler: error: {e}", file=sys.stderr)
         return e.exit_code
+    except PermissionError as e:  # a file or a syscall only root may use: same as PermissionDenied
+        if _state["debug"]:
+            traceback.print_exc()
+        what = f"{e.strerror}: {e.filename}" if e.filename else (e.strerror or str(e))
+        print(f"smp-profiler: error: {what} (run with sudo)", file=sys.stderr)
+        return PermissionDenied.exit_code
     except KeyboardInterrupt:
         print("smp-profiler: interrupted", file=sys.stderr)
-        return 130
+        return Interrupted.exit_code
     return 0
 
 

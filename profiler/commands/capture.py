@@ -57,6 +57,7 @@ def main(
     if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
         raise UsageError("--ringbuf-pages must be a power of two")
     if testbed is not None:
+        capabilities.require_bpf("capture")
         tb_sidecars, tb_apps = testbed_targets(testbed)
         sidecar_pids, pids = [*sidecar_pids, *tb_sidecars], [*pids, *tb_apps]
     t = resolve_targets.resolve(pids, sidecar_pids, cgroups, container_ids, sidecar)

@@ -180,9 +180,9 @@ def main(
         baseline_testbed=str(baseline_testbed) if baseline_testbed else None,
     )
     outputs.check(output)
-    cfg, mesh = runner.resolve(cfg)
-    if cfg.netns or cfg.baseline_netns:
+    if testbed or baseline_testbed:
         capabilities.require_admin("run in a testbed's network namespaces")
+    cfg, mesh = runner.resolve(cfg)
     if cfg.sidecar_pids or cfg.app_pids:
         capabilities.require_bpf("run")
     out = console()
