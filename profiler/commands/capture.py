@@ -123,19 +123,24 @@ def _start(start: Callable[[], CaptureSession], interrupted: threading.Event) ->
             box["error"] = e
         done.set()
 
-    threading.Thread(target=work, name="smp-capture-start", daemon=True).start()
-    while not done.wait(0.05):
-        if interrupted.is_set():
-            print(
-                "smp-profiler: interrupted during start-up: nothing was measured, no file written",
-                file=sys.stderr,
-                flush=True,
-            )
-            sys.stdout.flush()
-            # BCC's compiler is still running in the other thread and cannot be stopped; a
-            # normal interpreter exit would run C++ destructors under it. The kernel closes
-            # the probe's file descriptors, so nothing stays attached.
-            os._exit(Interrupted.exit_code)
+    # BCC's noise is caught by pointing fd 2 at a file while it compiles: keep the real one
+    stderr = os.dup(2)
+    try:
+        threading.Thread(target=work, name="smp-capture-start", daemon=True).start()
+        while not done.wait(0.05):
+            if interrupted.is_set():
+                sys.stdout.flush()
+                os.write(
+                    stderr,
+                    b"smp-profiler: interrupted during start-up: nothing was measured, "
+                    b"no file written\n",
+                )
+                # BCC's compiler is still running in the other thread and cannot be stopped;
+                # a normal interpreter exit would run C++ destructors under it. The kernel
+                # closes the probe's file descriptors, so nothing stays attached.
+                os._exit(Interrupted.exit_code)
+    finally:
+        os.close(stderr)
     if "error" in box:
         raise box["error"]
     session: CaptureSession = box["session"]
