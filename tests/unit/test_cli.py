@@ -102,3 +102,14 @@ def test_capture_of_an_unknown_testbed_is_one_line(tmp_path: Path) -> None:
     r = _cli("capture", "--testbed", str(tmp_path), "-o", str(tmp_path / "c.json"))
     assert r.returncode == 65, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_demo_refuses_a_missing_parent_before_building_anything(tmp_path: Path) -> None:
+    out = tmp_path / "missing" / "smp-results"
+    r = _cli("demo", "--output-dir", str(out))
+    if os.geteuid() == 0:
+        assert r.returncode == 73 and "does not exist" in r.stderr, r.stderr
+    else:  # the testbed needs root: that is said first
+        assert r.returncode == 77 and "run with sudo" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not out.parent.exists()
