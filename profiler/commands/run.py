@@ -166,7 +166,7 @@ def main(
     seed: int | None = None,
     max_error_rate: float = 0.01,
 ) -> int:
-    from profiler import runner
+    from profiler import capabilities, outputs, runner
 
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"bad --format {fmt!r}: use json or yaml")
@@ -185,9 +185,12 @@ def main(
         baseline_testbed=str(baseline_testbed) if baseline_testbed else None,
         max_error_rate=max_error_rate,
     )
-    if not output.parent.is_dir():
-        raise UsageError(f"bad -o {output}: {output.parent} is not a directory")
+    outputs.check(output)
+    if testbed or baseline_testbed:
+        capabilities.require_admin("run in a testbed's network namespaces")
     cfg, mesh = runner.resolve(cfg)
+    if cfg.sidecar_pids or cfg.app_pids:
+        capabilities.require_bpf("run")
     out = console()
     used = fmt or ("yaml" if output.suffix in (".yaml", ".yml") else "json")
     try:
