@@ -198,20 +198,20 @@ def main(
     except runner.RunInterrupted as stop:
         # what was measured is written before anything else is said
         doc = stop.bundle.to_json()
-        output.write_text(dumps(doc, used))
+        written = outputs.save_text(output, dumps(doc, used))
         out.print(summary_table(doc))
         for note in doc["details"]["notes"]:
             out.print(f"[yellow]note:[/] {note}")
-        out.print(f"wrote {output} ({used}): PARTIAL, the run was interrupted")
+        out.print(f"wrote {written} ({used}): PARTIAL, the run was interrupted")
         if isinstance(stop.cause, KeyboardInterrupt):
             return 130
         raise stop.cause from None
     doc = bundle.to_json()
-    output.write_text(dumps(doc, used))
+    written = outputs.save_text(output, dumps(doc, used))  # never lost: a fallback if need be
     out.print(summary_table(doc))
     for note in doc["details"]["notes"]:
         out.print(f"[yellow]note:[/] {note}")
-    out.print(f"wrote {output} ({used})")
+    out.print(f"wrote {written} ({used})")
     check_error_rate(doc, cfg.max_error_rate)
     return 0
 
