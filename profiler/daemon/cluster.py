@@ -26,7 +26,7 @@ from profiler import __version__, stats
 from profiler.daemon.metrics import CONTAINER_LABEL, MESH_LABEL, NODE_LABEL, NS_LABEL, POD_LABEL
 from profiler.daemon.promql import Prometheus, Sample, WindowResult, selector, window_queries
 from profiler.errors import UsageError
-from profiler.smp.build import duration_string, int32
+from profiler.smp.build import duration_string, int32, mib_to_mb
 from profiler.smp.read import format_time
 from profiler.smp.schema import SMP_VERSION
 
@@ -192,7 +192,7 @@ def build_bundle(
         "sidecar": {
             "count": int32(w.sidecars),
             "cpu_mcores": int32(w.sidecar_cpu_mcores),
-            "mem_mb": int32(w.sidecar_mem_mb),
+            "mem_mb": int32(mib_to_mb(w.sidecar_mem_mb)),  # SMP's MB: 10^6 bytes
             "rps": int32(w.rps),
         },
     }

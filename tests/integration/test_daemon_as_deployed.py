@@ -88,7 +88,7 @@ def container_script(
     # the image: Debian's /usr and /etc, the interpreter and the code (with its venv)
     bind("/usr", "/usr")
     bind("/etc", "/etc")
-    pyenv = Path(sys.executable).resolve().parents[3]  # .../.pyenv/versions/<v>
+    pyenv = Path(sys.base_prefix).resolve()  # the interpreter the venv was made from
     bind(str(pyenv), str(pyenv))
     bind(str(ROOT), str(ROOT))
     # what every container gets: /proc (hostPID: the host's), /sys read-only, /dev

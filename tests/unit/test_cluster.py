@@ -87,7 +87,8 @@ def test_bundle_of_a_window_is_valid_smp_with_the_merged_numbers() -> None:
     assert doc["kind"] == KIND
     assert validate(doc) == []
     sc = doc["service_mesh_config"]["sidecar"]
-    assert sc == {"count": 2, "cpu_mcores": 50, "mem_mb": 80, "rps": 10}
+    # 80 MiB of working set is 84 MB of 10^6 bytes, as SMP counts
+    assert sc == {"count": 2, "cpu_mcores": 50, "mem_mb": 84, "rps": 10}
     assert doc["service_mesh_config"]["mesh_type"]["type"] == "ISTIO"
     res = doc["performance_test_results"][0]
     assert res["start_time"] == "2025-12-02T01:59:00.000000Z"
