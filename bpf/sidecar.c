@@ -42,7 +42,7 @@
 #ifndef SMP_FIFO
 #define SMP_FIFO 32                /* requests a worker thread may have read but not yet sent on */
 #endif
-#define SMP_RFIFO 8                /* upstream responses a thread read, for the repair */
+#define SMP_RFIFO 16               /* upstream responses a thread read, for the repair */
 
 #define SMP_INLINE static inline __attribute__((always_inline))
 
