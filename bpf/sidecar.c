@@ -39,6 +39,9 @@
 #define SMP_SCAN_MASK (SMP_SCAN_LEN - 1)
 /* Clamp an index so the verifier sees the bound (clang would fold a plain mask away). */
 #define SMP_CLAMP(x) asm volatile("%0 &= 511" : "+r"(x))
+#ifndef SMP_ARRIVAL
+#define SMP_ARRIVAL SMP_ARRIVAL_NONE
+#endif
 #ifndef SMP_FIFO
 #define SMP_FIFO 32                /* requests a worker thread may have read but not yet sent on */
 #endif
@@ -70,6 +73,7 @@ struct smp_io {
     u64 key;        /* the connection: sk (sock path) or tgid << 32 | fd (syscalls path) */
     u64 ts;         /* the event's instant (see sidecar.h: a read's return, a write's) */
     u64 ts_call;    /* when the call started (syscalls path); ts on the sock path */
+    u64 arr;        /* a read: when its first bytes reached the socket (0: unknown) */
     u64 buf;        /* the call's first user buffer */
     u32 len;        /* data bytes in that buffer */
     u32 ret;        /* bytes moved */
@@ -368,6 +372,48 @@ SMP_INLINE void smp_emit(struct smp_conn *c)
         __sync_fetch_and_add(&ps->spans, 1);
 }
 
+/* -- arrival stamps ----------------------------------------------------------------------
+ * When bytes reach a traced connection's socket, before any thread reads them: the first
+ * arrival since the last read is kept in the connection (smp_conn.arr) and taken by the next
+ * read. Only connections already in smp_conns get stamps (the hooks run in softirq, for any
+ * socket of the node: a lookup, nothing else, for the others). Programs at the end. */
+
+/* A read of connection ``c`` at ``now``: the arrival of its first bytes, 0 if unknown. */
+SMP_INLINE u64 smp_arrival_take(struct smp_conn *c, u64 now)
+{
+    u64 a = c->arr;
+    c->arr = 0;
+    return a && a <= now ? a : 0;
+}
+
+/* Bytes reached socket ``sk`` (the key of smp_conns, or mapped to it): stamp its first. */
+SMP_INLINE void smp_arrival_mark(u64 key)
+{
+    struct smp_conn *c = smp_conns.lookup(&key);
+    if (c && !c->arr)
+        c->arr = bpf_ktime_get_ns();
+}
+
+#if SMP_ARRIVAL == SMP_ARRIVAL_TCP_PROBE && SMP_PATH == SMP_PATH_SYSCALLS
+/* The syscalls path keys connections by tgid << 32 | fd: a traced thread's socket read names
+ * its sk in tcp:tcp_rcv_space_adjust (inside tcp_recvmsg, the reader's context); the read's
+ * exit then maps that sk to the connection's key. */
+BPF_TABLE("lru_hash", u32, u64, smp_read_sk, SMP_MAX_THREADS);    /* tid -> sk being read */
+BPF_TABLE("lru_hash", u64, u64, smp_sk_key, SMP_MAX_CONNS);       /* sk -> connection key */
+
+SMP_INLINE void smp_arrival_learn(u32 tid, u64 key)
+{
+    u64 *sk = smp_read_sk.lookup(&tid);
+    if (!sk)
+        return;
+    u64 s = *sk;
+    smp_read_sk.delete(&tid);
+    smp_sk_key.update(&s, &key);
+}
+#else
+SMP_INLINE void smp_arrival_learn(u32 tid, u64 key) {}
+#endif
+
 /* -- transitions -------------------------------------------------------------------------- */
 
 /* A connection seen for the first time (no accept/connect seen): its role from what user
@@ -410,6 +456,7 @@ SMP_INLINE void smp_ds_request(struct smp_conn *c, struct smp_io *io, struct smp
     c->span.ds_fd = io->fd;
     c->span.us_fd = -1;
     c->span.ds_rx_beg = io->ts;
+    c->span.ds_rx_arr = io->arr;
     c->span.req_bytes = io->ret;
     if (c->tls)
         c->span.flags |= SMP_F_DS_TLS;
@@ -550,8 +597,10 @@ SMP_INLINE void smp_us_read(struct smp_conn *c, struct smp_io *io)
         return;
     u64 dk = c->ds_key;
     struct smp_conn *d = smp_conns.lookup(&dk);
-    if (d && d->phase == SMP_PHASE_REQUEST && d->span.us_fd == io->fd && !d->span.us_rx_beg)
+    if (d && d->phase == SMP_PHASE_REQUEST && d->span.us_fd == io->fd && !d->span.us_rx_beg) {
         d->span.us_rx_beg = io->ts;
+        d->span.us_rx_arr = io->arr;
+    }
     c->phase = SMP_PHASE_RESPONSE;
 }
 
@@ -581,6 +630,8 @@ SMP_INLINE int smp_on_io(struct smp_io *io)
         if (cls == CLS_RESP)
             return 0;
     }
+    if (io->is_read)
+        io->arr = smp_arrival_take(c, io->ts);
     if (c->role == SMP_ROLE_DS) {
         if (io->is_read)
             smp_ds_read(c, io, cls, rid, ps);
@@ -752,6 +803,8 @@ SMP_INLINE int smp_exit(s64 ret, u8 is_read)
     io.is_read = is_read;
     io.buf = smp_first_buf(args.ptr, args.io, ret, &io.len);
     io.ret = args.io == IO_MMSG ? io.len : (u32)ret;
+    if (is_read)
+        smp_arrival_learn(io.tid, io.key);
     return smp_on_io(&io);
 }
 
@@ -808,4 +861,44 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     smp_conn_close((id & 0xffffffff00000000ULL) | (u32)args->fd, 1);
     return 0;
 }
+#endif
+
+/* -- arrival programs (see "arrival stamps" above) ----------------------------------------- */
+#if SMP_ARRIVAL == SMP_ARRIVAL_SK_DATA_READY
+/* (const struct sock *sk): data (or a FIN) was queued on sk; softirq or the sender's
+ * context, so no PID filter: only sockets in smp_conns are stamped. */
+RAW_TRACEPOINT_PROBE(sk_data_ready)
+{
+    smp_arrival_mark(ctx->args[0]);
+    return 0;
+}
+#elif SMP_ARRIVAL == SMP_ARRIVAL_TCP_PROBE
+/* Every TCP segment received on an established socket (tcp_rcv_established): those that
+ * carry data stamp their socket. */
+TRACEPOINT_PROBE(tcp, tcp_probe)
+{
+    if (!args->data_len)
+        return 0;
+    u64 sk = (u64)args->skaddr;
+#if SMP_PATH == SMP_PATH_SYSCALLS
+    u64 *key = smp_sk_key.lookup(&sk);
+    if (key)
+        smp_arrival_mark(*key);
+#else
+    smp_arrival_mark(sk);
+#endif
+    return 0;
+}
+#if SMP_PATH == SMP_PATH_SYSCALLS
+TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    if (!smp_filter_pids.lookup(&tgid))
+        return 0;
+    u64 sk = (u64)args->skaddr;
+    smp_read_sk.update(&tid, &sk);
+    return 0;
+}
+#endif
 #endif
