@@ -42,6 +42,13 @@
 #ifndef SMP_ARRIVAL
 #define SMP_ARRIVAL SMP_ARRIVAL_NONE
 #endif
+#ifndef SMP_XMIT_STAMPS
+#define SMP_XMIT_STAMPS 0          /* 1: writes stamped by net:net_dev_queue (see below) */
+#endif
+#ifndef SMP_XMIT_WINDOW_NS
+#define SMP_XMIT_WINDOW_NS 500000  /* sock path: a packet queued this long before the write
+                                    * returned can be its own */
+#endif
 #ifndef SMP_FIFO
 #define SMP_FIFO 32                /* requests a worker thread may have read but not yet sent on */
 #endif
@@ -398,20 +405,55 @@ SMP_INLINE void smp_arrival_mark(u64 key)
 /* The syscalls path keys connections by tgid << 32 | fd: a traced thread's socket read names
  * its sk in tcp:tcp_rcv_space_adjust (inside tcp_recvmsg, the reader's context); the read's
  * exit then maps that sk to the connection's key. */
-BPF_TABLE("lru_hash", u32, u64, smp_read_sk, SMP_MAX_THREADS);    /* tid -> sk being read */
+struct smp_read_sk_val { u64 sk; u64 ts; };
+BPF_TABLE("lru_hash", u32, struct smp_read_sk_val, smp_read_sk, SMP_MAX_THREADS); /* tid -> */
 BPF_TABLE("lru_hash", u64, u64, smp_sk_key, SMP_MAX_CONNS);       /* sk -> connection key */
 
-SMP_INLINE void smp_arrival_learn(u32 tid, u64 key)
+/* A read syscall that started at ``since`` returned bytes on ``key``: the sk named during
+ * it (never one named before it started: a read of a pipe must not take a socket's) */
+SMP_INLINE void smp_arrival_learn(u32 tid, u64 key, u64 since)
 {
-    u64 *sk = smp_read_sk.lookup(&tid);
-    if (!sk)
+    struct smp_read_sk_val *v = smp_read_sk.lookup(&tid);
+    if (!v)
         return;
-    u64 s = *sk;
+    u64 s = v->sk, ts = v->ts;
     smp_read_sk.delete(&tid);
-    smp_sk_key.update(&s, &key);
+    if (ts >= since)
+        smp_sk_key.update(&s, &key);
 }
 #else
-SMP_INLINE void smp_arrival_learn(u32 tid, u64 key) {}
+SMP_INLINE void smp_arrival_learn(u32 tid, u64 key, u64 since) {}
+#endif
+
+/* -- write stamps --------------------------------------------------------------------------
+ * A write's instant as the wire sees it: when its first packet is queued to a device, in the
+ * writer's own context (net:net_dev_queue, the current task a traced thread). Without one (the
+ * data was held back by TCP, or the hook is absent) the call's own instant. */
+#if SMP_XMIT_STAMPS
+BPF_TABLE("lru_hash", u32, u64, smp_xmit, SMP_MAX_THREADS);  /* tid -> first packet queued */
+
+/* The write's instant: its first packet if queued within [since, until], else ``fallback``. */
+SMP_INLINE u64 smp_xmit_take(u32 tid, u64 since, u64 until, u64 fallback)
+{
+    u64 *x = smp_xmit.lookup(&tid);
+    if (!x)
+        return fallback;
+    u64 t = *x;
+    smp_xmit.delete(&tid);
+    return t >= since && t <= until ? t : fallback;
+}
+
+SMP_INLINE void smp_xmit_forget(u32 tid)
+{
+    smp_xmit.delete(&tid);
+}
+#else
+SMP_INLINE u64 smp_xmit_take(u32 tid, u64 since, u64 until, u64 fallback)
+{
+    return fallback;
+}
+
+SMP_INLINE void smp_xmit_forget(u32 tid) {}
 #endif
 
 /* -- transitions -------------------------------------------------------------------------- */
@@ -722,6 +764,10 @@ SMP_INLINE int smp_sock_io(u64 sk, s32 ret, u32 flags, u8 is_read)
     io.key = sk;
     io.ts = bpf_ktime_get_ns();
     io.ts_call = io.ts;
+    if (is_read)
+        smp_xmit_forget((u32)id);
+    else
+        io.ts = smp_xmit_take((u32)id, io.ts - SMP_XMIT_WINDOW_NS, io.ts, io.ts);
     io.ret = ret;
     io.tid = (u32)id;
     io.fd = (s32)regs->di;
@@ -793,8 +839,10 @@ SMP_INLINE int smp_exit(s64 ret, u8 is_read)
     io.ts_call = args.ts;
     /* A write's time is when the process hands the bytes to the kernel (its entry), as in
      * Envoy's own US_TX_END/DS_TX_END; a read's is when the bytes reached the process. */
-    if (!is_read && !SMP_WRITE_TS_AT_EXIT)
-        io.ts = args.ts;
+    if (!is_read)
+        io.ts = smp_xmit_take((u32)id, args.ts, io.ts, SMP_WRITE_TS_AT_EXIT ? io.ts : args.ts);
+    else
+        smp_xmit_forget((u32)id);
     io.key = (id & 0xffffffff00000000ULL) | args.fd;
     io.tid = (u32)id;
     io.upid = args.upid;
@@ -804,7 +852,7 @@ SMP_INLINE int smp_exit(s64 ret, u8 is_read)
     io.buf = smp_first_buf(args.ptr, args.io, ret, &io.len);
     io.ret = args.io == IO_MMSG ? io.len : (u32)ret;
     if (is_read)
-        smp_arrival_learn(io.tid, io.key);
+        smp_arrival_learn(io.tid, io.key, args.ts);
     return smp_on_io(&io);
 }
 
@@ -896,9 +944,27 @@ TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust)
     u32 tgid = id >> 32, tid = (u32)id;
     if (!smp_filter_pids.lookup(&tgid))
         return 0;
-    u64 sk = (u64)args->skaddr;
-    smp_read_sk.update(&tid, &sk);
+    struct smp_read_sk_val v = {};
+    v.sk = (u64)args->skaddr;
+    v.ts = bpf_ktime_get_ns();
+    smp_read_sk.update(&tid, &v);
     return 0;
 }
 #endif
+#endif
+
+/* -- write stamp program (see "write stamps" above) ---------------------------------------- */
+#if SMP_XMIT_STAMPS
+/* (struct sk_buff *skb): a packet queued to a device; in the sender's context when a traced
+ * thread's write sends it at once. Only the first since the thread's last socket call. */
+RAW_TRACEPOINT_PROBE(net_dev_queue)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    if (!smp_filter_pids.lookup(&tgid))
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    smp_xmit.insert(&tid, &now);
+    return 0;
+}
 #endif

@@ -267,6 +267,14 @@ def arrival_hook(path: str) -> tuple[str, str]:
     return "none", "no sock:sk_data_ready or tcp:tcp_probe tracepoint: queue legs not measured"
 
 
+def xmit_stamps() -> tuple[bool, str]:
+    """Can writes be stamped when their first packet is queued to a device (raw tracepoint
+    net:net_dev_queue)? By the kernel's tracepoint list."""
+    if (kernel.TRACEFS / "events" / "net" / "net_dev_queue").is_dir():
+        return True, "write instants: first packet queued to a device (net:net_dev_queue)"
+    return False, "write instants: the socket call's own (no net:net_dev_queue tracepoint)"
+
+
 def import_bcc() -> tuple[type | None, str]:
     """Import Debian's BCC after tracefs and headers are in place (BCC reads both at import)."""
     kernel.prepare_for_bcc()

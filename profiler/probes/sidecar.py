@@ -158,11 +158,17 @@ class SidecarProbe:
             self.path_reason = "chosen by the caller"
         self.path: Path_ = path
         self.arrival, self.arrival_reason = capabilities.arrival_hook(path)
+        self.xmit, self.xmit_reason = capabilities.xmit_stamps()
         pages = RINGBUF_PAGES if ringbuf_pages is None else ringbuf_pages
         self._bpf = loader.load(
             "sidecar",
-            {"SMP_RINGBUF_PAGES": pages, "SMP_MAX_CONNS": max_conns, "SMP_PATH": _PATHS[path],
-             "SMP_ARRIVAL": _ARRIVALS[self.arrival]},  # fmt: skip
+            {
+                "SMP_RINGBUF_PAGES": pages,
+                "SMP_MAX_CONNS": max_conns,
+                "SMP_PATH": _PATHS[path],
+                "SMP_ARRIVAL": _ARRIVALS[self.arrival],
+                "SMP_XMIT_STAMPS": int(self.xmit),
+            },
         )
         self._on_batch = on_batch
         self._targets: dict[int, Mode] = {}
@@ -179,7 +185,7 @@ class SidecarProbe:
 
     @property
     def method(self) -> str:
-        return METHODS[self.path] + "; " + ARRIVAL_METHODS[self.arrival]
+        return "; ".join((METHODS[self.path], ARRIVAL_METHODS[self.arrival], self.xmit_reason))
 
     # -- targets ------------------------------------------------------------------------
     def add_target(self, pid: int, mode: Mode | int) -> None:
