@@ -45,6 +45,9 @@
 #ifndef SMP_XMIT_STAMPS
 #define SMP_XMIT_STAMPS 0          /* 1: writes stamped by net:net_dev_queue (see below) */
 #endif
+#ifndef SMP_XMIT_MIN_LEN
+#define SMP_XMIT_MIN_LEN 94        /* bytes: longer than any packet without payload */
+#endif
 #ifndef SMP_XMIT_WINDOW_NS
 #define SMP_XMIT_WINDOW_NS 500000  /* sock path: a packet queued this long before the write
                                     * returned can be its own */
@@ -955,10 +958,14 @@ TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust)
 
 /* -- write stamp program (see "write stamps" above) ---------------------------------------- */
 #if SMP_XMIT_STAMPS
-/* (struct sk_buff *skb): a packet queued to a device; in the sender's context when a traced
- * thread's write sends it at once. Only the first since the thread's last socket call. */
-RAW_TRACEPOINT_PROBE(net_dev_queue)
+/* A packet queued to a device; in the sender's context when a traced thread's write sends it
+ * at once. Only packets longer than any bare TCP header (Ethernet 14 + IP 20 + TCP 60): an
+ * ACK a timer sends while the thread runs is not its write. The first since the thread's last
+ * socket call. A classic tracepoint: its format gives the length (a raw one has only skb). */
+TRACEPOINT_PROBE(net, net_dev_queue)
 {
+    if (args->len <= SMP_XMIT_MIN_LEN)
+        return 0;
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
     if (!smp_filter_pids.lookup(&tgid))
