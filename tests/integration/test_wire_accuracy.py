@@ -71,7 +71,7 @@ def test_legs_match_the_wire_request_by_request(
     if options.get("mtls"):
         assert "TLS read burst" in doc["method"]
     both = _joined(cmp)
-    assert both.sum() >= 0.98 * len(cmp.ids)
+    assert both.sum() >= 0.99 * cmp.with_span  # Envoy logged the requests we have
     for leg in MAIN:
         wire = cmp.wire[leg][both] + LO_CAPTURE_US[leg]
         ours, envoy = cmp.ours[leg][both], cmp.envoy[leg][both]
