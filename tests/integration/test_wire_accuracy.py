@@ -94,7 +94,7 @@ def test_legs_match_the_wire_request_by_request(
 
 
 def _p50(cmp: WireComparison, who: str, leg: str, mask: np.ndarray | None = None) -> float:
-    values = (cmp.ours if who == "ours" else cmp.wire)[leg]
+    values = {"ours": cmp.ours, "wire": cmp.wire, "envoy": cmp.envoy}[who][leg]
     keep = _joined(cmp) if mask is None else _joined(cmp) & mask
     return float(np.median(values[keep]))
 
@@ -119,19 +119,24 @@ def test_fault_filter_delay_moves_only_request_work(
     testbed_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
     """Envoy's fault filter holds every request 3 ms before routing it: request_proxy_work
-    (and request_proxy) grow by 3 ms +- 10% against the same testbed without it; the queue
-    legs, upstream and response_proxy do not move."""
+    (and request_proxy) grow by that delay +- 10% against the same testbed without it; the
+    queue legs, upstream and response_proxy do not move."""
     runs = {}
     for name, fault in (("base", 0.0), ("fault", 0.003)):
         tb = testbed_factory(app_delay_s=0.001, h2c_port=None, fault_delay_s=fault)
         runs[name], _ = _run(tb, tmp_path, name, conns=1, period_s=0.008)
         tb.down()
     base, fault = runs["base"], runs["fault"]
+    # The delay the filter applied, by Envoy's own timer (DS_RX_BEG -> US_TX_END holds it): at
+    # least the 3 ms asked; on a loaded node its timer fires late (6.2 ms seen), so our legs and
+    # the wire are held to what Envoy applied, within 10%.
+    applied = _p50(fault, "envoy", "request_proxy") - _p50(base, "envoy", "request_proxy")
+    assert applied >= 2700.0, applied
     for leg in ("request_proxy_work", "request_proxy"):
         moved = _p50(fault, "ours", leg) - _p50(base, "ours", leg)
-        assert abs(moved - 3000.0) <= 300.0, (leg, moved)
+        assert abs(moved - applied) <= 0.10 * applied, (leg, moved, applied)
     wire_moved = _p50(fault, "wire", "request_proxy") - _p50(base, "wire", "request_proxy")
-    assert abs(wire_moved - 3000.0) <= 300.0, wire_moved
+    assert abs(wire_moved - applied) <= 0.10 * applied, (wire_moved, applied)
     for leg in ("request_proxy_queue", "upstream", "response_proxy", "response_proxy_queue",
                 "response_proxy_work"):  # fmt: skip
         moved = _p50(fault, "ours", leg) - _p50(base, "ours", leg)
