@@ -101,14 +101,18 @@ def _p50(cmp: WireComparison, who: str, leg: str, mask: np.ndarray | None = None
 
 def test_app_delay_moves_only_upstream(testbed_factory: Callable[..., Any], tmp_path: Path) -> None:
     """Every other request asks the app for 3 ms more (alternated on one connection):
-    upstream grows by 3 ms +- 10%, on the wire and in our legs, the proxy legs do not."""
+    upstream grows by what the app applied (>= 3 ms on the wire) +- 10% in our legs, the proxy
+    legs do not move."""
     tb = testbed_factory(app_delay_s=0.001, h2c_port=None)
     cmp, doc = _run(tb, tmp_path, "d", conns=1, period_s=0.006, alt_delay_ms=3)
     delayed = np.isin(np.array(cmp.ids), np.array(doc["_delayed_ids"]))
     assert 0.4 < delayed.mean() < 0.6
-    for who in ("wire", "ours"):
-        moved = _p50(cmp, who, "upstream", delayed) - _p50(cmp, who, "upstream", ~delayed)
-        assert abs(moved - 3000.0) <= 300.0, (who, moved)
+    # the wire says what the app's timer applied (at least the 3 ms asked; late on a loaded
+    # node, as Envoy's fault timer was), ours moves with it
+    applied = _p50(cmp, "wire", "upstream", delayed) - _p50(cmp, "wire", "upstream", ~delayed)
+    assert applied >= 2700.0, applied
+    moved = _p50(cmp, "ours", "upstream", delayed) - _p50(cmp, "ours", "upstream", ~delayed)
+    assert abs(moved - applied) <= 0.10 * applied, (moved, applied)
     for leg in ("request_proxy", "response_proxy", *SPLIT["request_proxy"],
                 *SPLIT["response_proxy"]):  # fmt: skip
         moved = _p50(cmp, "ours", leg, delayed) - _p50(cmp, "ours", leg, ~delayed)
