@@ -248,6 +248,7 @@ class CaptureSession:
             entry["local_replies"] = stats["local_replies"]
             entry["matched"] = {"request_id": t.matched_by_rid, "thread": t.matched_by_thread}
             entry["tls_downstream_spans"] = t.tls_downstream
+            entry["arrival_missing"] = dict(t.arrival_missing)
         else:
             entry["legs"] = {name: document.leg_stats(None, hist) for name, hist in t.legs.items()}
         return entry
@@ -257,7 +258,8 @@ def _method(base: str, tls_spans: int) -> str:
     if tls_spans:
         return (
             base + "; TLS downstream: request_proxy from the first downstream read that "
-            "precedes the plaintext upstream write, matched by worker thread"
+            "precedes the plaintext upstream write, matched by worker thread; its arrival "
+            "stamp is the first of that TLS read burst"
         )
     return base + "; plaintext HTTP/1.1, matched by x-request-id"
 

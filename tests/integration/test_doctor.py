@@ -47,6 +47,10 @@ def test_doctor_json_on_this_machine() -> None:
     # unless SMP_PROBE_PATH forces the fallback (CI runs both)
     assert checks["sock_tracepoints"]["ok"] is True
     assert doc["method"]["path"] == (os.environ.get("SMP_PROBE_PATH") or "sock")
+    # arrival stamps: sk_data_ready on the sock path, tcp_probe data segments on the fallback
+    fast = doc["method"]["path"] == "sock"
+    assert doc["method"]["arrival"] == ("sk_data_ready" if fast else "tcp_probe")
+    assert "net_dev_queue" in doc["method"]["writes"]
 
 
 @pytest.mark.bpf
