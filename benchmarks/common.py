@@ -191,6 +191,18 @@ def poll_during(poll: Callable[[], None], fn: Callable[[], T]) -> tuple[T, float
     return result, cpu
 
 
+def build_c(source: Path, out_dir: Path) -> Path:
+    """Compile a benchmark's C program (gcc -O2) into ``out_dir``; its name without ``.c``."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise RuntimeError("no C compiler (apt-get install gcc; scripts/setup.sh installs it)")
+    exe = out_dir / source.stem
+    p = subprocess.run([cc, "-O2", "-Wall", "-o", str(exe), str(source)], capture_output=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"gcc {source.name}: {p.stderr.decode(errors='replace')[-300:]}")
+    return exe
+
+
 # -- the testbed ----------------------------------------------------------------------------
 @contextlib.contextmanager
 def testbed(prefix: str, **options: Any) -> Iterator[Any]:

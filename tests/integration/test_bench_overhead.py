@@ -1,0 +1,76 @@
+"""The overhead benchmark measures what it says: the C loop makes exactly the system calls it
+claims (counted by the kernel's own per-program run counter), and the profiler harness counts
+the requests it was sent, through the daemon's /metrics and through the capture's file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _testbed import send_requests
+
+from benchmarks import overhead
+from benchmarks.common import Profile, build_c
+from profiler.capture.engine import Engine
+from profiler.probes import loader
+
+pytestmark = pytest.mark.bpf
+
+
+def test_tax_loop_makes_the_reads_it_claims(tmp_path: Path) -> None:
+    exe = build_c(overhead.TAX_SOURCE, tmp_path)
+    with overhead.probe_path_env("syscalls"):
+        engine = Engine(ringbuf_pages=16)  # no targets: every program filters the loop out
+    try:
+        bpf = overhead._bpf_of(engine)
+        name = "tracepoint__syscalls__sys_enter_read"
+        with loader.bpf_stats_enabled() as on:
+            assert on
+            before = loader.prog_stats(bpf)[name][0]
+            out = os.popen(f"{exe} 3 0.1").read()
+            after = loader.prog_stats(bpf)[name][0]
+        tax = overhead.parse_tax(out)
+    finally:
+        engine.close()
+    assert [tax[c]["iters"] for c in overhead.TAX_CALLS] == [40000, 30000, 6000]
+    # every read() of /dev/zero and the read half of every socket pair, warm-up included
+    reads = overhead.tax_syscalls(tax["read"], "read")
+    reads += overhead.tax_syscalls(tax["sockpair"], "sockpair") // 2
+    assert after - before >= reads
+    for c in overhead.TAX_CALLS:
+        assert 0 < tax[c]["best"] <= tax[c]["median"] <= max(tax[c]["runs"])
+    # a syscall costs more than nothing and a socket pair more than a getppid
+    assert tax["getppid"]["best"] < tax["sockpair"]["best"]
+
+
+@pytest.mark.testbed
+@pytest.mark.envoy
+@pytest.mark.parametrize("config", ["daemon", "capture"])
+def test_profiler_process_counts_what_was_sent(
+    config: str, testbed_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    tb = testbed_factory()
+    bench = overhead.Bench(tb, Profile("t", 1, 1.0, 1.0, 1, 1.0, 1), tmp_path)
+    prof = overhead.ProfilerProc(config, "syscalls", tb, tmp_path)
+    try:
+        _, offset = overhead.count_lines(bench.access_log, 0)
+        before, _ = prof.settle(0.0)
+        assert [r["status"] for r in send_requests(tb, 37, "ov")] == [200] * 37
+        envoy, _ = bench.access_lines_settled(offset)
+        after, drops = prof.settle(overhead.DAEMON_INTERVAL_S * 1.6)
+    except BaseException:
+        prof.kill()
+        raise
+    cpu = prof.stop()
+    assert envoy == 37
+    assert cpu > 0
+    if config == "daemon":
+        assert before is not None and after is not None
+        assert after - before == 37 and drops == 0
+    else:
+        assert prof.doc is not None
+        assert sum(s["requests"] for s in prof.doc["sidecars"]) == 37
+        assert prof.doc["drops"] == 0
