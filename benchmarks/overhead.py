@@ -174,23 +174,29 @@ def count_lines(path: Path, offset: int) -> tuple[int, int]:
     return data.count(b"\n", 0, end), offset + end
 
 
-def probe_paths(
-    tracefs: Sequence[Path] = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")),
-    sources: Sequence[Path] | None = None,
-) -> tuple[list[str], str]:
-    """The probe paths this node and this probe can run, and why any is missing. ``sock``
-    needs the sock:sock_recv_length tracepoint (Linux 6.3+) and a probe that honours
-    ``SMP_PROBE_PATH``; without that switch the probe has one path, the syscalls one."""
-    if sources is None:
-        root = Path(__file__).resolve().parent.parent
-        sources = [*root.glob("profiler/probes/*.py"), *root.glob("profiler/capture/*.py")]
-    switch = any("SMP_PROBE_PATH" in p.read_text() for p in sources if p.is_file())
+def choose_paths(switch: bool, sock: bool, detail: str) -> tuple[list[str], str]:
+    """The probe paths to measure, and why one is missing: both where the probe has the
+    ``SMP_PROBE_PATH`` switch and its fast-path feature probe passes; else the syscalls path
+    (without the switch, the probe's only one)."""
     if not switch:
         return ["syscalls"], "the probe has no SMP_PROBE_PATH: its only path (syscall tracepoints)"
-    sock = any((t / "events/sock/sock_recv_length").exists() for t in tracefs)
     if not sock:
-        return ["syscalls"], "no sock:sock_recv_length tracepoint on this kernel (before 6.3)"
+        return ["syscalls"], f"no sock path on this node: {detail}"
     return list(PATHS), ""
+
+
+def probe_paths() -> tuple[list[str], str]:
+    """:func:`choose_paths` for this probe on this node (the probe's own feature probe)."""
+    from profiler import capabilities
+
+    check = getattr(capabilities, "check_sock_path", None)
+    if check is None or not hasattr(capabilities, "PROBE_PATHS"):
+        return choose_paths(False, False, "")
+    bpf_class, detail = capabilities.import_bcc()
+    if bpf_class is None:
+        return choose_paths(True, False, detail)
+    c = check(bpf_class)
+    return choose_paths(True, c.ok, c.detail)
 
 
 @contextlib.contextmanager
@@ -433,6 +439,7 @@ class Bench:
                     s.get("incomplete_spans", 0) for s in doc["sidecars"]
                 )
                 out["method"] = doc.get("method")
+                out["probe_path"] = doc.get("probe_path")
                 out["sat"]["prof_cpu_total_s"] = total - cpu0  # incl. writing its files
         return out
 
@@ -635,19 +642,21 @@ def report(
             ),
             "attach_s": summary([w.get("attach_s", 0.0) for w in on]),
             "method": sorted({str(w.get("method")) for w in on if w.get("method")}),
+            "probe_path": sorted({str(w.get("probe_path")) for w in on if w.get("probe_path")}),
         }
         worst = thr["min"]
-        rows = [
-            ("throughput_ratio", thr["median"], med_range(thr)),
-            ("throughput_worst", worst, fmt(worst)),
-            ("completeness", comp["median"], f"{_pct_range(comp)}, {drops} dropped{inc}"),
+        rows: list[tuple[str, float | None, str, dict[str, Any] | None]] = [
+            ("throughput_ratio", thr["median"], med_range(thr), thr),
+            ("throughput_worst", worst, fmt(worst), None),
+            ("completeness", comp["median"], f"{_pct_range(comp)}, {drops} dropped{inc}", comp),
         ]
         if config == "capture":
             rows.append(
                 (
                     "cpu_us_per_req",
                     cpu_sat["median"],
-                    f"{med_range(cpu_sat)} us at saturation, incl. writing the spans file",
+                    f"{signed(cpu_sat)} us at saturation, incl. writing the spans file",
+                    cpu_sat,
                 )
             )
         else:
@@ -666,12 +675,13 @@ def report(
                 (
                     "cpu_us_per_req",
                     cpu_fixed["median"],
-                    f"{med_range(cpu_fixed)} us at {rate:.0f} req/s "
-                    f"({fmt(cores)} cores per 1,000 req/s); at saturation {med_range(cpu_sat)}",
+                    f"{signed(cpu_fixed)} us at {rate:.0f} req/s "
+                    f"({fmt(cores)} cores per 1,000 req/s); at saturation {signed(cpu_sat)}",
+                    cpu_fixed,
                 )
             )
-            rows.append(("p50_added", d50["median"], f"+{med_range(d50)} us at {rate:.0f} req/s"))
-            rows.append(("p99_added", d99["median"], f"+{med_range(d99)} us"))
+            rows.append(("p50_added", d50["median"], f"{signed(d50)} us at {rate:.0f} req/s", d50))
+            rows.append(("p99_added", d99["median"], f"{signed(d99)} us", d99))
             for call in TAX_CALLS:
                 best = summary(
                     paired(
@@ -692,14 +702,15 @@ def report(
                     (
                         f"tax_{call}",
                         best["median"],
-                        f"best-of-5 +{med_range(best)} ns; median-of-5 +{med_range(med)} ns",
+                        f"best of 5 {signed(best)} ns; median of 5 {signed(med)} ns",
+                        best,
                     )
                 )
         verdicts = {}
-        for key, value, shown in rows:
+        for key, value, shown, spread in rows:
             g = GOALS[key]
             verdicts[key] = g.met(value)
-            goal_rows.append([name, g.label, shown, g.text(), g.verdict(value)])
+            goal_rows.append([name, g.label, shown, g.text(), judge(g, value, spread)])
         v["goals_met"] = verdicts
         summ["variants"][name] = v
         detail_rows.append(
@@ -708,6 +719,7 @@ def report(
                 med_range(summary([_sat(w, "rps") or 0.0 for w in on])),
                 med_range(v["profiler_us_per_req_saturation"]),
                 med_range(v["attach_s"]),
+                _path_shown(v["probe_path"], name.split("/")[1]),
                 ", ".join(v["method"]) or "-",
             ]
         )
@@ -717,7 +729,7 @@ def report(
             TAX_LABELS[c],
             med_range(summary([w["tax"][c]["best"] for w in off])),
             *[
-                f"+{med_range(summ['variants'][n][f'tax_{c}_best'])}"
+                signed(summ["variants"][n][f"tax_{c}_best"])
                 for n in names
                 if n.startswith("daemon/")
             ],
@@ -789,8 +801,8 @@ def report(
             ),
             table(
                 "Per variant: throughput, the profiler process's own CPU per request at "
-                "saturation, time to attach, the method the capture reported",
-                ["variant", "req/s on", "profiler us/req", "attach s", "method"],
+                "saturation, time to attach, the probe path and method the capture reported",
+                ["variant", "req/s on", "profiler us/req", "attach s", "probe path", "method"],
                 detail_rows,
             ),
             table(
@@ -801,6 +813,35 @@ def report(
             ),
         ],
     }
+
+
+def signed(s: dict[str, Any]) -> str:
+    """``median [min..max]`` of a difference, every number with its sign."""
+    if s["median"] is None:
+        return "-"
+
+    def sg(x: float) -> str:
+        return ("+" if x >= 0 else "") + fmt(float(x))
+
+    return f"{sg(s['median'])} [{sg(s['min'])}..{sg(s['max'])}]"
+
+
+def judge(goal: Goal, value: float | None, rounds: dict[str, Any] | None = None) -> str:
+    """met / NOT met by ``value`` (the median of the paired rounds), and whether the rounds
+    themselves fell on both sides of the target (then the noise is as large as the goal)."""
+    verdict = goal.verdict(value)
+    lo, hi = (rounds or {}).get("min"), (rounds or {}).get("max")
+    if lo is not None and hi is not None and goal.met(lo) != goal.met(hi):
+        verdict += " (rounds on both sides)"
+    return verdict
+
+
+def _path_shown(reported: list[str], asked: str) -> str:
+    """The path the capture reported; flagged when it is not the one asked for."""
+    if not reported:
+        return "-"
+    text = ", ".join(reported)
+    return text if reported == [asked] else f"{text} (asked for {asked}!)"
 
 
 def _pct_range(s: dict[str, Any]) -> str:

@@ -153,16 +153,11 @@ def test_count_lines_skips_a_line_being_written(tmp_path: Path) -> None:
     assert overhead.count_lines(log, off) == (2, log.stat().st_size)
 
 
-def test_probe_paths_need_the_switch_and_the_tracepoint(tmp_path: Path) -> None:
-    src, old = tmp_path / "probe.py", tmp_path / "old.py"
-    src.write_text('os.environ.get("SMP_PROBE_PATH")\n')
-    old.write_text("no switch here\n")
-    tracefs = tmp_path / "tracing"
-    assert overhead.probe_paths([tracefs], [old])[0] == ["syscalls"]
-    paths, why = overhead.probe_paths([tracefs], [src])
-    assert paths == ["syscalls"] and "6.3" in why
-    (tracefs / "events/sock/sock_recv_length").mkdir(parents=True)
-    assert overhead.probe_paths([tracefs], [src]) == (["sock", "syscalls"], "")
+def test_both_paths_need_the_switch_and_the_sock_tracepoints() -> None:
+    assert overhead.choose_paths(False, True, "")[0] == ["syscalls"]
+    paths, why = overhead.choose_paths(True, False, "sock raw tracepoints refused: EINVAL")
+    assert paths == ["syscalls"] and "EINVAL" in why
+    assert overhead.choose_paths(True, True, "ok") == (["sock", "syscalls"], "")
     assert overhead.variants(["sock", "syscalls"]) == [
         "off",
         "capture/sock",
@@ -170,3 +165,12 @@ def test_probe_paths_need_the_switch_and_the_tracepoint(tmp_path: Path) -> None:
         "capture/syscalls",
         "daemon/syscalls",
     ]
+
+
+def test_judge_says_when_the_rounds_straddle_the_target() -> None:
+    g = overhead.GOALS["p50_added"]  # <= +10 us
+    assert overhead.judge(g, 4.0, {"min": 1.0, "max": 8.0}) == "met"
+    assert overhead.judge(g, 4.0, {"min": -50.0, "max": 300.0}) == "met (rounds on both sides)"
+    assert overhead.judge(g, 40.0, {"min": 20.0, "max": 60.0}) == "NOT met"
+    assert overhead.judge(g, None, None) == "n/a"
+    assert overhead.signed({"median": -3.0, "min": -6.1, "max": 2.0}) == "-3 [-6.1..+2]"
