@@ -1,17 +1,31 @@
 /* sidecar: per-request legs through a proxy (and its app).
  *
- * Syscall tracepoints only: stable ABIs, no kprobes, no fentry. Spans are
- * assembled here, one ring-buffer record per request (struct smp_span, sidecar.h), so user
- * space does no per-syscall work. See docs/probes/sidecar.md.
+ * One state machine, two sets of hooks chosen at build time with -DSMP_PATH (sidecar.h):
+ *   SMP_PATH_SOCK      raw tracepoints sock:sock_recv_length / sock:sock_send_length (they
+ *                      fire inside socket reads and writes only: no other process pays) and
+ *                      sock:inet_sock_set_state (connect, close); the syscall's own user
+ *                      registers (bpf_task_pt_regs) give the fd and the user buffer.
+ *   SMP_PATH_SYSCALLS  syscalls:sys_{enter,exit}_* tracepoints, for kernels without the
+ *                      sock tracepoints (< 6.3).
+ * Stable ABIs only: tracepoint arguments, helpers, and the user registers of a syscall. No
+ * kprobes, no fentry, no kernel-internal struct fields. Spans are assembled here, one
+ * ring-buffer record per request (struct smp_span, sidecar.h), so user space does no
+ * per-syscall work. See docs/probes/sidecar.md.
  */
 #include "smp_common.h"
 #include "sidecar.h"
 
+#ifndef SMP_PATH
+#define SMP_PATH SMP_PATH_SOCK
+#endif
 #ifndef SMP_MAX_CONNS
 #define SMP_MAX_CONNS 16384
 #endif
 #ifndef SMP_MAX_THREADS
 #define SMP_MAX_THREADS 8192
+#endif
+#ifndef SMP_MAX_NS
+#define SMP_MAX_NS 4               /* PID namespaces with targets still to be learned */
 #endif
 /* User space takes the records every 100 ms; waking it for each record (an irq_work and a
  * context switch per request) would cost more than the record. */
@@ -25,40 +39,46 @@
 #define SMP_SCAN_MASK (SMP_SCAN_LEN - 1)
 /* Clamp an index so the verifier sees the bound (clang would fold a plain mask away). */
 #define SMP_CLAMP(x) asm volatile("%0 &= 511" : "+r"(x))
+#ifndef SMP_FIFO
+#define SMP_FIFO 32                /* requests a worker thread may have read but not yet sent on */
+#endif
 
-#define MODE_PROXY 1
-#define MODE_APP 2
+#define SMP_INLINE static inline __attribute__((always_inline))
 
-#define ROLE_DS 1                  /* we serve this connection (accepted) */
-#define ROLE_US 2                  /* we are the client (connected) */
-
-#define CLS_OTHER 0
-#define CLS_REQ 1                  /* starts with an HTTP/1.x method */
-#define CLS_RESP 2                 /* starts with "HTTP/1." */
-#define CLS_TLS 3                  /* a TLS record header */
-
-#define IO_PTR 0
-#define IO_IOV 1
-#define IO_MSG 2
-#define IO_MMSG 3
-
-#define MSG_PEEK 2
-
-struct smp_conn {
-    u8 role;
-    u8 phase;   /* DS: 0 idle, 1 request, 2 responding. US: 0 idle, 1 sent, 2 answered */
-    u8 tls;
-    u8 pad[5];
-    u64 ds_key; /* US: the downstream connection whose request this one carries */
-    struct smp_span span;  /* DS: the request in progress */
+enum smp_class {
+    CLS_OTHER = 0,
+    CLS_REQ = 1,                   /* starts with an HTTP/1.x method */
+    CLS_RESP = 2,                  /* starts with "HTTP/1." */
+    CLS_TLS = 3,                   /* a TLS record header */
 };
 
-struct smp_args {
-    u64 ts;
-    u64 ptr;
-    u32 fd;
-    u8 io;
-    u8 skip;
+/* How the call's user buffer is described. */
+enum smp_io_kind {
+    IO_PTR = 0,                    /* (fd, buf, len) */
+    IO_IOV = 1,                    /* (fd, struct iovec *, n) */
+    IO_MSG = 2,                    /* (fd, struct msghdr *) */
+    IO_MMSG = 3,                   /* (fd, struct mmsghdr *, n): the return counts messages */
+};
+
+#define MSG_PEEK 2
+#define TCP_SYN_SENT 2
+#define TCP_FIN_WAIT1 4
+#define TCP_CLOSE 7
+
+/* One read or write of a traced process, as both paths describe it to the state machine. */
+struct smp_io {
+    u64 key;        /* the connection: sk (sock path) or tgid << 32 | fd (syscalls path) */
+    u64 ts;         /* the event's instant (see sidecar.h: a read's return, a write's) */
+    u64 ts_call;    /* when the call started (syscalls path); ts on the sock path */
+    u64 buf;        /* the call's first user buffer */
+    u32 len;        /* data bytes in that buffer */
+    u32 ret;        /* bytes moved */
+    u32 tid;
+    u32 upid;
+    s32 fd;
+    u8 mode;
+    u8 is_read;
+    u8 pad[2];
 };
 
 struct smp_iovec { u64 base; u64 len; };
@@ -71,70 +91,169 @@ struct smp_scan {
     u8 rid_len;
     char rid[SMP_RID_LEN];
 };
+struct smp_fifo {
+    u64 keys[SMP_FIFO];
+    u32 head;
+    u32 tail;
+    u32 upid;       /* so user space can drop a detached process's threads */
+    u32 pad;
+};
+struct smp_pidns { u64 dev; u64 ino; };
+/* The syscalls path: a call's arguments from its entry to its exit, per thread. */
+struct smp_args {
+    u64 ts;
+    u64 ptr;
+    u32 fd;
+    u32 upid;
+    u8 io;
+    u8 skip;
+    u8 mode;
+    u8 pad[5];
+};
+#if SMP_PATH == SMP_PATH_SOCK
+#define SMP_ARGS_ENTRIES 1         /* unused on the sock path; declared so every build has
+                                    * the same maps */
+#else
+#define SMP_ARGS_ENTRIES SMP_MAX_THREADS
+#endif
 
-BPF_HASH(smp_filter_pids, u32, u8, SMP_MAX_PIDS);
+BPF_HASH(smp_filter_pids, u32, struct smp_target, SMP_MAX_PIDS);
 BPF_PERCPU_ARRAY(smp_drops, u64, 1);
 BPF_RINGBUF_OUTPUT(smp_spans, SMP_RINGBUF_PAGES);
 BPF_HASH(smp_proc, u32, struct smp_proc_stats, SMP_MAX_PIDS);
 BPF_TABLE("lru_hash", u64, struct smp_conn, smp_conns, SMP_MAX_CONNS);
 BPF_TABLE("lru_hash", u64, u64, smp_rid_index, SMP_MAX_CONNS);
-#ifndef SMP_FIFO
-#define SMP_FIFO 32              /* requests a worker thread may have read but not yet sent on */
-#endif
-struct smp_fifo {
-    u64 keys[SMP_FIFO];
-    u32 head;
-    u32 tail;
-    u32 tgid;   /* so user space can drop a detached process's threads */
-    u32 pad;
-};
 BPF_TABLE("lru_hash", u32, struct smp_fifo, smp_thread_fifo, SMP_MAX_THREADS);
+BPF_HASH(smp_args_map, u64, struct smp_args, SMP_ARGS_ENTRIES);
+/* Roles of connections open before the probe attached: upid << 32 | fd -> enum smp_role. */
+BPF_HASH(smp_seed, u64, u8, SMP_MAX_CONNS);
+/* PID namespaces: targets given by their PID in a namespace that is not the kernel's
+ * initial one are learned the first time they do socket I/O (smp_target_of). */
+BPF_ARRAY(smp_ns, struct smp_pidns, SMP_MAX_NS);
+BPF_HASH(smp_ns_pending, u64, struct smp_target, SMP_MAX_PIDS);   /* slot << 32 | ns tgid */
+BPF_ARRAY(smp_learning, u32, 1);                                  /* targets still pending */
 BPF_PERCPU_ARRAY(smp_fifo_init, struct smp_fifo, 1);
-BPF_HASH(smp_args_map, u64, struct smp_args, SMP_MAX_THREADS);
 BPF_PERCPU_ARRAY(smp_scratch, struct smp_scan, 1);
 BPF_PERCPU_ARRAY(smp_conn_init, struct smp_conn, 1);
 
-static inline __attribute__((always_inline)) u8 smp_mode(u32 tgid)
+/* -- helpers ------------------------------------------------------------------------------ */
+
+SMP_INLINE void smp_count_drop(void)
 {
-    u8 *m = smp_filter_pids.lookup(&tgid);
-    return m ? *m : 0;
+    int zero = 0;
+    u64 *d = smp_drops.lookup(&zero);
+    if (d)
+        (*d)++;
 }
 
-static inline __attribute__((always_inline)) int smp_enter(u32 fd, u64 ptr, u8 io, u8 skip)
+SMP_INLINE void smp_count_unparsed(struct smp_proc_stats *ps, u32 bytes)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if (!smp_mode(id >> 32))
+    if (ps)
+        __sync_fetch_and_add(&ps->unparsed_bytes, bytes);
+}
+
+/* A target given by its PID in a child namespace: the kernel's tgid of the current task is
+ * learned when that task's own namespace and tgid there match a pending target. Only runs
+ * while some target is pending; one helper call per pending namespace. */
+SMP_INLINE struct smp_target *smp_learn(u32 tgid)
+{
+    int zero = 0;
+    u32 *pending = smp_learning.lookup(&zero);
+    if (!pending || !*pending)
         return 0;
-    struct smp_args a = {};
-    a.ts = bpf_ktime_get_ns();
-    a.ptr = ptr;
-    a.fd = fd;
-    a.io = io;
-    a.skip = skip;
-    smp_args_map.update(&id, &a);
+    for (u32 i = 0; i < SMP_MAX_NS; i++) {
+        u32 slot = i;
+        struct smp_pidns *ns = smp_ns.lookup(&slot);
+        if (!ns || !ns->ino)
+            continue;
+        struct bpf_pidns_info info = {};
+        if (bpf_get_ns_current_pid_tgid(ns->dev, ns->ino, &info, sizeof(info)))
+            continue;
+        u64 pk = ((u64)i << 32) | info.tgid;
+        struct smp_target *want = smp_ns_pending.lookup(&pk);
+        if (!want)
+            return 0;
+        struct smp_target t = *want;
+        smp_filter_pids.update(&tgid, &t);
+        smp_ns_pending.delete(&pk);
+        __sync_fetch_and_add(pending, -1);
+        return smp_filter_pids.lookup(&tgid);
+    }
     return 0;
 }
 
-/* The first buffer of the call and how many of its bytes hold data. */
-static inline __attribute__((always_inline)) u64 smp_first_buf(struct smp_args *a, s64 ret, u32 *len)
+/* The PID filter: what the current process is to us, or 0 (return at once). */
+SMP_INLINE struct smp_target *smp_target_of(u32 tgid)
 {
-    u64 base = a->ptr;
+    struct smp_target *t = smp_filter_pids.lookup(&tgid);
+    if (t)
+        return t;
+    return smp_learn(tgid);
+}
+
+SMP_INLINE void smp_copy_rid(struct smp_span *span, u8 n, u64 hash, const char *rid)
+{
+    span->rid_len = n;
+    span->rid_hash = hash;
+    __builtin_memcpy(span->rid, rid, SMP_RID_LEN);
+    /* zero what the source holds past this id (an earlier, longer id in the scratch) */
+    for (u32 k = 0; k < SMP_RID_LEN; k++)
+        if (k >= n)
+            span->rid[k] = 0;
+}
+
+/* A new connection entry (zeroed) with its role, or the existing one re-initialised. */
+SMP_INLINE struct smp_conn *smp_conn_new(u64 key, u8 role, u32 upid)
+{
+    int zero = 0;
+    struct smp_conn *init = smp_conn_init.lookup(&zero);
+    if (!init)
+        return 0;
+    init->sk = key;
+    init->role = role;
+    init->upid = upid;
+    smp_conns.update(&key, init);
+    init->sk = 0;
+    init->role = 0;
+    init->upid = 0;
+    return smp_conns.lookup(&key);
+}
+
+SMP_INLINE struct smp_fifo *smp_fifo_of(u32 tid, u32 upid)
+{
+    struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
+    if (q)
+        return q;
+    int zero = 0;
+    struct smp_fifo *empty = smp_fifo_init.lookup(&zero);
+    if (!empty)
+        return 0;
+    empty->upid = upid;
+    smp_thread_fifo.update(&tid, empty);
+    empty->upid = 0;
+    return smp_thread_fifo.lookup(&tid);
+}
+
+/* The first buffer of the call and how many of its bytes hold data. */
+SMP_INLINE u64 smp_first_buf(u64 ptr, u8 io, s64 ret, u32 *len)
+{
+    u64 base = ptr;
     u64 blen = (u64)ret;
-    if (a->io == IO_MMSG) {
+    if (io == IO_MMSG) {
         /* ret counts messages: the bytes are the first one's msg_len (struct mmsghdr is a
          * struct user_msghdr, 56 bytes on 64-bit, then unsigned int msg_len) */
         u32 first = 0;
-        if (bpf_probe_read_user(&first, sizeof(first), (void *)(a->ptr + 56)))
+        if (bpf_probe_read_user(&first, sizeof(first), (void *)(ptr + 56)))
             return 0;
         blen = first;
     }
-    if (a->io == IO_MSG || a->io == IO_MMSG) {
+    if (io == IO_MSG || io == IO_MMSG) {
         struct smp_msghdr m = {};
-        if (bpf_probe_read_user(&m, sizeof(m), (void *)a->ptr))
+        if (bpf_probe_read_user(&m, sizeof(m), (void *)ptr))
             return 0;
         base = m.iov;
     }
-    if (a->io != IO_PTR) {
+    if (io != IO_PTR) {
         struct smp_iovec v = {};
         if (bpf_probe_read_user(&v, sizeof(v), (void *)base))
             return 0;
@@ -146,7 +265,7 @@ static inline __attribute__((always_inline)) u64 smp_first_buf(struct smp_args *
     return base;
 }
 
-static inline __attribute__((always_inline)) u8 smp_classify(u64 buf, u32 len)
+SMP_INLINE u8 smp_classify(u64 buf, u32 len)
 {
     char p[8] = {};
     if (len < 3 || bpf_probe_read_user(p, sizeof(p), (void *)buf))
@@ -172,7 +291,7 @@ static inline __attribute__((always_inline)) u8 smp_classify(u64 buf, u32 len)
 /* Find "\nx-request-id:" (any case) in the first bytes of a request head and keep its
  * value (up to the end of that header line) in the per-CPU scratch. Nothing else of the
  * payload is kept; user space checks the characters. */
-static inline __attribute__((always_inline)) struct smp_scan *smp_find_rid(u64 buf, u32 len)
+SMP_INLINE struct smp_scan *smp_find_rid(u64 buf, u32 len)
 {
     int zero = 0;
     struct smp_scan *s = smp_scratch.lookup(&zero);
@@ -234,97 +353,381 @@ static inline __attribute__((always_inline)) struct smp_scan *smp_find_rid(u64 b
     return s;
 }
 
-static inline __attribute__((always_inline)) void smp_emit(struct smp_conn *c, u32 tgid)
+SMP_INLINE void smp_emit(struct smp_conn *c)
 {
     struct smp_span *e = smp_spans.ringbuf_reserve(sizeof(struct smp_span));
     if (!e) {
-        int zero = 0;
-        u64 *d = smp_drops.lookup(&zero);
-        if (d)
-            (*d)++;
+        smp_count_drop();
         return;
     }
     __builtin_memcpy(e, &c->span, sizeof(struct smp_span));
     smp_spans.ringbuf_submit(e, SMP_RB_SUBMIT_FLAGS);
-    struct smp_proc_stats *ps = smp_proc.lookup(&tgid);
+    u32 upid = c->upid;
+    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
     if (ps)
         __sync_fetch_and_add(&ps->spans, 1);
 }
 
-static inline __attribute__((always_inline)) struct smp_conn *smp_conn_new(u64 key, u8 role)
+/* -- transitions -------------------------------------------------------------------------- */
+
+/* A connection seen for the first time (no accept/connect seen): its role from what user
+ * space seeded for it, else from its first bytes. */
+SMP_INLINE struct smp_conn *smp_conn_join(struct smp_io *io, u8 cls)
 {
-    int zero = 0;
-    struct smp_conn *init = smp_conn_init.lookup(&zero);
-    if (!init)
+    u8 role = SMP_ROLE_NONE;
+    u64 seed_key = ((u64)io->upid << 32) | (u32)io->fd;
+    u8 *seed = smp_seed.lookup(&seed_key);
+    if (seed) {
+        role = *seed;
+        smp_seed.delete(&seed_key);
+    } else if (cls == CLS_REQ) {
+        role = io->is_read ? SMP_ROLE_DS : SMP_ROLE_US;
+    } else if (cls == CLS_RESP) {
+        role = io->is_read ? SMP_ROLE_US : SMP_ROLE_DS;
+    } else if (cls == CLS_TLS && io->is_read) {
+        /* we connect our upstreams in sight (connect, SYN_SENT): a TLS client hello read
+         * on any other connection is a downstream's */
+        role = SMP_ROLE_DS;
+    }
+    if (role == SMP_ROLE_NONE || (io->mode == SMP_MODE_APP && role != SMP_ROLE_DS))
         return 0;
-    init->role = role;
-    smp_conns.update(&key, init);
-    init->role = 0;
-    return smp_conns.lookup(&key);
+    struct smp_conn *c = smp_conn_new(io->key, role, io->upid);
+    if (c && cls == CLS_RESP)  /* joined mid-exchange: wait for the next request */
+        c->phase = role == SMP_ROLE_US ? SMP_PHASE_RESPONSE : SMP_PHASE_IDLE;
+    return c;
 }
 
-static inline __attribute__((always_inline)) void smp_ds_start(struct smp_conn *c, u64 key, u32 id_tid,
-                                                               u32 tgid, s32 fd, u64 ts, u8 mode,
-                                                               struct smp_scan *rid, u32 ret)
+/* DS, IDLE/RESPONSE -> REQUEST: a request's first bytes. Emits the previous one. */
+SMP_INLINE void smp_ds_request(struct smp_conn *c, struct smp_io *io, struct smp_scan *rid)
 {
-    if (c->phase == 2)
-        smp_emit(c, tgid);
+    if (c->phase == SMP_PHASE_RESPONSE)
+        smp_emit(c);
     __builtin_memset(&c->span, 0, sizeof(c->span));
-    c->phase = 1;
-    c->span.kind = mode == MODE_APP ? SMP_SPAN_SERVER : SMP_SPAN_PROXY;
-    c->span.tgid = tgid;
-    c->span.tid = id_tid;
-    c->span.ds_fd = fd;
+    c->phase = SMP_PHASE_REQUEST;
+    c->span.kind = io->mode == SMP_MODE_APP ? SMP_SPAN_SERVER : SMP_SPAN_PROXY;
+    c->span.tgid = io->upid;
+    c->span.tid = io->tid;
+    c->span.ds_fd = io->fd;
     c->span.us_fd = -1;
-    c->span.ds_rx_beg = ts;
-    c->span.req_bytes = ret;
+    c->span.ds_rx_beg = io->ts;
+    c->span.req_bytes = io->ret;
     if (c->tls)
         c->span.flags |= SMP_F_DS_TLS;
-    if (rid && rid->rid_len) {
-        u8 n = rid->rid_len;
-        c->span.rid_len = n;
-        c->span.rid_hash = rid->rid_hash;
-        __builtin_memcpy(c->span.rid, rid->rid, SMP_RID_LEN);
-        /* zero what the scratch holds past this id (an earlier, longer id) */
-        for (u32 k = 0; k < SMP_RID_LEN; k++)
-            if (k >= n)
-                c->span.rid[k] = 0;
+    if (rid && rid->rid_len)
+        smp_copy_rid(&c->span, rid->rid_len, rid->rid_hash, rid->rid);
+    if (io->mode != SMP_MODE_PROXY)
+        return;
+    if (c->span.rid_hash)
+        smp_rid_index.update(&c->span.rid_hash, &io->key);
+    struct smp_fifo *q = smp_fifo_of(io->tid, io->upid);
+    if (!q)
+        return;
+    u32 t = q->tail;
+    if (t - q->head >= SMP_FIFO) {
+        /* full: the oldest goes. If it is still waiting and has no id to be matched by, its
+         * span is lost: count it, never silently */
+        u64 old = q->keys[q->head & (SMP_FIFO - 1)];
+        struct smp_conn *o = smp_conns.lookup(&old);
+        if (o && o->phase == SMP_PHASE_REQUEST && !o->span.us_tx_end && !o->span.rid_hash)
+            smp_count_drop();
+        q->head++;
     }
-    if (mode == MODE_PROXY) {
-        if (c->span.rid_hash)
-            smp_rid_index.update(&c->span.rid_hash, &key);
-        struct smp_fifo *q = smp_thread_fifo.lookup(&id_tid);
-        if (!q) {
-            int zero = 0;
-            struct smp_fifo *empty = smp_fifo_init.lookup(&zero);
-            if (!empty)
-                return;
-            empty->tgid = tgid;
-            smp_thread_fifo.update(&id_tid, empty);
-            q = smp_thread_fifo.lookup(&id_tid);
+    q->keys[t & (SMP_FIFO - 1)] = io->key;
+    q->tail = t + 1;
+}
+
+SMP_INLINE void smp_ds_read(struct smp_conn *c, struct smp_io *io, u8 cls, struct smp_scan *rid,
+                            struct smp_proc_stats *ps)
+{
+    if (c->phase == SMP_PHASE_REQUEST) {  /* more of the request (or a pipelined one) */
+        c->span.req_bytes += io->ret;
+        return;
+    }
+    if (cls == CLS_TLS)
+        c->tls = 1;
+    if (c->tls || cls == CLS_REQ)
+        smp_ds_request(c, io, rid);
+    else
+        smp_count_unparsed(ps, io->ret);
+}
+
+/* DS, REQUEST -> RESPONSE (or -> IDLE for a local reply); RESPONSE: more of the response. */
+SMP_INLINE void smp_ds_write(struct smp_conn *c, struct smp_io *io, struct smp_proc_stats *ps)
+{
+    if (c->phase == SMP_PHASE_REQUEST) {
+        if (io->mode == SMP_MODE_PROXY && !c->span.us_rx_beg) {
+            /* no upstream answer yet: a local reply or TLS handshake, not a span */
+            c->phase = SMP_PHASE_IDLE;
+            if (ps)
+                __sync_fetch_and_add(&ps->local_replies, 1);
+            smp_count_unparsed(ps, io->ret + c->span.req_bytes);
+            return;
         }
-        if (q) {
-            u32 t = q->tail;
-            if (t - q->head >= SMP_FIFO) {
-                /* full: the oldest goes. If it is still waiting and has no id to be matched
-                 * by, its span is lost: count it, never silently */
-                u64 old = q->keys[q->head & (SMP_FIFO - 1)];
-                struct smp_conn *o = smp_conns.lookup(&old);
-                if (o && o->phase == 1 && !o->span.us_tx_end && !o->span.rid_hash) {
-                    int zero = 0;
-                    u64 *d = smp_drops.lookup(&zero);
-                    if (d)
-                        (*d)++;
-                }
-                q->head++;
-            }
-            q->keys[t & (SMP_FIFO - 1)] = key;
-            q->tail = t + 1;
-        }
+        c->phase = SMP_PHASE_RESPONSE;
+    }
+    if (c->phase == SMP_PHASE_RESPONSE) {
+        c->span.ds_tx_end = io->ts;
+        c->span.resp_bytes += io->ret;
+    } else {
+        smp_count_unparsed(ps, io->ret);
     }
 }
 
-static inline __attribute__((always_inline)) int smp_exit(s64 ret, int is_read)
+/* The downstream request an upstream request carries: by x-request-id, else the oldest
+ * request this worker thread read and has not sent on yet. */
+SMP_INLINE struct smp_conn *smp_us_match(struct smp_io *io, struct smp_scan *rid, u64 *dkey,
+                                         u16 *how)
+{
+    if (rid && rid->rid_hash) {
+        u64 h = rid->rid_hash;
+        u64 *k = smp_rid_index.lookup(&h);
+        if (k) {
+            u64 key = *k;
+            smp_rid_index.delete(&h);
+            struct smp_conn *d = smp_conns.lookup(&key);
+            if (d && d->phase == SMP_PHASE_REQUEST && !d->span.us_tx_end) {
+                *dkey = key;
+                *how = SMP_F_MATCH_RID;
+                return d;
+            }
+            /* an id seen twice: fall back to the thread's order */
+        }
+    }
+    u32 tid = io->tid;
+    struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
+    if (!q)
+        return 0;
+    for (int i = 0; i < SMP_FIFO; i++) {
+        if (q->head == q->tail)
+            break;
+        u64 k = q->keys[q->head & (SMP_FIFO - 1)];
+        q->head++;
+        struct smp_conn *cand = smp_conns.lookup(&k);
+        if (cand && cand->phase == SMP_PHASE_REQUEST && !cand->span.us_tx_end) {
+            *dkey = k;
+            *how = SMP_F_MATCH_THREAD;
+            return cand;
+        }
+    }
+    return 0;
+}
+
+/* US, IDLE/RESPONSE -> REQUEST: a request sent upstream; REQUEST: more of it. */
+SMP_INLINE void smp_us_write(struct smp_conn *c, struct smp_io *io, struct smp_scan *rid,
+                             struct smp_proc_stats *ps)
+{
+    if (c->phase == SMP_PHASE_REQUEST) {
+        u64 dk = c->ds_key;
+        struct smp_conn *d = smp_conns.lookup(&dk);
+        if (d && d->phase == SMP_PHASE_REQUEST && d->span.us_fd == io->fd)
+            d->span.us_tx_end = io->ts;
+        return;
+    }
+    u64 dkey = 0;
+    u16 how = 0;
+    struct smp_conn *d = smp_us_match(io, rid, &dkey, &how);
+    if (!d) {
+        smp_count_unparsed(ps, io->ret);
+        return;
+    }
+    if (rid && rid->rid_len && !d->span.rid_len) {
+        /* the proxy made the id (none came from downstream): adopt it, so the app's span
+         * of this request can be joined to this one */
+        smp_copy_rid(&d->span, rid->rid_len, rid->rid_hash, rid->rid);
+    }
+    d->span.us_fd = io->fd;
+    d->span.us_tx_beg = io->ts_call;
+    d->span.us_tx_end = io->ts;
+    d->span.flags |= how;
+    c->ds_key = dkey;
+    c->phase = SMP_PHASE_REQUEST;
+}
+
+/* US, REQUEST -> RESPONSE: the response's first bytes. */
+SMP_INLINE void smp_us_read(struct smp_conn *c, struct smp_io *io)
+{
+    if (c->phase != SMP_PHASE_REQUEST)
+        return;
+    u64 dk = c->ds_key;
+    struct smp_conn *d = smp_conns.lookup(&dk);
+    if (d && d->phase == SMP_PHASE_REQUEST && d->span.us_fd == io->fd && !d->span.us_rx_beg)
+        d->span.us_rx_beg = io->ts;
+    c->phase = SMP_PHASE_RESPONSE;
+}
+
+/* Every read or write of a traced process's socket, from either path. */
+SMP_INLINE int smp_on_io(struct smp_io *io)
+{
+    u32 upid = io->upid;
+    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
+    if (ps) {
+        if (io->is_read)
+            __sync_fetch_and_add(&ps->rx_bytes, io->ret);
+        else
+            __sync_fetch_and_add(&ps->tx_bytes, io->ret);
+    }
+    if (io->mode == SMP_MODE_SELF)
+        return 0;
+    u8 cls = io->buf ? smp_classify(io->buf, io->len) : CLS_OTHER;
+    struct smp_scan *rid = cls == CLS_REQ ? smp_find_rid(io->buf, io->len) : 0;
+    u64 key = io->key;
+    struct smp_conn *c = smp_conns.lookup(&key);
+    if (!c) {
+        c = smp_conn_join(io, cls);
+        if (!c) {
+            smp_count_unparsed(ps, io->ret);
+            return 0;
+        }
+        if (cls == CLS_RESP)
+            return 0;
+    }
+    if (c->role == SMP_ROLE_DS) {
+        if (io->is_read)
+            smp_ds_read(c, io, cls, rid, ps);
+        else
+            smp_ds_write(c, io, ps);
+    } else if (io->is_read) {
+        smp_us_read(c, io);
+    } else {
+        smp_us_write(c, io, rid, ps);
+    }
+    return 0;
+}
+
+/* The connection is gone (close, or the socket reached TCP_CLOSE): the answered request it
+ * holds is emitted, the entry removed. */
+SMP_INLINE void smp_conn_close(u64 key, int remove)
+{
+    struct smp_conn *c = smp_conns.lookup(&key);
+    if (!c)
+        return;
+    if (c->role == SMP_ROLE_DS && c->phase == SMP_PHASE_RESPONSE) {
+        smp_emit(c);
+        c->phase = SMP_PHASE_IDLE;
+    }
+    if (remove)
+        smp_conns.delete(&key);
+}
+
+SMP_INLINE void smp_conn_role(u64 key, u8 role, u32 tgid)
+{
+    struct smp_target *t = smp_target_of(tgid);
+    if (t && t->mode == SMP_MODE_PROXY)
+        smp_conn_new(key, role, t->upid);
+}
+
+#if SMP_PATH == SMP_PATH_SOCK
+/* -- the sock path -------------------------------------------------------------------------
+ * sock_recv_length / sock_send_length (struct sock *sk, int ret, int flags) fire when a
+ * socket's recvmsg/sendmsg returns, inside the syscall: the task's user registers hold the
+ * syscall number and its arguments (x86-64: orig_ax; di = fd, si = buffer). */
+#if !defined(__x86_64__) && !defined(__TARGET_ARCH_x86)
+#error "the sock path decodes x86-64 syscall registers only; build with -DSMP_PATH=SMP_PATH_SYSCALLS"
+#endif
+#include <asm/ptrace.h>   /* struct pt_regs: the user register frame, ptrace ABI */
+
+SMP_INLINE int smp_sock_io(u64 sk, s32 ret, u32 flags, u8 is_read)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct smp_target *t = smp_target_of(id >> 32);
+    if (!t)
+        return 0;
+    if (ret <= 0 || (is_read && (flags & MSG_PEEK)))
+        return 0;
+    struct smp_io io = {};
+    io.upid = t->upid;
+    io.mode = t->mode;
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    u64 nr = regs->orig_ax;
+    u8 kind;
+    switch (nr) {
+    case 0:   /* read */
+    case 1:   /* write */
+    case 44:  /* sendto */
+    case 45:  /* recvfrom */
+        kind = IO_PTR;
+        break;
+    case 19:  /* readv */
+    case 20:  /* writev */
+        kind = IO_IOV;
+        break;
+    case 46:  /* sendmsg */
+    case 47:  /* recvmsg */
+    case 299: /* recvmmsg: one event per message; the first message's buffer is looked at */
+    case 307: /* sendmmsg */
+        kind = IO_MSG;
+        break;
+    default: {  /* sendfile, splice, io_uring ...: counted, never parsed */
+        u32 upid = t->upid;
+        struct smp_proc_stats *ps = smp_proc.lookup(&upid);
+        if (ps) {
+            __sync_fetch_and_add(&ps->unattributed, 1);
+            __sync_fetch_and_add(is_read ? &ps->rx_bytes : &ps->tx_bytes, ret);
+            __sync_fetch_and_add(&ps->unparsed_bytes, ret);
+        }
+        return 0;
+    }
+    }
+    io.key = sk;
+    io.ts = bpf_ktime_get_ns();
+    io.ts_call = io.ts;
+    io.ret = ret;
+    io.tid = (u32)id;
+    io.fd = (s32)regs->di;
+    io.is_read = is_read;
+    io.buf = smp_first_buf(regs->si, kind, ret, &io.len);
+    return smp_on_io(&io);
+}
+
+RAW_TRACEPOINT_PROBE(sock_recv_length)
+{
+    return smp_sock_io(ctx->args[0], (s32)ctx->args[1], (u32)ctx->args[2], 1);
+}
+
+RAW_TRACEPOINT_PROBE(sock_send_length)
+{
+    return smp_sock_io(ctx->args[0], (s32)ctx->args[1], (u32)ctx->args[2], 0);
+}
+
+/* (const struct sock *sk, int oldstate, int newstate): a traced process's connect() puts
+ * its socket in SYN_SENT (in its own context): an upstream. TCP_CLOSE ends any connection
+ * (it runs in softirq too: keyed by sk, no process needed). */
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+    int newstate = (int)ctx->args[2];
+    u64 sk = ctx->args[0];
+    if (newstate == TCP_SYN_SENT)
+        smp_conn_role(sk, SMP_ROLE_US, bpf_get_current_pid_tgid() >> 32);
+    else if (newstate == TCP_CLOSE)
+        smp_conn_close(sk, 1);
+    else if (newstate == TCP_FIN_WAIT1)  /* we closed: no more response bytes */
+        smp_conn_close(sk, 0);
+    return 0;
+}
+
+#else
+/* -- the syscalls path ---------------------------------------------------------------------
+ * Entry saves the arguments, exit (which knows the byte count) runs the state machine. */
+
+SMP_INLINE int smp_enter(u32 fd, u64 ptr, u8 io, u8 skip)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct smp_target *t = smp_target_of(id >> 32);
+    if (!t)
+        return 0;
+    struct smp_args a = {};
+    a.ts = bpf_ktime_get_ns();
+    a.ptr = ptr;
+    a.fd = fd;
+    a.io = io;
+    a.skip = skip;
+    a.upid = t->upid;
+    a.mode = t->mode;
+    smp_args_map.update(&id, &a);
+    return 0;
+}
+
+SMP_INLINE int smp_exit(s64 ret, u8 is_read)
 {
     u64 id = bpf_get_current_pid_tgid();
     struct smp_args *a = smp_args_map.lookup(&id);
@@ -334,149 +737,22 @@ static inline __attribute__((always_inline)) int smp_exit(s64 ret, int is_read)
     smp_args_map.delete(&id);
     if (ret <= 0 || args.skip)
         return 0;
-    u32 tgid = id >> 32, tid = (u32)id;
-    u8 mode = smp_mode(tgid);
-    if (!mode)
-        return 0;
-    u64 ts = bpf_ktime_get_ns();
+    struct smp_io io = {};
+    io.ts = bpf_ktime_get_ns();
+    io.ts_call = args.ts;
     /* A write's time is when the process hands the bytes to the kernel (its entry), as in
      * Envoy's own US_TX_END/DS_TX_END; a read's is when the bytes reached the process. */
-    u64 wts = SMP_WRITE_TS_AT_EXIT ? ts : args.ts;
-    u64 key = ((u64)tgid << 32) | args.fd;
-    u32 len = 0;
-    u64 buf = smp_first_buf(&args, ret, &len);
-    u8 cls = buf ? smp_classify(buf, len) : CLS_OTHER;
-    struct smp_scan *rid = cls == CLS_REQ ? smp_find_rid(buf, len) : 0;
-
-    struct smp_conn *c = smp_conns.lookup(&key);
-    if (!c) {
-        /* A connection we did not see open: its role follows from HTTP content. */
-        u8 role = 0;
-        if (cls == CLS_REQ)
-            role = is_read ? ROLE_DS : ROLE_US;
-        else if (cls == CLS_RESP)
-            role = is_read ? ROLE_US : ROLE_DS;
-        if (!role || (mode == MODE_APP && role != ROLE_DS))
-            return 0;
-        c = smp_conn_new(key, role);
-        if (!c)
-            return 0;
-        if (cls == CLS_RESP) {
-            c->phase = 2;  /* joined mid-exchange: wait for the next request */
-            if (role == ROLE_DS)
-                c->phase = 0;
-            return 0;
-        }
-    }
-    struct smp_proc_stats *ps = smp_proc.lookup(&tgid);
-    if (ps) {
-        if (is_read)
-            __sync_fetch_and_add(&ps->rx_bytes, ret);
-        else
-            __sync_fetch_and_add(&ps->tx_bytes, ret);
-    }
-
-    if (c->role == ROLE_DS) {
-        if (is_read) {
-            if (c->phase == 1) {
-                c->span.req_bytes += ret;
-                return 0;
-            }
-            if (cls == CLS_TLS)
-                c->tls = 1;
-            if (c->tls || cls == CLS_REQ)
-                smp_ds_start(c, key, tid, tgid, args.fd, ts, mode, rid, ret);
-            return 0;
-        }
-        /* a write to downstream */
-        if (c->phase == 1) {
-            if (mode == MODE_PROXY && !c->span.us_rx_beg) {
-                /* no upstream answer yet: a local reply or TLS handshake, not a span */
-                c->phase = 0;
-                if (ps)
-                    __sync_fetch_and_add(&ps->local_replies, 1);
-                return 0;
-            }
-            c->phase = 2;
-        }
-        if (c->phase == 2) {
-            c->span.ds_tx_end = wts;
-            c->span.resp_bytes += ret;
-        }
-        return 0;
-    }
-
-    /* ROLE_US: the proxy talking to its upstream */
-    if (!is_read) {
-        if (c->phase == 1) {
-            struct smp_conn *d = smp_conns.lookup(&c->ds_key);
-            if (d && d->phase == 1 && d->span.us_fd == (s32)args.fd)
-                d->span.us_tx_end = wts;
-            return 0;
-        }
-        u64 dkey = 0;
-        u16 how = 0;
-        if (rid && rid->rid_hash) {
-            u64 h = rid->rid_hash;
-            u64 *k = smp_rid_index.lookup(&h);
-            if (k) {
-                dkey = *k;
-                how = SMP_F_MATCH_RID;
-                smp_rid_index.delete(&h);
-            }
-        }
-        struct smp_conn *d = 0;
-        if (dkey) {
-            d = smp_conns.lookup(&dkey);
-            if (d && (d->phase != 1 || d->span.us_tx_end))
-                d = 0;  /* an id seen twice: fall back to the thread's order */
-        }
-        if (!d) {
-            /* the oldest request this thread read and has not sent on yet */
-            struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
-            if (!q)
-                return 0;
-            how = SMP_F_MATCH_THREAD;
-            for (int i = 0; i < SMP_FIFO; i++) {
-                if (q->head == q->tail)
-                    break;
-                u64 k = q->keys[q->head & (SMP_FIFO - 1)];
-                q->head++;
-                struct smp_conn *cand = smp_conns.lookup(&k);
-                if (cand && cand->phase == 1 && !cand->span.us_tx_end) {
-                    d = cand;
-                    dkey = k;
-                    break;
-                }
-            }
-            if (!d)
-                return 0;
-        }
-        if (rid && rid->rid_len && !d->span.rid_len) {
-            /* the proxy made the id (none came from downstream): adopt it, so the app's
-             * span of this request can be joined to this one */
-            d->span.rid_len = rid->rid_len;
-            d->span.rid_hash = rid->rid_hash;
-            __builtin_memcpy(d->span.rid, rid->rid, SMP_RID_LEN);
-            for (u32 k = 0; k < SMP_RID_LEN; k++)
-                if (k >= d->span.rid_len)
-                    d->span.rid[k] = 0;
-        }
-        d->span.us_fd = args.fd;
-        d->span.us_tx_beg = args.ts;
-        d->span.us_tx_end = wts;
-        d->span.flags |= how;
-        c->ds_key = dkey;
-        c->phase = 1;
-        return 0;
-    }
-    if (c->phase == 1) {
-        struct smp_conn *d = smp_conns.lookup(&c->ds_key);
-        if (d && d->phase == 1 && d->span.us_fd == (s32)args.fd && !d->span.us_rx_beg)
-            d->span.us_rx_beg = ts;
-        c->phase = 2;
-    }
-    return 0;
+    if (!is_read && !SMP_WRITE_TS_AT_EXIT)
+        io.ts = args.ts;
+    io.key = (id & 0xffffffff00000000ULL) | args.fd;
+    io.tid = (u32)id;
+    io.upid = args.upid;
+    io.mode = args.mode;
+    io.fd = args.fd;
+    io.is_read = is_read;
+    io.buf = smp_first_buf(args.ptr, args.io, ret, &io.len);
+    io.ret = args.io == IO_MMSG ? io.len : (u32)ret;
+    return smp_on_io(&io);
 }
 
 /* reads */
@@ -513,29 +789,23 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return smp_enter(args->fd, (u64
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return smp_exit(args->ret, 0); }
 
 /* connection roles: accepted sockets are downstream, connected ones upstream */
-static inline __attribute__((always_inline)) int smp_conn_role(s64 fd, u8 role)
+SMP_INLINE int smp_fd_role(s64 fd, u8 role)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (fd < 0 || smp_mode(id >> 32) != MODE_PROXY)
-        return 0;
-    smp_conn_new((id & 0xffffffff00000000ULL) | (u32)fd, role);
+    if (fd >= 0)
+        smp_conn_role((id & 0xffffffff00000000ULL) | (u32)fd, role, id >> 32);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return smp_conn_role(args->ret, ROLE_DS); }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return smp_conn_role(args->ret, ROLE_DS); }
-TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return smp_conn_role(args->fd, ROLE_US); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return smp_fd_role(args->ret, SMP_ROLE_DS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return smp_fd_role(args->ret, SMP_ROLE_DS); }
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return smp_fd_role(args->fd, SMP_ROLE_US); }
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    if (!smp_mode(tgid))
+    if (!smp_filter_pids.lookup(&tgid))
         return 0;
-    u64 key = ((u64)tgid << 32) | args->fd;
-    struct smp_conn *c = smp_conns.lookup(&key);
-    if (!c)
-        return 0;
-    if (c->role == ROLE_DS && c->phase == 2)
-        smp_emit(c, tgid);
-    smp_conns.delete(&key);
+    smp_conn_close((id & 0xffffffff00000000ULL) | (u32)args->fd, 1);
     return 0;
 }
+#endif
