@@ -13,7 +13,8 @@ after it, as a user would run it.
 
 Per variant window, in this order:
   node tax     (off, daemon) the C loop ``tax.c`` in a process nobody traces: ns per getppid(),
-               read() of /dev/zero, unix socket write+read; best of 5 and median
+               read() of /dev/zero, unix socket write+read; best and median of 15 short
+               repetitions (a neighbour's burst spoils a few, the best stays clean)
   saturation   (all) wrk -t1 -c16 for ``window_s``: req/s, Envoy's access-log lines vs the
                requests the profiler counted (completeness), CPU of Envoy and of the profiler
   fixed rate   (off, daemon) the built-in open-loop generator at a quarter of the maximum
@@ -67,6 +68,7 @@ DAEMON_INTERVAL_S = 1.0  # snapshots (the daemon's default is 5 s; 1 s keeps the
 PATHS = ("sock", "syscalls")
 CONFIGS = ("capture", "daemon")
 TAX_CALLS = ("getppid", "read", "sockpair")
+TAX_REPS, TAX_SCALE = 15, 0.3  # repetitions of ~10-15 ms each per call, ~0.6 s in all
 TAX_LABELS = {
     "getppid": "getppid()",
     "read": "read() of /dev/zero, 64 B",
@@ -390,9 +392,12 @@ class Bench:
         )
         return run_load(spec)
 
-    def tax(self, scale: float = 1.0) -> dict[str, dict[str, Any]]:
+    def tax(self, scale: float = TAX_SCALE) -> dict[str, dict[str, Any]]:
         p = subprocess.run(
-            [str(self.tax_exe), "5", f"{scale:g}"], capture_output=True, text=True, timeout=120
+            [str(self.tax_exe), str(TAX_REPS), f"{scale:g}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if p.returncode != 0:
             raise RuntimeError(f"tax loop failed: {p.stderr.strip()[-200:]}")
@@ -496,7 +501,7 @@ class Bench:
                 s0 = loader.prog_stats(bpf)
                 r, _ = poll_during(lambda: engine.poll(100), self.fixed)
                 s1 = loader.prog_stats(bpf)
-                tax = self.tax(scale=0.3)
+                tax = self.tax()
                 s2 = loader.prog_stats(bpf)
             engine.drain()
             traced = engine.targets[self.envoy].requests
@@ -702,7 +707,7 @@ def report(
                     (
                         f"tax_{call}",
                         best["median"],
-                        f"best of 5 {signed(best)} ns; median of 5 {signed(med)} ns",
+                        f"best {signed(best)} ns; median {signed(med)} ns (of {TAX_REPS})",
                         best,
                     )
                 )
@@ -794,8 +799,8 @@ def report(
                 goal_rows,
             ),
             table(
-                "Node tax: ns per call in a process the profiler does not trace, best of 5 "
-                "(off: absolute; on: paired difference, median [min..max] of rounds)",
+                "Node tax: ns per call in a process the profiler does not trace, best of "
+                f"{TAX_REPS} (off: absolute; on: paired difference, median [min..max] of rounds)",
                 ["call", "off (ns)", *[f"{n} added" for n in daemons], "target"],
                 tax_rows,
             ),
