@@ -216,6 +216,37 @@ def probe_path_env(path: str | None) -> Iterator[None]:
             os.environ["SMP_PROBE_PATH"] = old
 
 
+# BPF program types that run on a node's events (kprobe, tracepoint, perf_event,
+# raw_tracepoint, raw_tracepoint_writable, tracing): what another tracer adds to every window
+TRACING_PROG_TYPES = {2, 5, 7, 17, 24, 26}
+
+
+def foreign_tracers(exclude: set[int]) -> dict[int, int]:
+    """pid -> tracing BPF programs it holds open, for every process but ``exclude`` (another
+    profiler, a test suite: on a shared machine they tax the "off" windows too)."""
+    out: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in exclude:
+            continue
+        n = 0
+        try:
+            for fd in (proc / "fd").iterdir():
+                try:
+                    if os.readlink(fd) != "anon_inode:bpf-prog":
+                        continue
+                    info = (proc / "fdinfo" / fd.name).read_text()
+                except OSError:
+                    continue
+                m = re.search(r"^prog_type:\s*(\d+)", info, re.M)
+                if m and int(m.group(1)) in TRACING_PROG_TYPES:
+                    n += 1
+        except OSError:
+            continue
+        if n:
+            out[int(proc.name)] = n
+    return out
+
+
 def proc_cpu_s(pid: int) -> float:
     """Seconds on CPU of a process's live threads, from the scheduler's nanosecond account
     (/proc/<pid>/task/*/schedstat; /proc/<pid>/stat counts in 10 ms ticks, which is 1 us a
@@ -421,6 +452,8 @@ class Bench:
         config, _, path = name.partition("/")
         prof = ProfilerProc(config, path, self.tb, self.workdir) if config != "off" else None
         out: dict[str, Any] = {"variant": name}
+        mine = {os.getpid()} | ({prof.pid} if prof else set())
+        foreign = foreign_tracers(mine)
         try:
             if prof is not None:
                 out["attach_s"] = round(prof.attach_s, 1)
@@ -433,6 +466,10 @@ class Bench:
             if prof is not None:
                 prof.kill()
             raise
+        for pid, n in foreign_tracers(mine).items():
+            foreign[pid] = max(n, foreign.get(pid, 0))
+        out["foreign_tracers"] = len(foreign)
+        out["foreign_programs"] = sum(foreign.values())
         if prof is not None:
             cpu0 = out["sat"]["prof_cpu0"]
             total = prof.stop()
@@ -622,6 +659,12 @@ def report(
         },
         "variants": {},
     }
+    windows = [w for r in rounds for w in r]
+    dirty = [w for w in windows if w.get("foreign_tracers")]
+    summ["windows_with_foreign_tracers"] = len(dirty)
+    summ["windows"] = len(windows)
+    summ["foreign_tracers_max"] = max((w.get("foreign_tracers", 0) for w in windows), default=0)
+    summ["off_windows_with_foreign_tracers"] = sum(1 for w in off if w.get("foreign_tracers"))
     goal_rows: list[list[Any]] = []
     detail_rows: list[list[Any]] = []
     for name in names[1:]:
@@ -794,7 +837,9 @@ def report(
                 f"{profile.window_s:g} s, paired with the round's off window (median "
                 f"[min..max]); off: {med_range(off_s['rps'])} req/s at saturation (wrk -t1 "
                 f"-c16), p50 {med_range(off_s['p50_us'])} us, p99 {med_range(off_s['p99_us'])} "
-                f"us at {rate:.0f} req/s",
+                f"us at {rate:.0f} req/s; another process had tracing BPF programs loaded in "
+                f"{len(dirty)} of {len(windows)} windows (up to {summ['foreign_tracers_max']} "
+                "processes), off windows included",
                 ["variant", "goal", "measured (paired)", "target", "verdict"],
                 goal_rows,
             ),

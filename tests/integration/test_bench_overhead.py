@@ -30,6 +30,9 @@ def test_tax_loop_makes_the_calls_it_claims(path: str, tmp_path: Path) -> None:
         engine = Engine(ringbuf_pages=16)  # no targets: every program filters the loop out
     try:
         bpf = overhead._bpf_of(engine)
+        # another tracer on the machine is seen (here: this process's own probe)
+        assert overhead.foreign_tracers(set())[os.getpid()] >= 2
+        assert os.getpid() not in overhead.foreign_tracers({os.getpid()})
         with loader.bpf_stats_enabled() as on:
             assert on
             before = loader.prog_stats(bpf)

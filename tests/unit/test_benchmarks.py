@@ -174,3 +174,27 @@ def test_judge_says_when_the_rounds_straddle_the_target() -> None:
     assert overhead.judge(g, 40.0, {"min": 20.0, "max": 60.0}) == "NOT met"
     assert overhead.judge(g, None, None) == "n/a"
     assert overhead.signed({"median": -3.0, "min": -6.1, "max": 2.0}) == "-3 [-6.1..+2]"
+
+
+def test_paste_replaces_only_the_marked_blocks() -> None:
+    from benchmarks.paste import paste
+
+    doc = {
+        "profile": "full",
+        "started": "2026-12-06T18:00:00+00:00",
+        "machine": {"load_avg": [1.5, 1, 1], "load_avg_end": [2.5, 1, 1], "nice": -10},
+        "benchmarks": {
+            "overhead": {"seconds": 300, "tables": [common.table("T", ["a"], [[1.5]])]},
+            "capacity": {"seconds": 1, "error": "boom"},
+        },
+    }
+    text = (
+        "intro\n<!-- bench:overhead -->\nold table\n<!-- /bench:overhead -->\nmiddle\n"
+        "<!-- bench:loadgens -->\nkept\n<!-- /bench:loadgens -->\nend\n"
+    )
+    new, done = paste(text, doc)
+    assert done == ["overhead"]
+    assert "old table" not in new and "#### T" in new and "| 1.5 |" in new
+    assert "load average 1.5 at start, 2.5 at end; nice -10; 300 s" in new
+    assert new.startswith("intro\n") and "middle\n" in new and "kept\n" in new
+    assert new.endswith("<!-- /bench:loadgens -->\nend\n")
