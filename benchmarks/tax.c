@@ -1,13 +1,14 @@
 /* tax: what a process the profiler does NOT trace pays per system call.
  *
- *   tax REPS [SCALE]
+ *   tax REPS [SCALE [CALL]]
  *
  * Times three calls in a loop, REPS times each, interleaved (one repetition of each call, then
  * the next) so that a noisy neighbour falls on all three alike:
  *   getppid   getppid(), a syscall that touches nothing: only the syscall entry/exit path
  *   read      read(2) of 64 bytes from /dev/zero: a file read (no socket)
  *   sockpair  write(2) of 64 bytes into a unix socketpair, then read(2) of them on the other end
- * SCALE multiplies the iteration counts (1.0: about 0.1 s per repetition of each call here).
+ * SCALE multiplies the iteration counts (1.0: about 0.1 s per repetition of each call here);
+ * CALL runs that call only.
  * Prints one line per call: NAME ITERS best_ns median_ns ns_1 .. ns_REPS (nanoseconds per
  * call; ITERS calls per repetition, and ITERS / 10 + 1 more to warm up). */
 #define _GNU_SOURCE
@@ -65,12 +66,13 @@ static int cmp_double(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2 || argc > 3) {
-        fprintf(stderr, "usage: tax REPS [SCALE]\n");
+    if (argc < 2 || argc > 4) {
+        fprintf(stderr, "usage: tax REPS [SCALE [CALL]]\n");
         return 2;
     }
     int reps = atoi(argv[1]);
-    double scale = argc == 3 ? atof(argv[2]) : 1.0;
+    double scale = argc >= 3 ? atof(argv[2]) : 1.0;
+    const char *only = argc == 4 ? argv[3] : NULL;
     if (reps < 1 || reps > MAX_REPS || !(scale > 0)) {
         fprintf(stderr, "tax: REPS must be 1..%d and SCALE positive\n", MAX_REPS);
         return 2;
@@ -86,6 +88,18 @@ int main(int argc, char **argv)
         {"sockpair", do_sockpair, (long)(60000 * scale), {0}},
     };
     int n = sizeof calls / sizeof calls[0];
+    if (only) { /* that call alone, moved to the front */
+        int k = 0;
+        while (k < n && strcmp(calls[k].name, only))
+            k++;
+        if (k == n) {
+            fprintf(stderr, "tax: no call %s (getppid, read, sockpair)\n", only);
+            return 2;
+        }
+        if (k)
+            calls[0] = calls[k];
+        n = 1;
+    }
     for (int c = 0; c < n; c++) /* warm caches and the socket buffers */
         for (long i = 0; i < calls[c].iters / 10 + 1; i++)
             if (calls[c].fn())
