@@ -355,7 +355,11 @@ class ProfilerProc:
         return last
 
     def cpu_s(self) -> float:
-        return proc_cpu_s(self.pid)
+        """The profiler process's CPU so far as wait4 will count it at the end: all its
+        threads, exited ones included (the capture compiles in a start-up thread), and its
+        reaped children (/proc/<pid>/stat utime + stime + cutime + cstime, 10 ms ticks)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> float:
         """Stop (capture: SIGINT, which writes its files; daemon: SIGTERM) and return the
@@ -609,6 +613,7 @@ def run(profile: Profile) -> dict[str, Any]:
         rounds = rotate(profile.rounds, [lambda n=n: bench.variant(n) for n in names])
         hooks = {p: bench.hooks(p) for p in paths}
     res = report(profile, names, rounds, hooks, calib["rps"], bench.rate)
+    res["windows"] = dict(zip(names, rounds, strict=True))  # every window's raw numbers
     res["summary"]["paths"] = paths
     res["summary"]["paths_note"] = why
     res["summary"]["load_avg_start"] = load0
