@@ -64,6 +64,8 @@ enum smp_span_kind {
 #define SMP_F_MATCH_RID 0x2     /* upstream write matched to the request by x-request-id */
 #define SMP_F_MATCH_THREAD 0x4  /* matched by worker thread (no readable request id) */
 #define SMP_F_DRAINED 0x8       /* read from the connection table at the end, not emitted */
+#define SMP_F_RID_ADOPTED 0x10  /* the id is the one the proxy added upstream (none came in) */
+#define SMP_F_REPAIRED 0x20     /* thread match corrected at the response (pool reordering) */
 
 struct smp_span {
     u64 ds_rx_beg;
@@ -91,6 +93,7 @@ struct smp_span {
 struct smp_conn {
     u64 sk;
     u64 ds_key;             /* US: the downstream connection whose request this one carries */
+    u64 us_key;             /* DS: the upstream connection its request went out on */
     u32 upid;               /* the owning process as the profiler sees it */
     u8 role;                /* enum smp_role */
     u8 phase;               /* enum smp_phase */
@@ -115,6 +118,9 @@ struct smp_proc_stats {
     u64 unparsed_bytes;     /* socket bytes that belong to no span (never silent) */
     u64 unattributed;       /* socket I/O by a call the probe does not decode (sendfile,
                              * splice, io_uring): counted, not parsed */
+    u64 pipelined;          /* request heads read while the connection's previous request
+                             * was still open: no span of their own */
+    u64 aborted;            /* downstream connections closed with a request open */
 };
 
 #endif
