@@ -13,7 +13,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from profiler import outputs
-from profiler.capture import targets as resolve_targets
+from profiler.discovery import targets as resolve_targets
 from profiler.errors import Interrupted, OutputNotWritable, UsageError
 
 if TYPE_CHECKING:

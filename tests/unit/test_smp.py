@@ -253,7 +253,7 @@ def test_yaml_output_is_loadable_by_a_plain_yaml_reader(tmp_path: Path) -> None:
 
 
 def test_envoy_version_string() -> None:
-    from profiler.smp.environment import parse_envoy_version
+    from profiler.discovery.environment import parse_envoy_version
 
     text = "envoy  version: 9e5580933739775e8bce696a57a2e1bc99368f23/1.40.0/Clean/RELEASE/BoringSSL"
     assert parse_envoy_version(text) == "1.40.0/Clean/RELEASE/BoringSSL"
