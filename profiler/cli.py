@@ -216,14 +216,9 @@ def report(
     ] = None,
 ) -> None:
     """Show a result file (terminal, markdown, JSON, YAML, SMP documents, HTML with plots)."""
-    if file is None or prometheus is not None:
-        from profiler.daemon import cluster
+    from profiler.commands import report as cmd
 
-        _exit(cluster.main(prometheus, start, end, namespace, output, fmt, file))
-    else:
-        from profiler.commands import report as cmd
-
-        _exit(cmd.main(file=file, fmt=fmt, output=output, width=width))
+    _exit(cmd.main(file, fmt, output, width, prometheus, start, end, namespace))
 
 
 @app.command()

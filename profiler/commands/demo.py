@@ -9,6 +9,7 @@ from pathlib import Path
 from profiler import capabilities, outputs
 from profiler.errors import OutputNotWritable, UsageError
 from profiler.model import RunConfig, dumps
+from profiler.smp.bundle import bundle_json
 
 RATES = [100.0, 500.0, 1000.0]
 STEP_S = 10.0
@@ -68,7 +69,7 @@ def main(
                 tb.down()
             except Exception as e:  # keep tearing down the others; say what was left
                 out.print(f"[red]teardown of {tb.state.name} failed:[/] {e}")
-    doc = bundle.to_json()
+    doc = bundle_json(bundle)
     path = outputs.save_text(output_dir / "result.json", dumps(doc, "json"))
     saved = [path, outputs.save_text(output_dir / "result.yaml", dumps(doc, "yaml"))]
     out.print(summary_table(doc))

@@ -1,9 +1,11 @@
-"""``smp-profiler report FILE``: show a result file, or write it in another format."""
+"""``smp-profiler report FILE``: show a result file, or write it in another format;
+``report --prometheus URL``: the cluster-wide bundle from the DaemonSet's metrics."""
 
 from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from profiler.errors import UsageError
@@ -25,7 +27,18 @@ def write(text: str, output: Path | None) -> None:
     print(f"wrote {output}", file=sys.stderr)
 
 
-def main(file: Path, fmt: str | None, output: Path | None, width: int | None) -> int:
+def main(
+    file: Path | None,
+    fmt: str | None,
+    output: Path | None,
+    width: int | None,
+    prometheus: str | None = None,
+    start: str | None = None,
+    end: str = "now",
+    namespace: str | None = None,
+) -> int:
+    if file is None or prometheus is not None:
+        return cluster_main(prometheus, start, end, namespace, output, fmt, file)
     from profiler import report
 
     name = report.format_for(fmt, output)
@@ -36,4 +49,52 @@ def main(file: Path, fmt: str | None, output: Path | None, width: int | None) ->
     elif name == "smp":
         opts = {"yaml": output is not None and output.suffix.lower() in (".yaml", ".yml")}
     write(report.get(name, **opts).render(src), output)
+    return 0
+
+
+def cluster_main(
+    prometheus: str | None,
+    start: str | None,
+    end: str = "now",
+    namespace: str | None = None,
+    output: Path | None = None,
+    fmt: str | None = None,
+    file: Path | None = None,
+    now: float | None = None,
+) -> int:
+    """``report --prometheus URL --start T [--end T] [--namespace NS] [-o FILE]``."""
+    from profiler.daemon.cluster import cluster_bundle, parse_time
+    from profiler.daemon.promql import Prometheus
+    from profiler.smp.bundle import write_document
+
+    if prometheus is None:
+        if start is not None or namespace is not None:
+            raise UsageError("--start and --namespace go with --prometheus URL")
+        raise UsageError("report needs a FILE, or --prometheus URL --start T")
+    if file is not None:
+        raise UsageError("report reads a FILE or queries --prometheus, not both")
+    if start is None:
+        raise UsageError("--prometheus needs --start (e.g. --start now-15m)")
+    if not prometheus.startswith(("http://", "https://")):
+        raise UsageError(f"--prometheus needs an http(s) URL, not '{prometheus}'")
+    if fmt not in (None, "json", "yaml"):
+        raise UsageError(f"--format {fmt} with --prometheus: json or yaml")
+    output = output or Path("cluster.json")
+    t = time.time() if now is None else now
+    t0, t1 = parse_time(start, t), parse_time(end, t)
+    if t1 <= t0:
+        raise UsageError("--end must be after --start")
+    doc = cluster_bundle(Prometheus(prometheus), t0, t1, namespace)
+    try:
+        write_document(doc, output, fmt)
+    except OSError as e:
+        raise UsageError(f"cannot write {output}: {e.strerror or e}") from None
+    sc = doc["details"]["sidecar"]
+    total = doc["details"]["legs"].get("sidecar_total", {})
+    print(
+        f"{output}: {sc['count']} sidecars, {sc['requests']:.0f} requests ({sc['rps']} req/s), "
+        f"{sc['cpu_mcores']} mcores, {sc['mem_mb']} MiB, "
+        f"sidecar_total p50 {total.get('p50_ms')} ms p99 {total.get('p99_ms')} ms",
+        file=sys.stderr,
+    )
     return 0

@@ -13,6 +13,7 @@ from rich.table import Table
 from profiler.errors import TooManyErrors, UsageError
 from profiler.model import RunConfig, StepRecord, dumps
 from profiler.runner import Window, rate_label
+from profiler.smp.bundle import bundle_json
 
 FORMATS = ("json", "yaml")
 
@@ -197,7 +198,7 @@ def main(
         bundle = runner.execute(cfg, mesh, reporter=RichReporter(out), seed=seed)
     except runner.RunInterrupted as stop:
         # what was measured is written before anything else is said
-        doc = stop.bundle.to_json()
+        doc = bundle_json(stop.bundle)
         written = outputs.save_text(output, dumps(doc, used))
         out.print(summary_table(doc))
         for note in doc["details"]["notes"]:
@@ -206,7 +207,7 @@ def main(
         if isinstance(stop.cause, KeyboardInterrupt):
             return 130
         raise stop.cause from None
-    doc = bundle.to_json()
+    doc = bundle_json(bundle)
     written = outputs.save_text(output, dumps(doc, used))  # never lost: a fallback if need be
     out.print(summary_table(doc))
     for note in doc["details"]["notes"]:
