@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
+import typer
+
+from profiler.commands.report import WIDTH
 from profiler.errors import UsageError
 
 FORMATS = ("terminal", "markdown", "json")
@@ -32,3 +36,18 @@ def main(files: list[Path], fmt: str, output: Path | None, force: bool, width: i
             text = terminal.render_document(doc, width or term_width(), color)
     write(text, output)
     return 0
+
+
+def command(
+    files: Annotated[list[Path], typer.Argument(help="Two or more bundles or captures.")],
+    fmt: Annotated[str, typer.Option("--format", help="terminal|markdown|json.")] = "terminal",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="File to write [default: stdout].")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Compare even when CPU model or core count differ.")
+    ] = False,
+    width: Annotated[int | None, WIDTH] = None,
+) -> None:
+    """Put two or more results side by side, with the differences and their significance."""
+    raise typer.Exit(main(files=files, fmt=fmt, output=output, force=force, width=width))

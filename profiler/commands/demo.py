@@ -5,11 +5,12 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from profiler import capabilities, outputs
 from profiler.errors import OutputNotWritable, UsageError
-from profiler.model import RunConfig, dumps
-from profiler.smp.bundle import bundle_json
 
 RATES = [100.0, 500.0, 1000.0]
 STEP_S = 10.0
@@ -26,7 +27,9 @@ def main(
     name: str | None = None,
 ) -> int:
     from profiler import runner
-    from profiler.commands.run import RichReporter, console, summary_table
+    from profiler.commands.console import RichReporter, console, summary_table
+    from profiler.model import RunConfig, dumps
+    from profiler.smp.bundle import bundle_json
     from profiler.testbed import Testbed, TestbedConfig
 
     capabilities.require_admin("demo (it builds a local testbed)")
@@ -84,3 +87,10 @@ def main(
     print(f"HTML report: {saved[-1].resolve()}")
     moved = [p for p, file in zip(saved, FILES, strict=True) if p != output_dir / file]
     return OutputNotWritable.exit_code if moved else 0
+
+
+def command(
+    output_dir: Annotated[Path, typer.Option(help="Where results go.")] = Path("smp-results"),
+) -> None:
+    """Build the local node, run a short sweep with the profiler, write the results, tear down."""
+    raise typer.Exit(main(output_dir=output_dir))

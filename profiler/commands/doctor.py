@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
+
+import typer
 
 from profiler import capabilities
 
@@ -57,3 +60,10 @@ def _method(checks: list[capabilities.Check]) -> dict[str, str]:
     _, xmit_why = capabilities.xmit_stamps()
     return {"path": path, "why": why, "arrival": arrival, "arrival_why": arrival_why,
             "writes": xmit_why}  # fmt: skip
+
+
+def command(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Check what this node can do: privileges, BPF, BCC, tracepoints, uprobes, headers."""
+    raise typer.Exit(main(json_out=json_out))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from profiler import capabilities
 from profiler.errors import BadInputFile, TargetUnreachable, TestbedError, UsageError
@@ -147,3 +150,81 @@ def load(
         f" ({res.rate_achieved:.1f} of {rate:g} req/s{lat}), {res.error_count} errors"
     )
     return 0 if res.error_count == 0 else 1
+
+
+app = typer.Typer(
+    help="Build a local node from real parts: pods, a real Envoy sidecar, Istio's capture.",
+    no_args_is_help=True,
+)
+NAME = typer.Option("--name", help="Testbed name: derives its netns, bridge and subnet.")
+STATE = typer.Option(
+    "--state-dir", help="Where testbed.json and logs go [default: /run/smp-profiler/testbed-NAME]."
+)
+
+
+@app.command("up")
+def up_command(
+    name: Annotated[str, NAME] = "smp",
+    sidecar: Annotated[
+        str, typer.Option(help="envoy, or none for the no-mesh baseline.")
+    ] = "envoy",
+    client_sidecar: Annotated[
+        bool, typer.Option("--client-sidecar", help="Give the client pod an Envoy too.")
+    ] = False,
+    mtls: Annotated[bool, typer.Option("--mtls", help="Sidecar-to-sidecar mutual TLS.")] = False,
+    concurrency: Annotated[int, typer.Option(help="Envoy worker threads.")] = 1,
+    app_delay: Annotated[str, typer.Option(help="App service time, e.g. 1ms.")] = "0",
+    response_size: Annotated[str, typer.Option(help="App response body, e.g. 128, 4k.")] = "128",
+    state_dir: Annotated[Path | None, STATE] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the description as JSON.")
+    ] = False,
+) -> None:
+    """Build the node: pods, an Envoy sidecar, iptables capture."""
+    code = up(
+        name=name,
+        sidecar=sidecar,
+        client_sidecar=client_sidecar,
+        mtls=mtls,
+        concurrency=concurrency,
+        app_delay=app_delay,
+        response_size=response_size,
+        state_dir=state_dir,
+        json_out=json_out,
+    )
+    raise typer.Exit(code)
+
+
+@app.command("down")
+def down_command(
+    name: Annotated[str, NAME] = "smp",
+    state_dir: Annotated[Path | None, STATE] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print what was removed.")] = False,
+) -> None:
+    """Remove everything the testbed made (safe to run twice or after a crash)."""
+    raise typer.Exit(down(name=name, state_dir=state_dir, json_out=json_out))
+
+
+@app.command("status")
+def status_command(
+    name: Annotated[str, NAME] = "smp",
+    state_dir: Annotated[Path | None, STATE] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print state and checks.")] = False,
+) -> None:
+    """Re-read the testbed's description and check it is all there."""
+    raise typer.Exit(status(name=name, state_dir=state_dir, json_out=json_out))
+
+
+@app.command("load")
+def load_command(
+    name: Annotated[str, NAME] = "smp",
+    state_dir: Annotated[Path | None, STATE] = None,
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 100.0,
+    duration: Annotated[str, typer.Option(help="How long, e.g. 20s.")] = "10s",
+    connections: Annotated[int, typer.Option(help="Connections.")] = 4,
+) -> None:
+    """Send requests from the client pod to the server pod (traffic for a capture)."""
+    code = load(
+        name=name, state_dir=state_dir, rate=rate, duration=duration, connections=connections
+    )
+    raise typer.Exit(code)
