@@ -44,6 +44,7 @@ TOOLS: dict[str, str] = {
     "tcpdump": "tcpdump",
     "wrk": "wrk",
     "hey": "hey",
+    "h2load": "nghttp2-client",
     "gcc": "gcc",
     "cc": "gcc",
     "chromium": "chromium",
