@@ -28,10 +28,11 @@ from profiler.errors import UsageError
 from profiler.smp.build import duration_string, int32, mib_to_mb
 from profiler.smp.read import format_time
 from profiler.smp.schema import SMP_VERSION
+from profiler.units import PERCENTILES
 
 KIND = "smp-profiler/cluster-bundle"
 FORMAT_VERSION = 1
-PS = (50.0, 90.0, 95.0, 99.0, 99.9)
+PS = PERCENTILES
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _RELATIVE = re.compile(r"^now(?:\s*-\s*(\d+(?:\.\d+)?)\s*([smhd]))?$")
 
