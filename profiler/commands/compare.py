@@ -9,13 +9,25 @@ from typing import Annotated
 
 import typer
 
+from profiler.commands import exits
 from profiler.commands.report import WIDTH
 from profiler.errors import UsageError
 
 FORMATS = ("terminal", "markdown", "json")
 
 
-def main(files: list[Path], fmt: str, output: Path | None, force: bool, width: int | None) -> int:
+def main(
+    files: Annotated[list[Path], typer.Argument(help="Two or more bundles or captures.")],
+    fmt: Annotated[str, typer.Option("--format", help="terminal|markdown|json.")] = "terminal",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="File to write [default: stdout].")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Compare even when CPU model or core count differ.")
+    ] = False,
+    width: Annotated[int | None, WIDTH] = None,
+) -> int:
+    """Put two or more results side by side, with the differences and their significance."""
     from profiler.commands.report import term_width, write
     from profiler.report import compare, load, markdown, terminal
 
@@ -38,16 +50,4 @@ def main(files: list[Path], fmt: str, output: Path | None, force: bool, width: i
     return 0
 
 
-def command(
-    files: Annotated[list[Path], typer.Argument(help="Two or more bundles or captures.")],
-    fmt: Annotated[str, typer.Option("--format", help="terminal|markdown|json.")] = "terminal",
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="File to write [default: stdout].")
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Compare even when CPU model or core count differ.")
-    ] = False,
-    width: Annotated[int | None, WIDTH] = None,
-) -> None:
-    """Put two or more results side by side, with the differences and their significance."""
-    raise typer.Exit(main(files=files, fmt=fmt, output=output, force=force, width=width))
+command = exits(main)

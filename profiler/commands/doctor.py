@@ -8,9 +8,13 @@ from typing import Annotated
 import typer
 
 from profiler import capabilities
+from profiler.commands import exits
 
 
-def main(json_out: bool = False) -> int:
+def main(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> int:
+    """Check what this node can do: privileges, BPF, BCC, tracepoints, uprobes, headers."""
     checks = capabilities.run_all()
     possible = capabilities.capture_possible(checks)
     method = _method(checks)
@@ -62,8 +66,4 @@ def _method(checks: list[capabilities.Check]) -> dict[str, str]:
             "writes": xmit_why}  # fmt: skip
 
 
-def command(
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Check what this node can do: privileges, BPF, BCC, tracepoints, uprobes, headers."""
-    raise typer.Exit(main(json_out=json_out))
+command = exits(main)

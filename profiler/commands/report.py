@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from profiler.commands import exits
 from profiler.errors import UsageError
 
 
@@ -31,15 +32,33 @@ def write(text: str, output: Path | None) -> None:
 
 
 def main(
-    file: Path | None,
-    fmt: str | None,
-    output: Path | None,
-    width: int | None,
-    prometheus: str | None = None,
-    start: str | None = None,
-    end: str = "now",
-    namespace: str | None = None,
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="A capture, a run bundle, fortio or Nighthawk JSON, or SMP results."),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="terminal|markdown|json|yaml|smp|html [default: by the -o suffix]."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="File to write [default: stdout].")
+    ] = None,
+    width: Annotated[int | None, WIDTH] = None,
+    prometheus: Annotated[
+        str | None,
+        typer.Option(help="Prometheus URL: the cluster-wide bundle from the DaemonSet's metrics."),
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option(help="Window start (RFC 3339, Unix seconds, now-15m).")
+    ] = None,
+    end: Annotated[str, typer.Option(help="Window end, with --prometheus.")] = "now",
+    namespace: Annotated[
+        str | None, typer.Option(help="Only this namespace's pods, with --prometheus.")
+    ] = None,
 ) -> int:
+    """Show a result file (terminal, markdown, JSON, YAML, SMP documents, HTML with plots)."""
     if file is None or prometheus is not None:
         return cluster_main(prometheus, start, end, namespace, output, fmt, file)
     from profiler import report
@@ -106,32 +125,4 @@ def cluster_main(
 WIDTH = typer.Option(help="Terminal width of the view [default: the terminal's].")
 
 
-def command(
-    file: Annotated[
-        Path | None,
-        typer.Argument(help="A capture, a run bundle, fortio or Nighthawk JSON, or SMP results."),
-    ] = None,
-    fmt: Annotated[
-        str | None,
-        typer.Option(
-            "--format", help="terminal|markdown|json|yaml|smp|html [default: by the -o suffix]."
-        ),
-    ] = None,
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="File to write [default: stdout].")
-    ] = None,
-    width: Annotated[int | None, WIDTH] = None,
-    prometheus: Annotated[
-        str | None,
-        typer.Option(help="Prometheus URL: the cluster-wide bundle from the DaemonSet's metrics."),
-    ] = None,
-    start: Annotated[
-        str | None, typer.Option(help="Window start (RFC 3339, Unix seconds, now-15m).")
-    ] = None,
-    end: Annotated[str, typer.Option(help="Window end, with --prometheus.")] = "now",
-    namespace: Annotated[
-        str | None, typer.Option(help="Only this namespace's pods, with --prometheus.")
-    ] = None,
-) -> None:
-    """Show a result file (terminal, markdown, JSON, YAML, SMP documents, HTML with plots)."""
-    raise typer.Exit(main(file, fmt, output, width, prometheus, start, end, namespace))
+command = exits(main)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from profiler.commands import exits
 from profiler.errors import TooManyErrors, UsageError
 
 FORMATS = ("json", "yaml")
@@ -22,24 +23,45 @@ def _seconds(text: str, option: str) -> float:
 
 
 def main(
-    *,
-    target: str | None,
-    rates: str,
-    step_duration: str,
-    warmup: str,
-    repeat: int,
-    load_generator: str,
-    connections: int,
-    sidecar_pid: list[int],
-    app_pid: list[int],
-    testbed: Path | None,
-    baseline_target: str | None,
-    baseline_testbed: Path | None,
-    output: Path,
-    fmt: str | None,
-    seed: int | None = None,
-    max_error_rate: float = 0.01,
+    target: Annotated[str | None, typer.Option(help="URL to load (http://host:port/path).")] = None,
+    rates: Annotated[str, typer.Option(help="Rate steps in req/s, e.g. 100,500,1000.")] = (
+        "100,500,1000"
+    ),
+    step_duration: Annotated[str, typer.Option(help="Measured time per step, e.g. 10s.")] = "10s",
+    warmup: Annotated[str, typer.Option(help="Load before each step, not measured.")] = "2s",
+    repeat: Annotated[int, typer.Option(help="Repetitions of every step.")] = 1,
+    load_generator: Annotated[
+        str, typer.Option(help="builtin|wrk|hey|fortio|nighthawk.")
+    ] = "builtin",
+    connections: Annotated[int, typer.Option(help="Connections of the load generator.")] = 16,
+    sidecar_pid: Annotated[
+        list[int] | None, typer.Option("--sidecar-pid", help="Sidecar PID to capture (repeatable).")
+    ] = None,
+    app_pid: Annotated[
+        list[int] | None, typer.Option("--app-pid", help="App PID to capture too (repeatable).")
+    ] = None,
+    testbed: Annotated[
+        Path | None, typer.Option(help="Testbed state dir: target, netns and PIDs from it.")
+    ] = None,
+    baseline_target: Annotated[
+        str | None, typer.Option(help="The same service without the sidecar (A/B).")
+    ] = None,
+    baseline_testbed: Annotated[
+        Path | None, typer.Option(help="Testbed state dir of the no-sidecar baseline.")
+    ] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Result bundle to write.")] = Path(
+        "result.json"
+    ),
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="json|yaml [default: by the suffix of -o].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the bootstrap.")] = None,
+    max_error_rate: Annotated[
+        float,
+        typer.Option(help="Exit 6 (results written) when a step fails more requests (0.01 = 1%)."),
+    ] = 0.01,
 ) -> int:
+    """Drive load at fixed rates, capture each step, and write SMP results."""
     from profiler import capabilities, outputs, runner
     from profiler.commands.console import RichReporter, console, summary_table
     from profiler.model import RunConfig, dumps
@@ -56,8 +78,8 @@ def main(
         generator=load_generator,
         connections=connections,
         baseline_target=baseline_target,
-        sidecar_pids=list(sidecar_pid),
-        app_pids=list(app_pid),
+        sidecar_pids=list(sidecar_pid or []),
+        app_pids=list(app_pid or []),
         testbed=str(testbed) if testbed else None,
         baseline_testbed=str(baseline_testbed) if baseline_testbed else None,
         max_error_rate=max_error_rate,
@@ -110,62 +132,4 @@ def check_error_rate(doc: dict[str, Any], limit: float) -> None:
         )
 
 
-def command(
-    target: Annotated[str | None, typer.Option(help="URL to load (http://host:port/path).")] = None,
-    rates: Annotated[str, typer.Option(help="Rate steps in req/s, e.g. 100,500,1000.")] = (
-        "100,500,1000"
-    ),
-    step_duration: Annotated[str, typer.Option(help="Measured time per step, e.g. 10s.")] = "10s",
-    warmup: Annotated[str, typer.Option(help="Load before each step, not measured.")] = "2s",
-    repeat: Annotated[int, typer.Option(help="Repetitions of every step.")] = 1,
-    load_generator: Annotated[
-        str, typer.Option(help="builtin|wrk|hey|fortio|nighthawk.")
-    ] = "builtin",
-    connections: Annotated[int, typer.Option(help="Connections of the load generator.")] = 16,
-    sidecar_pid: Annotated[
-        list[int] | None, typer.Option("--sidecar-pid", help="Sidecar PID to capture (repeatable).")
-    ] = None,
-    app_pid: Annotated[
-        list[int] | None, typer.Option("--app-pid", help="App PID to capture too (repeatable).")
-    ] = None,
-    testbed: Annotated[
-        Path | None, typer.Option(help="Testbed state dir: target, netns and PIDs from it.")
-    ] = None,
-    baseline_target: Annotated[
-        str | None, typer.Option(help="The same service without the sidecar (A/B).")
-    ] = None,
-    baseline_testbed: Annotated[
-        Path | None, typer.Option(help="Testbed state dir of the no-sidecar baseline.")
-    ] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Result bundle to write.")] = Path(
-        "result.json"
-    ),
-    fmt: Annotated[
-        str | None, typer.Option("--format", help="json|yaml [default: by the suffix of -o].")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the bootstrap.")] = None,
-    max_error_rate: Annotated[
-        float,
-        typer.Option(help="Exit 6 (results written) when a step fails more requests (0.01 = 1%)."),
-    ] = 0.01,
-) -> None:
-    """Drive load at fixed rates, capture each step, and write SMP results."""
-    code = main(
-        target=target,
-        rates=rates,
-        step_duration=step_duration,
-        warmup=warmup,
-        repeat=repeat,
-        load_generator=load_generator,
-        connections=connections,
-        sidecar_pid=sidecar_pid or [],
-        app_pid=app_pid or [],
-        testbed=testbed,
-        baseline_target=baseline_target,
-        baseline_testbed=baseline_testbed,
-        output=output,
-        fmt=fmt,
-        seed=seed,
-        max_error_rate=max_error_rate,
-    )
-    raise typer.Exit(code)
+command = exits(main)

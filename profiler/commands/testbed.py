@@ -10,7 +10,17 @@ from typing import Annotated
 import typer
 
 from profiler import capabilities
+from profiler.commands import exits
 from profiler.errors import BadInputFile, TargetUnreachable, TestbedError, UsageError
+
+app = typer.Typer(
+    help="Build a local node from real parts: pods, a real Envoy sidecar, Istio's capture.",
+    no_args_is_help=True,
+)
+NAME = typer.Option("--name", help="Testbed name: derives its netns, bridge and subnet.")
+STATE = typer.Option(
+    "--state-dir", help="Where testbed.json and logs go [default: /run/smp-profiler/testbed-NAME]."
+)
 
 
 def _state_dir(name: str, state_dir: Path | None) -> Path:
@@ -20,17 +30,23 @@ def _state_dir(name: str, state_dir: Path | None) -> Path:
 
 
 def up(
-    *,
-    name: str,
-    sidecar: str,
-    client_sidecar: bool,
-    mtls: bool,
-    concurrency: int,
-    app_delay: str,
-    response_size: str,
-    state_dir: Path | None,
-    json_out: bool,
+    name: Annotated[str, NAME] = "smp",
+    sidecar: Annotated[
+        str, typer.Option(help="envoy, or none for the no-mesh baseline.")
+    ] = "envoy",
+    client_sidecar: Annotated[
+        bool, typer.Option("--client-sidecar", help="Give the client pod an Envoy too.")
+    ] = False,
+    mtls: Annotated[bool, typer.Option("--mtls", help="Sidecar-to-sidecar mutual TLS.")] = False,
+    concurrency: Annotated[int, typer.Option(help="Envoy worker threads.")] = 1,
+    app_delay: Annotated[str, typer.Option(help="App service time, e.g. 1ms.")] = "0",
+    response_size: Annotated[str, typer.Option(help="App response body, e.g. 128, 4k.")] = "128",
+    state_dir: Annotated[Path | None, STATE] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the description as JSON.")
+    ] = False,
 ) -> int:
+    """Build the node: pods, an Envoy sidecar, iptables capture."""
     from profiler.testbed import Testbed, TestbedConfig, parse_duration, parse_size
 
     cfg = TestbedConfig(
@@ -64,7 +80,12 @@ def up(
     return 0
 
 
-def down(*, name: str, state_dir: Path | None, json_out: bool) -> int:
+def down(
+    name: Annotated[str, NAME] = "smp",
+    state_dir: Annotated[Path | None, STATE] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print what was removed.")] = False,
+) -> int:
+    """Remove everything the testbed made (safe to run twice or after a crash)."""
     from profiler.testbed import Testbed, teardown
 
     capabilities.require_admin("testbed down")
@@ -86,7 +107,12 @@ def down(*, name: str, state_dir: Path | None, json_out: bool) -> int:
     return 0
 
 
-def status(*, name: str, state_dir: Path | None, json_out: bool) -> int:
+def status(
+    name: Annotated[str, NAME] = "smp",
+    state_dir: Annotated[Path | None, STATE] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print state and checks.")] = False,
+) -> int:
+    """Re-read the testbed's description and check it is all there."""
     from profiler.testbed import Testbed, leftovers
 
     capabilities.require_admin("testbed status")
@@ -113,13 +139,13 @@ def status(*, name: str, state_dir: Path | None, json_out: bool) -> int:
 
 
 def load(
-    *,
-    name: str,
-    state_dir: Path | None,
-    rate: float,
-    duration: str,
-    connections: int,
+    name: Annotated[str, NAME] = "smp",
+    state_dir: Annotated[Path | None, STATE] = None,
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 100.0,
+    duration: Annotated[str, typer.Option(help="How long, e.g. 20s.")] = "10s",
+    connections: Annotated[int, typer.Option(help="Connections.")] = 4,
 ) -> int:
+    """Send requests from the client pod to the server pod (traffic for a capture)."""
     """Requests from the client pod to the server pod (the builtin generator), e.g. while a
     capture runs. Exit 0 when every request succeeded, 1 when some failed."""
     from profiler.loadgen import run_load
@@ -152,79 +178,5 @@ def load(
     return 0 if res.error_count == 0 else 1
 
 
-app = typer.Typer(
-    help="Build a local node from real parts: pods, a real Envoy sidecar, Istio's capture.",
-    no_args_is_help=True,
-)
-NAME = typer.Option("--name", help="Testbed name: derives its netns, bridge and subnet.")
-STATE = typer.Option(
-    "--state-dir", help="Where testbed.json and logs go [default: /run/smp-profiler/testbed-NAME]."
-)
-
-
-@app.command("up")
-def up_command(
-    name: Annotated[str, NAME] = "smp",
-    sidecar: Annotated[
-        str, typer.Option(help="envoy, or none for the no-mesh baseline.")
-    ] = "envoy",
-    client_sidecar: Annotated[
-        bool, typer.Option("--client-sidecar", help="Give the client pod an Envoy too.")
-    ] = False,
-    mtls: Annotated[bool, typer.Option("--mtls", help="Sidecar-to-sidecar mutual TLS.")] = False,
-    concurrency: Annotated[int, typer.Option(help="Envoy worker threads.")] = 1,
-    app_delay: Annotated[str, typer.Option(help="App service time, e.g. 1ms.")] = "0",
-    response_size: Annotated[str, typer.Option(help="App response body, e.g. 128, 4k.")] = "128",
-    state_dir: Annotated[Path | None, STATE] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the description as JSON.")
-    ] = False,
-) -> None:
-    """Build the node: pods, an Envoy sidecar, iptables capture."""
-    code = up(
-        name=name,
-        sidecar=sidecar,
-        client_sidecar=client_sidecar,
-        mtls=mtls,
-        concurrency=concurrency,
-        app_delay=app_delay,
-        response_size=response_size,
-        state_dir=state_dir,
-        json_out=json_out,
-    )
-    raise typer.Exit(code)
-
-
-@app.command("down")
-def down_command(
-    name: Annotated[str, NAME] = "smp",
-    state_dir: Annotated[Path | None, STATE] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print what was removed.")] = False,
-) -> None:
-    """Remove everything the testbed made (safe to run twice or after a crash)."""
-    raise typer.Exit(down(name=name, state_dir=state_dir, json_out=json_out))
-
-
-@app.command("status")
-def status_command(
-    name: Annotated[str, NAME] = "smp",
-    state_dir: Annotated[Path | None, STATE] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print state and checks.")] = False,
-) -> None:
-    """Re-read the testbed's description and check it is all there."""
-    raise typer.Exit(status(name=name, state_dir=state_dir, json_out=json_out))
-
-
-@app.command("load")
-def load_command(
-    name: Annotated[str, NAME] = "smp",
-    state_dir: Annotated[Path | None, STATE] = None,
-    rate: Annotated[float, typer.Option(help="Requests per second.")] = 100.0,
-    duration: Annotated[str, typer.Option(help="How long, e.g. 20s.")] = "10s",
-    connections: Annotated[int, typer.Option(help="Connections.")] = 4,
-) -> None:
-    """Send requests from the client pod to the server pod (traffic for a capture)."""
-    code = load(
-        name=name, state_dir=state_dir, rate=rate, duration=duration, connections=connections
-    )
-    raise typer.Exit(code)
+for _name, _main in (("up", up), ("down", down), ("status", status), ("load", load)):
+    app.command(_name)(exits(_main))
