@@ -28,7 +28,7 @@ from profiler.errors import UsageError
 from profiler.smp.build import duration_string, int32, mib_to_mb
 from profiler.smp.read import format_time
 from profiler.smp.schema import SMP_VERSION
-from profiler.units import PERCENTILES
+from profiler.units import PERCENTILES, pkey
 
 KIND = "smp-profiler/cluster-bundle"
 FORMAT_VERSION = 1
@@ -133,7 +133,7 @@ def leg_summary(w: WindowResult, leg: str) -> dict[str, Any]:
         "mean_ms": _r(total / count * 1000.0) if total is not None and count > 0 else None,
     }
     for p in PS:
-        out["p" + f"{p:g}".replace(".", "") + "_ms"] = _r(w.percentile(leg, p) * 1000.0)
+        out[pkey(p) + "_ms"] = _r(w.percentile(leg, p) * 1000.0)
     b50 = _bucket_of(0.5, buckets)
     out["p50_bucket_ms"] = None if b50 is None else [_r(b * 1000.0) for b in b50]
     out["buckets"] = [["+Inf" if math.isinf(le) else le, _r(c, 3)] for le, c in buckets]
