@@ -36,6 +36,13 @@
 #define CLS_REQ 1                  /* starts with an HTTP/1.x method */
 #define CLS_RESP 2                 /* starts with "HTTP/1." */
 #define CLS_TLS 3                  /* a TLS record header */
+#define CLS_H2PRI 4                /* the HTTP/2 client preface "PRI * HTTP/2.0..." */
+
+/* what a connection's bytes were recognised as (struct smp_conn.proto) */
+#define PROTO_NONE 0               /* not (yet) recognised: its bytes count as unparsed */
+#define PROTO_H1 1
+#define PROTO_H2 2
+#define PROTO_TLS 3
 
 #define IO_PTR 0
 #define IO_IOV 1
@@ -48,9 +55,12 @@ struct smp_conn {
     u8 role;
     u8 phase;   /* DS: 0 idle, 1 request, 2 responding. US: 0 idle, 1 sent, 2 answered */
     u8 tls;
-    u8 pad[5];
-    u64 ds_key; /* US: the downstream connection whose request this one carries */
+    u8 proto;   /* PROTO_* */
+    u8 pad[4];
+    u64 ds_key; /* US: the request this one carries (a connection key or an HTTP/2 handle) */
     struct smp_span span;  /* DS: the request in progress */
+    u64 unparsed_rx;       /* bytes no protocol explained (see smp_unparsed) */
+    u64 unparsed_tx;
 };
 
 struct smp_args {
@@ -71,6 +81,8 @@ struct smp_scan {
     u8 rid_len;
     char rid[SMP_RID_LEN];
 };
+
+#include "sidecar_h2.h"
 
 BPF_HASH(smp_filter_pids, u32, u8, SMP_MAX_PIDS);
 BPF_PERCPU_ARRAY(smp_drops, u64, 1);
@@ -156,6 +168,8 @@ static inline __attribute__((always_inline)) u8 smp_classify(u64 buf, u32 len)
         return CLS_TLS;
     if (len < 8)
         return CLS_OTHER;
+    if (p[0] == 'P' && p[1] == 'R' && p[2] == 'I' && p[3] == ' ' && p[4] == '*' && p[5] == ' ')
+        return CLS_H2PRI;
     if (p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1')
         return CLS_RESP;
     if ((p[0] == 'G' && p[1] == 'E' && p[2] == 'T' && p[3] == ' ') ||
@@ -234,7 +248,7 @@ static inline __attribute__((always_inline)) struct smp_scan *smp_find_rid(u64 b
     return s;
 }
 
-static inline __attribute__((always_inline)) void smp_emit(struct smp_conn *c, u32 tgid)
+static inline __attribute__((always_inline)) int smp_emit_span(struct smp_span *s)
 {
     struct smp_span *e = smp_spans.ringbuf_reserve(sizeof(struct smp_span));
     if (!e) {
@@ -242,10 +256,17 @@ static inline __attribute__((always_inline)) void smp_emit(struct smp_conn *c, u
         u64 *d = smp_drops.lookup(&zero);
         if (d)
             (*d)++;
-        return;
+        return -1;
     }
-    __builtin_memcpy(e, &c->span, sizeof(struct smp_span));
+    __builtin_memcpy(e, s, sizeof(struct smp_span));
     smp_spans.ringbuf_submit(e, SMP_RB_SUBMIT_FLAGS);
+    return 0;
+}
+
+static inline __attribute__((always_inline)) void smp_emit(struct smp_conn *c, u32 tgid)
+{
+    if (smp_emit_span(&c->span))
+        return;
     struct smp_proc_stats *ps = smp_proc.lookup(&tgid);
     if (ps)
         __sync_fetch_and_add(&ps->spans, 1);
@@ -261,6 +282,394 @@ static inline __attribute__((always_inline)) struct smp_conn *smp_conn_new(u64 k
     smp_conns.update(&key, init);
     init->role = 0;
     return smp_conns.lookup(&key);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Requests in progress, by handle: an HTTP/1.1 request is its downstream connection's key
+ * (tgid << 32 | fd); an HTTP/2 stream is SMP_H2_HANDLE | fd << 32 | stream id (the process
+ * is the current one's). A worker thread's FIFO holds both kinds in the order it read them.
+ */
+#define SMP_H2_HANDLE 0x8000000000000000ULL
+
+struct smp_h2_skey {
+    u64 conn;   /* tgid << 32 | fd */
+    u32 sid;
+    u32 gen;    /* the connection's generation (struct smp_h2_conn) */
+};
+struct smp_h2_stream {
+    struct smp_span span;   /* a downstream stream: its request in progress */
+    u64 ds_handle;          /* an upstream stream: the request it carries */
+};
+#ifndef SMP_MAX_STREAMS
+#define SMP_MAX_STREAMS 16384
+#endif
+BPF_TABLE("lru_hash", struct smp_h2_skey, struct smp_h2_stream, smp_h2_streams, SMP_MAX_STREAMS);
+BPF_PERCPU_ARRAY(smp_h2_stream_init, struct smp_h2_stream, 1);
+BPF_TABLE("lru_hash", u64, struct smp_h2_conn, smp_h2_conns, SMP_MAX_CONNS);
+BPF_PERCPU_ARRAY(smp_h2_scratch, struct smp_h2_call, 1);
+BPF_PROG_ARRAY(smp_h2_progs, 1);   /* [0]: smp_h2_step, set by user space */
+
+/* The span of a request still waiting for its response (HTTP/1.1: phase 1; HTTP/2: a
+ * stream not yet ended), else 0. */
+static inline __attribute__((always_inline)) struct smp_span *smp_pending_span(u64 handle, u32 tgid)
+{
+    if (handle & SMP_H2_HANDLE) {
+        struct smp_h2_skey k = {};
+        k.conn = ((u64)tgid << 32) | ((handle >> 32) & 0x7fffffff);
+        k.sid = (u32)handle;
+        struct smp_h2_conn *hc = smp_h2_conns.lookup(&k.conn);
+        if (!hc)
+            return 0;
+        k.gen = hc->gen;
+        struct smp_h2_stream *st = smp_h2_streams.lookup(&k);
+        return st ? &st->span : 0;
+    }
+    struct smp_conn *c = smp_conns.lookup(&handle);
+    return c && c->phase == 1 ? &c->span : 0;
+}
+
+static inline __attribute__((always_inline)) void smp_fifo_push(u32 tid, u32 tgid, u64 handle)
+{
+    struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
+    if (!q) {
+        int zero = 0;
+        struct smp_fifo *empty = smp_fifo_init.lookup(&zero);
+        if (!empty)
+            return;
+        empty->tgid = tgid;
+        smp_thread_fifo.update(&tid, empty);
+        q = smp_thread_fifo.lookup(&tid);
+    }
+    if (!q)
+        return;
+    u32 t = q->tail;
+    if (t - q->head >= SMP_FIFO) {
+        /* full: the oldest goes. If it is still waiting and has no id to be matched by, its
+         * span is lost: count it, never silently */
+        u64 old = q->keys[q->head & (SMP_FIFO - 1)];
+        struct smp_span *o = smp_pending_span(old, tgid);
+        if (o && !o->us_tx_end && !o->rid_hash) {
+            int zero = 0;
+            u64 *d = smp_drops.lookup(&zero);
+            if (d)
+                (*d)++;
+        }
+        q->head++;
+    }
+    q->keys[t & (SMP_FIFO - 1)] = handle;
+    q->tail = t + 1;
+}
+
+/* The oldest request this thread read and has not sent on yet (its handle in *handle). */
+static inline __attribute__((always_inline)) struct smp_span *smp_fifo_pop(u32 tid, u32 tgid, u64 *handle)
+{
+    struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
+    if (!q)
+        return 0;
+    for (int i = 0; i < SMP_FIFO; i++) {
+        if (q->head == q->tail)
+            break;
+        u64 k = q->keys[q->head & (SMP_FIFO - 1)];
+        q->head++;
+        struct smp_span *cand = smp_pending_span(k, tgid);
+        if (cand && !cand->us_tx_end) {
+            *handle = k;
+            return cand;
+        }
+    }
+    return 0;
+}
+
+/* Bytes on a traced connection that no protocol explained: counted per connection (a
+ * SMP_SPAN_UNPARSED record when it closes) and per process, never silently dropped. */
+static inline __attribute__((always_inline)) void smp_unparsed(struct smp_conn *c, struct smp_proc_stats *ps,
+                                                               int is_read, u64 n)
+{
+    if (!n)
+        return;
+    if (ps && !c->unparsed_rx && !c->unparsed_tx)
+        __sync_fetch_and_add(&ps->unparsed_conns, 1);
+    if (is_read) {
+        c->unparsed_rx += n;
+        if (ps)
+            __sync_fetch_and_add(&ps->unparsed_rx, n);
+    } else {
+        c->unparsed_tx += n;
+        if (ps)
+            __sync_fetch_and_add(&ps->unparsed_tx, n);
+    }
+}
+
+static inline __attribute__((always_inline)) void smp_emit_unparsed(struct smp_conn *c, u32 tgid, s32 fd)
+{
+    if (!c->unparsed_rx && !c->unparsed_tx)
+        return;
+    int zero = 0;
+    struct smp_conn *tmp = smp_conn_init.lookup(&zero);
+    if (!tmp)
+        return;
+    struct smp_span *s = &tmp->span;
+    __builtin_memset(s, 0, sizeof(*s));
+    u64 id = bpf_get_current_pid_tgid();
+    s->kind = SMP_SPAN_UNPARSED;
+    s->tgid = tgid;
+    s->tid = (u32)id;
+    s->ds_rx_beg = bpf_ktime_get_ns();
+    s->ds_fd = c->role == ROLE_US ? -1 : fd;
+    s->us_fd = c->role == ROLE_US ? fd : -1;
+    s->req_bytes = c->unparsed_rx > 0xffffffff ? 0xffffffff : (u32)c->unparsed_rx;
+    s->resp_bytes = c->unparsed_tx > 0xffffffff ? 0xffffffff : (u32)c->unparsed_tx;
+    smp_emit_span(s);
+    __builtin_memset(s, 0, sizeof(*s));
+}
+
+/* ---------------------------------------------------------------------------------------
+ * HTTP/2 streams. The frame walk (sidecar_h2.h, no maps) calls smp_h2_frame for each frame
+ * header it finds; here each stream becomes a span with the same legs as HTTP/1.1:
+ *   downstream HEADERS read      -> ds_rx_beg, pushed on the thread's FIFO
+ *   upstream HEADERS write       -> the FIFO's oldest waiting request: us_tx_beg, us_tx_end
+ *   upstream DATA write          -> us_tx_end (the last write of the request)
+ *   upstream frame read          -> us_rx_beg (its first)
+ *   downstream DATA write        -> ds_tx_data (the first: a gRPC reply's first message)
+ *   downstream END_STREAM write  -> ds_tx_end, the span is emitted
+ * An HTTP/1.1 leg on either side uses the HTTP/1.1 code with the same handles.
+ */
+static inline __attribute__((always_inline)) void smp_h2_frame(struct smp_h2_ctx *x,
+                                                               struct smp_proc_stats *ps, u8 type,
+                                                               u8 flags, u32 sid, u32 flen)
+{
+    if (!sid || type > H2_CONTINUATION)
+        return;  /* connection-level (SETTINGS, PING, GOAWAY, WINDOW_UPDATE) or extension */
+    struct smp_h2_skey sk = {};
+    sk.conn = x->key;
+    sk.sid = sid;
+    sk.gen = x->gen;
+    u8 end = (flags & H2_END_STREAM) && (type == H2_HEADERS || type == H2_DATA);
+    struct smp_h2_stream *st = smp_h2_streams.lookup(&sk);
+    if (x->role == ROLE_DS && x->is_read) {
+        if (type == H2_HEADERS && !st) {
+            int zero = 0;
+            struct smp_h2_stream *init = smp_h2_stream_init.lookup(&zero);
+            if (!init)
+                return;
+            struct smp_span *s = &init->span;
+            s->kind = x->mode == MODE_APP ? SMP_SPAN_SERVER : SMP_SPAN_PROXY;
+            s->tgid = x->tgid;
+            s->tid = x->tid;
+            s->ds_fd = x->fd;
+            s->us_fd = -1;
+            s->ds_sid = sid;
+            s->ds_rx_beg = x->ts;
+            s->flags = SMP_F_DS_H2;
+            smp_h2_streams.update(&sk, init);
+            __builtin_memset(init, 0, sizeof(*init));
+            if (x->mode == MODE_PROXY)
+                smp_fifo_push(x->tid, x->tgid, SMP_H2_HANDLE | ((u64)(x->fd & 0x7fffffff) << 32) | sid);
+        } else if (st && type == H2_DATA) {
+            st->span.req_bytes += flen;
+        } else if (st && type == H2_RST_STREAM) {
+            smp_h2_streams.delete(&sk);
+            if (ps)
+                __sync_fetch_and_add(&ps->h2_resets, 1);
+        }
+        return;
+    }
+    if (x->role == ROLE_DS) {
+        /* the response, written downstream */
+        if (!st)
+            return;
+        if (type == H2_RST_STREAM) {
+            smp_h2_streams.delete(&sk);
+            if (ps)
+                __sync_fetch_and_add(&ps->h2_resets, 1);
+            return;
+        }
+        if (x->mode == MODE_PROXY && !st->span.us_rx_beg) {
+            /* no upstream answer yet: a local reply (no route, no upstream), not a span */
+            if (end) {
+#ifdef SMP_DEBUG_LOCAL
+                st->span.kind = 4;
+                st->span.ds_tx_end = x->wts;
+                smp_emit_span(&st->span);
+#endif
+                smp_h2_streams.delete(&sk);
+                if (ps)
+                    __sync_fetch_and_add(&ps->local_replies, 1);
+            }
+            return;
+        }
+        if (type == H2_DATA) {
+            st->span.resp_bytes += flen;
+            if (!st->span.ds_tx_data)
+                st->span.ds_tx_data = x->wts;
+        }
+        if (end) {
+            st->span.ds_tx_end = x->wts;
+            if (!smp_emit_span(&st->span) && ps)
+                __sync_fetch_and_add(&ps->spans, 1);
+            smp_h2_streams.delete(&sk);
+        }
+        return;
+    }
+    /* ROLE_US: the proxy's own HTTP/2 client connection */
+    if (!x->is_read) {
+        if (type == H2_HEADERS && !st) {
+            u64 h = 0;
+            struct smp_span *d = smp_fifo_pop(x->tid, x->tgid, &h);
+            if (!d)
+                return;
+            d->us_fd = x->fd;
+            d->us_sid = sid;
+            d->us_tx_beg = x->wts;
+            d->us_tx_end = x->wts;
+            d->flags |= SMP_F_MATCH_THREAD | SMP_F_US_H2;
+            int zero = 0;
+            struct smp_h2_stream *init = smp_h2_stream_init.lookup(&zero);
+            if (!init)
+                return;
+            init->ds_handle = h;
+            smp_h2_streams.update(&sk, init);
+            init->ds_handle = 0;
+            return;
+        }
+        if (!st)
+            return;
+        if (type == H2_RST_STREAM) {
+            smp_h2_streams.delete(&sk);
+            return;
+        }
+        struct smp_span *d = smp_pending_span(st->ds_handle, x->tgid);
+        if (d && d->us_fd == x->fd && d->us_sid == sid && !d->us_rx_beg)
+            d->us_tx_end = x->wts;  /* a later frame of the request (its body) */
+        return;
+    }
+    if (!st)
+        return;
+    struct smp_span *d = smp_pending_span(st->ds_handle, x->tgid);
+    if (d && d->us_fd == x->fd && d->us_sid == sid && !d->us_rx_beg)
+        d->us_rx_beg = x->ts;
+    if (end || type == H2_RST_STREAM)
+        smp_h2_streams.delete(&sk);
+}
+
+
+/* The call's bytes from the cursor on are lost to the walk: count them, resynchronise
+ * later. */
+static inline __attribute__((always_inline)) void smp_h2_lost(struct smp_h2_call *k, struct smp_h2_dir *d,
+                                                              struct smp_proc_stats *ps)
+{
+    struct smp_conn *c = smp_conns.lookup(&k->x.key);
+    d->synced = 0;
+    d->skip = 0;
+    d->have = 0;
+    if (ps)
+        __sync_fetch_and_add(&ps->h2_desyncs, 1);
+    if (c)
+        smp_unparsed(c, ps, k->x.is_read, k->ret > k->done ? k->ret - k->done : 0);
+}
+
+/* One frame header of the call in smp_h2_scratch, then on to the next (a tail call). */
+int smp_h2_step(void *ctx)
+{
+    int zero = 0;
+    struct smp_h2_call *k = smp_h2_scratch.lookup(&zero);
+    if (!k)
+        return 0;
+    u64 key = k->x.key;
+    u32 tgid = k->x.tgid;
+    struct smp_h2_conn *hc = smp_h2_conns.lookup(&key);
+    if (!hc)
+        return 0;
+    struct smp_h2_dir *d = k->x.is_read ? &hc->rx : &hc->tx;
+    struct smp_proc_stats *ps = smp_proc.lookup(&tgid);
+    u8 f[16] = {};
+    int r = smp_h2_next(k, d, f);
+    if (r < 0) {
+        smp_h2_lost(k, d, ps);
+        return 0;
+    }
+    if (r == 0) {
+        if (k->total < k->ret) {
+            /* more iovecs than followed: the rest, and the place, are lost */
+            smp_h2_lost(k, d, ps);
+        }
+        return 0;
+    }
+    u32 flen = smp_h2_len(f);
+    d->skip = flen;
+    k->frames++;
+    struct smp_h2_ctx x = k->x;
+    smp_h2_frame(&x, ps, f[3], f[4], smp_h2_sid(f), flen);
+    smp_h2_progs.call(ctx, 0);
+    /* the chain's length limit: fine if what is left is this frame's payload */
+    if (k->ret - k->done <= d->skip) {
+        d->skip -= k->ret - k->done;
+        return 0;
+    }
+    smp_h2_lost(k, d, ps);
+    return 0;
+}
+
+/* A read or write on a connection that is (or may be) HTTP/2: set the walk up and start it
+ * (a tail call: nothing after it runs). -1 when the bytes are not HTTP/2. */
+static inline __attribute__((always_inline)) int smp_h2_begin(void *ctx, struct smp_conn *c, u64 key,
+                                                              struct smp_args *a, s64 ret, int is_read,
+                                                              u8 cls, u32 tgid, u32 tid, u8 mode,
+                                                              u64 ts, u64 wts,
+                                                              struct smp_proc_stats *ps)
+{
+    int zero = 0;
+    struct smp_h2_call *k = smp_h2_scratch.lookup(&zero);
+    if (!k)
+        return 0;
+    if (smp_h2_gather(k, a->ptr, a->io, ret)) {
+        if (c->proto != PROTO_H2)
+            return -1;
+        smp_unparsed(c, ps, is_read, ret);
+        return 0;
+    }
+    u64 pos = cls == CLS_H2PRI ? H2_PREFACE_LEN : 0;
+    struct smp_h2_conn *hc = smp_h2_conns.lookup(&key);
+    if (!hc || c->proto != PROTO_H2) {
+        if (cls != CLS_H2PRI && !smp_h2_plausible(k, 0))
+            return -1;
+        struct smp_h2_conn fresh = {};
+        fresh.gen = (u32)bpf_ktime_get_ns() | 1;
+        smp_h2_conns.update(&key, &fresh);
+        hc = smp_h2_conns.lookup(&key);
+        if (!hc)
+            return 0;
+        c->proto = PROTO_H2;
+    }
+    struct smp_h2_dir *d = is_read ? &hc->rx : &hc->tx;
+    if (cls == CLS_H2PRI || !d->synced) {
+        if (cls != CLS_H2PRI && !smp_h2_plausible(k, 0)) {
+            smp_unparsed(c, ps, is_read, ret);
+            return 0;
+        }
+        d->synced = 1;
+        d->skip = 0;
+        d->have = 0;
+    }
+    if (pos > k->len[0])
+        pos = k->len[0];
+    k->off = pos;
+    k->done = pos;
+    k->x.key = key;
+    k->x.ts = ts;
+    k->x.wts = wts;
+    k->x.tgid = tgid;
+    k->x.tid = tid;
+    k->x.gen = hc->gen;
+    k->x.fd = (s32)(key & 0xffffffff);
+    k->x.role = c->role;
+    k->x.mode = mode;
+    k->x.is_read = is_read;
+    smp_h2_progs.call(ctx, 0);
+    /* no walk program (user space has not set it yet): the bytes are not followed */
+    smp_unparsed(c, ps, is_read, ret);
+    d->synced = 0;
+    return 0;
 }
 
 static inline __attribute__((always_inline)) void smp_ds_start(struct smp_conn *c, u64 key, u32 id_tid,
@@ -293,38 +702,11 @@ static inline __attribute__((always_inline)) void smp_ds_start(struct smp_conn *
     if (mode == MODE_PROXY) {
         if (c->span.rid_hash)
             smp_rid_index.update(&c->span.rid_hash, &key);
-        struct smp_fifo *q = smp_thread_fifo.lookup(&id_tid);
-        if (!q) {
-            int zero = 0;
-            struct smp_fifo *empty = smp_fifo_init.lookup(&zero);
-            if (!empty)
-                return;
-            empty->tgid = tgid;
-            smp_thread_fifo.update(&id_tid, empty);
-            q = smp_thread_fifo.lookup(&id_tid);
-        }
-        if (q) {
-            u32 t = q->tail;
-            if (t - q->head >= SMP_FIFO) {
-                /* full: the oldest goes. If it is still waiting and has no id to be matched
-                 * by, its span is lost: count it, never silently */
-                u64 old = q->keys[q->head & (SMP_FIFO - 1)];
-                struct smp_conn *o = smp_conns.lookup(&old);
-                if (o && o->phase == 1 && !o->span.us_tx_end && !o->span.rid_hash) {
-                    int zero = 0;
-                    u64 *d = smp_drops.lookup(&zero);
-                    if (d)
-                        (*d)++;
-                }
-                q->head++;
-            }
-            q->keys[t & (SMP_FIFO - 1)] = key;
-            q->tail = t + 1;
-        }
+        smp_fifo_push(id_tid, tgid, key);
     }
 }
 
-static inline __attribute__((always_inline)) int smp_exit(s64 ret, int is_read)
+static inline __attribute__((always_inline)) int smp_exit(void *ctx, s64 ret, int is_read)
 {
     u64 id = bpf_get_current_pid_tgid();
     struct smp_args *a = smp_args_map.lookup(&id);
@@ -356,12 +738,15 @@ static inline __attribute__((always_inline)) int smp_exit(s64 ret, int is_read)
             role = is_read ? ROLE_DS : ROLE_US;
         else if (cls == CLS_RESP)
             role = is_read ? ROLE_US : ROLE_DS;
+        else if (cls == CLS_H2PRI)
+            role = is_read ? ROLE_DS : ROLE_US;
         if (!role || (mode == MODE_APP && role != ROLE_DS))
             return 0;
         c = smp_conn_new(key, role);
         if (!c)
             return 0;
         if (cls == CLS_RESP) {
+            c->proto = PROTO_H1;
             c->phase = 2;  /* joined mid-exchange: wait for the next request */
             if (role == ROLE_DS)
                 c->phase = 0;
@@ -374,6 +759,18 @@ static inline __attribute__((always_inline)) int smp_exit(s64 ret, int is_read)
             __sync_fetch_and_add(&ps->rx_bytes, ret);
         else
             __sync_fetch_and_add(&ps->tx_bytes, ret);
+    }
+    if (c->proto == PROTO_H2 || cls == CLS_H2PRI || (c->proto == PROTO_NONE && cls == CLS_OTHER)) {
+        if (!smp_h2_begin(ctx, c, key, &args, ret, is_read, cls, tgid, tid, mode, ts, wts, ps))
+            return 0;
+    }
+    if (cls == CLS_REQ || cls == CLS_RESP)
+        c->proto = PROTO_H1;
+    else if (cls == CLS_TLS && c->proto == PROTO_NONE)
+        c->proto = PROTO_TLS;
+    if (c->proto == PROTO_NONE) {
+        smp_unparsed(c, ps, is_read, ret);
+        return 0;
     }
 
     if (c->role == ROLE_DS) {
@@ -409,9 +806,9 @@ static inline __attribute__((always_inline)) int smp_exit(s64 ret, int is_read)
     /* ROLE_US: the proxy talking to its upstream */
     if (!is_read) {
         if (c->phase == 1) {
-            struct smp_conn *d = smp_conns.lookup(&c->ds_key);
-            if (d && d->phase == 1 && d->span.us_fd == (s32)args.fd)
-                d->span.us_tx_end = wts;
+            struct smp_span *d = smp_pending_span(c->ds_key, tgid);
+            if (d && d->us_fd == (s32)args.fd)
+                d->us_tx_end = wts;
             return 0;
         }
         u64 dkey = 0;
@@ -425,55 +822,41 @@ static inline __attribute__((always_inline)) int smp_exit(s64 ret, int is_read)
                 smp_rid_index.delete(&h);
             }
         }
-        struct smp_conn *d = 0;
+        struct smp_span *d = 0;
         if (dkey) {
-            d = smp_conns.lookup(&dkey);
-            if (d && (d->phase != 1 || d->span.us_tx_end))
+            d = smp_pending_span(dkey, tgid);
+            if (d && d->us_tx_end)
                 d = 0;  /* an id seen twice: fall back to the thread's order */
         }
         if (!d) {
             /* the oldest request this thread read and has not sent on yet */
-            struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
-            if (!q)
-                return 0;
             how = SMP_F_MATCH_THREAD;
-            for (int i = 0; i < SMP_FIFO; i++) {
-                if (q->head == q->tail)
-                    break;
-                u64 k = q->keys[q->head & (SMP_FIFO - 1)];
-                q->head++;
-                struct smp_conn *cand = smp_conns.lookup(&k);
-                if (cand && cand->phase == 1 && !cand->span.us_tx_end) {
-                    d = cand;
-                    dkey = k;
-                    break;
-                }
-            }
+            d = smp_fifo_pop(tid, tgid, &dkey);
             if (!d)
                 return 0;
         }
-        if (rid && rid->rid_len && !d->span.rid_len) {
+        if (rid && rid->rid_len && !d->rid_len) {
             /* the proxy made the id (none came from downstream): adopt it, so the app's
              * span of this request can be joined to this one */
-            d->span.rid_len = rid->rid_len;
-            d->span.rid_hash = rid->rid_hash;
-            __builtin_memcpy(d->span.rid, rid->rid, SMP_RID_LEN);
+            d->rid_len = rid->rid_len;
+            d->rid_hash = rid->rid_hash;
+            __builtin_memcpy(d->rid, rid->rid, SMP_RID_LEN);
             for (u32 k = 0; k < SMP_RID_LEN; k++)
-                if (k >= d->span.rid_len)
-                    d->span.rid[k] = 0;
+                if (k >= d->rid_len)
+                    d->rid[k] = 0;
         }
-        d->span.us_fd = args.fd;
-        d->span.us_tx_beg = args.ts;
-        d->span.us_tx_end = wts;
-        d->span.flags |= how;
+        d->us_fd = args.fd;
+        d->us_tx_beg = args.ts;
+        d->us_tx_end = wts;
+        d->flags |= how;
         c->ds_key = dkey;
         c->phase = 1;
         return 0;
     }
     if (c->phase == 1) {
-        struct smp_conn *d = smp_conns.lookup(&c->ds_key);
-        if (d && d->phase == 1 && d->span.us_fd == (s32)args.fd && !d->span.us_rx_beg)
-            d->span.us_rx_beg = ts;
+        struct smp_span *d = smp_pending_span(c->ds_key, tgid);
+        if (d && d->us_fd == (s32)args.fd && !d->us_rx_beg)
+            d->us_rx_beg = ts;
         c->phase = 2;
     }
     return 0;
@@ -481,36 +864,36 @@ static inline __attribute__((always_inline)) int smp_exit(s64 ret, int is_read)
 
 /* reads */
 TRACEPOINT_PROBE(syscalls, sys_enter_read) { return smp_enter(args->fd, (u64)args->buf, IO_PTR, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_read) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return smp_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return smp_enter(args->fd, (u64)args->vec, IO_IOV, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return smp_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
 {
     return smp_enter(args->fd, (u64)args->ubuf, IO_PTR, (args->flags & MSG_PEEK) != 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return smp_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg)
 {
     return smp_enter(args->fd, (u64)args->msg, IO_MSG, (args->flags & MSG_PEEK) != 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return smp_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg)
 {
     return smp_enter(args->fd, (u64)args->mmsg, IO_MMSG, (args->flags & MSG_PEEK) != 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return smp_exit(args, args->ret, 1); }
 
 /* writes */
 TRACEPOINT_PROBE(syscalls, sys_enter_write) { return smp_enter(args->fd, (u64)args->buf, IO_PTR, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_write) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return smp_exit(args, args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return smp_enter(args->fd, (u64)args->vec, IO_IOV, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return smp_exit(args, args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return smp_enter(args->fd, (u64)args->buff, IO_PTR, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return smp_exit(args, args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return smp_enter(args->fd, (u64)args->msg, IO_MSG, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return smp_exit(args, args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return smp_enter(args->fd, (u64)args->mmsg, IO_MMSG, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return smp_exit(args, args->ret, 0); }
 
 /* connection roles: accepted sockets are downstream, connected ones upstream */
 static inline __attribute__((always_inline)) int smp_conn_role(s64 fd, u8 role)
@@ -536,6 +919,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
         return 0;
     if (c->role == ROLE_DS && c->phase == 2)
         smp_emit(c, tgid);
+    smp_emit_unparsed(c, tgid, args->fd);
+    if (c->proto == PROTO_H2)
+        smp_h2_conns.delete(&key);
     smp_conns.delete(&key);
     return 0;
 }

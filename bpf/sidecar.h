@@ -22,12 +22,15 @@
 
 #define SMP_SPAN_PROXY 1
 #define SMP_SPAN_SERVER 2
+#define SMP_SPAN_UNPARSED 3     /* not a request: a connection's bytes no protocol explained */
 
 /* flags */
 #define SMP_F_DS_TLS 0x1        /* downstream bytes were not plaintext HTTP (e.g. mTLS) */
 #define SMP_F_MATCH_RID 0x2     /* upstream write matched to the request by x-request-id */
 #define SMP_F_MATCH_THREAD 0x4  /* matched by worker thread (no readable request id) */
 #define SMP_F_DRAINED 0x8       /* read from the connection table at the end, not emitted */
+#define SMP_F_DS_H2 0x10        /* downstream leg is an HTTP/2 stream (ds_sid) */
+#define SMP_F_US_H2 0x20        /* upstream leg is an HTTP/2 stream (us_sid) */
 
 struct smp_span {
     u64 ds_rx_beg;
@@ -47,6 +50,15 @@ struct smp_span {
     u8 rid_len;
     u8 pad[3];
     char rid[SMP_RID_LEN];
+    /* HTTP/2 (zero for HTTP/1.1). A SMP_SPAN_UNPARSED record uses ds_rx_beg (when it was
+     * written), ds_fd or us_fd (the connection, by role) and req_bytes/resp_bytes (bytes read
+     * and written that no span explains). */
+    u64 ds_tx_data;  /* first DATA frame of the response written downstream (first message) */
+    u32 ds_sid;      /* downstream stream id */
+    u32 us_sid;      /* upstream stream id */
+    u16 status;      /* HTTP :status when the probe could read it, else 0 */
+    u8 grpc_status;  /* grpc-status + 1 when read (0: none seen or unreadable) */
+    u8 pad2[5];
 };
 
 /* Per-process byte and request counters. */
@@ -55,6 +67,11 @@ struct smp_proc_stats {
     u64 tx_bytes;
     u64 spans;
     u64 local_replies;  /* downstream writes before any upstream response: no span */
+    u64 unparsed_rx;    /* bytes read on connections no protocol explained (never silent) */
+    u64 unparsed_tx;    /* ... and written */
+    u64 unparsed_conns; /* connections with such bytes */
+    u64 h2_resets;      /* HTTP/2 streams reset (RST_STREAM) before they completed: no span */
+    u64 h2_desyncs;     /* times the HTTP/2 frame walk lost its place (bytes counted unparsed) */
 };
 
 #endif

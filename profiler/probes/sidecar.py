@@ -92,6 +92,16 @@ def existing_connection_roles(pid: int) -> dict[int, int]:
     return roles
 
 
+def _set_h2_walk(bpf: Any) -> None:
+    """The HTTP/2 frame walk is a chain of tail calls of one program (smp_h2_step, one frame
+    header each): BCC loads it on demand, user space puts it in the program array."""
+    from bcc import BPF
+
+    fn = bpf.load_func("smp_h2_step", BPF.TRACEPOINT)
+    progs = bpf["smp_h2_progs"]
+    progs[ctypes.c_int(0)] = ctypes.c_int(fn.fd)
+
+
 class SidecarProbe:
     """The loaded probe. Not thread-safe: one owner polls it."""
 
@@ -102,8 +112,11 @@ class SidecarProbe:
         max_conns: int = 16384,
     ) -> None:
         self._bpf = loader.load(
-            "sidecar", {"SMP_RINGBUF_PAGES": ringbuf_pages, "SMP_MAX_CONNS": max_conns}
+            "sidecar",
+            {"SMP_RINGBUF_PAGES": ringbuf_pages, "SMP_MAX_CONNS": max_conns}
+            | ({"SMP_DEBUG_LOCAL": 1} if os.environ.get("SMP_DEBUG_LOCAL") else {}),
         )
+        _set_h2_walk(self._bpf)
         self._on_batch = on_batch
         self._targets: dict[int, Mode] = {}
         # struct smp_span, from the connection table's value type (BCC builds it from C)
@@ -180,18 +193,27 @@ class SidecarProbe:
         out: np.ndarray = spans
         return out
 
+    PROC_STATS = (
+        "rx_bytes",
+        "tx_bytes",
+        "spans",
+        "local_replies",
+        "unparsed_rx",
+        "unparsed_tx",
+        "unparsed_conns",
+        "h2_resets",
+        "h2_desyncs",
+    )
+
     def proc_stats(self, pid: int) -> dict[str, int]:
+        """The process's counters (struct smp_proc_stats): bytes, spans, local replies, and
+        what no span explains (unparsed bytes and connections, HTTP/2 resets and desyncs)."""
         procs = self._bpf["smp_proc"]
         try:
             s = procs[procs.Key(pid)]
         except KeyError:
-            return {"rx_bytes": 0, "tx_bytes": 0, "spans": 0, "local_replies": 0}
-        return {
-            "rx_bytes": int(s.rx_bytes),
-            "tx_bytes": int(s.tx_bytes),
-            "spans": int(s.spans),
-            "local_replies": int(s.local_replies),
-        }
+            return dict.fromkeys(self.PROC_STATS, 0)
+        return {name: int(getattr(s, name)) for name in self.PROC_STATS}
 
     def drops(self) -> int:
         """Spans lost: ring-buffer reservations that failed (the ring was full)."""
