@@ -424,16 +424,182 @@ static inline __attribute__((always_inline)) void smp_emit_unparsed(struct smp_c
 }
 
 /* ---------------------------------------------------------------------------------------
- * HTTP/2 streams. The frame walk (sidecar_h2.h, no maps) calls smp_h2_frame for each frame
- * header it finds; here each stream becomes a span with the same legs as HTTP/1.1:
- *   downstream HEADERS read      -> ds_rx_beg, pushed on the thread's FIFO
- *   upstream HEADERS write       -> the FIFO's oldest waiting request: us_tx_beg, us_tx_end
+ * Upstream answers, in the order a worker thread reads them. Envoy does not write a batch of
+ * requests upstream in the order it read them (measured: within 8 streams of one HTTP/2 read,
+ * thread order was right for 1 in 4), but it encodes each downstream response as it reads
+ * the upstream one, so the n-th upstream response a thread starts reading feeds the n-th
+ * downstream response it starts writing. Each entry carries the upstream leg's instants (and
+ * the request id the upstream request carried), copied so that the connection can carry its
+ * next request before the downstream write. Entries older than SMP_ANS_MAX_AGE_NS (an
+ * answer whose downstream went away) are skipped and counted.
+ */
+#ifndef SMP_ANS_DEPTH
+#define SMP_ANS_DEPTH 64
+#endif
+#ifndef SMP_ANS_SCAN
+#define SMP_ANS_SCAN 32           /* answers searched for the downstream connection's */
+#endif
+#ifndef SMP_ANS_MAX_AGE_NS
+#define SMP_ANS_MAX_AGE_NS 20000000ULL
+#endif
+
+struct smp_ans_key {
+    u32 tid;
+    u32 seq;
+};
+struct smp_ans {
+    u64 us_tx_beg;
+    u64 us_tx_end;
+    u64 us_rx_beg;
+    u64 rid_hash;
+    s32 us_fd;
+    u32 us_sid;
+    s32 ds_fd;    /* the downstream connection thread order gave the request (a hint) */
+    u8 rid_len;
+    u8 pad[3];
+    char rid[SMP_RID_LEN];
+};
+struct smp_ans_q {
+    u32 head;
+    u32 tail;
+    u32 tgid;  /* so user space can drop a detached process's threads */
+    u32 pad;
+};
+BPF_TABLE("lru_hash", u32, struct smp_ans_q, smp_ans_queue, SMP_MAX_THREADS);
+BPF_TABLE("lru_hash", struct smp_ans_key, struct smp_ans, smp_ans_entries, SMP_MAX_STREAMS);
+BPF_PERCPU_ARRAY(smp_ans_init, struct smp_ans, 1);
+BPF_PERCPU_ARRAY(smp_ans_out, struct smp_ans, 1);
+
+/* An upstream response starts: queue the upstream leg held in s (a US connection's or US
+ * stream's own span) for the thread's next downstream response. */
+static inline __attribute__((always_inline)) void smp_ans_push(u32 tid, u32 tgid, struct smp_span *s, u64 ts)
+{
+    struct smp_ans_q *q = smp_ans_queue.lookup(&tid);
+    if (!q) {
+        struct smp_ans_q fresh = {};
+        fresh.tgid = tgid;
+        smp_ans_queue.update(&tid, &fresh);
+        q = smp_ans_queue.lookup(&tid);
+        if (!q)
+            return;
+    }
+    int zero = 0;
+    struct smp_ans *a = smp_ans_init.lookup(&zero);
+    if (!a)
+        return;
+    a->us_tx_beg = s->us_tx_beg;
+    a->us_tx_end = s->us_tx_end;
+    a->us_rx_beg = ts;
+    a->us_fd = s->us_fd;
+    a->us_sid = s->us_sid;
+    a->ds_fd = s->ds_fd;
+    a->rid_hash = s->rid_hash;
+    a->rid_len = s->rid_len;
+    __builtin_memcpy(a->rid, s->rid, SMP_RID_LEN);
+    u32 t = q->tail;
+    if (t - q->head >= SMP_ANS_DEPTH) {
+        struct smp_ans_key old = {tid, q->head};
+        smp_ans_entries.delete(&old);
+        q->head++;
+    }
+    struct smp_ans_key k = {tid, t};
+    smp_ans_entries.update(&k, a);
+    q->tail = t + 1;
+}
+
+/* A downstream response starts at now on connection ds_fd: the thread's oldest upstream
+ * answer whose request thread order gave to that connection, else its oldest answer (in a
+ * per-CPU buffer), or 0. Envoy writes each downstream connection's responses in the order it
+ * read their upstream answers, but flushes connections one after another: answers for two
+ * downstream connections interleave in the queue while their writes do not. */
+static inline __attribute__((always_inline)) struct smp_ans *smp_ans_pop(u32 tid, u64 now, s32 ds_fd,
+                                                                         struct smp_proc_stats *ps)
+{
+    struct smp_ans_q *q = smp_ans_queue.lookup(&tid);
+    if (!q)
+        return 0;
+    int zero = 0;
+    struct smp_ans *out = smp_ans_out.lookup(&zero);
+    if (!out)
+        return 0;
+    u32 head = q->head, tail = q->tail;
+    u32 pick = tail, first = tail;
+    for (u32 i = 0; i < SMP_ANS_SCAN; i++) {
+        u32 h = head + i;
+        if (h == tail)
+            break;
+        struct smp_ans_key k = {tid, h};
+        struct smp_ans *a = smp_ans_entries.lookup(&k);
+        if (!a) {
+            if (h == q->head)
+                q->head = h + 1;  /* a hole left by an earlier pick */
+            continue;
+        }
+        if (now > a->us_rx_beg + SMP_ANS_MAX_AGE_NS) {
+            smp_ans_entries.delete(&k);
+            if (h == q->head)
+                q->head = h + 1;
+            if (ps)
+                __sync_fetch_and_add(&ps->stale_answers, 1);
+            continue;
+        }
+        if (first == tail)
+            first = h;
+        if (a->ds_fd == ds_fd) {
+            pick = h;
+            break;
+        }
+    }
+    if (pick == tail)
+        pick = first;
+    if (pick == tail)
+        return 0;
+    struct smp_ans_key k = {tid, pick};
+    struct smp_ans *a = smp_ans_entries.lookup(&k);
+    if (!a)
+        return 0;
+    __builtin_memcpy(out, a, sizeof(*out));
+    smp_ans_entries.delete(&k);
+    if (pick == q->head)
+        q->head = pick + 1;
+    return out;
+}
+
+/* The upstream leg of an answer, onto a downstream span. */
+static inline __attribute__((always_inline)) void smp_ans_apply(struct smp_span *d, struct smp_ans *a)
+{
+    d->us_tx_beg = a->us_tx_beg;
+    d->us_tx_end = a->us_tx_end;
+    d->us_rx_beg = a->us_rx_beg;
+    d->us_fd = a->us_fd;
+    d->us_sid = a->us_sid;
+    d->flags = (d->flags & ~(SMP_F_MATCH_THREAD | SMP_F_US_H2)) | SMP_F_MATCH_RESP |
+               (a->us_sid ? SMP_F_US_H2 : 0);
+    if (!d->rid_len && a->rid_len) {
+        d->rid_len = a->rid_len;
+        d->rid_hash = a->rid_hash;
+        __builtin_memcpy(d->rid, a->rid, SMP_RID_LEN);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * HTTP/2 streams. The frame walk (smp_h2_step) calls smp_h2_frame for each frame header;
+ * each downstream stream becomes a span with the same legs as HTTP/1.1:
+ *   downstream HEADERS read      -> ds_rx_beg; pushed on the thread's request FIFO
+ *   upstream HEADERS write       -> the upstream stream's us_tx_beg, us_tx_end (and a FIFO pop,
+ *                                   which keeps the FIFO in step for HTTP/1.1 neighbours)
  *   upstream DATA write          -> us_tx_end (the last write of the request)
- *   upstream frame read          -> us_rx_beg (its first)
+ *   upstream frame read (first)  -> us_rx_beg: the answer is queued (smp_ans_push)
+ *   downstream response starts   -> the thread's oldest queued answer: the upstream leg
  *   downstream DATA write        -> ds_tx_data (the first: a gRPC reply's first message)
  *   downstream END_STREAM write  -> ds_tx_end, the span is emitted
- * An HTTP/1.1 leg on either side uses the HTTP/1.1 code with the same handles.
+ * An HTTP/1.1 leg on either side uses the HTTP/1.1 code, which queues and takes answers the
+ * same way. A downstream stream's ds_handle field: 0 before its response, 1 answered, 2 a
+ * local reply (no upstream answer: not a span). An upstream stream's span holds its own leg.
  */
+#define H2_DS_ANSWERED 1
+#define H2_DS_LOCAL 2
+
 static inline __attribute__((always_inline)) void smp_h2_frame(struct smp_h2_ctx *x,
                                                                struct smp_proc_stats *ps, u8 type,
                                                                u8 flags, u32 sid, u32 flen)
@@ -484,14 +650,20 @@ static inline __attribute__((always_inline)) void smp_h2_frame(struct smp_h2_ctx
                 __sync_fetch_and_add(&ps->h2_resets, 1);
             return;
         }
-        if (x->mode == MODE_PROXY && !st->span.us_rx_beg) {
-            /* no upstream answer yet: a local reply (no route, no upstream), not a span */
+        if (!st->ds_handle) {
+            /* the response starts: the upstream answer it carries */
+            st->ds_handle = H2_DS_ANSWERED;
+            if (x->mode == MODE_PROXY) {
+                struct smp_ans *a = smp_ans_pop(x->tid, x->wts, x->fd, ps);
+                if (a)
+                    smp_ans_apply(&st->span, a);
+                else
+                    st->ds_handle = H2_DS_LOCAL;
+            }
+        }
+        if (st->ds_handle == H2_DS_LOCAL) {
+            /* no upstream answer: a local reply (no route, no upstream), not a span */
             if (end) {
-#ifdef SMP_DEBUG_LOCAL
-                st->span.kind = 4;
-                st->span.ds_tx_end = x->wts;
-                smp_emit_span(&st->span);
-#endif
                 smp_h2_streams.delete(&sk);
                 if (ps)
                     __sync_fetch_and_add(&ps->local_replies, 1);
@@ -516,20 +688,26 @@ static inline __attribute__((always_inline)) void smp_h2_frame(struct smp_h2_ctx
         if (type == H2_HEADERS && !st) {
             u64 h = 0;
             struct smp_span *d = smp_fifo_pop(x->tid, x->tgid, &h);
-            if (!d)
-                return;
-            d->us_fd = x->fd;
-            d->us_sid = sid;
-            d->us_tx_beg = x->wts;
-            d->us_tx_end = x->wts;
-            d->flags |= SMP_F_MATCH_THREAD | SMP_F_US_H2;
+            if (d) {
+                /* thread order: kept for HTTP/1.1 downstreams; answers correct it */
+                d->us_fd = x->fd;
+                d->us_sid = sid;
+                d->us_tx_beg = x->wts;
+                d->us_tx_end = x->wts;
+                d->flags |= SMP_F_MATCH_THREAD | SMP_F_US_H2;
+            }
             int zero = 0;
             struct smp_h2_stream *init = smp_h2_stream_init.lookup(&zero);
             if (!init)
                 return;
             init->ds_handle = h;
+            init->span.ds_fd = h & SMP_H2_HANDLE ? (s32)((h >> 32) & 0x7fffffff) : (s32)(u32)h;
+            init->span.us_fd = x->fd;
+            init->span.us_sid = sid;
+            init->span.us_tx_beg = x->wts;
+            init->span.us_tx_end = x->wts;
             smp_h2_streams.update(&sk, init);
-            init->ds_handle = 0;
+            __builtin_memset(init, 0, sizeof(*init));
             return;
         }
         if (!st)
@@ -538,20 +716,17 @@ static inline __attribute__((always_inline)) void smp_h2_frame(struct smp_h2_ctx
             smp_h2_streams.delete(&sk);
             return;
         }
-        struct smp_span *d = smp_pending_span(st->ds_handle, x->tgid);
-        if (d && d->us_fd == x->fd && d->us_sid == sid && !d->us_rx_beg)
-            d->us_tx_end = x->wts;  /* a later frame of the request (its body) */
+        if (!st->span.us_rx_beg)
+            st->span.us_tx_end = x->wts;  /* a later frame of the request (its body) */
         return;
     }
+    /* upstream frames read: the first one starts the answer */
     if (!st)
         return;
-    struct smp_span *d = smp_pending_span(st->ds_handle, x->tgid);
-    if (d && d->us_fd == x->fd && d->us_sid == sid && !d->us_rx_beg)
-        d->us_rx_beg = x->ts;
-    if (end || type == H2_RST_STREAM)
-        smp_h2_streams.delete(&sk);
+    if (type != H2_RST_STREAM)
+        smp_ans_push(x->tid, x->tgid, &st->span, x->ts);
+    smp_h2_streams.delete(&sk);
 }
-
 
 /* The call's bytes from the cursor on are lost to the walk: count them, resynchronise
  * later. */
@@ -787,6 +962,17 @@ static inline __attribute__((always_inline)) int smp_exit(void *ctx, s64 ret, in
         }
         /* a write to downstream */
         if (c->phase == 1) {
+            if (mode == MODE_PROXY && (c->span.us_rx_beg || (c->span.flags & SMP_F_US_H2))) {
+                /* the response starts: take the thread's oldest upstream answer (keeping the
+                 * queue in step); it decides the upstream leg when HTTP/2 is on the upstream
+                 * side (thread order is not reliable there) and no request id matched */
+                struct smp_ans *a = smp_ans_pop(tid, wts, (s32)args.fd, ps);
+                if (a && !(c->span.flags & SMP_F_MATCH_RID) &&
+                    (a->us_sid || (c->span.flags & SMP_F_US_H2)))
+                    smp_ans_apply(&c->span, a);
+                else if (!a && (c->span.flags & SMP_F_US_H2))
+                    c->span.us_rx_beg = 0;  /* no answer: a local reply */
+            }
             if (mode == MODE_PROXY && !c->span.us_rx_beg) {
                 /* no upstream answer yet: a local reply or TLS handshake, not a span */
                 c->phase = 0;
@@ -809,6 +995,7 @@ static inline __attribute__((always_inline)) int smp_exit(void *ctx, s64 ret, in
             struct smp_span *d = smp_pending_span(c->ds_key, tgid);
             if (d && d->us_fd == (s32)args.fd)
                 d->us_tx_end = wts;
+            c->span.us_tx_end = wts;
             return 0;
         }
         u64 dkey = 0;
@@ -835,7 +1022,7 @@ static inline __attribute__((always_inline)) int smp_exit(void *ctx, s64 ret, in
             if (!d)
                 return 0;
         }
-        if (rid && rid->rid_len && !d->rid_len) {
+        if (rid && rid->rid_len && !d->rid_len && !(dkey & SMP_H2_HANDLE)) {
             /* the proxy made the id (none came from downstream): adopt it, so the app's
              * span of this request can be joined to this one */
             d->rid_len = rid->rid_len;
@@ -849,6 +1036,22 @@ static inline __attribute__((always_inline)) int smp_exit(void *ctx, s64 ret, in
         d->us_tx_beg = args.ts;
         d->us_tx_end = wts;
         d->flags |= how;
+        /* the connection's own record of this request, for the answer queue */
+        c->span.us_fd = args.fd;
+        c->span.us_sid = 0;
+        c->span.ds_fd = dkey & SMP_H2_HANDLE ? (s32)((dkey >> 32) & 0x7fffffff) : (s32)(u32)dkey;
+        c->span.us_tx_beg = args.ts;
+        c->span.us_tx_end = wts;
+        c->span.rid_len = 0;
+        c->span.rid_hash = 0;
+        if (rid && rid->rid_len) {
+            c->span.rid_len = rid->rid_len;
+            c->span.rid_hash = rid->rid_hash;
+            __builtin_memcpy(c->span.rid, rid->rid, SMP_RID_LEN);
+            for (u32 k = 0; k < SMP_RID_LEN; k++)
+                if (k >= rid->rid_len)
+                    c->span.rid[k] = 0;
+        }
         c->ds_key = dkey;
         c->phase = 1;
         return 0;
@@ -858,6 +1061,7 @@ static inline __attribute__((always_inline)) int smp_exit(void *ctx, s64 ret, in
         if (d && d->us_fd == (s32)args.fd && !d->us_rx_beg)
             d->us_rx_beg = ts;
         c->phase = 2;
+        smp_ans_push(tid, tgid, &c->span, ts);
     }
     return 0;
 }

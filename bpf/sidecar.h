@@ -31,6 +31,7 @@
 #define SMP_F_DRAINED 0x8       /* read from the connection table at the end, not emitted */
 #define SMP_F_DS_H2 0x10        /* downstream leg is an HTTP/2 stream (ds_sid) */
 #define SMP_F_US_H2 0x20        /* upstream leg is an HTTP/2 stream (us_sid) */
+#define SMP_F_MATCH_RESP 0x40   /* upstream leg paired by response order (see sidecar.c) */
 
 struct smp_span {
     u64 ds_rx_beg;
@@ -72,6 +73,7 @@ struct smp_proc_stats {
     u64 unparsed_conns; /* connections with such bytes */
     u64 h2_resets;      /* HTTP/2 streams reset (RST_STREAM) before they completed: no span */
     u64 h2_desyncs;     /* times the HTTP/2 frame walk lost its place (bytes counted unparsed) */
+    u64 stale_answers;  /* upstream answers no downstream response took within 20 ms */
 };
 
 #endif

@@ -203,6 +203,7 @@ class SidecarProbe:
         "unparsed_conns",
         "h2_resets",
         "h2_desyncs",
+        "stale_answers",
     )
 
     def proc_stats(self, pid: int) -> dict[str, int]:
