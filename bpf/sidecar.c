@@ -1,17 +1,31 @@
 /* sidecar: per-request legs through a proxy (and its app).
  *
- * Syscall tracepoints only: stable ABIs, no kprobes, no fentry. Spans are
- * assembled here, one ring-buffer record per request (struct smp_span, sidecar.h), so user
- * space does no per-syscall work. See docs/probes/sidecar.md.
+ * One state machine, two sets of hooks chosen at build time with -DSMP_PATH (sidecar.h):
+ *   SMP_PATH_SOCK      raw tracepoints sock:sock_recv_length / sock:sock_send_length (they
+ *                      fire inside socket reads and writes only: no other process pays) and
+ *                      sock:inet_sock_set_state (connect, close); the syscall's own user
+ *                      registers (bpf_task_pt_regs) give the fd and the user buffer.
+ *   SMP_PATH_SYSCALLS  syscalls:sys_{enter,exit}_* tracepoints, for kernels without the
+ *                      sock tracepoints (< 6.3).
+ * Stable ABIs only: tracepoint arguments, helpers, and the user registers of a syscall. No
+ * kprobes, no fentry, no kernel-internal struct fields. Spans are assembled here, one
+ * ring-buffer record per request (struct smp_span, sidecar.h), so user space does no
+ * per-syscall work. See docs/probes/sidecar.md.
  */
 #include "smp_common.h"
 #include "sidecar.h"
 
+#ifndef SMP_PATH
+#define SMP_PATH SMP_PATH_SOCK
+#endif
 #ifndef SMP_MAX_CONNS
 #define SMP_MAX_CONNS 16384
 #endif
 #ifndef SMP_MAX_THREADS
 #define SMP_MAX_THREADS 8192
+#endif
+#ifndef SMP_MAX_NS
+#define SMP_MAX_NS 4               /* PID namespaces with targets still to be learned */
 #endif
 /* User space takes the records every 100 ms; waking it for each record (an irq_work and a
  * context switch per request) would cost more than the record. */
@@ -25,50 +39,50 @@
 #define SMP_SCAN_MASK (SMP_SCAN_LEN - 1)
 /* Clamp an index so the verifier sees the bound (clang would fold a plain mask away). */
 #define SMP_CLAMP(x) asm volatile("%0 &= 511" : "+r"(x))
+#ifndef SMP_FIFO
+#define SMP_FIFO 32                /* requests a worker thread may have read but not yet sent on */
+#endif
 
-#define MODE_PROXY 1
-#define MODE_APP 2
+#define SMP_INLINE static inline __attribute__((always_inline))
 
-#define ROLE_DS 1                  /* we serve this connection (accepted) */
-#define ROLE_US 2                  /* we are the client (connected) */
-
-#define CLS_OTHER 0
-#define CLS_REQ 1                  /* starts with an HTTP/1.x method */
-#define CLS_RESP 2                 /* starts with "HTTP/1." */
-#define CLS_TLS 3                  /* a TLS record header */
-#define CLS_H2PRI 4                /* the HTTP/2 client preface "PRI * HTTP/2.0..." */
-
-/* what a connection's bytes were recognised as (struct smp_conn.proto) */
-#define PROTO_NONE 0               /* not (yet) recognised: its bytes count as unparsed */
-#define PROTO_H1 1
-#define PROTO_H2 2
-#define PROTO_TLS 3
-
-#define IO_PTR 0
-#define IO_IOV 1
-#define IO_MSG 2
-#define IO_MMSG 3
-
-#define MSG_PEEK 2
-
-struct smp_conn {
-    u8 role;
-    u8 phase;   /* DS: 0 idle, 1 request, 2 responding. US: 0 idle, 1 sent, 2 answered */
-    u8 tls;
-    u8 proto;   /* PROTO_* */
-    u8 pad[4];
-    u64 ds_key; /* US: the request this one carries (a connection key or an HTTP/2 handle) */
-    struct smp_span span;  /* DS: the request in progress */
-    u64 unparsed_rx;       /* bytes no protocol explained (see smp_unparsed) */
-    u64 unparsed_tx;
+enum smp_class {
+    CLS_OTHER = 0,
+    CLS_REQ = 1,                   /* starts with an HTTP/1.x method */
+    CLS_RESP = 2,                  /* starts with "HTTP/1." */
+    CLS_TLS = 3,                   /* a TLS record header */
+    CLS_H2PRI = 4,                 /* the HTTP/2 client preface "PRI * HTTP/2.0..." */
 };
 
-struct smp_args {
-    u64 ts;
-    u64 ptr;
-    u32 fd;
-    u8 io;
-    u8 skip;
+/* How the call's user buffer is described. */
+enum smp_io_kind {
+    IO_PTR = 0,                    /* (fd, buf, len) */
+    IO_IOV = 1,                    /* (fd, struct iovec *, n) */
+    IO_MSG = 2,                    /* (fd, struct msghdr *) */
+    IO_MMSG = 3,                   /* (fd, struct mmsghdr *, n): the return counts messages */
+};
+
+#define MSG_PEEK 2
+#define TCP_SYN_SENT 2
+#define TCP_FIN_WAIT1 4
+#define TCP_CLOSE 7
+
+/* One read or write of a traced process, as both paths describe it to the state machine. */
+struct smp_io {
+    u64 key;        /* the connection: sk (sock path) or tgid << 32 | fd (syscalls path) */
+    u64 ts;         /* the event's instant (see sidecar.h: a read's return, a write's) */
+    u64 ts_call;    /* when the call started (syscalls path); ts on the sock path */
+    u64 buf;        /* the call's first user buffer */
+    u64 ptr;        /* the call's buffer argument (enum smp_io_kind says what it points to) */
+    void *ctx;      /* the program's context (for the HTTP/2 walk's tail calls) */
+    u32 len;        /* data bytes in that buffer */
+    u32 ret;        /* bytes moved */
+    u32 tid;
+    u32 upid;
+    s32 fd;
+    u8 mode;
+    u8 is_read;
+    u8 kind;        /* enum smp_io_kind */
+    u8 pad;
 };
 
 struct smp_iovec { u64 base; u64 len; };
@@ -81,72 +95,171 @@ struct smp_scan {
     u8 rid_len;
     char rid[SMP_RID_LEN];
 };
-
+struct smp_fifo {
+    u64 keys[SMP_FIFO];
+    u32 head;
+    u32 tail;
+    u32 upid;       /* so user space can drop a detached process's threads */
+    u32 pad;
+};
+struct smp_pidns { u64 dev; u64 ino; };
+/* The syscalls path: a call's arguments from its entry to its exit, per thread. */
+struct smp_args {
+    u64 ts;
+    u64 ptr;
+    u32 fd;
+    u32 upid;
+    u8 io;
+    u8 skip;
+    u8 mode;
+    u8 pad[5];
+};
 #include "sidecar_h2.h"
 
-BPF_HASH(smp_filter_pids, u32, u8, SMP_MAX_PIDS);
+#if SMP_PATH == SMP_PATH_SOCK
+#define SMP_ARGS_ENTRIES 1         /* unused on the sock path; declared so every build has
+                                    * the same maps */
+#else
+#define SMP_ARGS_ENTRIES SMP_MAX_THREADS
+#endif
+
+BPF_HASH(smp_filter_pids, u32, struct smp_target, SMP_MAX_PIDS);
 BPF_PERCPU_ARRAY(smp_drops, u64, 1);
 BPF_RINGBUF_OUTPUT(smp_spans, SMP_RINGBUF_PAGES);
 BPF_HASH(smp_proc, u32, struct smp_proc_stats, SMP_MAX_PIDS);
 BPF_TABLE("lru_hash", u64, struct smp_conn, smp_conns, SMP_MAX_CONNS);
 BPF_TABLE("lru_hash", u64, u64, smp_rid_index, SMP_MAX_CONNS);
-#ifndef SMP_FIFO
-#define SMP_FIFO 32              /* requests a worker thread may have read but not yet sent on */
-#endif
-struct smp_fifo {
-    u64 keys[SMP_FIFO];
-    u32 head;
-    u32 tail;
-    u32 tgid;   /* so user space can drop a detached process's threads */
-    u32 pad;
-};
 BPF_TABLE("lru_hash", u32, struct smp_fifo, smp_thread_fifo, SMP_MAX_THREADS);
+BPF_HASH(smp_args_map, u64, struct smp_args, SMP_ARGS_ENTRIES);
+/* Roles of connections open before the probe attached: upid << 32 | fd -> enum smp_role. */
+BPF_HASH(smp_seed, u64, u8, SMP_MAX_CONNS);
+/* PID namespaces: targets given by their PID in a namespace that is not the kernel's
+ * initial one are learned the first time they do socket I/O (smp_target_of). */
+BPF_ARRAY(smp_ns, struct smp_pidns, SMP_MAX_NS);
+BPF_HASH(smp_ns_pending, u64, struct smp_target, SMP_MAX_PIDS);   /* slot << 32 | ns tgid */
+BPF_ARRAY(smp_learning, u32, 1);                                  /* targets still pending */
 BPF_PERCPU_ARRAY(smp_fifo_init, struct smp_fifo, 1);
-BPF_HASH(smp_args_map, u64, struct smp_args, SMP_MAX_THREADS);
 BPF_PERCPU_ARRAY(smp_scratch, struct smp_scan, 1);
 BPF_PERCPU_ARRAY(smp_conn_init, struct smp_conn, 1);
 
-static inline __attribute__((always_inline)) u8 smp_mode(u32 tgid)
+/* -- helpers ------------------------------------------------------------------------------ */
+
+SMP_INLINE void smp_count_drop(void)
 {
-    u8 *m = smp_filter_pids.lookup(&tgid);
-    return m ? *m : 0;
+    int zero = 0;
+    u64 *d = smp_drops.lookup(&zero);
+    if (d)
+        (*d)++;
 }
 
-static inline __attribute__((always_inline)) int smp_enter(u32 fd, u64 ptr, u8 io, u8 skip)
+SMP_INLINE void smp_count_unparsed(struct smp_proc_stats *ps, u32 bytes)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if (!smp_mode(id >> 32))
+    if (ps)
+        __sync_fetch_and_add(&ps->unparsed_bytes, bytes);
+}
+
+/* A target given by its PID in a child namespace: the kernel's tgid of the current task is
+ * learned when that task's own namespace and tgid there match a pending target. Only runs
+ * while some target is pending; one helper call per pending namespace. */
+SMP_INLINE struct smp_target *smp_learn(u32 tgid)
+{
+    int zero = 0;
+    u32 *pending = smp_learning.lookup(&zero);
+    if (!pending || !*pending)
         return 0;
-    struct smp_args a = {};
-    a.ts = bpf_ktime_get_ns();
-    a.ptr = ptr;
-    a.fd = fd;
-    a.io = io;
-    a.skip = skip;
-    smp_args_map.update(&id, &a);
+    for (u32 i = 0; i < SMP_MAX_NS; i++) {
+        u32 slot = i;
+        struct smp_pidns *ns = smp_ns.lookup(&slot);
+        if (!ns || !ns->ino)
+            continue;
+        struct bpf_pidns_info info = {};
+        if (bpf_get_ns_current_pid_tgid(ns->dev, ns->ino, &info, sizeof(info)))
+            continue;
+        u64 pk = ((u64)i << 32) | info.tgid;
+        struct smp_target *want = smp_ns_pending.lookup(&pk);
+        if (!want)
+            return 0;
+        struct smp_target t = *want;
+        smp_filter_pids.update(&tgid, &t);
+        smp_ns_pending.delete(&pk);
+        __sync_fetch_and_add(pending, -1);
+        return smp_filter_pids.lookup(&tgid);
+    }
     return 0;
 }
 
-/* The first buffer of the call and how many of its bytes hold data. */
-static inline __attribute__((always_inline)) u64 smp_first_buf(struct smp_args *a, s64 ret, u32 *len)
+/* The PID filter: what the current process is to us, or 0 (return at once). */
+SMP_INLINE struct smp_target *smp_target_of(u32 tgid)
 {
-    u64 base = a->ptr;
+    struct smp_target *t = smp_filter_pids.lookup(&tgid);
+    if (t)
+        return t;
+    return smp_learn(tgid);
+}
+
+SMP_INLINE void smp_copy_rid(struct smp_span *span, u8 n, u64 hash, const char *rid)
+{
+    span->rid_len = n;
+    span->rid_hash = hash;
+    __builtin_memcpy(span->rid, rid, SMP_RID_LEN);
+    /* zero what the source holds past this id (an earlier, longer id in the scratch) */
+    for (u32 k = 0; k < SMP_RID_LEN; k++)
+        if (k >= n)
+            span->rid[k] = 0;
+}
+
+/* A new connection entry (zeroed) with its role, or the existing one re-initialised. */
+SMP_INLINE struct smp_conn *smp_conn_new(u64 key, u8 role, u32 upid)
+{
+    int zero = 0;
+    struct smp_conn *init = smp_conn_init.lookup(&zero);
+    if (!init)
+        return 0;
+    init->sk = key;
+    init->role = role;
+    init->upid = upid;
+    smp_conns.update(&key, init);
+    init->sk = 0;
+    init->role = 0;
+    init->upid = 0;
+    return smp_conns.lookup(&key);
+}
+
+SMP_INLINE struct smp_fifo *smp_fifo_of(u32 tid, u32 upid)
+{
+    struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
+    if (q)
+        return q;
+    int zero = 0;
+    struct smp_fifo *empty = smp_fifo_init.lookup(&zero);
+    if (!empty)
+        return 0;
+    empty->upid = upid;
+    smp_thread_fifo.update(&tid, empty);
+    empty->upid = 0;
+    return smp_thread_fifo.lookup(&tid);
+}
+
+/* The first buffer of the call and how many of its bytes hold data. */
+SMP_INLINE u64 smp_first_buf(u64 ptr, u8 io, s64 ret, u32 *len)
+{
+    u64 base = ptr;
     u64 blen = (u64)ret;
-    if (a->io == IO_MMSG) {
+    if (io == IO_MMSG) {
         /* ret counts messages: the bytes are the first one's msg_len (struct mmsghdr is a
          * struct user_msghdr, 56 bytes on 64-bit, then unsigned int msg_len) */
         u32 first = 0;
-        if (bpf_probe_read_user(&first, sizeof(first), (void *)(a->ptr + 56)))
+        if (bpf_probe_read_user(&first, sizeof(first), (void *)(ptr + 56)))
             return 0;
         blen = first;
     }
-    if (a->io == IO_MSG || a->io == IO_MMSG) {
+    if (io == IO_MSG || io == IO_MMSG) {
         struct smp_msghdr m = {};
-        if (bpf_probe_read_user(&m, sizeof(m), (void *)a->ptr))
+        if (bpf_probe_read_user(&m, sizeof(m), (void *)ptr))
             return 0;
         base = m.iov;
     }
-    if (a->io != IO_PTR) {
+    if (io != IO_PTR) {
         struct smp_iovec v = {};
         if (bpf_probe_read_user(&v, sizeof(v), (void *)base))
             return 0;
@@ -158,7 +271,7 @@ static inline __attribute__((always_inline)) u64 smp_first_buf(struct smp_args *
     return base;
 }
 
-static inline __attribute__((always_inline)) u8 smp_classify(u64 buf, u32 len)
+SMP_INLINE u8 smp_classify(u64 buf, u32 len)
 {
     char p[8] = {};
     if (len < 3 || bpf_probe_read_user(p, sizeof(p), (void *)buf))
@@ -186,7 +299,7 @@ static inline __attribute__((always_inline)) u8 smp_classify(u64 buf, u32 len)
 /* Find "\nx-request-id:" (any case) in the first bytes of a request head and keep its
  * value (up to the end of that header line) in the per-CPU scratch. Nothing else of the
  * payload is kept; user space checks the characters. */
-static inline __attribute__((always_inline)) struct smp_scan *smp_find_rid(u64 buf, u32 len)
+SMP_INLINE struct smp_scan *smp_find_rid(u64 buf, u32 len)
 {
     int zero = 0;
     struct smp_scan *s = smp_scratch.lookup(&zero);
@@ -248,14 +361,59 @@ static inline __attribute__((always_inline)) struct smp_scan *smp_find_rid(u64 b
     return s;
 }
 
-static inline __attribute__((always_inline)) int smp_emit_span(struct smp_span *s)
+SMP_INLINE void smp_emit(struct smp_conn *c)
 {
     struct smp_span *e = smp_spans.ringbuf_reserve(sizeof(struct smp_span));
     if (!e) {
-        int zero = 0;
-        u64 *d = smp_drops.lookup(&zero);
-        if (d)
-            (*d)++;
+        smp_count_drop();
+        return;
+    }
+    __builtin_memcpy(e, &c->span, sizeof(struct smp_span));
+    smp_spans.ringbuf_submit(e, SMP_RB_SUBMIT_FLAGS);
+    u32 upid = c->upid;
+    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
+    if (ps)
+        __sync_fetch_and_add(&ps->spans, 1);
+}
+
+/* -- HTTP/2 and the never-silent count ------------------------------------------------------
+ * Requests in progress are named by a handle in the thread FIFO: an HTTP/1.1 request by its
+ * downstream connection's key; an HTTP/2 stream by SMP_H2_TAG | a 48-bit number, resolved
+ * through smp_h2_handles (neither a kernel socket pointer, whose top bits are all ones, nor a
+ * tgid << 32 | fd key, below 2^54, can carry that tag). */
+#define SMP_H2_TAG 0x7ffe000000000000ULL
+#define SMP_IS_H2_HANDLE(h) (((h) >> 48) == 0x7ffe)
+#ifndef SMP_MAX_STREAMS
+#define SMP_MAX_STREAMS 16384
+#endif
+
+struct smp_h2_skey {
+    u64 conn;   /* the connection's key */
+    u32 sid;
+    u32 gen;    /* the connection's generation (struct smp_h2_conn) */
+};
+struct smp_h2_stream {
+    struct smp_span span;   /* DS: the stream's request in progress. US: the upstream leg */
+    u64 handle;             /* DS: its FIFO handle */
+    u8 state;               /* DS: H2_DS_* */
+    u8 pad[7];
+};
+#define H2_DS_OPEN 0
+#define H2_DS_ANSWERED 1        /* its response started with an upstream answer */
+#define H2_DS_LOCAL 2           /* its response started without one: a local reply */
+
+BPF_TABLE("lru_hash", struct smp_h2_skey, struct smp_h2_stream, smp_h2_streams, SMP_MAX_STREAMS);
+BPF_TABLE("lru_hash", u64, struct smp_h2_skey, smp_h2_handles, SMP_MAX_STREAMS);
+BPF_TABLE("lru_hash", u64, struct smp_h2_conn, smp_h2_conns, SMP_MAX_CONNS);
+BPF_PERCPU_ARRAY(smp_h2_stream_init, struct smp_h2_stream, 1);
+BPF_PERCPU_ARRAY(smp_h2_scratch, struct smp_h2_call, 1);
+BPF_PROG_ARRAY(smp_h2_progs, 1);   /* [0]: smp_h2_step, put there by user space */
+
+SMP_INLINE int smp_emit_span(struct smp_span *s)
+{
+    struct smp_span *e = smp_spans.ringbuf_reserve(sizeof(struct smp_span));
+    if (!e) {
+        smp_count_drop();
         return -1;
     }
     __builtin_memcpy(e, s, sizeof(struct smp_span));
@@ -263,83 +421,64 @@ static inline __attribute__((always_inline)) int smp_emit_span(struct smp_span *
     return 0;
 }
 
-static inline __attribute__((always_inline)) void smp_emit(struct smp_conn *c, u32 tgid)
+/* Bytes on a traced connection that no protocol explained: per process (unparsed_bytes)
+ * and per connection (a SMP_SPAN_UNPARSED record when it closes), never silently dropped. */
+SMP_INLINE void smp_conn_unparsed(struct smp_conn *c, struct smp_proc_stats *ps, s32 fd,
+                                  u8 is_read, u64 n)
 {
-    if (smp_emit_span(&c->span))
+    if (!n)
         return;
-    struct smp_proc_stats *ps = smp_proc.lookup(&tgid);
-    if (ps)
-        __sync_fetch_and_add(&ps->spans, 1);
+    smp_count_unparsed(ps, n);
+    if (ps && !c->unparsed_rx && !c->unparsed_tx)
+        __sync_fetch_and_add(&ps->unparsed_conns, 1);
+    c->fd = fd;
+    if (is_read)
+        c->unparsed_rx += n;
+    else
+        c->unparsed_tx += n;
 }
 
-static inline __attribute__((always_inline)) struct smp_conn *smp_conn_new(u64 key, u8 role)
+SMP_INLINE void smp_emit_unparsed(struct smp_conn *c)
 {
+    if (!c->unparsed_rx && !c->unparsed_tx)
+        return;
     int zero = 0;
-    struct smp_conn *init = smp_conn_init.lookup(&zero);
-    if (!init)
-        return 0;
-    init->role = role;
-    smp_conns.update(&key, init);
-    init->role = 0;
-    return smp_conns.lookup(&key);
+    struct smp_h2_stream *tmp = smp_h2_stream_init.lookup(&zero);
+    if (!tmp)
+        return;
+    struct smp_span *s = &tmp->span;
+    s->kind = SMP_SPAN_UNPARSED;
+    s->tgid = c->upid;
+    s->ds_rx_beg = bpf_ktime_get_ns();
+    s->ds_fd = c->role == SMP_ROLE_US ? -1 : c->fd;
+    s->us_fd = c->role == SMP_ROLE_US ? c->fd : -1;
+    s->req_bytes = c->unparsed_rx > 0xffffffff ? 0xffffffff : (u32)c->unparsed_rx;
+    s->resp_bytes = c->unparsed_tx > 0xffffffff ? 0xffffffff : (u32)c->unparsed_tx;
+    smp_emit_span(s);
+    __builtin_memset(tmp, 0, sizeof(*tmp));
+    c->unparsed_rx = 0;
+    c->unparsed_tx = 0;
 }
 
-/* ---------------------------------------------------------------------------------------
- * Requests in progress, by handle: an HTTP/1.1 request is its downstream connection's key
- * (tgid << 32 | fd); an HTTP/2 stream is SMP_H2_HANDLE | fd << 32 | stream id (the process
- * is the current one's). A worker thread's FIFO holds both kinds in the order it read them.
- */
-#define SMP_H2_HANDLE 0x8000000000000000ULL
-
-struct smp_h2_skey {
-    u64 conn;   /* tgid << 32 | fd */
-    u32 sid;
-    u32 gen;    /* the connection's generation (struct smp_h2_conn) */
-};
-struct smp_h2_stream {
-    struct smp_span span;   /* a downstream stream: its request in progress */
-    u64 ds_handle;          /* an upstream stream: the request it carries */
-};
-#ifndef SMP_MAX_STREAMS
-#define SMP_MAX_STREAMS 16384
-#endif
-BPF_TABLE("lru_hash", struct smp_h2_skey, struct smp_h2_stream, smp_h2_streams, SMP_MAX_STREAMS);
-BPF_PERCPU_ARRAY(smp_h2_stream_init, struct smp_h2_stream, 1);
-BPF_TABLE("lru_hash", u64, struct smp_h2_conn, smp_h2_conns, SMP_MAX_CONNS);
-BPF_PERCPU_ARRAY(smp_h2_scratch, struct smp_h2_call, 1);
-BPF_PROG_ARRAY(smp_h2_progs, 1);   /* [0]: smp_h2_step, set by user space */
-
-/* The span of a request still waiting for its response (HTTP/1.1: phase 1; HTTP/2: a
- * stream not yet ended), else 0. */
-static inline __attribute__((always_inline)) struct smp_span *smp_pending_span(u64 handle, u32 tgid)
+/* The span of a request still waiting for its response (HTTP/1.1: a downstream connection
+ * in REQUEST; HTTP/2: a downstream stream not yet answered), else 0. */
+SMP_INLINE struct smp_span *smp_pending_span(u64 handle)
 {
-    if (handle & SMP_H2_HANDLE) {
-        struct smp_h2_skey k = {};
-        k.conn = ((u64)tgid << 32) | ((handle >> 32) & 0x7fffffff);
-        k.sid = (u32)handle;
-        struct smp_h2_conn *hc = smp_h2_conns.lookup(&k.conn);
-        if (!hc)
+    if (SMP_IS_H2_HANDLE(handle)) {
+        struct smp_h2_skey *k = smp_h2_handles.lookup(&handle);
+        if (!k)
             return 0;
-        k.gen = hc->gen;
-        struct smp_h2_stream *st = smp_h2_streams.lookup(&k);
-        return st ? &st->span : 0;
+        struct smp_h2_skey sk = *k;
+        struct smp_h2_stream *st = smp_h2_streams.lookup(&sk);
+        return st && st->state == H2_DS_OPEN ? &st->span : 0;
     }
     struct smp_conn *c = smp_conns.lookup(&handle);
-    return c && c->phase == 1 ? &c->span : 0;
+    return c && c->phase == SMP_PHASE_REQUEST ? &c->span : 0;
 }
 
-static inline __attribute__((always_inline)) void smp_fifo_push(u32 tid, u32 tgid, u64 handle)
+SMP_INLINE void smp_fifo_push(u32 tid, u32 upid, u64 handle)
 {
-    struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
-    if (!q) {
-        int zero = 0;
-        struct smp_fifo *empty = smp_fifo_init.lookup(&zero);
-        if (!empty)
-            return;
-        empty->tgid = tgid;
-        smp_thread_fifo.update(&tid, empty);
-        q = smp_thread_fifo.lookup(&tid);
-    }
+    struct smp_fifo *q = smp_fifo_of(tid, upid);
     if (!q)
         return;
     u32 t = q->tail;
@@ -347,13 +486,9 @@ static inline __attribute__((always_inline)) void smp_fifo_push(u32 tid, u32 tgi
         /* full: the oldest goes. If it is still waiting and has no id to be matched by, its
          * span is lost: count it, never silently */
         u64 old = q->keys[q->head & (SMP_FIFO - 1)];
-        struct smp_span *o = smp_pending_span(old, tgid);
-        if (o && !o->us_tx_end && !o->rid_hash) {
-            int zero = 0;
-            u64 *d = smp_drops.lookup(&zero);
-            if (d)
-                (*d)++;
-        }
+        struct smp_span *o = smp_pending_span(old);
+        if (o && !o->us_tx_end && !o->rid_hash)
+            smp_count_drop();
         q->head++;
     }
     q->keys[t & (SMP_FIFO - 1)] = handle;
@@ -361,7 +496,7 @@ static inline __attribute__((always_inline)) void smp_fifo_push(u32 tid, u32 tgi
 }
 
 /* The oldest request this thread read and has not sent on yet (its handle in *handle). */
-static inline __attribute__((always_inline)) struct smp_span *smp_fifo_pop(u32 tid, u32 tgid, u64 *handle)
+SMP_INLINE struct smp_span *smp_fifo_pop(u32 tid, u64 *handle)
 {
     struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
     if (!q)
@@ -371,7 +506,7 @@ static inline __attribute__((always_inline)) struct smp_span *smp_fifo_pop(u32 t
             break;
         u64 k = q->keys[q->head & (SMP_FIFO - 1)];
         q->head++;
-        struct smp_span *cand = smp_pending_span(k, tgid);
+        struct smp_span *cand = smp_pending_span(k);
         if (cand && !cand->us_tx_end) {
             *handle = k;
             return cand;
@@ -380,69 +515,31 @@ static inline __attribute__((always_inline)) struct smp_span *smp_fifo_pop(u32 t
     return 0;
 }
 
-/* Bytes on a traced connection that no protocol explained: counted per connection (a
- * SMP_SPAN_UNPARSED record when it closes) and per process, never silently dropped. */
-static inline __attribute__((always_inline)) void smp_unparsed(struct smp_conn *c, struct smp_proc_stats *ps,
-                                                               int is_read, u64 n)
+/* The downstream fd a handle's request came in on (a pairing hint). */
+SMP_INLINE s32 smp_handle_fd(u64 handle)
 {
-    if (!n)
-        return;
-    if (ps && !c->unparsed_rx && !c->unparsed_tx)
-        __sync_fetch_and_add(&ps->unparsed_conns, 1);
-    if (is_read) {
-        c->unparsed_rx += n;
-        if (ps)
-            __sync_fetch_and_add(&ps->unparsed_rx, n);
-    } else {
-        c->unparsed_tx += n;
-        if (ps)
-            __sync_fetch_and_add(&ps->unparsed_tx, n);
-    }
+    struct smp_span *s = smp_pending_span(handle);
+    return s ? s->ds_fd : -1;
 }
 
-static inline __attribute__((always_inline)) void smp_emit_unparsed(struct smp_conn *c, u32 tgid, s32 fd)
-{
-    if (!c->unparsed_rx && !c->unparsed_tx)
-        return;
-    int zero = 0;
-    struct smp_conn *tmp = smp_conn_init.lookup(&zero);
-    if (!tmp)
-        return;
-    struct smp_span *s = &tmp->span;
-    __builtin_memset(s, 0, sizeof(*s));
-    u64 id = bpf_get_current_pid_tgid();
-    s->kind = SMP_SPAN_UNPARSED;
-    s->tgid = tgid;
-    s->tid = (u32)id;
-    s->ds_rx_beg = bpf_ktime_get_ns();
-    s->ds_fd = c->role == ROLE_US ? -1 : fd;
-    s->us_fd = c->role == ROLE_US ? fd : -1;
-    s->req_bytes = c->unparsed_rx > 0xffffffff ? 0xffffffff : (u32)c->unparsed_rx;
-    s->resp_bytes = c->unparsed_tx > 0xffffffff ? 0xffffffff : (u32)c->unparsed_tx;
-    smp_emit_span(s);
-    __builtin_memset(s, 0, sizeof(*s));
-}
-
-/* ---------------------------------------------------------------------------------------
- * Upstream answers, in the order a worker thread reads them. Envoy does not write a batch of
- * requests upstream in the order it read them (measured: within 8 streams of one HTTP/2 read,
- * thread order was right for 1 in 4), but it encodes each downstream response as it reads
- * the upstream one, so the n-th upstream response a thread starts reading feeds the n-th
- * downstream response it starts writing. Each entry carries the upstream leg's instants (and
- * the request id the upstream request carried), copied so that the connection can carry its
- * next request before the downstream write. Entries older than SMP_ANS_MAX_AGE_NS (an
- * answer whose downstream went away) are skipped and counted.
- */
+/* -- upstream answers, in the order a worker thread reads them ------------------------------
+ * Envoy does not write a batch of requests upstream in the order it read them (8 streams of
+ * one HTTP/2 read: thread order right for 1 in 4), but it encodes each downstream response
+ * as it reads the upstream one. So the upstream leg of a downstream response is the oldest
+ * upstream answer the thread read, preferring one whose request thread order gave to the
+ * same downstream connection (Envoy flushes downstream connections one after another).
+ * Each answer carries its upstream instants and request id, copied, so the upstream
+ * connection can carry its next request before the downstream write. Answers older than
+ * SMP_ANS_MAX_AGE_NS (their downstream went away) are skipped and counted. */
 #ifndef SMP_ANS_DEPTH
 #define SMP_ANS_DEPTH 64
 #endif
 #ifndef SMP_ANS_SCAN
-#define SMP_ANS_SCAN 32           /* answers searched for the downstream connection's */
+#define SMP_ANS_SCAN 32
 #endif
 #ifndef SMP_ANS_MAX_AGE_NS
 #define SMP_ANS_MAX_AGE_NS 20000000ULL
 #endif
-
 struct smp_ans_key {
     u32 tid;
     u32 seq;
@@ -454,7 +551,7 @@ struct smp_ans {
     u64 rid_hash;
     s32 us_fd;
     u32 us_sid;
-    s32 ds_fd;    /* the downstream connection thread order gave the request (a hint) */
+    s32 ds_fd;      /* the downstream connection thread order gave the request (a hint) */
     u8 rid_len;
     u8 pad[3];
     char rid[SMP_RID_LEN];
@@ -462,7 +559,7 @@ struct smp_ans {
 struct smp_ans_q {
     u32 head;
     u32 tail;
-    u32 tgid;  /* so user space can drop a detached process's threads */
+    u32 upid;       /* so user space can drop a detached process's threads */
     u32 pad;
 };
 BPF_TABLE("lru_hash", u32, struct smp_ans_q, smp_ans_queue, SMP_MAX_THREADS);
@@ -470,14 +567,14 @@ BPF_TABLE("lru_hash", struct smp_ans_key, struct smp_ans, smp_ans_entries, SMP_M
 BPF_PERCPU_ARRAY(smp_ans_init, struct smp_ans, 1);
 BPF_PERCPU_ARRAY(smp_ans_out, struct smp_ans, 1);
 
-/* An upstream response starts: queue the upstream leg held in s (a US connection's or US
- * stream's own span) for the thread's next downstream response. */
-static inline __attribute__((always_inline)) void smp_ans_push(u32 tid, u32 tgid, struct smp_span *s, u64 ts)
+/* An upstream response starts at ts: queue the upstream leg held in s (an upstream
+ * connection's or stream's own record). */
+SMP_INLINE void smp_ans_push(u32 tid, u32 upid, struct smp_span *s, u64 ts)
 {
     struct smp_ans_q *q = smp_ans_queue.lookup(&tid);
     if (!q) {
         struct smp_ans_q fresh = {};
-        fresh.tgid = tgid;
+        fresh.upid = upid;
         smp_ans_queue.update(&tid, &fresh);
         q = smp_ans_queue.lookup(&tid);
         if (!q)
@@ -507,13 +604,9 @@ static inline __attribute__((always_inline)) void smp_ans_push(u32 tid, u32 tgid
     q->tail = t + 1;
 }
 
-/* A downstream response starts at now on connection ds_fd: the thread's oldest upstream
- * answer whose request thread order gave to that connection, else its oldest answer (in a
- * per-CPU buffer), or 0. Envoy writes each downstream connection's responses in the order it
- * read their upstream answers, but flushes connections one after another: answers for two
- * downstream connections interleave in the queue while their writes do not. */
-static inline __attribute__((always_inline)) struct smp_ans *smp_ans_pop(u32 tid, u64 now, s32 ds_fd,
-                                                                         struct smp_proc_stats *ps)
+/* A downstream response starts at now on downstream fd ds_fd: its upstream answer (in a
+ * per-CPU buffer), or 0. */
+SMP_INLINE struct smp_ans *smp_ans_pop(u32 tid, u64 now, s32 ds_fd, struct smp_proc_stats *ps)
 {
     struct smp_ans_q *q = smp_ans_queue.lookup(&tid);
     if (!q)
@@ -532,7 +625,7 @@ static inline __attribute__((always_inline)) struct smp_ans *smp_ans_pop(u32 tid
         struct smp_ans *a = smp_ans_entries.lookup(&k);
         if (!a) {
             if (h == q->head)
-                q->head = h + 1;  /* a hole left by an earlier pick */
+                q->head = h + 1;  /* a hole an earlier pick left */
             continue;
         }
         if (now > a->us_rx_beg + SMP_ANS_MAX_AGE_NS) {
@@ -566,7 +659,7 @@ static inline __attribute__((always_inline)) struct smp_ans *smp_ans_pop(u32 tid
 }
 
 /* The upstream leg of an answer, onto a downstream span. */
-static inline __attribute__((always_inline)) void smp_ans_apply(struct smp_span *d, struct smp_ans *a)
+SMP_INLINE void smp_ans_apply(struct smp_span *d, struct smp_ans *a)
 {
     d->us_tx_beg = a->us_tx_beg;
     d->us_tx_end = a->us_tx_end;
@@ -575,34 +668,25 @@ static inline __attribute__((always_inline)) void smp_ans_apply(struct smp_span 
     d->us_sid = a->us_sid;
     d->flags = (d->flags & ~(SMP_F_MATCH_THREAD | SMP_F_US_H2)) | SMP_F_MATCH_RESP |
                (a->us_sid ? SMP_F_US_H2 : 0);
-    if (!d->rid_len && a->rid_len) {
-        d->rid_len = a->rid_len;
-        d->rid_hash = a->rid_hash;
-        __builtin_memcpy(d->rid, a->rid, SMP_RID_LEN);
-    }
+    if (a->rid_len)
+        smp_copy_rid(d, a->rid_len, a->rid_hash, a->rid);
 }
 
-/* ---------------------------------------------------------------------------------------
- * HTTP/2 streams. The frame walk (smp_h2_step) calls smp_h2_frame for each frame header;
- * each downstream stream becomes a span with the same legs as HTTP/1.1:
- *   downstream HEADERS read      -> ds_rx_beg; pushed on the thread's request FIFO
+/* -- HTTP/2 streams ------------------------------------------------------------------------
+ * The frame walk (smp_h2_step) calls smp_h2_frame for each frame header; each downstream
+ * stream becomes a span with the same legs as HTTP/1.1:
+ *   downstream HEADERS read      -> ds_rx_beg; pushed on the thread's FIFO
  *   upstream HEADERS write       -> the upstream stream's us_tx_beg, us_tx_end (and a FIFO pop,
  *                                   which keeps the FIFO in step for HTTP/1.1 neighbours)
  *   upstream DATA write          -> us_tx_end (the last write of the request)
- *   upstream frame read (first)  -> us_rx_beg: the answer is queued (smp_ans_push)
- *   downstream response starts   -> the thread's oldest queued answer: the upstream leg
+ *   upstream frame read (first)  -> us_rx_beg: the answer is queued
+ *   downstream response starts   -> the upstream leg from the answer queue
  *   downstream DATA write        -> ds_tx_data (the first: a gRPC reply's first message)
  *   downstream END_STREAM write  -> ds_tx_end, the span is emitted
  * An HTTP/1.1 leg on either side uses the HTTP/1.1 code, which queues and takes answers the
- * same way. A downstream stream's ds_handle field: 0 before its response, 1 answered, 2 a
- * local reply (no upstream answer: not a span). An upstream stream's span holds its own leg.
- */
-#define H2_DS_ANSWERED 1
-#define H2_DS_LOCAL 2
-
-static inline __attribute__((always_inline)) void smp_h2_frame(struct smp_h2_ctx *x,
-                                                               struct smp_proc_stats *ps, u8 type,
-                                                               u8 flags, u32 sid, u32 flen)
+ * same way. */
+SMP_INLINE void smp_h2_frame(struct smp_h2_ctx *x, struct smp_proc_stats *ps, u8 type, u8 flags,
+                             u32 sid, u32 flen)
 {
     if (!sid || type > H2_CONTINUATION)
         return;  /* connection-level (SETTINGS, PING, GOAWAY, WINDOW_UPDATE) or extension */
@@ -612,25 +696,30 @@ static inline __attribute__((always_inline)) void smp_h2_frame(struct smp_h2_ctx
     sk.gen = x->gen;
     u8 end = (flags & H2_END_STREAM) && (type == H2_HEADERS || type == H2_DATA);
     struct smp_h2_stream *st = smp_h2_streams.lookup(&sk);
-    if (x->role == ROLE_DS && x->is_read) {
+    int zero = 0;
+    if (x->role == SMP_ROLE_DS && x->is_read) {
         if (type == H2_HEADERS && !st) {
-            int zero = 0;
             struct smp_h2_stream *init = smp_h2_stream_init.lookup(&zero);
             if (!init)
                 return;
+            u64 handle = SMP_H2_TAG | ((bpf_ktime_get_ns() << 4 | bpf_get_smp_processor_id()) &
+                                       0xffffffffffffULL);
             struct smp_span *s = &init->span;
-            s->kind = x->mode == MODE_APP ? SMP_SPAN_SERVER : SMP_SPAN_PROXY;
-            s->tgid = x->tgid;
+            s->kind = x->mode == SMP_MODE_APP ? SMP_SPAN_SERVER : SMP_SPAN_PROXY;
+            s->tgid = x->upid;
             s->tid = x->tid;
             s->ds_fd = x->fd;
             s->us_fd = -1;
             s->ds_sid = sid;
             s->ds_rx_beg = x->ts;
             s->flags = SMP_F_DS_H2;
+            init->handle = handle;
             smp_h2_streams.update(&sk, init);
             __builtin_memset(init, 0, sizeof(*init));
-            if (x->mode == MODE_PROXY)
-                smp_fifo_push(x->tid, x->tgid, SMP_H2_HANDLE | ((u64)(x->fd & 0x7fffffff) << 32) | sid);
+            if (x->mode == SMP_MODE_PROXY) {
+                smp_h2_handles.update(&handle, &sk);
+                smp_fifo_push(x->tid, x->upid, handle);
+            }
         } else if (st && type == H2_DATA) {
             st->span.req_bytes += flen;
         } else if (st && type == H2_RST_STREAM) {
@@ -640,7 +729,7 @@ static inline __attribute__((always_inline)) void smp_h2_frame(struct smp_h2_ctx
         }
         return;
     }
-    if (x->role == ROLE_DS) {
+    if (x->role == SMP_ROLE_DS) {
         /* the response, written downstream */
         if (!st)
             return;
@@ -650,18 +739,18 @@ static inline __attribute__((always_inline)) void smp_h2_frame(struct smp_h2_ctx
                 __sync_fetch_and_add(&ps->h2_resets, 1);
             return;
         }
-        if (!st->ds_handle) {
+        if (st->state == H2_DS_OPEN) {
             /* the response starts: the upstream answer it carries */
-            st->ds_handle = H2_DS_ANSWERED;
-            if (x->mode == MODE_PROXY) {
-                struct smp_ans *a = smp_ans_pop(x->tid, x->wts, x->fd, ps);
+            st->state = H2_DS_ANSWERED;
+            if (x->mode == SMP_MODE_PROXY) {
+                struct smp_ans *a = smp_ans_pop(x->tid, x->ts, x->fd, ps);
                 if (a)
                     smp_ans_apply(&st->span, a);
                 else
-                    st->ds_handle = H2_DS_LOCAL;
+                    st->state = H2_DS_LOCAL;
             }
         }
-        if (st->ds_handle == H2_DS_LOCAL) {
+        if (st->state == H2_DS_LOCAL) {
             /* no upstream answer: a local reply (no route, no upstream), not a span */
             if (end) {
                 smp_h2_streams.delete(&sk);
@@ -673,39 +762,39 @@ static inline __attribute__((always_inline)) void smp_h2_frame(struct smp_h2_ctx
         if (type == H2_DATA) {
             st->span.resp_bytes += flen;
             if (!st->span.ds_tx_data)
-                st->span.ds_tx_data = x->wts;
+                st->span.ds_tx_data = x->ts;
         }
         if (end) {
-            st->span.ds_tx_end = x->wts;
+            st->span.ds_tx_end = x->ts;
             if (!smp_emit_span(&st->span) && ps)
                 __sync_fetch_and_add(&ps->spans, 1);
             smp_h2_streams.delete(&sk);
         }
         return;
     }
-    /* ROLE_US: the proxy's own HTTP/2 client connection */
+    /* SMP_ROLE_US: the proxy's own HTTP/2 client connection */
     if (!x->is_read) {
         if (type == H2_HEADERS && !st) {
             u64 h = 0;
-            struct smp_span *d = smp_fifo_pop(x->tid, x->tgid, &h);
+            struct smp_span *d = smp_fifo_pop(x->tid, &h);
+            s32 ds_fd = -1;
             if (d) {
                 /* thread order: kept for HTTP/1.1 downstreams; answers correct it */
                 d->us_fd = x->fd;
                 d->us_sid = sid;
-                d->us_tx_beg = x->wts;
-                d->us_tx_end = x->wts;
+                d->us_tx_beg = x->ts_call;
+                d->us_tx_end = x->ts;
                 d->flags |= SMP_F_MATCH_THREAD | SMP_F_US_H2;
+                ds_fd = d->ds_fd;
             }
-            int zero = 0;
             struct smp_h2_stream *init = smp_h2_stream_init.lookup(&zero);
             if (!init)
                 return;
-            init->ds_handle = h;
-            init->span.ds_fd = h & SMP_H2_HANDLE ? (s32)((h >> 32) & 0x7fffffff) : (s32)(u32)h;
+            init->span.ds_fd = ds_fd;
             init->span.us_fd = x->fd;
             init->span.us_sid = sid;
-            init->span.us_tx_beg = x->wts;
-            init->span.us_tx_end = x->wts;
+            init->span.us_tx_beg = x->ts_call;
+            init->span.us_tx_end = x->ts;
             smp_h2_streams.update(&sk, init);
             __builtin_memset(init, 0, sizeof(*init));
             return;
@@ -717,33 +806,37 @@ static inline __attribute__((always_inline)) void smp_h2_frame(struct smp_h2_ctx
             return;
         }
         if (!st->span.us_rx_beg)
-            st->span.us_tx_end = x->wts;  /* a later frame of the request (its body) */
+            st->span.us_tx_end = x->ts;  /* a later frame of the request (its body) */
         return;
     }
     /* upstream frames read: the first one starts the answer */
     if (!st)
         return;
     if (type != H2_RST_STREAM)
-        smp_ans_push(x->tid, x->tgid, &st->span, x->ts);
+        smp_ans_push(x->tid, x->upid, &st->span, x->ts);
     smp_h2_streams.delete(&sk);
 }
 
-/* The call's bytes from the cursor on are lost to the walk: count them, resynchronise
- * later. */
-static inline __attribute__((always_inline)) void smp_h2_lost(struct smp_h2_call *k, struct smp_h2_dir *d,
-                                                              struct smp_proc_stats *ps)
+/* The call's bytes from the cursor on are lost to the walk: counted, resynchronised later. */
+SMP_INLINE void smp_h2_lost(struct smp_h2_call *k, struct smp_h2_dir *d, struct smp_proc_stats *ps)
 {
-    struct smp_conn *c = smp_conns.lookup(&k->x.key);
+    u64 key = k->x.key;
+    struct smp_conn *c = smp_conns.lookup(&key);
     d->synced = 0;
     d->skip = 0;
     d->have = 0;
     if (ps)
         __sync_fetch_and_add(&ps->h2_desyncs, 1);
     if (c)
-        smp_unparsed(c, ps, k->x.is_read, k->ret > k->done ? k->ret - k->done : 0);
+        smp_conn_unparsed(c, ps, k->x.fd, k->x.is_read, k->ret > k->done ? k->ret - k->done : 0);
 }
 
-/* One frame header of the call in smp_h2_scratch, then on to the next (a tail call). */
+/* Up to SMP_H2_PER_STEP frame headers of the call in smp_h2_scratch, then on to the next
+ * (a tail call: at most 33 in a chain, so up to 33 * SMP_H2_PER_STEP frames per call). Loaded
+ * by user space with the type of the path's programs. */
+#ifndef SMP_H2_PER_STEP
+#define SMP_H2_PER_STEP 4
+#endif
 int smp_h2_step(void *ctx)
 {
     int zero = 0;
@@ -751,30 +844,30 @@ int smp_h2_step(void *ctx)
     if (!k)
         return 0;
     u64 key = k->x.key;
-    u32 tgid = k->x.tgid;
+    u32 upid = k->x.upid;
     struct smp_h2_conn *hc = smp_h2_conns.lookup(&key);
     if (!hc)
         return 0;
     struct smp_h2_dir *d = k->x.is_read ? &hc->rx : &hc->tx;
-    struct smp_proc_stats *ps = smp_proc.lookup(&tgid);
+    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
     u8 f[16] = {};
-    int r = smp_h2_next(k, d, f);
-    if (r < 0) {
-        smp_h2_lost(k, d, ps);
-        return 0;
-    }
-    if (r == 0) {
-        if (k->total < k->ret) {
-            /* more iovecs than followed: the rest, and the place, are lost */
+    for (int i = 0; i < SMP_H2_PER_STEP; i++) {
+        int r = smp_h2_next(k, d, f);
+        if (r < 0) {
             smp_h2_lost(k, d, ps);
+            return 0;
         }
-        return 0;
+        if (r == 0) {
+            if (k->total < k->ret)
+                smp_h2_lost(k, d, ps);  /* more iovecs than followed: the rest, and the place */
+            return 0;
+        }
+        u32 flen = smp_h2_len(f);
+        d->skip = flen;
+        k->frames++;
+        struct smp_h2_ctx x = k->x;
+        smp_h2_frame(&x, ps, f[3], f[4], smp_h2_sid(f), flen);
     }
-    u32 flen = smp_h2_len(f);
-    d->skip = flen;
-    k->frames++;
-    struct smp_h2_ctx x = k->x;
-    smp_h2_frame(&x, ps, f[3], f[4], smp_h2_sid(f), flen);
     smp_h2_progs.call(ctx, 0);
     /* the chain's length limit: fine if what is left is this frame's payload */
     if (k->ret - k->done <= d->skip) {
@@ -787,25 +880,22 @@ int smp_h2_step(void *ctx)
 
 /* A read or write on a connection that is (or may be) HTTP/2: set the walk up and start it
  * (a tail call: nothing after it runs). -1 when the bytes are not HTTP/2. */
-static inline __attribute__((always_inline)) int smp_h2_begin(void *ctx, struct smp_conn *c, u64 key,
-                                                              struct smp_args *a, s64 ret, int is_read,
-                                                              u8 cls, u32 tgid, u32 tid, u8 mode,
-                                                              u64 ts, u64 wts,
-                                                              struct smp_proc_stats *ps)
+SMP_INLINE int smp_h2_begin(struct smp_conn *c, struct smp_io *io, u8 cls, struct smp_proc_stats *ps)
 {
     int zero = 0;
     struct smp_h2_call *k = smp_h2_scratch.lookup(&zero);
     if (!k)
         return 0;
-    if (smp_h2_gather(k, a->ptr, a->io, ret)) {
-        if (c->proto != PROTO_H2)
+    if (smp_h2_gather(k, io->ptr, io->kind, io->ret)) {
+        if (c->proto != SMP_PROTO_H2)
             return -1;
-        smp_unparsed(c, ps, is_read, ret);
+        smp_conn_unparsed(c, ps, io->fd, io->is_read, io->ret);
         return 0;
     }
+    u64 key = io->key;
     u64 pos = cls == CLS_H2PRI ? H2_PREFACE_LEN : 0;
     struct smp_h2_conn *hc = smp_h2_conns.lookup(&key);
-    if (!hc || c->proto != PROTO_H2) {
+    if (!hc || c->proto != SMP_PROTO_H2) {
         if (cls != CLS_H2PRI && !smp_h2_plausible(k, 0))
             return -1;
         struct smp_h2_conn fresh = {};
@@ -814,12 +904,12 @@ static inline __attribute__((always_inline)) int smp_h2_begin(void *ctx, struct 
         hc = smp_h2_conns.lookup(&key);
         if (!hc)
             return 0;
-        c->proto = PROTO_H2;
+        c->proto = SMP_PROTO_H2;
     }
-    struct smp_h2_dir *d = is_read ? &hc->rx : &hc->tx;
+    struct smp_h2_dir *d = io->is_read ? &hc->rx : &hc->tx;
     if (cls == CLS_H2PRI || !d->synced) {
         if (cls != CLS_H2PRI && !smp_h2_plausible(k, 0)) {
-            smp_unparsed(c, ps, is_read, ret);
+            smp_conn_unparsed(c, ps, io->fd, io->is_read, io->ret);
             return 0;
         }
         d->synced = 1;
@@ -831,57 +921,400 @@ static inline __attribute__((always_inline)) int smp_h2_begin(void *ctx, struct 
     k->off = pos;
     k->done = pos;
     k->x.key = key;
-    k->x.ts = ts;
-    k->x.wts = wts;
-    k->x.tgid = tgid;
-    k->x.tid = tid;
+    k->x.ts = io->ts;
+    k->x.ts_call = io->ts_call;
+    k->x.upid = io->upid;
+    k->x.tid = io->tid;
     k->x.gen = hc->gen;
-    k->x.fd = (s32)(key & 0xffffffff);
+    k->x.fd = io->fd;
     k->x.role = c->role;
-    k->x.mode = mode;
-    k->x.is_read = is_read;
-    smp_h2_progs.call(ctx, 0);
+    k->x.mode = io->mode;
+    k->x.is_read = io->is_read;
+    smp_h2_progs.call(io->ctx, 0);
     /* no walk program (user space has not set it yet): the bytes are not followed */
-    smp_unparsed(c, ps, is_read, ret);
+    smp_conn_unparsed(c, ps, io->fd, io->is_read, io->ret);
     d->synced = 0;
     return 0;
 }
 
-static inline __attribute__((always_inline)) void smp_ds_start(struct smp_conn *c, u64 key, u32 id_tid,
-                                                               u32 tgid, s32 fd, u64 ts, u8 mode,
-                                                               struct smp_scan *rid, u32 ret)
+/* -- transitions -------------------------------------------------------------------------- */
+
+/* A connection seen for the first time (no accept/connect seen): its role from what user
+ * space seeded for it, else from its first bytes. */
+SMP_INLINE struct smp_conn *smp_conn_join(struct smp_io *io, u8 cls)
 {
-    if (c->phase == 2)
-        smp_emit(c, tgid);
+    u8 role = SMP_ROLE_NONE;
+    u64 seed_key = ((u64)io->upid << 32) | (u32)io->fd;
+    u8 *seed = smp_seed.lookup(&seed_key);
+    if (seed) {
+        role = *seed;
+        smp_seed.delete(&seed_key);
+    } else if (cls == CLS_REQ) {
+        role = io->is_read ? SMP_ROLE_DS : SMP_ROLE_US;
+    } else if (cls == CLS_RESP) {
+        role = io->is_read ? SMP_ROLE_US : SMP_ROLE_DS;
+    } else if (cls == CLS_H2PRI) {
+        role = io->is_read ? SMP_ROLE_DS : SMP_ROLE_US;
+    } else if (cls == CLS_TLS && io->is_read) {
+        /* we connect our upstreams in sight (connect, SYN_SENT): a TLS client hello read
+         * on any other connection is a downstream's */
+        role = SMP_ROLE_DS;
+    }
+    if (role == SMP_ROLE_NONE || (io->mode == SMP_MODE_APP && role != SMP_ROLE_DS))
+        return 0;
+    struct smp_conn *c = smp_conn_new(io->key, role, io->upid);
+    if (c && cls == CLS_RESP) { /* joined mid-exchange: wait for the next request */
+        c->phase = role == SMP_ROLE_US ? SMP_PHASE_RESPONSE : SMP_PHASE_IDLE;
+        c->proto = SMP_PROTO_H1;
+    }
+    return c;
+}
+
+/* DS, IDLE/RESPONSE -> REQUEST: a request's first bytes. Emits the previous one. */
+SMP_INLINE void smp_ds_request(struct smp_conn *c, struct smp_io *io, struct smp_scan *rid)
+{
+    if (c->phase == SMP_PHASE_RESPONSE)
+        smp_emit(c);
     __builtin_memset(&c->span, 0, sizeof(c->span));
-    c->phase = 1;
-    c->span.kind = mode == MODE_APP ? SMP_SPAN_SERVER : SMP_SPAN_PROXY;
-    c->span.tgid = tgid;
-    c->span.tid = id_tid;
-    c->span.ds_fd = fd;
+    c->phase = SMP_PHASE_REQUEST;
+    c->span.kind = io->mode == SMP_MODE_APP ? SMP_SPAN_SERVER : SMP_SPAN_PROXY;
+    c->span.tgid = io->upid;
+    c->span.tid = io->tid;
+    c->span.ds_fd = io->fd;
     c->span.us_fd = -1;
-    c->span.ds_rx_beg = ts;
-    c->span.req_bytes = ret;
+    c->span.ds_rx_beg = io->ts;
+    c->span.req_bytes = io->ret;
     if (c->tls)
         c->span.flags |= SMP_F_DS_TLS;
-    if (rid && rid->rid_len) {
-        u8 n = rid->rid_len;
-        c->span.rid_len = n;
-        c->span.rid_hash = rid->rid_hash;
-        __builtin_memcpy(c->span.rid, rid->rid, SMP_RID_LEN);
-        /* zero what the scratch holds past this id (an earlier, longer id) */
-        for (u32 k = 0; k < SMP_RID_LEN; k++)
-            if (k >= n)
-                c->span.rid[k] = 0;
+    if (rid && rid->rid_len)
+        smp_copy_rid(&c->span, rid->rid_len, rid->rid_hash, rid->rid);
+    if (io->mode != SMP_MODE_PROXY)
+        return;
+    if (c->span.rid_hash)
+        smp_rid_index.update(&c->span.rid_hash, &io->key);
+    smp_fifo_push(io->tid, io->upid, io->key);
+}
+
+SMP_INLINE void smp_ds_read(struct smp_conn *c, struct smp_io *io, u8 cls, struct smp_scan *rid,
+                            struct smp_proc_stats *ps)
+{
+    if (c->phase == SMP_PHASE_REQUEST) {  /* more of the request (or a pipelined one) */
+        c->span.req_bytes += io->ret;
+        return;
     }
-    if (mode == MODE_PROXY) {
-        if (c->span.rid_hash)
-            smp_rid_index.update(&c->span.rid_hash, &key);
-        smp_fifo_push(id_tid, tgid, key);
+    if (cls == CLS_TLS)
+        c->tls = 1;
+    if (c->tls || cls == CLS_REQ)
+        smp_ds_request(c, io, rid);
+    else
+        smp_conn_unparsed(c, ps, io->fd, 1, io->ret);
+}
+
+/* DS, REQUEST -> RESPONSE (or -> IDLE for a local reply); RESPONSE: more of the response. */
+SMP_INLINE void smp_ds_write(struct smp_conn *c, struct smp_io *io, struct smp_proc_stats *ps)
+{
+    if (c->phase == SMP_PHASE_REQUEST) {
+        if (io->mode == SMP_MODE_PROXY &&
+            (c->span.us_rx_beg || (c->span.flags & SMP_F_US_H2))) {
+            /* the response starts: take the thread's upstream answer (keeping the queue in
+             * step); it decides the upstream leg when HTTP/2 is on the upstream side (thread
+             * order is not reliable there) and no request id matched */
+            struct smp_ans *a = smp_ans_pop(io->tid, io->ts, io->fd, ps);
+            if (a && !(c->span.flags & SMP_F_MATCH_RID) &&
+                (a->us_sid || (c->span.flags & SMP_F_US_H2)))
+                smp_ans_apply(&c->span, a);
+            else if (!a && (c->span.flags & SMP_F_US_H2))
+                c->span.us_rx_beg = 0;  /* no answer: a local reply */
+        }
+        if (io->mode == SMP_MODE_PROXY && !c->span.us_rx_beg) {
+            /* no upstream answer yet: a local reply or TLS handshake, not a span */
+            c->phase = SMP_PHASE_IDLE;
+            if (ps)
+                __sync_fetch_and_add(&ps->local_replies, 1);
+            smp_conn_unparsed(c, ps, io->fd, 0, io->ret + c->span.req_bytes);
+            return;
+        }
+        c->phase = SMP_PHASE_RESPONSE;
+    }
+    if (c->phase == SMP_PHASE_RESPONSE) {
+        c->span.ds_tx_end = io->ts;
+        c->span.resp_bytes += io->ret;
+    } else {
+        smp_conn_unparsed(c, ps, io->fd, 0, io->ret);
     }
 }
 
-static inline __attribute__((always_inline)) int smp_exit(void *ctx, s64 ret, int is_read)
+/* The downstream request an upstream request carries: by x-request-id, else the oldest
+ * request this worker thread read and has not sent on yet (HTTP/1.1 or HTTP/2). */
+SMP_INLINE struct smp_span *smp_us_match(struct smp_io *io, struct smp_scan *rid, u64 *dkey,
+                                         u16 *how)
+{
+    if (rid && rid->rid_hash) {
+        u64 h = rid->rid_hash;
+        u64 *k = smp_rid_index.lookup(&h);
+        if (k) {
+            u64 key = *k;
+            smp_rid_index.delete(&h);
+            struct smp_span *d = smp_pending_span(key);
+            if (d && !d->us_tx_end) {
+                *dkey = key;
+                *how = SMP_F_MATCH_RID;
+                return d;
+            }
+            /* an id seen twice: fall back to the thread's order */
+        }
+    }
+    *how = SMP_F_MATCH_THREAD;
+    return smp_fifo_pop(io->tid, dkey);
+}
+
+/* US, IDLE/RESPONSE -> REQUEST: a request sent upstream; REQUEST: more of it. */
+SMP_INLINE void smp_us_write(struct smp_conn *c, struct smp_io *io, struct smp_scan *rid,
+                             struct smp_proc_stats *ps)
+{
+    if (c->phase == SMP_PHASE_REQUEST) {
+        struct smp_span *d = smp_pending_span(c->ds_key);
+        if (d && d->us_fd == io->fd)
+            d->us_tx_end = io->ts;
+        c->span.us_tx_end = io->ts;
+        return;
+    }
+    u64 dkey = 0;
+    u16 how = 0;
+    struct smp_span *d = smp_us_match(io, rid, &dkey, &how);
+    if (!d) {
+        smp_conn_unparsed(c, ps, io->fd, 0, io->ret);
+        return;
+    }
+    if (rid && rid->rid_len && !d->rid_len && !SMP_IS_H2_HANDLE(dkey)) {
+        /* the proxy made the id (none came from downstream): adopt it, so the app's span
+         * of this request can be joined to this one (an HTTP/2 stream takes it from its
+         * answer) */
+        smp_copy_rid(d, rid->rid_len, rid->rid_hash, rid->rid);
+    }
+    d->us_fd = io->fd;
+    d->us_tx_beg = io->ts_call;
+    d->us_tx_end = io->ts;
+    d->flags |= how;
+    c->ds_key = dkey;
+    c->phase = SMP_PHASE_REQUEST;
+    /* the connection's own record of this request, for the answer queue */
+    c->span.ds_fd = d->ds_fd;
+    c->span.us_fd = io->fd;
+    c->span.us_sid = 0;
+    c->span.us_tx_beg = io->ts_call;
+    c->span.us_tx_end = io->ts;
+    c->span.rid_len = 0;
+    c->span.rid_hash = 0;
+    if (rid && rid->rid_len)
+        smp_copy_rid(&c->span, rid->rid_len, rid->rid_hash, rid->rid);
+}
+
+/* US, REQUEST -> RESPONSE: the response's first bytes. */
+SMP_INLINE void smp_us_read(struct smp_conn *c, struct smp_io *io)
+{
+    if (c->phase != SMP_PHASE_REQUEST)
+        return;
+    struct smp_span *d = smp_pending_span(c->ds_key);
+    if (d && d->us_fd == io->fd && !d->us_rx_beg && !(d->flags & SMP_F_DS_H2))
+        d->us_rx_beg = io->ts;
+    c->phase = SMP_PHASE_RESPONSE;
+    smp_ans_push(io->tid, io->upid, &c->span, io->ts);
+}
+
+/* Every read or write of a traced process's socket, from either path. */
+SMP_INLINE int smp_on_io(struct smp_io *io)
+{
+    u32 upid = io->upid;
+    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
+    if (ps) {
+        if (io->is_read)
+            __sync_fetch_and_add(&ps->rx_bytes, io->ret);
+        else
+            __sync_fetch_and_add(&ps->tx_bytes, io->ret);
+    }
+    if (io->mode == SMP_MODE_SELF)
+        return 0;
+    u8 cls = io->buf ? smp_classify(io->buf, io->len) : CLS_OTHER;
+    struct smp_scan *rid = cls == CLS_REQ ? smp_find_rid(io->buf, io->len) : 0;
+    u64 key = io->key;
+    struct smp_conn *c = smp_conns.lookup(&key);
+    if (!c) {
+        c = smp_conn_join(io, cls);
+        if (!c) {
+            smp_count_unparsed(ps, io->ret);
+            return 0;
+        }
+        if (cls == CLS_RESP)
+            return 0;
+    }
+    if (c->proto == SMP_PROTO_H2 || cls == CLS_H2PRI ||
+        (c->proto == SMP_PROTO_NONE && cls == CLS_OTHER)) {
+        if (!smp_h2_begin(c, io, cls, ps))
+            return 0;
+    }
+    if (cls == CLS_REQ || cls == CLS_RESP)
+        c->proto = SMP_PROTO_H1;
+    else if (cls == CLS_TLS && c->proto == SMP_PROTO_NONE)
+        c->proto = SMP_PROTO_TLS;
+    if (c->proto == SMP_PROTO_NONE) {
+        smp_conn_unparsed(c, ps, io->fd, io->is_read, io->ret);
+        return 0;
+    }
+    if (c->role == SMP_ROLE_DS) {
+        if (io->is_read)
+            smp_ds_read(c, io, cls, rid, ps);
+        else
+            smp_ds_write(c, io, ps);
+    } else if (io->is_read) {
+        smp_us_read(c, io);
+    } else {
+        smp_us_write(c, io, rid, ps);
+    }
+    return 0;
+}
+
+/* The connection is gone (close, or the socket reached TCP_CLOSE): the answered request it
+ * holds is emitted, the entry removed. */
+SMP_INLINE void smp_conn_close(u64 key, int remove)
+{
+    struct smp_conn *c = smp_conns.lookup(&key);
+    if (!c)
+        return;
+    if (c->role == SMP_ROLE_DS && c->phase == SMP_PHASE_RESPONSE) {
+        smp_emit(c);
+        c->phase = SMP_PHASE_IDLE;
+    }
+    if (remove) {
+        smp_emit_unparsed(c);
+        if (c->proto == SMP_PROTO_H2)
+            smp_h2_conns.delete(&key);
+        smp_conns.delete(&key);
+    }
+}
+
+SMP_INLINE void smp_conn_role(u64 key, u8 role, u32 tgid)
+{
+    struct smp_target *t = smp_target_of(tgid);
+    if (t && t->mode == SMP_MODE_PROXY)
+        smp_conn_new(key, role, t->upid);
+}
+
+#if SMP_PATH == SMP_PATH_SOCK
+/* -- the sock path -------------------------------------------------------------------------
+ * sock_recv_length / sock_send_length (struct sock *sk, int ret, int flags) fire when a
+ * socket's recvmsg/sendmsg returns, inside the syscall: the task's user registers hold the
+ * syscall number and its arguments (x86-64: orig_ax; di = fd, si = buffer). */
+#if !defined(__x86_64__) && !defined(__TARGET_ARCH_x86)
+#error "the sock path decodes x86-64 syscall registers only; build with -DSMP_PATH=SMP_PATH_SYSCALLS"
+#endif
+#include <asm/ptrace.h>   /* struct pt_regs: the user register frame, ptrace ABI */
+
+SMP_INLINE int smp_sock_io(void *ctx, u64 sk, s32 ret, u32 flags, u8 is_read)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct smp_target *t = smp_target_of(id >> 32);
+    if (!t)
+        return 0;
+    if (ret <= 0 || (is_read && (flags & MSG_PEEK)))
+        return 0;
+    struct smp_io io = {};
+    io.upid = t->upid;
+    io.mode = t->mode;
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    u64 nr = regs->orig_ax;
+    u8 kind;
+    switch (nr) {
+    case 0:   /* read */
+    case 1:   /* write */
+    case 44:  /* sendto */
+    case 45:  /* recvfrom */
+        kind = IO_PTR;
+        break;
+    case 19:  /* readv */
+    case 20:  /* writev */
+        kind = IO_IOV;
+        break;
+    case 46:  /* sendmsg */
+    case 47:  /* recvmsg */
+    case 299: /* recvmmsg: one event per message; the first message's buffer is looked at */
+    case 307: /* sendmmsg */
+        kind = IO_MSG;
+        break;
+    default: {  /* sendfile, splice, io_uring ...: counted, never parsed */
+        u32 upid = t->upid;
+        struct smp_proc_stats *ps = smp_proc.lookup(&upid);
+        if (ps) {
+            __sync_fetch_and_add(&ps->unattributed, 1);
+            __sync_fetch_and_add(is_read ? &ps->rx_bytes : &ps->tx_bytes, ret);
+            __sync_fetch_and_add(&ps->unparsed_bytes, ret);
+        }
+        return 0;
+    }
+    }
+    io.key = sk;
+    io.ts = bpf_ktime_get_ns();
+    io.ts_call = io.ts;
+    io.ret = ret;
+    io.tid = (u32)id;
+    io.fd = (s32)regs->di;
+    io.is_read = is_read;
+    io.buf = smp_first_buf(regs->si, kind, ret, &io.len);
+    io.ptr = regs->si;
+    io.kind = kind;
+    io.ctx = ctx;
+    return smp_on_io(&io);
+}
+
+RAW_TRACEPOINT_PROBE(sock_recv_length)
+{
+    return smp_sock_io(ctx, ctx->args[0], (s32)ctx->args[1], (u32)ctx->args[2], 1);
+}
+
+RAW_TRACEPOINT_PROBE(sock_send_length)
+{
+    return smp_sock_io(ctx, ctx->args[0], (s32)ctx->args[1], (u32)ctx->args[2], 0);
+}
+
+/* (const struct sock *sk, int oldstate, int newstate): a traced process's connect() puts
+ * its socket in SYN_SENT (in its own context): an upstream. TCP_CLOSE ends any connection
+ * (it runs in softirq too: keyed by sk, no process needed). */
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+    int newstate = (int)ctx->args[2];
+    u64 sk = ctx->args[0];
+    if (newstate == TCP_SYN_SENT)
+        smp_conn_role(sk, SMP_ROLE_US, bpf_get_current_pid_tgid() >> 32);
+    else if (newstate == TCP_CLOSE)
+        smp_conn_close(sk, 1);
+    else if (newstate == TCP_FIN_WAIT1)  /* we closed: no more response bytes */
+        smp_conn_close(sk, 0);
+    return 0;
+}
+
+#else
+/* -- the syscalls path ---------------------------------------------------------------------
+ * Entry saves the arguments, exit (which knows the byte count) runs the state machine. */
+
+SMP_INLINE int smp_enter(u32 fd, u64 ptr, u8 io, u8 skip)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct smp_target *t = smp_target_of(id >> 32);
+    if (!t)
+        return 0;
+    struct smp_args a = {};
+    a.ts = bpf_ktime_get_ns();
+    a.ptr = ptr;
+    a.fd = fd;
+    a.io = io;
+    a.skip = skip;
+    a.upid = t->upid;
+    a.mode = t->mode;
+    smp_args_map.update(&id, &a);
+    return 0;
+}
+
+SMP_INLINE int smp_exit(void *ctx, s64 ret, u8 is_read)
 {
     u64 id = bpf_get_current_pid_tgid();
     struct smp_args *a = smp_args_map.lookup(&id);
@@ -891,179 +1324,25 @@ static inline __attribute__((always_inline)) int smp_exit(void *ctx, s64 ret, in
     smp_args_map.delete(&id);
     if (ret <= 0 || args.skip)
         return 0;
-    u32 tgid = id >> 32, tid = (u32)id;
-    u8 mode = smp_mode(tgid);
-    if (!mode)
-        return 0;
-    u64 ts = bpf_ktime_get_ns();
+    struct smp_io io = {};
+    io.ts = bpf_ktime_get_ns();
+    io.ts_call = args.ts;
     /* A write's time is when the process hands the bytes to the kernel (its entry), as in
      * Envoy's own US_TX_END/DS_TX_END; a read's is when the bytes reached the process. */
-    u64 wts = SMP_WRITE_TS_AT_EXIT ? ts : args.ts;
-    u64 key = ((u64)tgid << 32) | args.fd;
-    u32 len = 0;
-    u64 buf = smp_first_buf(&args, ret, &len);
-    u8 cls = buf ? smp_classify(buf, len) : CLS_OTHER;
-    struct smp_scan *rid = cls == CLS_REQ ? smp_find_rid(buf, len) : 0;
-
-    struct smp_conn *c = smp_conns.lookup(&key);
-    if (!c) {
-        /* A connection we did not see open: its role follows from HTTP content. */
-        u8 role = 0;
-        if (cls == CLS_REQ)
-            role = is_read ? ROLE_DS : ROLE_US;
-        else if (cls == CLS_RESP)
-            role = is_read ? ROLE_US : ROLE_DS;
-        else if (cls == CLS_H2PRI)
-            role = is_read ? ROLE_DS : ROLE_US;
-        if (!role || (mode == MODE_APP && role != ROLE_DS))
-            return 0;
-        c = smp_conn_new(key, role);
-        if (!c)
-            return 0;
-        if (cls == CLS_RESP) {
-            c->proto = PROTO_H1;
-            c->phase = 2;  /* joined mid-exchange: wait for the next request */
-            if (role == ROLE_DS)
-                c->phase = 0;
-            return 0;
-        }
-    }
-    struct smp_proc_stats *ps = smp_proc.lookup(&tgid);
-    if (ps) {
-        if (is_read)
-            __sync_fetch_and_add(&ps->rx_bytes, ret);
-        else
-            __sync_fetch_and_add(&ps->tx_bytes, ret);
-    }
-    if (c->proto == PROTO_H2 || cls == CLS_H2PRI || (c->proto == PROTO_NONE && cls == CLS_OTHER)) {
-        if (!smp_h2_begin(ctx, c, key, &args, ret, is_read, cls, tgid, tid, mode, ts, wts, ps))
-            return 0;
-    }
-    if (cls == CLS_REQ || cls == CLS_RESP)
-        c->proto = PROTO_H1;
-    else if (cls == CLS_TLS && c->proto == PROTO_NONE)
-        c->proto = PROTO_TLS;
-    if (c->proto == PROTO_NONE) {
-        smp_unparsed(c, ps, is_read, ret);
-        return 0;
-    }
-
-    if (c->role == ROLE_DS) {
-        if (is_read) {
-            if (c->phase == 1) {
-                c->span.req_bytes += ret;
-                return 0;
-            }
-            if (cls == CLS_TLS)
-                c->tls = 1;
-            if (c->tls || cls == CLS_REQ)
-                smp_ds_start(c, key, tid, tgid, args.fd, ts, mode, rid, ret);
-            return 0;
-        }
-        /* a write to downstream */
-        if (c->phase == 1) {
-            if (mode == MODE_PROXY && (c->span.us_rx_beg || (c->span.flags & SMP_F_US_H2))) {
-                /* the response starts: take the thread's oldest upstream answer (keeping the
-                 * queue in step); it decides the upstream leg when HTTP/2 is on the upstream
-                 * side (thread order is not reliable there) and no request id matched */
-                struct smp_ans *a = smp_ans_pop(tid, wts, (s32)args.fd, ps);
-                if (a && !(c->span.flags & SMP_F_MATCH_RID) &&
-                    (a->us_sid || (c->span.flags & SMP_F_US_H2)))
-                    smp_ans_apply(&c->span, a);
-                else if (!a && (c->span.flags & SMP_F_US_H2))
-                    c->span.us_rx_beg = 0;  /* no answer: a local reply */
-            }
-            if (mode == MODE_PROXY && !c->span.us_rx_beg) {
-                /* no upstream answer yet: a local reply or TLS handshake, not a span */
-                c->phase = 0;
-                if (ps)
-                    __sync_fetch_and_add(&ps->local_replies, 1);
-                return 0;
-            }
-            c->phase = 2;
-        }
-        if (c->phase == 2) {
-            c->span.ds_tx_end = wts;
-            c->span.resp_bytes += ret;
-        }
-        return 0;
-    }
-
-    /* ROLE_US: the proxy talking to its upstream */
-    if (!is_read) {
-        if (c->phase == 1) {
-            struct smp_span *d = smp_pending_span(c->ds_key, tgid);
-            if (d && d->us_fd == (s32)args.fd)
-                d->us_tx_end = wts;
-            c->span.us_tx_end = wts;
-            return 0;
-        }
-        u64 dkey = 0;
-        u16 how = 0;
-        if (rid && rid->rid_hash) {
-            u64 h = rid->rid_hash;
-            u64 *k = smp_rid_index.lookup(&h);
-            if (k) {
-                dkey = *k;
-                how = SMP_F_MATCH_RID;
-                smp_rid_index.delete(&h);
-            }
-        }
-        struct smp_span *d = 0;
-        if (dkey) {
-            d = smp_pending_span(dkey, tgid);
-            if (d && d->us_tx_end)
-                d = 0;  /* an id seen twice: fall back to the thread's order */
-        }
-        if (!d) {
-            /* the oldest request this thread read and has not sent on yet */
-            how = SMP_F_MATCH_THREAD;
-            d = smp_fifo_pop(tid, tgid, &dkey);
-            if (!d)
-                return 0;
-        }
-        if (rid && rid->rid_len && !d->rid_len && !(dkey & SMP_H2_HANDLE)) {
-            /* the proxy made the id (none came from downstream): adopt it, so the app's
-             * span of this request can be joined to this one */
-            d->rid_len = rid->rid_len;
-            d->rid_hash = rid->rid_hash;
-            __builtin_memcpy(d->rid, rid->rid, SMP_RID_LEN);
-            for (u32 k = 0; k < SMP_RID_LEN; k++)
-                if (k >= d->rid_len)
-                    d->rid[k] = 0;
-        }
-        d->us_fd = args.fd;
-        d->us_tx_beg = args.ts;
-        d->us_tx_end = wts;
-        d->flags |= how;
-        /* the connection's own record of this request, for the answer queue */
-        c->span.us_fd = args.fd;
-        c->span.us_sid = 0;
-        c->span.ds_fd = dkey & SMP_H2_HANDLE ? (s32)((dkey >> 32) & 0x7fffffff) : (s32)(u32)dkey;
-        c->span.us_tx_beg = args.ts;
-        c->span.us_tx_end = wts;
-        c->span.rid_len = 0;
-        c->span.rid_hash = 0;
-        if (rid && rid->rid_len) {
-            c->span.rid_len = rid->rid_len;
-            c->span.rid_hash = rid->rid_hash;
-            __builtin_memcpy(c->span.rid, rid->rid, SMP_RID_LEN);
-            for (u32 k = 0; k < SMP_RID_LEN; k++)
-                if (k >= rid->rid_len)
-                    c->span.rid[k] = 0;
-        }
-        c->ds_key = dkey;
-        c->phase = 1;
-        return 0;
-    }
-    if (c->phase == 1) {
-        struct smp_span *d = smp_pending_span(c->ds_key, tgid);
-        if (d && d->us_fd == (s32)args.fd && !d->us_rx_beg)
-            d->us_rx_beg = ts;
-        c->phase = 2;
-        smp_ans_push(tid, tgid, &c->span, ts);
-    }
-    return 0;
+    if (!is_read && !SMP_WRITE_TS_AT_EXIT)
+        io.ts = args.ts;
+    io.key = (id & 0xffffffff00000000ULL) | args.fd;
+    io.tid = (u32)id;
+    io.upid = args.upid;
+    io.mode = args.mode;
+    io.fd = args.fd;
+    io.is_read = is_read;
+    io.buf = smp_first_buf(args.ptr, args.io, ret, &io.len);
+    io.ret = args.io == IO_MMSG ? io.len : (u32)ret;
+    io.ptr = args.ptr;
+    io.kind = args.io;
+    io.ctx = ctx;
+    return smp_on_io(&io);
 }
 
 /* reads */
@@ -1100,32 +1379,23 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return smp_enter(args->fd, (u64
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return smp_exit(args, args->ret, 0); }
 
 /* connection roles: accepted sockets are downstream, connected ones upstream */
-static inline __attribute__((always_inline)) int smp_conn_role(s64 fd, u8 role)
+SMP_INLINE int smp_fd_role(s64 fd, u8 role)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (fd < 0 || smp_mode(id >> 32) != MODE_PROXY)
-        return 0;
-    smp_conn_new((id & 0xffffffff00000000ULL) | (u32)fd, role);
+    if (fd >= 0)
+        smp_conn_role((id & 0xffffffff00000000ULL) | (u32)fd, role, id >> 32);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return smp_conn_role(args->ret, ROLE_DS); }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return smp_conn_role(args->ret, ROLE_DS); }
-TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return smp_conn_role(args->fd, ROLE_US); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return smp_fd_role(args->ret, SMP_ROLE_DS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return smp_fd_role(args->ret, SMP_ROLE_DS); }
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return smp_fd_role(args->fd, SMP_ROLE_US); }
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    if (!smp_mode(tgid))
+    if (!smp_filter_pids.lookup(&tgid))
         return 0;
-    u64 key = ((u64)tgid << 32) | args->fd;
-    struct smp_conn *c = smp_conns.lookup(&key);
-    if (!c)
-        return 0;
-    if (c->role == ROLE_DS && c->phase == 2)
-        smp_emit(c, tgid);
-    smp_emit_unparsed(c, tgid, args->fd);
-    if (c->proto == PROTO_H2)
-        smp_h2_conns.delete(&key);
-    smp_conns.delete(&key);
+    smp_conn_close((id & 0xffffffff00000000ULL) | (u32)args->fd, 1);
     return 0;
 }
+#endif

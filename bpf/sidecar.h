@@ -1,14 +1,21 @@
-/* sidecar: one record per HTTP/1.1 request through a traced proxy or app process.
+/* sidecar: one record per HTTP/1.1 request or HTTP/2 stream through a traced proxy or app.
  *
- * Shared by bpf/sidecar.c and profiler/probes/sidecar.py (which decodes it with BCC from
- * this one definition). Timestamps are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns()).
+ * Shared by bpf/sidecar.c and profiler/probes/sidecar.py, which reads the enums, the flags
+ * and struct smp_span from this file (profiler/probes/cheader.py: no second copy, no BCC
+ * needed to decode). Keep to what that small parser reads: `#define NAME <int>`, `enum name
+ * { A = <int>, ... };` and structs of u8/u16/u32/u64/s32/s64/char fields and arrays.
+ * Timestamps are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns()).
  *
  * For a proxy (kind SMP_SPAN_PROXY), in Envoy's terms:
  *   ds_rx_beg  first request bytes read from the downstream connection   (DS_RX_BEG)
- *   us_tx_beg  the first upstream write of the request starts
- *   us_tx_end  the last upstream write of the request starts             (US_TX_END)
+ *   us_tx_beg  the first upstream write of the request
+ *   us_tx_end  the last upstream write of the request                    (US_TX_END)
  *   us_rx_beg  first response bytes read from the upstream connection     (US_RX_BEG)
- *   ds_tx_end  the last downstream write of the response starts          (DS_TX_END)
+ *   ds_tx_end  the last downstream write of the response                  (DS_TX_END)
+ * A write's instant depends on the path (enum smp_path): on the sock path it is when the
+ * socket's sendmsg returned (the bytes are in the kernel, on loopback delivered); on the
+ * syscalls path when the write syscall started. A read's instant is when the socket read
+ * returned, on both.
  * For an app (kind SMP_SPAN_SERVER) only ds_rx_beg (request read) and ds_tx_end (last
  * response write) are set.
  *
@@ -20,9 +27,46 @@
 
 #define SMP_RID_LEN 48
 
-#define SMP_SPAN_PROXY 1
-#define SMP_SPAN_SERVER 2
-#define SMP_SPAN_UNPARSED 3     /* not a request: a connection's bytes no protocol explained */
+/* Which hooks the probe is built with: -DSMP_PATH=<one of these> (macros, not an enum: the
+ * C preprocessor chooses the programs). */
+#define SMP_PATH_SOCK 1         /* raw tracepoints sock_{recv,send}_length (Linux >= 6.3) */
+#define SMP_PATH_SYSCALLS 2     /* syscalls:sys_{enter,exit}_* tracepoints (any kernel) */
+
+/* What a traced process is (the value of smp_filter_pids). */
+enum smp_mode {
+    SMP_MODE_NONE = 0,
+    SMP_MODE_PROXY = 1,     /* a sidecar: downstream requests matched to upstream writes */
+    SMP_MODE_APP = 2,       /* an app: requests it serves */
+    SMP_MODE_SELF = 3,      /* the profiler itself, during its start-up self-test: bytes only */
+};
+
+/* A connection's side, from the traced process's point of view. */
+enum smp_role {
+    SMP_ROLE_NONE = 0,
+    SMP_ROLE_DS = 1,        /* we serve this connection (accepted) */
+    SMP_ROLE_US = 2,        /* we are the client (connected) */
+};
+
+/* Where a connection is in its request/response exchange. */
+enum smp_phase {
+    SMP_PHASE_IDLE = 0,     /* DS: no request open. US: nothing sent */
+    SMP_PHASE_REQUEST = 1,  /* DS: a request is being read and sent on. US: request sent */
+    SMP_PHASE_RESPONSE = 2, /* DS: the response is being written. US: response read */
+};
+
+enum smp_span_kind {
+    SMP_SPAN_PROXY = 1,
+    SMP_SPAN_SERVER = 2,
+    SMP_SPAN_UNPARSED = 3,  /* not a request: a connection's bytes no protocol explained */
+};
+
+/* What a connection's bytes were recognised as (struct smp_conn.proto). */
+enum smp_proto {
+    SMP_PROTO_NONE = 0,     /* not (yet) recognised: its bytes count as unparsed */
+    SMP_PROTO_H1 = 1,
+    SMP_PROTO_H2 = 2,
+    SMP_PROTO_TLS = 3,
+};
 
 /* flags */
 #define SMP_F_DS_TLS 0x1        /* downstream bytes were not plaintext HTTP (e.g. mTLS) */
@@ -40,8 +84,8 @@ struct smp_span {
     u64 us_rx_beg;
     u64 ds_tx_end;
     u64 rid_hash;
-    u32 tgid;
-    u32 tid;
+    u32 tgid;               /* the process as the profiler sees it (its PID namespace) */
+    u32 tid;                /* the kernel's (init namespace) thread id */
     s32 ds_fd;
     s32 us_fd;
     u32 req_bytes;
@@ -53,27 +97,53 @@ struct smp_span {
     char rid[SMP_RID_LEN];
     /* HTTP/2 (zero for HTTP/1.1). A SMP_SPAN_UNPARSED record uses ds_rx_beg (when it was
      * written), ds_fd or us_fd (the connection, by role) and req_bytes/resp_bytes (bytes read
-     * and written that no span explains). */
-    u64 ds_tx_data;  /* first DATA frame of the response written downstream (first message) */
-    u32 ds_sid;      /* downstream stream id */
-    u32 us_sid;      /* upstream stream id */
-    u16 status;      /* HTTP :status when the probe could read it, else 0 */
-    u8 grpc_status;  /* grpc-status + 1 when read (0: none seen or unreadable) */
+     * and written on it that no span explains). */
+    u64 ds_tx_data;         /* first DATA frame of the response written downstream */
+    u32 ds_sid;             /* downstream stream id */
+    u32 us_sid;             /* upstream stream id */
+    u16 status;             /* HTTP :status when the probe could read it, else 0 */
+    u8 grpc_status;         /* grpc-status + 1 when read (0: none seen or unreadable) */
     u8 pad2[5];
 };
 
-/* Per-process byte and request counters. */
+/* One connection of a traced process. The key of smp_conns is the kernel's socket pointer
+ * (`sk`, the key sock:* tracepoints give) on the sock path, tgid << 32 | fd on the syscalls
+ * path; `sk` is that key on both. */
+struct smp_conn {
+    u64 sk;
+    u64 ds_key;             /* US: the downstream connection whose request this one carries */
+    u32 upid;               /* the owning process as the profiler sees it */
+    u8 role;                /* enum smp_role */
+    u8 phase;               /* enum smp_phase */
+    u8 tls;
+    u8 proto;               /* enum smp_proto */
+    struct smp_span span;   /* DS: the request in progress. US: its own request's leg */
+    u64 unparsed_rx;        /* bytes on this connection no span explains */
+    u64 unparsed_tx;
+    s32 fd;                 /* its fd, once it has unparsed bytes */
+    u32 pad2;
+};
+
+/* The value of smp_filter_pids (key: the kernel's init-namespace tgid). */
+struct smp_target {
+    u32 upid;               /* the PID the profiler was given (its own namespace) */
+    u8 mode;                /* enum smp_mode */
+    u8 pad[3];
+};
+
+/* Per-process byte and request counters (key: upid). */
 struct smp_proc_stats {
     u64 rx_bytes;
     u64 tx_bytes;
     u64 spans;
-    u64 local_replies;  /* downstream writes before any upstream response: no span */
-    u64 unparsed_rx;    /* bytes read on connections no protocol explained (never silent) */
-    u64 unparsed_tx;    /* ... and written */
-    u64 unparsed_conns; /* connections with such bytes */
-    u64 h2_resets;      /* HTTP/2 streams reset (RST_STREAM) before they completed: no span */
-    u64 h2_desyncs;     /* times the HTTP/2 frame walk lost its place (bytes counted unparsed) */
-    u64 stale_answers;  /* upstream answers no downstream response took within 20 ms */
+    u64 local_replies;      /* downstream writes before any upstream response: no span */
+    u64 unparsed_bytes;     /* socket bytes that belong to no span (never silent) */
+    u64 unattributed;       /* socket I/O by a call the probe does not decode (sendfile,
+                             * splice, io_uring): counted, not parsed */
+    u64 unparsed_conns;     /* connections with unparsed bytes */
+    u64 h2_resets;          /* HTTP/2 streams reset (RST_STREAM) before they ended: no span */
+    u64 h2_desyncs;         /* times the HTTP/2 frame walk lost its place (bytes: unparsed) */
+    u64 stale_answers;      /* upstream answers no downstream response took within 20 ms */
 };
 
 #endif

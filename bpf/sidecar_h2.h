@@ -44,17 +44,18 @@ struct smp_h2_dir {
 struct smp_h2_conn {
     struct smp_h2_dir rx;
     struct smp_h2_dir tx;
-    u32 gen;      /* this connection's generation: streams of an earlier one on the same fd
-                   * are never found (their stream keys carry the old generation) */
+    u32 gen;      /* this connection's generation: streams of an earlier connection with
+                   * the same key (fd or socket reused) are never found (their stream keys
+                   * carry the old generation) */
     u32 pad;
 };
 
 /* What the frame handler needs to know about the call a frame came in. */
 struct smp_h2_ctx {
-    u64 key;                   /* tgid << 32 | fd */
-    u64 ts;                    /* read: bytes arrived; write: the call's entry */
-    u64 wts;                   /* the time a write is stamped with */
-    u32 tgid;
+    u64 key;                   /* the connection (struct smp_io.key) */
+    u64 ts;                    /* the event's instant (struct smp_io.ts) */
+    u64 ts_call;               /* when the call started (struct smp_io.ts_call) */
+    u32 upid;
     u32 tid;
     u32 gen;
     s32 fd;

@@ -193,6 +193,62 @@ def _attach_checks(bpf_class: type) -> list[Check]:
     return checks
 
 
+_SOCK_PATH_TEXT = """
+#include <asm/ptrace.h>
+RAW_TRACEPOINT_PROBE(sock_recv_length)
+{
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    return regs->orig_ax == 0xffff;
+}
+RAW_TRACEPOINT_PROBE(sock_send_length) { return 0; }
+RAW_TRACEPOINT_PROBE(inet_sock_set_state) { return 0; }
+"""
+PROBE_PATH_ENV = "SMP_PROBE_PATH"  # sock | syscalls: forces the sidecar probe's hooks
+PROBE_PATHS = ("sock", "syscalls")
+
+
+def check_sock_path(bpf_class: type) -> Check:
+    """Can the sidecar probe's fast path load here: raw tracepoints sock_recv_length,
+    sock_send_length (Linux >= 6.3) and inet_sock_set_state, reading the syscall's user
+    registers (bpf_get_current_task_btf + bpf_task_pt_regs)? Tried, never a version check."""
+    noise: list[str] = []
+    try:
+        with captured_stderr() as noise:
+            b = bpf_class(text=_SOCK_PATH_TEXT)
+    except Exception as e:
+        return Check(
+            "sock_tracepoints", False, f"sock raw tracepoints refused: {_reason(e, noise)}"
+        )
+    b.cleanup()
+    return Check(
+        "sock_tracepoints", True, "raw tracepoints sock_{recv,send}_length with user registers"
+    )
+
+
+_path_cache: dict[str, tuple[str, str]] = {}
+
+
+def probe_path() -> tuple[str, str]:
+    """(path, why) for the sidecar probe: ``sock`` where its feature probe passes, else
+    ``syscalls``; ``SMP_PROBE_PATH=sock|syscalls`` forces one (CI runs the suite on both).
+    Raises ValueError for any other value of the variable."""
+    forced = os.environ.get(PROBE_PATH_ENV, "").strip()
+    if forced:
+        if forced not in PROBE_PATHS:
+            raise ValueError(
+                f"{PROBE_PATH_ENV}={forced!r}: expected one of {', '.join(PROBE_PATHS)}"
+            )
+        return forced, f"forced by {PROBE_PATH_ENV}"
+    if "auto" not in _path_cache:
+        bpf_class, detail = import_bcc()
+        if bpf_class is None:
+            _path_cache["auto"] = ("syscalls", detail)
+        else:
+            c = check_sock_path(bpf_class)
+            _path_cache["auto"] = ("sock", c.detail) if c.ok else ("syscalls", c.detail)
+    return _path_cache["auto"]
+
+
 def import_bcc() -> tuple[type | None, str]:
     """Import Debian's BCC after tracefs and headers are in place (BCC reads both at import)."""
     kernel.prepare_for_bcc()
@@ -224,6 +280,10 @@ def run_all() -> list[Check]:
     checks.append(by_name["bcc_compile"])
     checks.append(headers)
     checks += [by_name[n] for n in ("tracepoints", "uprobes", "kprobes", "fentry")]
+    if bpf_class is None or not root.ok:
+        checks.append(Check("sock_tracepoints", False, "needs bcc and root"))
+    else:
+        checks.append(check_sock_path(bpf_class))
     checks += [check_ringbuf(), tracefs, check_cgroup_v2()]
     return checks
 

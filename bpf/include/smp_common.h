@@ -16,7 +16,7 @@
 #endif
 
 #ifndef SMP_RINGBUF_PAGES
-#define SMP_RINGBUF_PAGES 64
+#define SMP_RINGBUF_PAGES 256
 #endif
 
 #endif

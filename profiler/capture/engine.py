@@ -1,10 +1,14 @@
-"""The capture engine: the sidecar probe plus per-target aggregation.
+"""The capture engine: a pure aggregator of the sidecar probe's records, per target.
 
 One span per request arrives from the kernel, in batches (numpy structured arrays of struct
 smp_span); the engine turns them into legs with array arithmetic, records them in fixed-bucket
 histograms (no per-request storage unless ``keep_spans``), joins app spans to the sidecar's by
 request id for the ``loopback`` and ``mesh_added`` legs, and reads CPU per thread from the
 kernel's own scheduler account. Used by ``capture``/``run`` (with spans kept) and by the daemon.
+
+The probe is handed in (``probe=``, a factory given the engine's batch sink): the real one by
+default, a scripted one in unit tests, so records -> legs -> joins -> histograms is tested
+without root or BCC.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -35,6 +39,27 @@ PROXY_LEGS = ("request_proxy", "upstream", "response_proxy", "sidecar_total", "m
 APP_LEGS = ("app", "loopback")
 V = TypeVar("V")
 _JOIN_LIMIT = 65536  # unmatched spans kept for the app/sidecar join, oldest dropped first
+
+
+class Probe(Protocol):
+    """What the engine needs of a probe (profiler.probes.sidecar.SidecarProbe)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def method(self) -> str: ...
+    def add_target(self, pid: int, mode: Mode) -> None: ...
+    def remove_target(self, pid: int) -> None: ...
+    def poll(self, timeout_ms: int = 100) -> None: ...
+    def consume(self) -> None: ...
+    def drain_pending(self) -> np.ndarray: ...
+    def proc_stats(self, pid: int) -> dict[str, int]: ...
+    def drops(self) -> int: ...
+    def conns_in_use(self) -> int: ...
+    def close(self) -> None: ...
+
+
+ProbeFactory = Callable[[Callable[[np.ndarray], None]], Probe]
 
 
 @dataclass
@@ -87,7 +112,11 @@ class Engine:
     """Attach once; add and remove targets as they come and go; poll; snapshot."""
 
     def __init__(
-        self, ringbuf_pages: int = 256, keep_spans: bool = False, max_spans: int = 1_000_000
+        self,
+        ringbuf_pages: int | None = None,
+        keep_spans: bool = False,
+        max_spans: int = 1_000_000,
+        probe: ProbeFactory | None = None,
     ) -> None:
         self._keep_spans = keep_spans
         self._max_spans = max_spans
@@ -96,7 +125,22 @@ class Engine:
         self._upstream_by_rid: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
         self._window_start_ns = 0
         self._joined: list[tuple[int, int, int, int]] = []  # app, proxy, loopback, added
-        self._probe = SidecarProbe(self._on_batch, ringbuf_pages=ringbuf_pages)
+        if probe is None:
+            pages = ringbuf_pages
+
+            def probe(sink: Callable[[np.ndarray], None]) -> Probe:
+                return SidecarProbe(sink, ringbuf_pages=pages)
+
+        self._probe: Probe = probe(self._on_batch)
+
+    @property
+    def method(self) -> str:
+        """How the spans were measured (which probe path ran)."""
+        return str(self._probe.method)
+
+    @property
+    def probe_path(self) -> str:
+        return str(self._probe.path)
 
     # -- targets --------------------------------------------------------------------------
     def add_target(self, pid: int, role: str, labels: Mapping[str, str] | None = None) -> None:
@@ -141,6 +185,10 @@ class Engine:
         emitted yet (read from the connection table)."""
         self._probe.consume()
         self._on_batch(self._probe.drain_pending())
+
+    def feed(self, spans: np.ndarray) -> None:
+        """A batch of records (struct smp_span), as the probe hands them over."""
+        self._on_batch(spans)
 
     def _on_batch(self, spans: np.ndarray) -> None:
         """A batch of records from the kernel (struct smp_span): legs, joins, rows."""

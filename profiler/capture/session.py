@@ -28,7 +28,7 @@ class CaptureConfig:
     sidecar_pids: list[int]
     app_pids: list[int] = field(default_factory=list)
     duration_s: float | None = 10.0
-    ringbuf_pages: int = 256
+    ringbuf_pages: int | None = None  # None: the probe's one default (smp_common.h)
     spans_file: Path | None = None
     max_spans: int = 1_000_000
 
@@ -186,7 +186,8 @@ class CaptureSession:
             "end_time": end_wall.isoformat(),
             "duration_s": round(duration, 6),
             "drops": self.engine.drops(),
-            "method": _method(tls),
+            "method": _method(self.engine.method, tls),
+            "probe_path": self.engine.probe_path,
             "sidecars": sidecars,
             "apps": apps,
             "spans_file": spans_file,
@@ -245,8 +246,7 @@ class CaptureSession:
         return entry
 
 
-def _method(tls_spans: int) -> str:
-    base = "ebpf-tracepoints: socket syscalls, spans assembled in the kernel"
+def _method(base: str, tls_spans: int) -> str:
     if tls_spans:
         return (
             base + "; TLS downstream: request_proxy from the first downstream read that "

@@ -10,8 +10,13 @@ from profiler import capabilities
 def main(json_out: bool = False) -> int:
     checks = capabilities.run_all()
     possible = capabilities.capture_possible(checks)
+    method = _method(checks)
     if json_out:
-        doc = {"checks": [c.to_json() for c in checks], "capture_possible": possible}
+        doc = {
+            "checks": [c.to_json() for c in checks],
+            "capture_possible": possible,
+            "method": method,
+        }
         print(json.dumps(doc, indent=2))
         return 0 if possible else 1
 
@@ -28,9 +33,22 @@ def main(json_out: bool = False) -> int:
         table.add_row(c.name, mark, c.detail)
     console = Console()
     console.print(table)
+    console.print(f"method: sidecar probe on the {method['path']} path ({method['why']})")
     if possible:
         console.print("[green]Captures are possible on this node.[/]")
     else:
         names = ", ".join(c.name for c in capabilities.missing(checks))
         console.print(f"[red]Captures are not possible: missing {names}.[/]")
     return 0 if possible else 1
+
+
+def _method(checks: list[capabilities.Check]) -> dict[str, str]:
+    """Which sidecar probe path a capture here would run, and why (same answer as the
+    loader's: ``capabilities.probe_path``, which honours SMP_PROBE_PATH)."""
+    try:
+        path, why = capabilities.probe_path()
+    except ValueError as e:
+        return {"path": "none", "why": str(e)}
+    if not capabilities.capture_possible(checks):
+        return {"path": "none", "why": "captures are not possible here"}
+    return {"path": path, "why": why}

@@ -1,10 +1,12 @@
 """The sidecar probe (bpf/sidecar.c): one span per request through a proxy or app.
 
-User space only tells the kernel which processes to trace and in which mode, seeds the roles
-of connections that were open before the probe attached (needed when downstream bytes are
-TLS), and takes the records in batches: every poll reads all new records of the ring buffer
-as one numpy structured array (profiler/probes/ringbuf.py) whose dtype is the C struct smp_span
-of bpf/sidecar.h as BCC decodes it (no second definition). See docs/probes/sidecar.md.
+User space only tells the kernel which processes to trace and in which mode (translating the
+PIDs it was given when it runs in a child PID namespace), seeds the roles of connections that
+were open before the probe attached (needed when downstream bytes are TLS), proves at start
+that the probe sees its own socket traffic, and takes the records in batches: every poll reads
+all new records of the ring buffer as one numpy structured array (profiler/probes/ringbuf.py)
+whose dtype, enums and flags come from bpf/sidecar.h (profiler/probes/cheader.py: no second
+definition, no BCC needed to decode). See docs/probes/sidecar.md.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import ctypes
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,14 +23,41 @@ from typing import Any, Literal
 
 import numpy as np
 
-from profiler.probes import loader
+from profiler import capabilities
+from profiler.errors import CapabilityMissing, TargetNotFound
+from profiler.probes import cheader, loader
 from profiler.probes.ringbuf import RingReader
 
+HEADER = cheader.read(loader.bpf_dir() / "sidecar.h")
+COMMON = cheader.read(loader.bpf_dir() / "include" / "smp_common.h")
+RINGBUF_PAGES = COMMON.const("SMP_RINGBUF_PAGES")  # the one default ring size
+SPAN_DTYPE = HEADER.structs["smp_span"]
+
 Mode = Literal["proxy", "app"]
-_MODES: dict[Mode, int] = {"proxy": 1, "app": 2}
-ROLE_DS, ROLE_US = 1, 2
-KIND_PROXY, KIND_SERVER = 1, 2
-F_DS_TLS, F_MATCH_RID, F_MATCH_THREAD, F_DRAINED = 0x1, 0x2, 0x4, 0x8
+Path_ = Literal["sock", "syscalls"]
+_MODES: dict[Mode, int] = {
+    "proxy": HEADER.const("SMP_MODE_PROXY"),
+    "app": HEADER.const("SMP_MODE_APP"),
+}
+MODE_SELF = HEADER.const("SMP_MODE_SELF")
+ROLE_DS, ROLE_US = HEADER.const("SMP_ROLE_DS"), HEADER.const("SMP_ROLE_US")
+PHASE_RESPONSE = HEADER.const("SMP_PHASE_RESPONSE")
+KIND_PROXY, KIND_SERVER = HEADER.const("SMP_SPAN_PROXY"), HEADER.const("SMP_SPAN_SERVER")
+F_DS_TLS, F_MATCH_RID, F_MATCH_THREAD, F_DRAINED = (
+    HEADER.const(f"SMP_F_{n}") for n in ("DS_TLS", "MATCH_RID", "MATCH_THREAD", "DRAINED")
+)
+_PATHS: dict[str, int] = {
+    "sock": HEADER.const("SMP_PATH_SOCK"),
+    "syscalls": HEADER.const("SMP_PATH_SYSCALLS"),
+}
+METHODS: dict[str, str] = {
+    "sock": "ebpf raw tracepoints sock:sock_{recv,send}_length + inet_sock_set_state "
+    "(no syscall tracepoint), spans assembled in the kernel",
+    "syscalls": "ebpf-tracepoints: socket syscalls, spans assembled in the kernel "
+    "(fallback: no sock tracepoints)",
+}
+PROC_STATS = tuple(n for n in HEADER.structs["smp_proc_stats"].names or ())
+INIT_PID_NS_INO = 0xEFFFFFFC  # PROC_PID_INIT_INO: the kernel's initial PID namespace
 _RID_OK = re.compile(rb"^[A-Za-z0-9._:\-]+$")
 
 
@@ -92,79 +122,179 @@ def existing_connection_roles(pid: int) -> dict[int, int]:
     return roles
 
 
-def _set_h2_walk(bpf: Any) -> None:
+def _set_h2_walk(bpf: Any, path: Path_) -> None:
     """The HTTP/2 frame walk is a chain of tail calls of one program (smp_h2_step, one frame
-    header each): BCC loads it on demand, user space puts it in the program array."""
+    header each, so each program stays small for the verifier); it must have the type of the
+    path's programs. BCC loads it on demand; it goes into the program array here."""
     from bcc import BPF
 
-    fn = bpf.load_func("smp_h2_step", BPF.TRACEPOINT)
+    fn = bpf.load_func("smp_h2_step", BPF.RAW_TRACEPOINT if path == "sock" else BPF.TRACEPOINT)
     progs = bpf["smp_h2_progs"]
     progs[ctypes.c_int(0)] = ctypes.c_int(fn.fd)
 
 
 class SidecarProbe:
-    """The loaded probe. Not thread-safe: one owner polls it."""
+    """The loaded probe. Not thread-safe: one owner polls it.
+
+    ``path`` is ``sock`` or ``syscalls`` (default: ``capabilities.probe_path()``, the feature
+    probe, or ``SMP_PROBE_PATH``). Unless ``self_test=False``, the probe must see this
+    process's own loopback traffic, through the same PID translation its targets get, before
+    it is handed out: a probe that is blind here raises ``CapabilityMissing``."""
 
     def __init__(
         self,
         on_batch: Callable[[np.ndarray], None],
-        ringbuf_pages: int = 256,
+        ringbuf_pages: int | None = None,
         max_conns: int = 16384,
+        path: Path_ | None = None,
+        self_test: bool = True,
     ) -> None:
+        if path is None:
+            try:
+                chosen, self.path_reason = capabilities.probe_path()
+            except ValueError as e:
+                raise CapabilityMissing(str(e)) from e
+            path = "sock" if chosen == "sock" else "syscalls"
+        else:
+            self.path_reason = "chosen by the caller"
+        self.path: Path_ = path
+        pages = RINGBUF_PAGES if ringbuf_pages is None else ringbuf_pages
         self._bpf = loader.load(
             "sidecar",
-            {"SMP_RINGBUF_PAGES": ringbuf_pages, "SMP_MAX_CONNS": max_conns}
-            | ({"SMP_DEBUG_LOCAL": 1} if os.environ.get("SMP_DEBUG_LOCAL") else {}),
+            {"SMP_RINGBUF_PAGES": pages, "SMP_MAX_CONNS": max_conns, "SMP_PATH": _PATHS[path]},
         )
-        _set_h2_walk(self._bpf)
+        _set_h2_walk(self._bpf, path)
         self._on_batch = on_batch
         self._targets: dict[int, Mode] = {}
-        # struct smp_span, from the connection table's value type (BCC builds it from C)
-        span_type = dict(self._bpf["smp_conns"].Leaf._fields_)["span"]
-        self.dtype = np.dtype(span_type)
-        self._span_size = ctypes.sizeof(span_type)
-        self._ring = RingReader(self._bpf["smp_spans"].map_fd, ringbuf_pages, self.dtype)
+        self._ns_slots: dict[tuple[int, int], int] = {}
+        self.dtype = SPAN_DTYPE
+        self._ring = RingReader(self._bpf["smp_spans"].map_fd, pages, self.dtype)
+        self._own_ns = _pid_ns(os.getpid())
+        if self_test:
+            try:
+                self.self_test()
+            except BaseException:
+                self.close()
+                raise
+
+    @property
+    def method(self) -> str:
+        return METHODS[self.path]
 
     # -- targets ------------------------------------------------------------------------
-    def add_target(self, pid: int, mode: Mode) -> None:
+    def add_target(self, pid: int, mode: Mode | int) -> None:
+        """Trace ``pid`` (as this process sees it). In the kernel's initial PID namespace
+        that is the kernel's tgid; in a child namespace the probe learns the kernel's tgid
+        the first time the process does socket I/O (it matches the process's own namespace
+        and its tgid there: bpf_get_ns_current_pid_tgid)."""
         b = self._bpf
+        code = _MODES[mode] if isinstance(mode, str) else mode
         procs = b["smp_proc"]
         procs[procs.Key(pid)] = procs.Leaf()
-        if mode == "proxy":
-            conns = b["smp_conns"]
+        if code == _MODES["proxy"]:
+            seed = b["smp_seed"]
             for fd, role in existing_connection_roles(pid).items():
-                leaf = conns.Leaf()
-                leaf.role = role
-                conns[conns.Key((pid << 32) | fd)] = leaf
-        filt = b["smp_filter_pids"]
-        filt[filt.Key(pid)] = filt.Leaf(_MODES[mode])
-        self._targets[pid] = mode
+                seed[seed.Key((pid << 32) | fd)] = seed.Leaf(role)
+        target = b["smp_filter_pids"].Leaf()
+        target.upid = pid
+        target.mode = code
+        if self._own_ns == INIT_PID_NS_INO:
+            filt = b["smp_filter_pids"]
+            filt[filt.Key(pid)] = target
+        else:
+            self._learn(pid, target)
+        if isinstance(mode, str):
+            self._targets[pid] = mode
+
+    def _learn(self, pid: int, target: Any) -> None:
+        ns = _pid_ns_dev_ino(pid)
+        ns_tgid = _ns_tgid(pid)
+        if ns is None or ns_tgid is None:
+            raise TargetNotFound(f"no process with PID {pid}")
+        slot = self._ns_slots.get(ns)
+        if slot is None:
+            slot = len(self._ns_slots)
+            limit = int(self._bpf["smp_ns"].max_entries)
+            if slot >= limit:
+                raise CapabilityMissing(f"targets in more than {limit} PID namespaces (SMP_MAX_NS)")
+            table = self._bpf["smp_ns"]
+            leaf = table.Leaf()
+            leaf.dev, leaf.ino = ns
+            table[table.Key(slot)] = leaf
+            self._ns_slots[ns] = slot
+        pending = self._bpf["smp_ns_pending"]
+        key = pending.Key((slot << 32) | ns_tgid)
+        if key not in pending:
+            pending[key] = target
+            learning = self._bpf["smp_learning"]
+            learning[learning.Key(0)] = learning.Leaf(learning[learning.Key(0)].value + 1)
 
     def remove_target(self, pid: int) -> None:
-        filt = self._bpf["smp_filter_pids"]
-        with contextlib.suppress(KeyError):
-            del filt[filt.Key(pid)]
+        b = self._bpf
+        filt = b["smp_filter_pids"]
+        for key in [k for k, v in filt.items() if v.upid == pid]:
+            with contextlib.suppress(KeyError):
+                del filt[key]
+        pending = b["smp_ns_pending"]
+        gone = [k for k, v in pending.items() if v.upid == pid]
+        for key in gone:
+            with contextlib.suppress(KeyError):
+                del pending[key]
+        if gone:
+            learning = b["smp_learning"]
+            left = max(int(learning[learning.Key(0)].value) - len(gone), 0)
+            learning[learning.Key(0)] = learning.Leaf(left)
         self._targets.pop(pid, None)
         # per-thread state of the detached process: its request order and saved arguments
-        fifo = self._bpf["smp_thread_fifo"]
-        for key in [k for k, v in fifo.items() if v.tgid == pid]:
-            with contextlib.suppress(KeyError):
-                del fifo[key]
-        args = self._bpf["smp_args_map"]
-        for key in [k for k in args if k.value >> 32 == pid]:
+        for name in ("smp_thread_fifo", "smp_ans_queue"):
+            table = b[name]
+            for key in [k for k, v in table.items() if v.upid == pid]:
+                with contextlib.suppress(KeyError):
+                    del table[key]
+        args = b["smp_args_map"]
+        for key in [k for k, v in args.items() if v.upid == pid]:
             with contextlib.suppress(KeyError):
                 del args[key]
-        conns = self._bpf["smp_conns"]
-        for key in [k for k in conns if k.value >> 32 == pid]:
+        conns = b["smp_conns"]
+        for key in [k for k, v in conns.items() if v.upid == pid]:
             with contextlib.suppress(KeyError):
                 del conns[key]
-        procs = self._bpf["smp_proc"]
+        seed = b["smp_seed"]
+        for key in [k for k in seed if k.value >> 32 == pid]:
+            with contextlib.suppress(KeyError):
+                del seed[key]
+        procs = b["smp_proc"]
         with contextlib.suppress(KeyError):
             del procs[procs.Key(pid)]
 
     @property
     def targets(self) -> dict[int, Mode]:
         return dict(self._targets)
+
+    def self_test(self, timeout_s: float = 2.0) -> None:
+        """The probe must see this process's own loopback socket traffic (its own PID,
+        through the same translation as the targets') before a capture starts; else one
+        clear error, never a capture that silently counts zero."""
+        me = os.getpid()
+        payload = b"smp-selftest " * 8
+        self.add_target(me, MODE_SELF)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                _loopback_exchange(payload)
+                seen = self.proc_stats(me)
+                if seen["rx_bytes"] >= len(payload) and seen["tx_bytes"] >= len(payload):
+                    return
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        finally:
+            self.remove_target(me)
+        raise CapabilityMissing(
+            f"the probe ({self.path} path) did not see this process's own socket traffic "
+            f"(PID {me}, PID namespace {self._own_ns}): it would count nothing; "
+            "see docs/probes/sidecar.md (PID namespaces)"
+        )
 
     # -- data ---------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 100) -> None:
@@ -185,36 +315,22 @@ class SidecarProbe:
         """Requests whose response is written but that no later request or close emitted
         yet, read from the connection table (flag DRAINED)."""
         rows = []
-        for key, c in self._bpf["smp_conns"].items():
-            if c.role == ROLE_DS and c.phase == 2 and (key.value >> 32) in self._targets:
-                rows.append(ctypes.string_at(ctypes.addressof(c.span), self._span_size))
+        size = self.dtype.itemsize
+        for _key, c in self._bpf["smp_conns"].items():
+            if c.role == ROLE_DS and c.phase == PHASE_RESPONSE and c.upid in self._targets:
+                rows.append(ctypes.string_at(ctypes.addressof(c.span), size))
         spans: Any = np.frombuffer(b"".join(rows), dtype=self.dtype).copy()
         spans["flags"] |= F_DRAINED
         out: np.ndarray = spans
         return out
 
-    PROC_STATS = (
-        "rx_bytes",
-        "tx_bytes",
-        "spans",
-        "local_replies",
-        "unparsed_rx",
-        "unparsed_tx",
-        "unparsed_conns",
-        "h2_resets",
-        "h2_desyncs",
-        "stale_answers",
-    )
-
     def proc_stats(self, pid: int) -> dict[str, int]:
-        """The process's counters (struct smp_proc_stats): bytes, spans, local replies, and
-        what no span explains (unparsed bytes and connections, HTTP/2 resets and desyncs)."""
         procs = self._bpf["smp_proc"]
         try:
             s = procs[procs.Key(pid)]
         except KeyError:
-            return dict.fromkeys(self.PROC_STATS, 0)
-        return {name: int(getattr(s, name)) for name in self.PROC_STATS}
+            return dict.fromkeys(PROC_STATS, 0)
+        return {name: int(getattr(s, name)) for name in PROC_STATS}
 
     def drops(self) -> int:
         """Spans lost: ring-buffer reservations that failed (the ring was full)."""
@@ -227,10 +343,23 @@ class SidecarProbe:
         "smp_conns",
         "smp_rid_index",
         "smp_thread_fifo",
-        "smp_fifo_init",
+        "smp_seed",
+        "smp_ns",
+        "smp_ns_pending",
+        "smp_learning",
         "smp_args_map",
+        "smp_fifo_init",
         "smp_scratch",
         "smp_conn_init",
+        "smp_h2_streams",
+        "smp_h2_handles",
+        "smp_h2_conns",
+        "smp_h2_stream_init",
+        "smp_h2_scratch",
+        "smp_ans_queue",
+        "smp_ans_entries",
+        "smp_ans_init",
+        "smp_ans_out",
     )
 
     def map_bytes(self) -> Iterator[tuple[str, bytes]]:
@@ -252,3 +381,52 @@ class SidecarProbe:
     def close(self) -> None:
         self._ring.close()
         self._bpf.cleanup()
+
+
+def _loopback_exchange(payload: bytes) -> None:
+    """One TCP connection over loopback: ``payload`` written one way, read the other."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        with socket.create_connection(lst.getsockname(), timeout=2) as c:
+            s, _ = lst.accept()
+            with s:
+                c.sendall(payload)
+                got = 0
+                while got < len(payload):
+                    chunk = s.recv(len(payload))
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                s.sendall(payload[:got])
+                c.recv(len(payload))
+
+
+def _pid_ns(pid: int) -> int:
+    """The inode of ``pid``'s PID namespace (0 when unreadable)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _pid_ns_dev_ino(pid: int) -> tuple[int, int] | None:
+    """(dev as the kernel encodes it, inode) of ``pid``'s PID namespace: what
+    bpf_get_ns_current_pid_tgid compares (the kernel's dev_t is major << 20 | minor)."""
+    try:
+        st = os.stat(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+    return (os.major(st.st_dev) << 20) | os.minor(st.st_dev), st.st_ino
+
+
+def _ns_tgid(pid: int) -> int | None:
+    """``pid``'s tgid in its own (innermost) PID namespace: the last NStgid value."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NStgid:"):
+                    return int(line.split()[-1])
+    except OSError:
+        return None
+    return None

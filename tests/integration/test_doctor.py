@@ -4,6 +4,7 @@ privileges it says what is missing and exits 1."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ NAMES = [
     "uprobes",
     "kprobes",
     "fentry",
+    "sock_tracepoints",
     "ringbuf",
     "tracefs",
     "cgroup_v2",
@@ -41,6 +43,10 @@ def test_doctor_json_on_this_machine() -> None:
     # this kernel is built without kprobes, and fentry programs fail to load
     assert checks["kprobes"]["ok"] is False
     assert checks["fentry"]["ok"] is False
+    # kernel 6.18 has sock_recv_length/sock_send_length: the sidecar probe's fast path,
+    # unless SMP_PROBE_PATH forces the fallback (CI runs both)
+    assert checks["sock_tracepoints"]["ok"] is True
+    assert doc["method"]["path"] == (os.environ.get("SMP_PROBE_PATH") or "sock")
 
 
 @pytest.mark.bpf
