@@ -39,6 +39,49 @@ SPAN_COLUMNS = (
 )
 
 
+UNPARSED_WARN_SHARE = 0.05  # unparsed bytes above this share of a target's socket bytes warn
+
+
+def unparsed_doc(
+    stats: Mapping[str, int], conns: Iterable[tuple[int, str, int, int]], conns_seen: int
+) -> dict[str, Any]:
+    """Bytes on the target's connections that no span explains (a protocol the probe does
+    not parse, HTTP/2 frames it lost its place in, local replies): never silent. ``share``
+    is of all its socket bytes; ``connections`` lists the largest, per connection."""
+    total = int(stats.get("rx_bytes", 0)) + int(stats.get("tx_bytes", 0))
+    unparsed = int(stats.get("unparsed_bytes", 0))
+    return {
+        "bytes": unparsed,
+        "share": round(unparsed / total, 6) if total else 0.0,
+        "connections_total": max(int(stats.get("unparsed_conns", 0)), conns_seen),
+        "connections": [
+            {"fd": fd, "role": role, "bytes_rx": rx, "bytes_tx": tx} for fd, role, rx, tx in conns
+        ],
+        "unattributed_calls": int(stats.get("unattributed", 0)),
+        "http2_desyncs": int(stats.get("h2_desyncs", 0)),
+        "http2_resets": int(stats.get("h2_resets", 0)),
+        "stale_answers": int(stats.get("stale_answers", 0)),
+    }
+
+
+def warnings(*groups: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One line per target whose unparsed bytes exceed UNPARSED_WARN_SHARE of its traffic."""
+    out = []
+    for entries in groups:
+        for e in entries:
+            u = e.get("unparsed") or {}
+            share = float(u.get("share") or 0.0)
+            if share > UNPARSED_WARN_SHARE:
+                out.append(
+                    f"pid {e.get('pid')} ({e.get('comm') or '?'}): {u.get('bytes', 0)} bytes "
+                    f"({100 * share:.0f}% of its socket bytes) on "
+                    f"{u.get('connections_total', 0)} connection(s) were not parsed as "
+                    f"HTTP/1.1 or HTTP/2: their requests are not in the "
+                    f"{e.get('requests', 0)} counted"
+                )
+    return out
+
+
 def leg_stats(values_us: Iterable[float] | None, hist: LatencyHistogram) -> dict[str, Any]:
     """count/min/mean/percentiles in ms: exact from the spans when we have them all, else
     from the histogram; the histogram always goes along for merging."""

@@ -176,6 +176,7 @@ class CaptureSession:
             document.write_spans(self.config.spans_file, rows)
             spans_file = str(self.config.spans_file)
         tls = sum(t.tls_downstream for t in self.engine.targets.values())
+        h2 = sum(t.h2_downstream + t.h2_upstream for t in self.engine.targets.values())
         doc: dict[str, Any] = {
             "kind": document.KIND,
             "format_version": document.FORMAT_VERSION,
@@ -186,12 +187,13 @@ class CaptureSession:
             "end_time": end_wall.isoformat(),
             "duration_s": round(duration, 6),
             "drops": self.engine.drops(),
-            "method": _method(self.engine.method, tls),
+            "method": _method(self.engine.method, tls, h2),
             "probe_path": self.engine.probe_path,
             "sidecars": sidecars,
             "apps": apps,
             "spans_file": spans_file,
             "host": {"kernel": os.uname().release, "cpus": os.cpu_count()},
+            "warnings": document.warnings(sidecars, apps),
         }
         if self._owns_engine:
             self.engine.close()
@@ -230,6 +232,7 @@ class CaptureSession:
             "mem_mb": mem.to_mb() if mem else None,
             "bytes_rx": stats["rx_bytes"],
             "bytes_tx": stats["tx_bytes"],
+            "unparsed": document.unparsed_doc(stats, t.unparsed_conns, t.unparsed_conns_seen),
         }
         if t.role == "sidecar":
             values = document.proxy_leg_values(t.rows)
@@ -239,20 +242,34 @@ class CaptureSession:
                 for name, hist in t.legs.items()
             }
             entry["local_replies"] = stats["local_replies"]
-            entry["matched"] = {"request_id": t.matched_by_rid, "thread": t.matched_by_thread}
+            entry["matched"] = {
+                "request_id": t.matched_by_rid,
+                "thread": t.matched_by_thread,
+                "response_order": t.matched_by_response,
+            }
+            entry["http2_spans"] = {"downstream": t.h2_downstream, "upstream": t.h2_upstream}
             entry["tls_downstream_spans"] = t.tls_downstream
         else:
             entry["legs"] = {name: document.leg_stats(None, hist) for name, hist in t.legs.items()}
         return entry
 
 
-def _method(base: str, tls_spans: int) -> str:
+def _method(base: str, tls_spans: int, h2_spans: int = 0) -> str:
+    parts = [base]
     if tls_spans:
-        return (
-            base + "; TLS downstream: request_proxy from the first downstream read that "
-            "precedes the plaintext upstream write, matched by worker thread"
+        parts.append(
+            "TLS downstream: per connection read burst, request_proxy from the first "
+            "downstream read that precedes the plaintext upstream write, matched by worker "
+            "thread"
         )
-    return base + "; plaintext HTTP/1.1, matched by x-request-id"
+    else:
+        parts.append("plaintext HTTP/1.1, matched by x-request-id")
+    if h2_spans:
+        parts.append(
+            "HTTP/2: per stream on plaintext legs (frame headers followed in the kernel), "
+            "upstream leg paired by response order per worker thread"
+        )
+    return "; ".join(parts)
 
 
 def start_capture(config: CaptureConfig, engine: Engine | None = None) -> CaptureSession:

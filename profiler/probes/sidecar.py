@@ -43,6 +43,10 @@ MODE_SELF = HEADER.const("SMP_MODE_SELF")
 ROLE_DS, ROLE_US = HEADER.const("SMP_ROLE_DS"), HEADER.const("SMP_ROLE_US")
 PHASE_RESPONSE = HEADER.const("SMP_PHASE_RESPONSE")
 KIND_PROXY, KIND_SERVER = HEADER.const("SMP_SPAN_PROXY"), HEADER.const("SMP_SPAN_SERVER")
+KIND_UNPARSED = HEADER.const("SMP_SPAN_UNPARSED")
+F_DS_H2, F_US_H2, F_MATCH_RESP = (
+    HEADER.const(f"SMP_F_{n}") for n in ("DS_H2", "US_H2", "MATCH_RESP")
+)
 F_DS_TLS, F_MATCH_RID, F_MATCH_THREAD, F_DRAINED = (
     HEADER.const(f"SMP_F_{n}") for n in ("DS_TLS", "MATCH_RID", "MATCH_THREAD", "DRAINED")
 )
@@ -313,13 +317,36 @@ class SidecarProbe:
 
     def drain_pending(self) -> np.ndarray:
         """Requests whose response is written but that no later request or close emitted
-        yet, read from the connection table (flag DRAINED)."""
+        yet, and the unparsed bytes of connections still open (SMP_SPAN_UNPARSED records,
+        their counts then zeroed so a next window starts afresh), read from the connection
+        table (flag DRAINED)."""
         rows = []
         size = self.dtype.itemsize
-        for _key, c in self._bpf["smp_conns"].items():
-            if c.role == ROLE_DS and c.phase == PHASE_RESPONSE and c.upid in self._targets:
+        conns = self._bpf["smp_conns"]
+        now = time.monotonic_ns()
+        unparsed: list[tuple[int, int, int, int, int]] = []
+        for key, c in conns.items():
+            if c.upid not in self._targets:
+                continue
+            if c.role == ROLE_DS and c.phase == PHASE_RESPONSE:
                 rows.append(ctypes.string_at(ctypes.addressof(c.span), size))
+            if c.unparsed_rx or c.unparsed_tx:
+                unparsed.append((c.upid, c.role, c.fd, c.unparsed_rx, c.unparsed_tx))
+                c.unparsed_rx = c.unparsed_tx = 0
+                with contextlib.suppress(KeyError):
+                    conns[key] = c
         spans: Any = np.frombuffer(b"".join(rows), dtype=self.dtype).copy()
+        if unparsed:
+            extra = np.zeros(len(unparsed), dtype=self.dtype)
+            for i, (upid, role, fd, rx, tx) in enumerate(unparsed):
+                extra[i]["kind"] = KIND_UNPARSED
+                extra[i]["tgid"] = upid
+                extra[i]["ds_rx_beg"] = now
+                extra[i]["ds_fd"] = -1 if role == ROLE_US else fd
+                extra[i]["us_fd"] = fd if role == ROLE_US else -1
+                extra[i]["req_bytes"] = min(rx, 0xFFFFFFFF)
+                extra[i]["resp_bytes"] = min(tx, 0xFFFFFFFF)
+            spans = np.concatenate([spans, extra])
         spans["flags"] |= F_DRAINED
         out: np.ndarray = spans
         return out
