@@ -960,6 +960,9 @@ SMP_INLINE struct smp_conn *smp_conn_join(struct smp_io *io, u8 cls)
          * on any other connection is a downstream's */
         role = SMP_ROLE_DS;
     }
+    if (role == SMP_ROLE_NONE && io->mode == SMP_MODE_PROXY)
+        role = SMP_ROLE_DS;  /* bytes no parser explains: an entry, so they count per
+                              * connection (our upstreams' connects are in sight) */
     if (role == SMP_ROLE_NONE || (io->mode == SMP_MODE_APP && role != SMP_ROLE_DS))
         return 0;
     struct smp_conn *c = smp_conn_new(io->key, role, io->upid);

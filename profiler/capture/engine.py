@@ -345,6 +345,7 @@ class Engine:
         snap = Snapshot(drops=self.drops(), attached=len(self._targets))
         for pid, t in self._targets.items():
             mem = memory_of(pid)
+            stats = self._probe.proc_stats(pid)
             snap.targets[pid] = TargetSnapshot(
                 labels=t.labels,
                 role=t.role,
@@ -352,6 +353,8 @@ class Engine:
                 legs={k: v.copy() for k, v in t.legs.items()},
                 cpu_seconds=sum(cpu.get(pid, {}).values()) / 1e9,
                 memory_working_set_bytes=mem.working_set if mem else 0,
+                socket_bytes=stats["rx_bytes"] + stats["tx_bytes"],
+                unparsed_bytes=stats["unparsed_bytes"],
             )
         return snap
 
