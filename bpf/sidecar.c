@@ -960,9 +960,11 @@ SMP_INLINE struct smp_conn *smp_conn_join(struct smp_io *io, u8 cls)
          * on any other connection is a downstream's */
         role = SMP_ROLE_DS;
     }
+#if SMP_PATH == SMP_PATH_SOCK
     if (role == SMP_ROLE_NONE && io->mode == SMP_MODE_PROXY)
         role = SMP_ROLE_DS;  /* bytes no parser explains: an entry, so they count per
                               * connection (our upstreams' connects are in sight) */
+#endif
     if (role == SMP_ROLE_NONE || (io->mode == SMP_MODE_APP && role != SMP_ROLE_DS))
         return 0;
     struct smp_conn *c = smp_conn_new(io->key, role, io->upid);
@@ -1130,6 +1132,17 @@ SMP_INLINE int smp_on_io(struct smp_io *io)
 {
     u32 upid = io->upid;
     struct smp_proc_stats *ps = smp_proc.lookup(&upid);
+#if SMP_PATH == SMP_PATH_SYSCALLS
+    /* This path sees every fd. One with no connection entry (no accept, connect, seed) whose
+     * bytes start no HTTP is not a socket we know (a log file, a pipe, an eventfd): not
+     * socket bytes, so neither counted nor unparsed. */
+    if (io->mode != SMP_MODE_SELF) {
+        u64 k = io->key, seed_key = ((u64)io->upid << 32) | (u32)io->fd;
+        if (!smp_conns.lookup(&k) && !smp_seed.lookup(&seed_key) &&
+            (!io->buf || smp_classify(io->buf, io->len) == CLS_OTHER))
+            return 0;
+    }
+#endif
     if (ps) {
         if (io->is_read)
             __sync_fetch_and_add(&ps->rx_bytes, io->ret);
