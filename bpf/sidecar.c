@@ -39,6 +39,19 @@
 #define SMP_SCAN_MASK (SMP_SCAN_LEN - 1)
 /* Clamp an index so the verifier sees the bound (clang would fold a plain mask away). */
 #define SMP_CLAMP(x) asm volatile("%0 &= 511" : "+r"(x))
+#ifndef SMP_ARRIVAL
+#define SMP_ARRIVAL SMP_ARRIVAL_NONE
+#endif
+#ifndef SMP_XMIT_STAMPS
+#define SMP_XMIT_STAMPS 0          /* 1: writes stamped by net:net_dev_queue (see below) */
+#endif
+#ifndef SMP_XMIT_MIN_LEN
+#define SMP_XMIT_MIN_LEN 94        /* bytes: longer than any packet without payload */
+#endif
+#ifndef SMP_XMIT_WINDOW_NS
+#define SMP_XMIT_WINDOW_NS 500000  /* sock path: a packet queued this long before the write
+                                    * returned can be its own */
+#endif
 #ifndef SMP_FIFO
 #define SMP_FIFO 32                /* requests a worker thread may have read but not yet sent on */
 #endif
@@ -71,6 +84,7 @@ struct smp_io {
     u64 key;        /* the connection: sk (sock path) or tgid << 32 | fd (syscalls path) */
     u64 ts;         /* the event's instant (see sidecar.h: a read's return, a write's) */
     u64 ts_call;    /* when the call started (syscalls path); ts on the sock path */
+    u64 arr;        /* a read: when its first bytes reached the socket (0: unknown) */
     u64 buf;        /* the call's first user buffer */
     u64 ptr;        /* the call's buffer argument (enum smp_io_kind says what it points to) */
     void *ctx;      /* the program's context (for the HTTP/2 walk's tail calls) */
@@ -548,6 +562,7 @@ struct smp_ans {
     u64 us_tx_beg;
     u64 us_tx_end;
     u64 us_rx_beg;
+    u64 us_rx_arr;
     u64 rid_hash;
     s32 us_fd;
     u32 us_sid;
@@ -569,7 +584,7 @@ BPF_PERCPU_ARRAY(smp_ans_out, struct smp_ans, 1);
 
 /* An upstream response starts at ts: queue the upstream leg held in s (an upstream
  * connection's or stream's own record). */
-SMP_INLINE void smp_ans_push(u32 tid, u32 upid, struct smp_span *s, u64 ts)
+SMP_INLINE void smp_ans_push(u32 tid, u32 upid, struct smp_span *s, u64 ts, u64 arr)
 {
     struct smp_ans_q *q = smp_ans_queue.lookup(&tid);
     if (!q) {
@@ -587,6 +602,7 @@ SMP_INLINE void smp_ans_push(u32 tid, u32 upid, struct smp_span *s, u64 ts)
     a->us_tx_beg = s->us_tx_beg;
     a->us_tx_end = s->us_tx_end;
     a->us_rx_beg = ts;
+    a->us_rx_arr = arr;
     a->us_fd = s->us_fd;
     a->us_sid = s->us_sid;
     a->ds_fd = s->ds_fd;
@@ -664,6 +680,7 @@ SMP_INLINE void smp_ans_apply(struct smp_span *d, struct smp_ans *a)
     d->us_tx_beg = a->us_tx_beg;
     d->us_tx_end = a->us_tx_end;
     d->us_rx_beg = a->us_rx_beg;
+    d->us_rx_arr = a->us_rx_arr;
     d->us_fd = a->us_fd;
     d->us_sid = a->us_sid;
     d->flags = (d->flags & ~(SMP_F_MATCH_THREAD | SMP_F_US_H2)) | SMP_F_MATCH_RESP |
@@ -712,6 +729,7 @@ SMP_INLINE void smp_h2_frame(struct smp_h2_ctx *x, struct smp_proc_stats *ps, u8
             s->us_fd = -1;
             s->ds_sid = sid;
             s->ds_rx_beg = x->ts;
+            s->ds_rx_arr = x->arr;
             s->flags = SMP_F_DS_H2;
             init->handle = handle;
             smp_h2_streams.update(&sk, init);
@@ -813,7 +831,7 @@ SMP_INLINE void smp_h2_frame(struct smp_h2_ctx *x, struct smp_proc_stats *ps, u8
     if (!st)
         return;
     if (type != H2_RST_STREAM)
-        smp_ans_push(x->tid, x->upid, &st->span, x->ts);
+        smp_ans_push(x->tid, x->upid, &st->span, x->ts, x->arr);
     smp_h2_streams.delete(&sk);
 }
 
@@ -923,6 +941,7 @@ SMP_INLINE int smp_h2_begin(struct smp_conn *c, struct smp_io *io, u8 cls, struc
     k->x.key = key;
     k->x.ts = io->ts;
     k->x.ts_call = io->ts_call;
+    k->x.arr = io->arr;
     k->x.upid = io->upid;
     k->x.tid = io->tid;
     k->x.gen = hc->gen;
@@ -936,6 +955,83 @@ SMP_INLINE int smp_h2_begin(struct smp_conn *c, struct smp_io *io, u8 cls, struc
     d->synced = 0;
     return 0;
 }
+
+/* -- arrival stamps ----------------------------------------------------------------------
+ * When bytes reach a traced connection's socket, before any thread reads them: the first
+ * arrival since the last read is kept in the connection (smp_conn.arr) and taken by the next
+ * read. Only connections already in smp_conns get stamps (the hooks run in softirq, for any
+ * socket of the node: a lookup, nothing else, for the others). Programs at the end. */
+
+/* A read of connection ``c`` at ``now``: the arrival of its first bytes, 0 if unknown. */
+SMP_INLINE u64 smp_arrival_take(struct smp_conn *c, u64 now)
+{
+    u64 a = c->arr;
+    c->arr = 0;
+    return a && a <= now ? a : 0;
+}
+
+/* Bytes reached socket ``sk`` (the key of smp_conns, or mapped to it): stamp its first. */
+SMP_INLINE void smp_arrival_mark(u64 key)
+{
+    struct smp_conn *c = smp_conns.lookup(&key);
+    if (c && !c->arr)
+        c->arr = bpf_ktime_get_ns();
+}
+
+#if SMP_ARRIVAL == SMP_ARRIVAL_TCP_PROBE && SMP_PATH == SMP_PATH_SYSCALLS
+/* The syscalls path keys connections by tgid << 32 | fd: a traced thread's socket read names
+ * its sk in tcp:tcp_rcv_space_adjust (inside tcp_recvmsg, the reader's context); the read's
+ * exit then maps that sk to the connection's key. */
+struct smp_read_sk_val { u64 sk; u64 ts; };
+BPF_TABLE("lru_hash", u32, struct smp_read_sk_val, smp_read_sk, SMP_MAX_THREADS); /* tid -> */
+BPF_TABLE("lru_hash", u64, u64, smp_sk_key, SMP_MAX_CONNS);       /* sk -> connection key */
+
+/* A read syscall that started at ``since`` returned bytes on ``key``: the sk named during
+ * it (never one named before it started: a read of a pipe must not take a socket's) */
+SMP_INLINE void smp_arrival_learn(u32 tid, u64 key, u64 since)
+{
+    struct smp_read_sk_val *v = smp_read_sk.lookup(&tid);
+    if (!v)
+        return;
+    u64 s = v->sk, ts = v->ts;
+    smp_read_sk.delete(&tid);
+    if (ts >= since)
+        smp_sk_key.update(&s, &key);
+}
+#else
+SMP_INLINE void smp_arrival_learn(u32 tid, u64 key, u64 since) {}
+#endif
+
+/* -- write stamps --------------------------------------------------------------------------
+ * A write's instant as the wire sees it: when its first packet is queued to a device, in the
+ * writer's own context (net:net_dev_queue, the current task a traced thread). Without one (the
+ * data was held back by TCP, or the hook is absent) the call's own instant. */
+#if SMP_XMIT_STAMPS
+BPF_TABLE("lru_hash", u32, u64, smp_xmit, SMP_MAX_THREADS);  /* tid -> first packet queued */
+
+/* The write's instant: its first packet if queued within [since, until], else ``fallback``. */
+SMP_INLINE u64 smp_xmit_take(u32 tid, u64 since, u64 until, u64 fallback)
+{
+    u64 *x = smp_xmit.lookup(&tid);
+    if (!x)
+        return fallback;
+    u64 t = *x;
+    smp_xmit.delete(&tid);
+    return t >= since && t <= until ? t : fallback;
+}
+
+SMP_INLINE void smp_xmit_forget(u32 tid)
+{
+    smp_xmit.delete(&tid);
+}
+#else
+SMP_INLINE u64 smp_xmit_take(u32 tid, u64 since, u64 until, u64 fallback)
+{
+    return fallback;
+}
+
+SMP_INLINE void smp_xmit_forget(u32 tid) {}
+#endif
 
 /* -- transitions -------------------------------------------------------------------------- */
 
@@ -988,6 +1084,7 @@ SMP_INLINE void smp_ds_request(struct smp_conn *c, struct smp_io *io, struct smp
     c->span.ds_fd = io->fd;
     c->span.us_fd = -1;
     c->span.ds_rx_beg = io->ts;
+    c->span.ds_rx_arr = io->arr;
     c->span.req_bytes = io->ret;
     if (c->tls)
         c->span.flags |= SMP_F_DS_TLS;
@@ -1121,10 +1218,12 @@ SMP_INLINE void smp_us_read(struct smp_conn *c, struct smp_io *io)
     if (c->phase != SMP_PHASE_REQUEST)
         return;
     struct smp_span *d = smp_pending_span(c->ds_key);
-    if (d && d->us_fd == io->fd && !d->us_rx_beg && !(d->flags & SMP_F_DS_H2))
+    if (d && d->us_fd == io->fd && !d->us_rx_beg && !(d->flags & SMP_F_DS_H2)) {
         d->us_rx_beg = io->ts;
+        d->us_rx_arr = io->arr;
+    }
     c->phase = SMP_PHASE_RESPONSE;
-    smp_ans_push(io->tid, io->upid, &c->span, io->ts);
+    smp_ans_push(io->tid, io->upid, &c->span, io->ts, io->arr);
 }
 
 /* Every read or write of a traced process's socket, from either path. */
@@ -1164,6 +1263,8 @@ SMP_INLINE int smp_on_io(struct smp_io *io)
         if (cls == CLS_RESP)
             return 0;
     }
+    if (io->is_read)
+        io->arr = smp_arrival_take(c, io->ts);
     if (c->proto == SMP_PROTO_H2 || cls == CLS_H2PRI ||
         (c->proto == SMP_PROTO_NONE && cls == CLS_OTHER)) {
         if (!smp_h2_begin(c, io, cls, ps))
@@ -1271,6 +1372,10 @@ SMP_INLINE int smp_sock_io(void *ctx, u64 sk, s32 ret, u32 flags, u8 is_read)
     io.key = sk;
     io.ts = bpf_ktime_get_ns();
     io.ts_call = io.ts;
+    if (is_read)
+        smp_xmit_forget((u32)id);
+    else
+        io.ts = smp_xmit_take((u32)id, io.ts - SMP_XMIT_WINDOW_NS, io.ts, io.ts);
     io.ret = ret;
     io.tid = (u32)id;
     io.fd = (s32)regs->di;
@@ -1345,8 +1450,10 @@ SMP_INLINE int smp_exit(void *ctx, s64 ret, u8 is_read)
     io.ts_call = args.ts;
     /* A write's time is when the process hands the bytes to the kernel (its entry), as in
      * Envoy's own US_TX_END/DS_TX_END; a read's is when the bytes reached the process. */
-    if (!is_read && !SMP_WRITE_TS_AT_EXIT)
-        io.ts = args.ts;
+    if (!is_read)
+        io.ts = smp_xmit_take((u32)id, args.ts, io.ts, SMP_WRITE_TS_AT_EXIT ? io.ts : args.ts);
+    else
+        smp_xmit_forget((u32)id);
     io.key = (id & 0xffffffff00000000ULL) | args.fd;
     io.tid = (u32)id;
     io.upid = args.upid;
@@ -1358,6 +1465,8 @@ SMP_INLINE int smp_exit(void *ctx, s64 ret, u8 is_read)
     io.ptr = args.ptr;
     io.kind = args.io;
     io.ctx = ctx;
+    if (is_read)
+        smp_arrival_learn(io.tid, io.key, args.ts);
     return smp_on_io(&io);
 }
 
@@ -1412,6 +1521,68 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     if (!smp_filter_pids.lookup(&tgid))
         return 0;
     smp_conn_close((id & 0xffffffff00000000ULL) | (u32)args->fd, 1);
+    return 0;
+}
+#endif
+
+/* -- arrival programs (see "arrival stamps" above) ----------------------------------------- */
+#if SMP_ARRIVAL == SMP_ARRIVAL_SK_DATA_READY
+/* (const struct sock *sk): data (or a FIN) was queued on sk; softirq or the sender's
+ * context, so no PID filter: only sockets in smp_conns are stamped. */
+RAW_TRACEPOINT_PROBE(sk_data_ready)
+{
+    smp_arrival_mark(ctx->args[0]);
+    return 0;
+}
+#elif SMP_ARRIVAL == SMP_ARRIVAL_TCP_PROBE
+/* Every TCP segment received on an established socket (tcp_rcv_established): those that
+ * carry data stamp their socket. */
+TRACEPOINT_PROBE(tcp, tcp_probe)
+{
+    if (!args->data_len)
+        return 0;
+    u64 sk = (u64)args->skaddr;
+#if SMP_PATH == SMP_PATH_SYSCALLS
+    u64 *key = smp_sk_key.lookup(&sk);
+    if (key)
+        smp_arrival_mark(*key);
+#else
+    smp_arrival_mark(sk);
+#endif
+    return 0;
+}
+#if SMP_PATH == SMP_PATH_SYSCALLS
+TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    if (!smp_filter_pids.lookup(&tgid))
+        return 0;
+    struct smp_read_sk_val v = {};
+    v.sk = (u64)args->skaddr;
+    v.ts = bpf_ktime_get_ns();
+    smp_read_sk.update(&tid, &v);
+    return 0;
+}
+#endif
+#endif
+
+/* -- write stamp program (see "write stamps" above) ---------------------------------------- */
+#if SMP_XMIT_STAMPS
+/* A packet queued to a device; in the sender's context when a traced thread's write sends it
+ * at once. Only packets longer than any bare TCP header (Ethernet 14 + IP 20 + TCP 60): an
+ * ACK a timer sends while the thread runs is not its write. The first since the thread's last
+ * socket call. A classic tracepoint: its format gives the length (a raw one has only skb). */
+TRACEPOINT_PROBE(net, net_dev_queue)
+{
+    if (args->len <= SMP_XMIT_MIN_LEN)
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    if (!smp_filter_pids.lookup(&tgid))
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    smp_xmit.insert(&tid, &now);
     return 0;
 }
 #endif

@@ -16,6 +16,11 @@
  * socket's sendmsg returned (the bytes are in the kernel, on loopback delivered); on the
  * syscalls path when the write syscall started. A read's instant is when the socket read
  * returned, on both.
+ * Arrival stamps (enum smp_arrival: which hook gives them, chosen by feature probe):
+ *   ds_rx_arr  the request's first bytes reached the downstream socket    (<= ds_rx_beg)
+ *   us_rx_arr  the response's first bytes reached the upstream socket     (<= us_rx_beg)
+ * 0 when unknown (the first request of a connection the probe had not seen yet). With TLS
+ * downstream, ds_rx_arr is the first arrival of the TLS read burst that starts the request.
  * For an app (kind SMP_SPAN_SERVER) only ds_rx_beg (request read) and ds_tx_end (last
  * response write) are set.
  *
@@ -31,6 +36,13 @@
  * C preprocessor chooses the programs). */
 #define SMP_PATH_SOCK 1         /* raw tracepoints sock_{recv,send}_length (Linux >= 6.3) */
 #define SMP_PATH_SYSCALLS 2     /* syscalls:sys_{enter,exit}_* tracepoints (any kernel) */
+
+/* Where arrival stamps come from: -DSMP_ARRIVAL=<one of these> (macros: the preprocessor
+ * chooses the programs). */
+#define SMP_ARRIVAL_NONE 0
+#define SMP_ARRIVAL_SK_DATA_READY 1  /* raw tracepoint sock:sk_data_ready (keyed by sk) */
+#define SMP_ARRIVAL_TCP_PROBE 2      /* tcp:tcp_probe data segments; on the syscalls path
+                                      * joined to fds by tcp:tcp_rcv_space_adjust */
 
 /* What a traced process is (the value of smp_filter_pids). */
 enum smp_mode {
@@ -83,6 +95,8 @@ struct smp_span {
     u64 us_tx_end;
     u64 us_rx_beg;
     u64 ds_tx_end;
+    u64 ds_rx_arr;
+    u64 us_rx_arr;
     u64 rid_hash;
     u32 tgid;               /* the process as the profiler sees it (its PID namespace) */
     u32 tid;                /* the kernel's (init namespace) thread id */
@@ -117,6 +131,7 @@ struct smp_conn {
     u8 phase;               /* enum smp_phase */
     u8 tls;
     u8 proto;               /* enum smp_proto */
+    u64 arr;                /* first arrival of bytes not read yet (0: none seen) */
     struct smp_span span;   /* DS: the request in progress. US: its own request's leg */
     u64 unparsed_rx;        /* bytes on this connection no span explains */
     u64 unparsed_tx;

@@ -55,6 +55,7 @@ struct smp_h2_ctx {
     u64 key;                   /* the connection (struct smp_io.key) */
     u64 ts;                    /* the event's instant (struct smp_io.ts) */
     u64 ts_call;               /* when the call started (struct smp_io.ts_call) */
+    u64 arr;                   /* a read's arrival stamp (struct smp_io.arr), else 0 */
     u32 upid;
     u32 tid;
     u32 gen;

@@ -249,6 +249,32 @@ def probe_path() -> tuple[str, str]:
     return _path_cache["auto"]
 
 
+ARRIVAL_HOOKS = ("sk_data_ready", "tcp_probe", "none")
+
+
+def arrival_hook(path: str) -> tuple[str, str]:
+    """(hook, why): where the sidecar probe's arrival stamps (bytes reaching a socket before
+    the sidecar reads them) come from on probe ``path``: ``sk_data_ready`` (raw tracepoint,
+    keyed by the sk the sock path keys connections by), else ``tcp_probe`` data segments
+    (with ``tcp_rcv_space_adjust`` naming the sk a syscall reads, on the syscalls path), else
+    ``none`` (queue legs are then not measured). By the kernel's tracepoint list."""
+    events = kernel.TRACEFS / "events"
+    if path == "sock" and (events / "sock" / "sk_data_ready").is_dir():
+        return "sk_data_ready", "raw tracepoint sock:sk_data_ready"
+    need = ["tcp_probe"] + (["tcp_rcv_space_adjust"] if path != "sock" else [])
+    if all((events / "tcp" / n).is_dir() for n in need):
+        return "tcp_probe", "tracepoint " + " + ".join(f"tcp:{n}" for n in need)
+    return "none", "no sock:sk_data_ready or tcp:tcp_probe tracepoint: queue legs not measured"
+
+
+def xmit_stamps() -> tuple[bool, str]:
+    """Can writes be stamped when their first packet is queued to a device (raw tracepoint
+    net:net_dev_queue)? By the kernel's tracepoint list."""
+    if (kernel.TRACEFS / "events" / "net" / "net_dev_queue").is_dir():
+        return True, "write instants: first packet queued to a device (net:net_dev_queue)"
+    return False, "write instants: the socket call's own (no net:net_dev_queue tracepoint)"
+
+
 def import_bcc() -> tuple[type | None, str]:
     """Import Debian's BCC after tracefs and headers are in place (BCC reads both at import)."""
     kernel.prepare_for_bcc()

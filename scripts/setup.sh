@@ -9,6 +9,7 @@ PYTHON=${PYTHON:-python3}
 DEB_PACKAGES=(
   bpfcc-tools python3-bpfcc linux-headers-amd64   # BCC and a header tree it can compile against
   iptables iproute2                                # the testbed's traffic capture and pods
+  tcpdump                                          # packet captures: the wire truth of the accuracy tests
   wrk hey                                          # load generators people already use
   nghttp2-client                                   # h2load: HTTP/2 and gRPC load in the tests
   chromium fonts-dejavu-core                       # the HTML report's browser test

@@ -16,22 +16,19 @@ import numpy as np
 
 from profiler.errors import BadInputFile
 from profiler.histogram import LatencyHistogram
+from profiler.legs import INSTANTS, MAIN, SPLIT, proxy_instants, proxy_legs_ns
 from profiler.probes.sidecar import request_ids
 
 KIND = "smp-profiler.capture"
 FORMAT_VERSION = 1
+_PROXY_COLUMNS = (*MAIN, *SPLIT["request_proxy"], *SPLIT["response_proxy"])
 SPAN_COLUMNS = (
     "role",
     "pid",
     "tid",
     "request_id",
-    "ds_rx_beg_ns",
-    "us_tx_end_ns",
-    "us_rx_beg_ns",
-    "ds_tx_end_ns",
-    "request_proxy_us",
-    "upstream_us",
-    "response_proxy_us",
+    *(f"{i}_ns" for i in INSTANTS),
+    *(f"{leg}_us" for leg in _PROXY_COLUMNS),
     "app_us",
     "flags",
     "ds_fd",
@@ -102,59 +99,48 @@ def leg_stats(values_us: Iterable[float] | None, hist: LatencyHistogram) -> dict
     return out
 
 
+def _us(ns: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.maximum((ns + 500) // 1000, 0).astype(np.float64)
+    return out
+
+
 def proxy_leg_values(rows: list[np.ndarray]) -> dict[str, np.ndarray]:
     """Per-request legs in whole microseconds (the histograms' rounding) from batches of
-    struct smp_span."""
+    struct smp_span (complete ones, as the engine keeps them)."""
     if not rows:
         return {}
-    s = np.concatenate(rows)
-    ds_rx, us_tx = s["ds_rx_beg"].astype(np.int64), s["us_tx_end"].astype(np.int64)
-    us_rx, ds_tx = s["us_rx_beg"].astype(np.int64), s["ds_tx_end"].astype(np.int64)
-
-    def us(ns: np.ndarray) -> np.ndarray:
-        out: np.ndarray = np.maximum((ns + 500) // 1000, 0).astype(np.float64)
-        return out
-
-    return {
-        "request_proxy": us(us_tx - ds_rx),
-        "upstream": us(us_rx - us_tx),
-        "response_proxy": us(ds_tx - us_rx),
-        "sidecar_total": us(us_tx - ds_rx + ds_tx - us_rx),
-    }
+    _, at = proxy_instants(np.concatenate(rows))
+    return {name: _us(ns) for name, ns in proxy_legs_ns(at).items()}
 
 
 def write_spans(path: Path, chunks: Iterable[tuple[str, np.ndarray]]) -> int:
-    """One CSV row per request (role, ids, instants in ns, legs in us)."""
+    """One CSV row per request (role, ids, instants in ns, legs in us; see SPAN_COLUMNS).
+    An unknown arrival stamp is written as its read's instant (queue 0), as the legs count
+    it; the capture document counts them (``arrival_missing``)."""
     n = 0
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(SPAN_COLUMNS)
         for role, s in chunks:
             ids = request_ids(s)
-            cols = [
-                s[k].astype(np.int64).tolist()
-                for k in (
-                    "tgid",
-                    "tid",
-                    "ds_rx_beg",
-                    "us_tx_end",
-                    "us_rx_beg",
-                    "ds_tx_end",
-                    "flags",
-                    "ds_fd",
-                    "us_fd",
-                )
-            ]
-            for i, (pid, tid, ds_rx, us_tx, us_rx, ds_tx, flags, ds_fd, us_fd) in enumerate(
-                zip(*cols, strict=True)
-            ):
-                if role == "sidecar":
-                    legs = [(us_tx - ds_rx) / 1e3, (us_rx - us_tx) / 1e3, (ds_tx - us_rx) / 1e3, ""]
-                else:
-                    legs = ["", "", "", (ds_tx - ds_rx) / 1e3]
-                w.writerow(
-                    [role, pid, tid, ids[i], ds_rx, us_tx, us_rx, ds_tx, *legs, flags, ds_fd, us_fd]
-                )
+            head = [s[k].astype(np.int64).tolist() for k in ("tgid", "tid")]
+            tail = [s[k].astype(np.int64).tolist() for k in ("flags", "ds_fd", "us_fd")]
+            _, at = proxy_instants(s)
+            instants = [at[i].tolist() for i in INSTANTS]
+            if role == "sidecar":
+                legs_ns = proxy_legs_ns(at)
+                legs = [(legs_ns[k] / 1e3).tolist() for k in _PROXY_COLUMNS]
+                legs.append([""] * len(s))
+            else:
+                legs = [[""] * len(s) for _ in _PROXY_COLUMNS]
+                legs.append(((at["ds_tx_end"] - at["ds_rx_beg"]) / 1e3).tolist())
+                instants = [
+                    col if k in ("ds_rx_beg", "ds_tx_end") else [""] * len(s)
+                    for k, col in zip(INSTANTS, instants, strict=True)
+                ]
+            columns = [*head, ids, *instants, *legs, *tail]
+            for row in zip(*columns, strict=True):
+                w.writerow([role, *row])
                 n += 1
     return n
 

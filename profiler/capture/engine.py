@@ -25,6 +25,7 @@ import numpy as np
 from profiler.capture.memory import memory_of
 from profiler.daemon.snapshot import Snapshot, TargetSnapshot
 from profiler.histogram import LatencyHistogram
+from profiler.legs import APP_LEGS, PROXY_LEGS, arrivals_missing, proxy_instants, proxy_legs_ns
 from profiler.probes.sidecar import (
     F_DS_H2,
     F_DS_TLS,
@@ -39,8 +40,6 @@ from profiler.probes.sidecar import (
     SidecarProbe,
 )
 
-PROXY_LEGS = ("request_proxy", "upstream", "response_proxy", "sidecar_total", "mesh_added")
-APP_LEGS = ("app", "loopback")
 V = TypeVar("V")
 _JOIN_LIMIT = 65536  # unmatched spans kept for the app/sidecar join, oldest dropped first
 UNPARSED_CONNS_KEPT = 32  # connections with unparsed bytes listed per target (the largest)
@@ -85,6 +84,7 @@ class Target:
     # (fd, "downstream"|"upstream", bytes read, bytes written), the largest kept
     unparsed_conns: list[tuple[int, str, int, int]] = field(default_factory=list)
     unparsed_conns_seen: int = 0
+    arrival_missing: dict[str, int] = field(default_factory=lambda: {"request": 0, "response": 0})
     rows: list[np.ndarray] = field(default_factory=list)  # batches of struct smp_span
     rows_kept: int = 0
     rows_dropped: int = 0
@@ -246,19 +246,18 @@ class Engine:
             t.rows_kept += len(spans)
 
     def _proxy_spans(self, t: Target, s: np.ndarray) -> None:
-        ds_rx, us_tx = s["ds_rx_beg"].astype(np.int64), s["us_tx_end"].astype(np.int64)
-        us_rx, ds_tx = s["us_rx_beg"].astype(np.int64), s["ds_tx_end"].astype(np.int64)
-        ok = (ds_rx > 0) & (ds_rx <= us_tx) & (us_tx <= us_rx) & (us_rx <= ds_tx)
+        ok, at = proxy_instants(s)
         t.incomplete += int(len(s) - ok.sum())
-        s, ds_rx, us_tx, us_rx, ds_tx = s[ok], ds_rx[ok], us_tx[ok], us_rx[ok], ds_tx[ok]
+        s, at = s[ok], {k: v[ok] for k, v in at.items()}
         if not len(s):
             return
-        rp, up, resp = us_tx - ds_rx, us_rx - us_tx, ds_tx - us_rx
-        legs = t.legs
-        legs["request_proxy"].record_many(_us(rp))
-        legs["upstream"].record_many(_us(up))
-        legs["response_proxy"].record_many(_us(resp))
-        legs["sidecar_total"].record_many(_us(rp + resp))
+        legs_ns = proxy_legs_ns(at)
+        for name, values in legs_ns.items():
+            t.legs[name].record_many(_us(values))
+        up, sidecar = legs_ns["upstream"], legs_ns["sidecar_total"]
+        missing = arrivals_missing(s)
+        t.arrival_missing["request"] += missing[0]
+        t.arrival_missing["response"] += missing[1]
         t.requests += len(s)
         flags = s["flags"]
         t.tls_downstream += int(np.count_nonzero(flags & F_DS_TLS))
@@ -271,7 +270,7 @@ class Engine:
         for h, u, total in zip(
             s["rid_hash"][with_id].tolist(),
             up[with_id].tolist(),
-            (rp + resp)[with_id].tolist(),
+            sidecar[with_id].tolist(),
             strict=True,
         ):
             app = self._app_by_rid.pop(h, None)

@@ -249,6 +249,7 @@ class CaptureSession:
             }
             entry["http2_spans"] = {"downstream": t.h2_downstream, "upstream": t.h2_upstream}
             entry["tls_downstream_spans"] = t.tls_downstream
+            entry["arrival_missing"] = dict(t.arrival_missing)
         else:
             entry["legs"] = {name: document.leg_stats(None, hist) for name, hist in t.legs.items()}
         return entry
@@ -260,7 +261,7 @@ def _method(base: str, tls_spans: int, h2_spans: int = 0) -> str:
         parts.append(
             "TLS downstream: per connection read burst, request_proxy from the first "
             "downstream read that precedes the plaintext upstream write, matched by worker "
-            "thread"
+            "thread; its arrival stamp is the first of that TLS read burst"
         )
     else:
         parts.append("plaintext HTTP/1.1, matched by x-request-id")

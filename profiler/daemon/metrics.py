@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from profiler import __version__
 from profiler.daemon.snapshot import HistogramLike, SnapshotLike, TargetLike
+from profiler.legs import APP_LEGS, PROXY_LEGS
 
 MetricType = Literal["counter", "gauge", "histogram"]
 POD_LABELS = ("namespace", "pod", "container")
@@ -57,8 +58,9 @@ SPECS: tuple[MetricSpec, ...] = (
         "histogram",
         "seconds",
         (*POD_LABELS, "leg"),
-        "Time a request spends in each leg of the sidecar (request_proxy, upstream, "
-        "response_proxy, sidecar_total, app, loopback).",
+        "Time a request spends in each leg of the sidecar ("
+        + ", ".join((*PROXY_LEGS, *APP_LEGS))
+        + "); *_queue: bytes waiting in the sidecar's socket, *_work: the sidecar handling them.",
     ),
     MetricSpec(
         "smp_sidecar_requests_total",

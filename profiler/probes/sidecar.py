@@ -60,6 +60,16 @@ METHODS: dict[str, str] = {
     "syscalls": "ebpf-tracepoints: socket syscalls, spans assembled in the kernel "
     "(fallback: no sock tracepoints)",
 }
+_ARRIVALS: dict[str, int] = {
+    "sk_data_ready": HEADER.const("SMP_ARRIVAL_SK_DATA_READY"),
+    "tcp_probe": HEADER.const("SMP_ARRIVAL_TCP_PROBE"),
+    "none": HEADER.const("SMP_ARRIVAL_NONE"),
+}
+ARRIVAL_METHODS: dict[str, str] = {
+    "sk_data_ready": "arrival stamps from sock:sk_data_ready (bytes queued on the socket)",
+    "tcp_probe": "arrival stamps from tcp:tcp_probe data segments",
+    "none": "no arrival stamps (queue legs not measured)",
+}
 PROC_STATS = tuple(n for n in HEADER.structs["smp_proc_stats"].names or ())
 INIT_PID_NS_INO = 0xEFFFFFFC  # PROC_PID_INIT_INO: the kernel's initial PID namespace
 _RID_OK = re.compile(rb"^[A-Za-z0-9._:\-]+$")
@@ -162,10 +172,18 @@ class SidecarProbe:
         else:
             self.path_reason = "chosen by the caller"
         self.path: Path_ = path
+        self.arrival, self.arrival_reason = capabilities.arrival_hook(path)
+        self.xmit, self.xmit_reason = capabilities.xmit_stamps()
         pages = RINGBUF_PAGES if ringbuf_pages is None else ringbuf_pages
         self._bpf = loader.load(
             "sidecar",
-            {"SMP_RINGBUF_PAGES": pages, "SMP_MAX_CONNS": max_conns, "SMP_PATH": _PATHS[path]},
+            {
+                "SMP_RINGBUF_PAGES": pages,
+                "SMP_MAX_CONNS": max_conns,
+                "SMP_PATH": _PATHS[path],
+                "SMP_ARRIVAL": _ARRIVALS[self.arrival],
+                "SMP_XMIT_STAMPS": int(self.xmit),
+            },
         )
         _set_h2_walk(self._bpf, path)
         self._on_batch = on_batch
@@ -183,7 +201,7 @@ class SidecarProbe:
 
     @property
     def method(self) -> str:
-        return METHODS[self.path]
+        return "; ".join((METHODS[self.path], ARRIVAL_METHODS[self.arrival], self.xmit_reason))
 
     # -- targets ------------------------------------------------------------------------
     def add_target(self, pid: int, mode: Mode | int) -> None:

@@ -96,6 +96,38 @@ def legs_stacked(v: RunView | CaptureView) -> str | None:
         return _svg(fig)
 
 
+# queue (bytes waiting in the sidecar's sockets) under work (the sidecar handling them)
+QUEUE_WORK = (
+    ("request_proxy_queue", "#9ecae9", "\\\\"),
+    ("response_proxy_queue", "#88d27a", "\\\\"),
+    ("request_proxy_work", "#4c78a8", ""),
+    ("response_proxy_work", "#54a24b", ""),
+)
+
+
+def queue_work(v: RunView) -> str | None:
+    """Per rate step, the sidecar's own time as queue vs work (p50 of each part, stacked):
+    queue growing with the rate is the sidecar saturating."""
+    bars = [(f"{_label(s)} req/s", s.legs) for s in v.steps
+            if any(s.legs.get(k) is not None for k, _, _ in QUEUE_WORK)]  # fmt: skip
+    if not bars:
+        return None
+    from profiler.legs import title
+
+    with _figure() as (fig, (ax,)):
+        x = np.arange(len(bars))
+        bottom = np.zeros(len(bars))
+        for leg, color, hatch in QUEUE_WORK:
+            vals = np.array([float(b[1].get(leg) or 0.0) for b in bars])
+            ax.bar(x, vals, 0.6, bottom=bottom, label=title(leg), color=color, hatch=hatch)
+            bottom += vals
+        ax.set_xticks(x, [b[0] for b in bars])
+        ax.set_ylabel("ms (p50 of each part)")
+        ax.set_title("Sidecar time: waiting in its sockets (hatched) vs working")
+        ax.legend(loc="upper left", fontsize=8)
+        return _svg(fig)
+
+
 def _cdf(ax: Axes, h: LatencyHistogram, label: str, style: str, color: str) -> None:
     v, c = arrays(h)
     y = np.cumsum(c) / c.sum()

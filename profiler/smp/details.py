@@ -17,6 +17,7 @@ import numpy.typing as npt
 from profiler import meshmark, stats
 from profiler.errors import BadInputFile
 from profiler.histogram import LatencyHistogram
+from profiler.legs import MAIN, SPLIT
 from profiler.loadgen.result import LoadResult
 from profiler.model import RunBundle, StepRecord
 
@@ -24,7 +25,7 @@ PS = (50.0, 90.0, 95.0, 99.0, 99.9)
 N_BOOT = 1000
 LEVEL = 0.95
 AGREE_TOLERANCE_MS = 0.1  # eBPF and A/B medians may differ this much and still "agree"
-LEGS = ("request_proxy", "upstream", "response_proxy", "sidecar_total")
+LEGS = (*MAIN, *SPLIT["request_proxy"], *SPLIT["response_proxy"], "sidecar_total")
 
 
 def pkey(p: float) -> str:
@@ -338,6 +339,7 @@ def _ebpf_vs_ab(
     lo, hi = ci.low / 1000, ci.high / 1000
     overlap = lo <= ab["ci_ms"][1] and ab["ci_ms"][0] <= hi
     close = abs(ci.estimate / 1000 - ab["delta_ms"]) <= AGREE_TOLERANCE_MS
+    agree = bool(overlap or close)
     return {
         "ebpf_basis": basis,
         "ebpf_sidecar_total_p50_ms": _r(sidecar_total.percentile(50.0) / 1000)
@@ -349,8 +351,25 @@ def _ebpf_vs_ab(
         "ab_ci_ms": ab["ci_ms"],
         "ab_delta_p50_per_repetition_ms": per_rep,
         "tolerance_ms": AGREE_TOLERANCE_MS,
-        "agree": bool(overlap or close),
+        "agree": agree,
+        "why_not": None if agree else _why_not(ci.estimate / 1000, (lo, hi), ab, per_rep),
     }
+
+
+def _why_not(
+    ebpf: float, ebpf_ci: tuple[float, float], ab: dict[str, Any], per_rep: list[float | None]
+) -> str:
+    """One sentence on a disagreement: its size, and what the repetitions say of the A/B side."""
+    gap = ab["delta_ms"] - ebpf
+    reps = [r for r in per_rep if r is not None]
+    spread = f"; A/B repetitions ranged {min(reps):.3f}..{max(reps):.3f} ms" if reps else ""
+    side = "A/B is larger: the mesh costs more than the sidecar's legs hold" if gap > 0 else (
+        "eBPF is larger: the baseline run was slower than the mesh run's non-sidecar part"
+    )  # fmt: skip
+    return (
+        f"eBPF {ebpf:.3f} ms [{ebpf_ci[0]:.3f}, {ebpf_ci[1]:.3f}] vs A/B {ab['delta_ms']:.3f} ms "
+        f"[{ab['ci_ms'][0]:.3f}, {ab['ci_ms'][1]:.3f}]: {abs(gap):.3f} ms apart ({side}){spread}"
+    )
 
 
 def step_costs(step: dict[str, Any]) -> meshmark.StepCosts:

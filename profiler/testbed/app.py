@@ -7,6 +7,9 @@
 with the same behaviour; ``--grpc-port`` a real gRPC server (profiler.testbed.grpc_app);
 ``--echo-port`` a raw TCP echo (bytes no HTTP parser explains). When listening it prints one
 line ``ready <port> [<other ports>...]`` on stdout (the bound ports: 0 picks a free one).
+
+A request header ``x-smp-delay-ms: N`` adds N ms to that request's wait (a known delay in
+the upstream leg, for the accuracy tests).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class HttpProtocol(asyncio.Protocol):
         self.stats, self.delay, self.body = stats, delay, body
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
-        self.queue: deque[tuple[bytes, bool]] = deque()  # delayed (response, close) in order
+        self.queue: deque[tuple[float, bytes, bool]] = deque()  # (due, response, close) in order
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -80,15 +83,20 @@ class HttpProtocol(asyncio.Protocol):
         self.stats.requests += 1
         self.stats.bytes_sent += len(self.body)
         resp = _response(200, self.body, rid, close)
-        if self.delay <= 0 and not self.queue:
+        delay = self.delay + _extra_delay(headers)
+        if delay <= 0 and not self.queue:
             self._send(resp, close)
             return
-        self.queue.append((resp, close))
-        asyncio.get_running_loop().call_later(self.delay, self._release)
+        loop = asyncio.get_running_loop()
+        self.queue.append((loop.time() + delay, resp, close))
+        loop.call_later(delay, self._release)
 
     def _release(self) -> None:
-        if self.queue:
-            resp, close = self.queue.popleft()
+        """Send the responses that are due, in request order (a later request with a shorter
+        wait waits for the ones before it)."""
+        now = asyncio.get_running_loop().time()
+        while self.queue and self.queue[0][0] <= now + 1e-6:
+            _, resp, close = self.queue.popleft()
             self._send(resp, close)
 
     def _send(self, resp: bytes, close: bool) -> None:
@@ -101,6 +109,15 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+
+
+def _extra_delay(headers: dict[str, str]) -> float:
+    """The ``x-smp-delay-ms`` header in seconds (0 when absent or not a number 0..10000)."""
+    try:
+        ms = float(headers.get("x-smp-delay-ms", "0"))
+    except ValueError:
+        return 0.0
+    return ms / 1000.0 if 0 < ms <= 10_000 else 0.0
 
 
 def _response(

@@ -89,6 +89,7 @@ class TestbedConfig:
     mtls: bool = False
     concurrency: int = 1
     app_delay_s: float = 0.0
+    fault_delay_s: float = 0.0  # the server sidecar's fault filter delays every request
     response_size: int = 128
     state_dir: Path | None = None
     app_port: int = 8080
@@ -110,6 +111,8 @@ class TestbedConfig:
             raise UsageError(f"bad --concurrency {self.concurrency}: use 1..64")
         if not 0 <= self.app_delay_s <= 10:
             raise UsageError(f"bad --app-delay {self.app_delay_s}s: use 0..10s")
+        if not 0 <= self.fault_delay_s <= 10:
+            raise UsageError(f"bad fault delay {self.fault_delay_s}s: use 0..10s")
         if not 0 <= self.response_size <= 64 << 20:
             raise UsageError(f"bad --response-size {self.response_size}: use 0..64MiB")
         if not 1 <= self.app_port <= 65535:

@@ -48,8 +48,24 @@ def envoy_binary() -> Path:
     return path
 
 
-def _hcm(direction: str, cluster: str) -> dict[str, Any]:
+def fault_delay_filter(delay_s: float) -> dict[str, Any]:
+    """Envoy's fault filter delaying every request by ``delay_s`` before it is routed (a
+    known delay inside the sidecar's request leg, for the accuracy tests)."""
+    return {
+        "name": "envoy.filters.http.fault",
+        "typed_config": {
+            "@type": _T + "filters.http.fault.v3.HTTPFault",
+            "delay": {
+                "fixed_delay": f"{delay_s:.6f}s",
+                "percentage": {"numerator": 100, "denominator": "HUNDRED"},
+            },
+        },
+    }
+
+
+def _hcm(direction: str, cluster: str, fault_delay_s: float = 0.0) -> dict[str, Any]:
     fmt = dict(ACCESS_LOG_FORMAT, direction=direction)
+    faults = [fault_delay_filter(fault_delay_s)] if fault_delay_s > 0 else []
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -82,10 +98,11 @@ def _hcm(direction: str, cluster: str) -> dict[str, Any]:
                 ],
             },
             "http_filters": [
+                *faults,
                 {
                     "name": "envoy.filters.http.router",
                     "typed_config": {"@type": _T + "filters.http.router.v3.Router"},
-                }
+                },
             ],
             "access_log": [
                 {
@@ -209,12 +226,14 @@ def bootstrap(
     echo_port: int | None = None,
     tls: dict[str, str] | None = None,
     patch: dict[str, Any] | None = None,
+    fault_delay_s: float = 0.0,
 ) -> dict[str, Any]:
     """An Istio-shaped sidecar: virtualOutbound on 15001 (original destination, the
     downstream's HTTP version upstream), and with ``inbound`` virtualInbound on 15006 to the
     app on 127.0.0.1 (``h2c_port`` and ``grpc_port`` as HTTP/2, ``echo_port`` through the TCP
     proxy, outbound too). ``tls`` (PEM strings ``ca``, ``cert``, ``key``)
-    makes sidecar-to-sidecar traffic mutual TLS."""
+    makes sidecar-to-sidecar traffic mutual TLS. ``fault_delay_s`` delays every inbound
+    request in Envoy's fault filter."""
     out_chain: list[tuple[int | None, dict[str, Any]]] = [(None, _hcm("outbound", "passthrough"))]
     if echo_port is not None:
         out_chain.insert(0, (echo_port, _tcp_proxy("outbound", "passthrough")))
@@ -239,7 +258,9 @@ def bootstrap(
         }
     clusters = [outbound]
     if inbound:
-        chains: list[tuple[int | None, dict[str, Any]]] = [(None, _hcm("inbound", "app"))]
+        chains: list[tuple[int | None, dict[str, Any]]] = [
+            (None, _hcm("inbound", "app", fault_delay_s))
+        ]
         clusters.append(_local_cluster("app", app_port, http2=False))
         if h2c_port is not None:
             chains.insert(0, (h2c_port, _hcm("inbound", "app-h2c")))

@@ -136,7 +136,8 @@ class Testbed:
                 config = envoy.bootstrap(pod.name, pod.ip, inbound=inbound, app_port=cfg.app_port,
                                          h2c_port=cfg.h2c_port, grpc_port=cfg.grpc_port,
                                          echo_port=cfg.echo_port,
-                                         tls=tls.get(pod.name), patch=cfg.envoy_patch)  # fmt: skip
+                                         tls=tls.get(pod.name), patch=cfg.envoy_patch,
+                                         fault_delay_s=cfg.fault_delay_s)  # fmt: skip
                 self._start_envoy(pod, binary, config, cfg)
 
     def _capture(self, ns: str, inbound: bool) -> None:

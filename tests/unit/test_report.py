@@ -148,7 +148,7 @@ def test_meshery_yaml_with_only_latencies_renders_what_it_has() -> None:
     assert "0.382" in text and "0.437" in text and "0.505" in text
     assert "SMP v0.0.1" in text  # says it read another version, and to check the unit
     html = _render("html", MESHERY_YAML)
-    assert html.count("not in this file") == 4  # no plot can be drawn, none is made up
+    assert html.count("not in this file") == 5  # no plot can be drawn, none is made up
     md = _render("markdown", MESHERY_YAML)
     assert "Sidecar cost" not in md
 

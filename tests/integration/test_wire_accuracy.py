@@ -1,0 +1,131 @@
+"""The probe's legs against the wire, request by request: tcpdump in the server pod is the
+truth (profiler.testbed.wire), Envoy's access log the second witness, real Envoy, real BPF.
+
+Each case is a few seconds of traffic. Per request, not only medians: a probe whose request
+ids were off by one, or whose legs were swapped, has the right medians and the wrong pairs.
+These replace the aggregate-median comparison with Envoy's timers alone, which passed with
+the request and response legs swapped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from profiler.legs import MAIN, SPLIT
+from profiler.testbed.accuracy import WireComparison, wire_case
+
+pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
+ALL_LEGS = (*MAIN, *SPLIT["request_proxy"], *SPLIT["response_proxy"])
+# Requests on the wire that get a span. Without request ids from the client the probe pairs
+# a downstream request with the upstream write by worker-thread order; in bursts from 10
+# connections Envoy sends some upstream in another order (a new pooled connection, ...), and
+# 2-7% of requests (measured 93.6-97.7%) end as "local replies" with no span: counted in the
+# capture, never silent, asserted below. Left to the probe's matching (issue 11); the
+# issue's 99% holds wherever the client sends ids.
+COMPLETE = {"bursts-10-conns-no-ids": 0.90}
+CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "one-connection-200rps": ({}, {"conns": 1, "period_s": 0.005}),
+    "bursts-10-conns-no-ids": ({}, {"conns": 10, "period_s": 0.02, "ids": False}),
+    "mtls": ({"mtls": True, "client_sidecar": True}, {"conns": 1, "period_s": 0.005}),
+    "concurrency-2": ({"concurrency": 2}, {"conns": 10, "period_s": 0.02}),
+}
+
+
+def _joined(cmp: WireComparison) -> np.ndarray:
+    return ~np.isnan(cmp.ours["request_proxy"]) & ~np.isnan(cmp.envoy["request_proxy"])
+
+
+def _run(tb: Any, tmp: Path, tag: str, **load: Any) -> tuple[WireComparison, dict[str, Any]]:
+    cmp, doc = wire_case(tb, tmp, tag, seconds=2.5, ours_legs=ALL_LEGS, **load)
+    print(tag, "sent", cmp.sent, "wire", len(cmp.ids), "with span", cmp.with_span)
+    for leg, row in cmp.table().items():
+        print("  ", leg, row)
+    assert doc["drops"] == 0 and cmp.wire_drops == 0
+    assert len(cmp.ids) >= 0.98 * cmp.sent, "the wire did not see the load"
+    return cmp, doc
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_legs_match_the_wire_request_by_request(
+    testbed_factory: Callable[..., Any], tmp_path: Path, case: str
+) -> None:
+    options, load = CASES[case]
+    tb = testbed_factory(app_delay_s=0.001, h2c_port=None, **options)
+    cmp, doc = _run(tb, tmp_path, "w", **load)
+    assert cmp.with_span >= COMPLETE.get(case, 0.99) * len(cmp.ids), (cmp.with_span, len(cmp.ids))
+    sidecar = doc["sidecars"][0]
+    assert cmp.with_span + sidecar["local_replies"] >= 0.999 * len(cmp.ids)  # none silent
+    # the first request of each connection comes before the probe knows the socket
+    assert sidecar["arrival_missing"]["request"] <= load["conns"]
+    assert "arrival stamps from" in doc["method"]
+    if options.get("mtls"):
+        assert "TLS read burst" in doc["method"]
+    both = _joined(cmp)
+    assert both.sum() >= 0.98 * len(cmp.ids)
+    for leg in MAIN:
+        wire, ours, envoy = cmp.wire[leg][both], cmp.ours[leg][both], cmp.envoy[leg][both]
+        w50, w99 = np.median(wire), np.percentile(wire, 99)
+        # the issue's tolerance, on the distributions ...
+        assert abs(np.median(ours) - w50) <= max(20.0, 0.10 * w50), (leg, np.median(ours), w50)
+        assert abs(np.percentile(ours, 99) - w99) <= max(100.0, 0.25 * w99), (leg, w99)
+        # ... and on the pairs: swapped legs or ids off by one fail here
+        assert np.median(np.abs(ours - wire)) <= max(20.0, 0.10 * w50), leg
+        # Envoy stamps its proxy legs inside them (after the read, before the write)
+        if leg == "upstream":
+            assert np.mean(ours <= envoy + 20.0) >= 0.99, leg
+        else:
+            assert np.mean(ours >= envoy - 20.0) >= 0.99, leg
+    # queue + work is the leg, request by request
+    for leg, (queue, work) in SPLIT.items():
+        total = cmp.ours[queue][both] + cmp.ours[work][both]
+        assert np.allclose(total, cmp.ours[leg][both], atol=0.01)
+        assert (cmp.ours[queue][both] >= 0).all()
+
+
+def _p50(cmp: WireComparison, who: str, leg: str, mask: np.ndarray | None = None) -> float:
+    values = (cmp.ours if who == "ours" else cmp.wire)[leg]
+    keep = _joined(cmp) if mask is None else _joined(cmp) & mask
+    return float(np.median(values[keep]))
+
+
+def test_app_delay_moves_only_upstream(testbed_factory: Callable[..., Any], tmp_path: Path) -> None:
+    """Every other request asks the app for 3 ms more (alternated on one connection):
+    upstream grows by 3 ms +- 10%, on the wire and in our legs, the proxy legs do not."""
+    tb = testbed_factory(app_delay_s=0.001, h2c_port=None)
+    cmp, doc = _run(tb, tmp_path, "d", conns=1, period_s=0.006, alt_delay_ms=3)
+    delayed = np.isin(np.array(cmp.ids), np.array(doc["_delayed_ids"]))
+    assert 0.4 < delayed.mean() < 0.6
+    for who in ("wire", "ours"):
+        moved = _p50(cmp, who, "upstream", delayed) - _p50(cmp, who, "upstream", ~delayed)
+        assert abs(moved - 3000.0) <= 300.0, (who, moved)
+    for leg in ("request_proxy", "response_proxy", *SPLIT["request_proxy"],
+                *SPLIT["response_proxy"]):  # fmt: skip
+        moved = _p50(cmp, "ours", leg, delayed) - _p50(cmp, "ours", leg, ~delayed)
+        assert abs(moved) <= 100.0, (leg, moved)
+
+
+def test_fault_filter_delay_moves_only_request_work(
+    testbed_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Envoy's fault filter holds every request 3 ms before routing it: request_proxy_work
+    (and request_proxy) grow by 3 ms +- 10% against the same testbed without it; the queue
+    legs, upstream and response_proxy do not move."""
+    runs = {}
+    for name, fault in (("base", 0.0), ("fault", 0.003)):
+        tb = testbed_factory(app_delay_s=0.001, h2c_port=None, fault_delay_s=fault)
+        runs[name], _ = _run(tb, tmp_path, name, conns=1, period_s=0.008)
+        tb.down()
+    base, fault = runs["base"], runs["fault"]
+    for leg in ("request_proxy_work", "request_proxy"):
+        moved = _p50(fault, "ours", leg) - _p50(base, "ours", leg)
+        assert abs(moved - 3000.0) <= 300.0, (leg, moved)
+    wire_moved = _p50(fault, "wire", "request_proxy") - _p50(base, "wire", "request_proxy")
+    assert abs(wire_moved - 3000.0) <= 300.0, wire_moved
+    for leg in ("request_proxy_queue", "upstream", "response_proxy", "response_proxy_queue",
+                "response_proxy_work"):  # fmt: skip
+        moved = _p50(fault, "ours", leg) - _p50(base, "ours", leg)
+        assert abs(moved) <= 100.0, (leg, moved)
