@@ -115,9 +115,6 @@ struct smp_span {
     u64 ds_tx_data;         /* first DATA frame of the response written downstream */
     u32 ds_sid;             /* downstream stream id */
     u32 us_sid;             /* upstream stream id */
-    u16 status;             /* HTTP :status when the probe could read it, else 0 */
-    u8 grpc_status;         /* grpc-status + 1 when read (0: none seen or unreadable) */
-    u8 pad2[5];
 };
 
 /* One connection of a traced process. The key of smp_conns is the kernel's socket pointer

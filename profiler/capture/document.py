@@ -61,6 +61,27 @@ def unparsed_doc(
     }
 
 
+def stream_times(rows: list[np.ndarray], h2_flag: int) -> dict[str, Any]:
+    """HTTP/2 downstream streams (gRPC calls): from the request's first bytes read to the
+    first DATA frame of the response written (a gRPC reply's first message) and to the end
+    of the stream, in ms (count, p50, p90, p99); the streams are the spans kept."""
+    out: dict[str, Any] = {}
+    s = np.concatenate(rows) if rows else None
+    if s is None or not len(s):
+        return out
+    s = s[(s["flags"] & h2_flag) != 0]
+    beg = s["ds_rx_beg"].astype(np.int64)
+    for name, end in (("first_data", s["ds_tx_data"]), ("end_of_stream", s["ds_tx_end"])):
+        e = end.astype(np.int64)
+        ok = (e > 0) & (e >= beg)
+        ms = (e[ok] - beg[ok]) / 1e6
+        if len(ms):
+            p50, p90, p99 = np.percentile(ms, [50, 90, 99]).tolist()
+            out[name] = {"count": len(ms), "p50_ms": round(p50, 6), "p90_ms": round(p90, 6),
+                         "p99_ms": round(p99, 6)}  # fmt: skip
+    return out
+
+
 def warnings(*groups: Iterable[Mapping[str, Any]]) -> list[str]:
     """One line per target whose unparsed bytes exceed UNPARSED_WARN_SHARE of its traffic."""
     out = []

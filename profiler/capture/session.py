@@ -19,6 +19,7 @@ from profiler.capture.engine import Engine, Target
 from profiler.capture.memory import memory_of
 from profiler.discovery.cgroups import cgroup_of
 from profiler.errors import TargetNotFound
+from profiler.probes.sidecar import F_DS_H2
 
 T = TypeVar("T")
 
@@ -248,6 +249,8 @@ class CaptureSession:
                 "response_order": t.matched_by_response,
             }
             entry["http2_spans"] = {"downstream": t.h2_downstream, "upstream": t.h2_upstream}
+            if t.h2_downstream:
+                entry["http2_streams"] = document.stream_times(t.rows, F_DS_H2)
             entry["tls_downstream_spans"] = t.tls_downstream
             entry["arrival_missing"] = dict(t.arrival_missing)
         else:

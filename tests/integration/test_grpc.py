@@ -77,6 +77,32 @@ def test_grpc_unary_and_streaming_one_span_per_call_on_both_sidecars(
         assert doc["warnings"] == [] and doc["drops"] == 0
         codes = {e.grpc_status for e in grpc_entries}
         assert codes == {0, 5}, codes
-    # the app's 1 ms per call is inside the server sidecar's upstream leg
+    # the app sends its response headers at once and its first message after 1 ms: the
+    # upstream leg ends at the headers, the first DATA frame leaves >= 1 ms after the request
     server = sc[tb.state.server.envoy_pid]
-    assert server["legs"]["upstream"]["p50_ms"] >= 1.0
+    assert server["legs"]["upstream"]["p50_ms"] < 1.0
+    assert server["http2_streams"]["first_data"]["p50_ms"] >= 1.0
+
+
+def test_grpc_streaming_time_to_first_message_and_to_end_of_stream(
+    testbed_factory: Callable[..., Any],
+) -> None:
+    """Server-streaming calls of 3 messages, each sent 2 ms after the one before (the first
+    2 ms after the call): per stream, the first DATA frame leaves the server sidecar >= 2 ms
+    after the request came in and the stream ends >= 6 ms after it, ~4 ms after the first."""
+    tb = testbed_factory(app_delay_s=0.002)
+    session = start_capture(
+        CaptureConfig(sidecar_pids=[tb.state.server.envoy_pid], duration_s=None)
+    )
+    r = session.during(lambda: _grpc_load(tb, "Stream", 1.0))
+    time.sleep(0.3)
+    session.poll(0)
+    doc = session.stop()
+    assert r.requests > 20, r
+    s = doc["sidecars"][0]
+    st = s["http2_streams"]
+    first, end = st["first_data"], st["end_of_stream"]
+    assert first["count"] == end["count"] == s["requests"]
+    assert first["p50_ms"] >= 2.0, st
+    assert end["p50_ms"] >= 6.0, st
+    assert end["p50_ms"] - first["p50_ms"] >= 3.5, st
