@@ -536,6 +536,54 @@ SMP_INLINE s32 smp_handle_fd(u64 handle)
     return s ? s->ds_fd : -1;
 }
 
+/* -- TLS upstreams (mTLS between sidecars) --------------------------------------------------
+ * Streams multiplexed inside TLS cannot be told apart: a worker thread's last TLS upstream
+ * write and read are kept, and an HTTP/2 downstream stream whose upstream was TLS takes them
+ * as its upstream instants (flag SMP_F_US_TLS: per burst, not per stream). */
+struct smp_tls_seen {
+    u64 us_tx;      /* the thread's last write to a TLS upstream */
+    u64 us_rx;      /* ... and read */
+    s32 us_fd;
+    u32 upid;       /* so user space can drop a detached process's threads */
+};
+BPF_TABLE("lru_hash", u32, struct smp_tls_seen, smp_tls_last, SMP_MAX_THREADS);
+
+SMP_INLINE void smp_tls_burst(struct smp_io *io)
+{
+    u32 tid = io->tid;
+    struct smp_tls_seen *t = smp_tls_last.lookup(&tid);
+    if (!t) {
+        struct smp_tls_seen fresh = {};
+        fresh.upid = io->upid;
+        smp_tls_last.update(&tid, &fresh);
+        t = smp_tls_last.lookup(&tid);
+        if (!t)
+            return;
+    }
+    if (io->is_read) {
+        t->us_rx = io->ts;
+    } else {
+        t->us_tx = io->ts;
+        t->us_fd = io->fd;
+    }
+}
+
+/* An HTTP/2 downstream response starts at now with no upstream answer: if the thread wrote
+ * to a TLS upstream since the request was read, that burst is its upstream leg. */
+SMP_INLINE int smp_tls_upstream(u32 tid, struct smp_span *d, u64 now)
+{
+    struct smp_tls_seen *t = smp_tls_last.lookup(&tid);
+    if (!t || t->us_tx < d->ds_rx_beg || t->us_tx > now)
+        return 0;
+    d->us_tx_beg = t->us_tx;
+    d->us_tx_end = t->us_tx;
+    d->us_rx_beg = t->us_rx >= t->us_tx && t->us_rx <= now ? t->us_rx : 0;
+    d->us_rx_arr = 0;
+    d->us_fd = t->us_fd;
+    d->flags = (d->flags & ~(SMP_F_MATCH_THREAD | SMP_F_US_H2)) | SMP_F_US_TLS;
+    return 1;
+}
+
 /* -- upstream answers, in the order a worker thread reads them ------------------------------
  * Envoy does not write a batch of requests upstream in the order it read them (8 streams of
  * one HTTP/2 read: thread order right for 1 in 4), but it encodes each downstream response
@@ -764,7 +812,7 @@ SMP_INLINE void smp_h2_frame(struct smp_h2_ctx *x, struct smp_proc_stats *ps, u8
                 struct smp_ans *a = smp_ans_pop(x->tid, x->ts, x->fd, ps);
                 if (a)
                     smp_ans_apply(&st->span, a);
-                else
+                else if (!smp_tls_upstream(x->tid, &st->span, x->ts))
                     st->state = H2_DS_LOCAL;
             }
         }
@@ -1116,7 +1164,7 @@ SMP_INLINE void smp_ds_read(struct smp_conn *c, struct smp_io *io, u8 cls, struc
 SMP_INLINE void smp_ds_write(struct smp_conn *c, struct smp_io *io, struct smp_proc_stats *ps)
 {
     if (c->phase == SMP_PHASE_REQUEST) {
-        if (io->mode == SMP_MODE_PROXY &&
+        if (io->mode == SMP_MODE_PROXY && !(c->span.flags & SMP_F_US_TLS) &&
             (c->span.us_rx_beg || (c->span.flags & SMP_F_US_H2))) {
             /* the response starts: take the thread's upstream answer (keeping the queue in
              * step); it decides the upstream leg when HTTP/2 is on the upstream side (thread
@@ -1198,6 +1246,8 @@ SMP_INLINE void smp_us_write(struct smp_conn *c, struct smp_io *io, struct smp_s
     d->us_tx_beg = io->ts_call;
     d->us_tx_end = io->ts;
     d->flags |= how;
+    if (c->proto == SMP_PROTO_TLS)
+        d->flags |= SMP_F_US_TLS;
     c->ds_key = dkey;
     c->phase = SMP_PHASE_REQUEST;
     /* the connection's own record of this request, for the answer queue */
@@ -1223,7 +1273,8 @@ SMP_INLINE void smp_us_read(struct smp_conn *c, struct smp_io *io)
         d->us_rx_arr = io->arr;
     }
     c->phase = SMP_PHASE_RESPONSE;
-    smp_ans_push(io->tid, io->upid, &c->span, io->ts, io->arr);
+    if (c->proto != SMP_PROTO_TLS)  /* a TLS burst answers no one stream */
+        smp_ans_push(io->tid, io->upid, &c->span, io->ts, io->arr);
 }
 
 /* Every read or write of a traced process's socket, from either path. */
@@ -1278,6 +1329,8 @@ SMP_INLINE int smp_on_io(struct smp_io *io)
         smp_conn_unparsed(c, ps, io->fd, io->is_read, io->ret);
         return 0;
     }
+    if (c->proto == SMP_PROTO_TLS && c->role == SMP_ROLE_US)
+        smp_tls_burst(io);
     if (c->role == SMP_ROLE_DS) {
         if (io->is_read)
             smp_ds_read(c, io, cls, rid, ps);

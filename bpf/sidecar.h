@@ -88,6 +88,8 @@ enum smp_proto {
 #define SMP_F_DS_H2 0x10        /* downstream leg is an HTTP/2 stream (ds_sid) */
 #define SMP_F_US_H2 0x20        /* upstream leg is an HTTP/2 stream (us_sid) */
 #define SMP_F_MATCH_RESP 0x40   /* upstream leg paired by response order (see sidecar.c) */
+#define SMP_F_US_TLS 0x80       /* upstream leg is TLS (mTLS): its instants are the worker
+                                 * thread's TLS read/write bursts, not this request's own */
 
 struct smp_span {
     u64 ds_rx_beg;

@@ -97,6 +97,14 @@ def warnings(*groups: Iterable[Mapping[str, Any]]) -> list[str]:
                     f"HTTP/1.1 or HTTP/2: their requests are not in the "
                     f"{e.get('requests', 0)} counted"
                 )
+            bad, good = int(e.get("incomplete_spans") or 0), int(e.get("requests") or 0)
+            if bad > UNPARSED_WARN_SHARE * (bad + good):
+                out.append(
+                    f"pid {e.get('pid')} ({e.get('comm') or '?'}): {bad} of {bad + good} "
+                    "spans were incomplete (instants out of order) and are not counted: "
+                    "e.g. HTTP/2 inside TLS on the downstream side cannot be followed per "
+                    "stream"
+                )
     return out
 
 

@@ -33,6 +33,7 @@ from profiler.probes.sidecar import (
     F_MATCH_RID,
     F_MATCH_THREAD,
     F_US_H2,
+    F_US_TLS,
     KIND_PROXY,
     KIND_SERVER,
     KIND_UNPARSED,
@@ -78,6 +79,7 @@ class Target:
     matched_by_rid: int = 0
     matched_by_thread: int = 0
     matched_by_response: int = 0
+    tls_upstream: int = 0  # spans whose upstream leg is a TLS burst (mTLS), not their own
     h2_downstream: int = 0  # spans whose downstream leg was an HTTP/2 stream
     h2_upstream: int = 0
     # connections that closed (or were open at the end) with bytes no span explains:
@@ -265,6 +267,7 @@ class Engine:
         t.matched_by_thread += int(np.count_nonzero(flags & F_MATCH_THREAD))
         t.matched_by_response += int(np.count_nonzero(flags & F_MATCH_RESP))
         t.h2_downstream += int(np.count_nonzero(flags & F_DS_H2))
+        t.tls_upstream += int(np.count_nonzero(flags & F_US_TLS))
         t.h2_upstream += int(np.count_nonzero(flags & F_US_H2))
         with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
         for h, u, total in zip(

@@ -178,6 +178,7 @@ class CaptureSession:
             spans_file = str(self.config.spans_file)
         tls = sum(t.tls_downstream for t in self.engine.targets.values())
         h2 = sum(t.h2_downstream + t.h2_upstream for t in self.engine.targets.values())
+        tls_up = sum(t.tls_upstream for t in self.engine.targets.values())
         doc: dict[str, Any] = {
             "kind": document.KIND,
             "format_version": document.FORMAT_VERSION,
@@ -188,7 +189,7 @@ class CaptureSession:
             "end_time": end_wall.isoformat(),
             "duration_s": round(duration, 6),
             "drops": self.engine.drops(),
-            "method": _method(self.engine.method, tls, h2),
+            "method": _method(self.engine.method, tls, h2, tls_up),
             "probe_path": self.engine.probe_path,
             "sidecars": sidecars,
             "apps": apps,
@@ -249,6 +250,7 @@ class CaptureSession:
                 "response_order": t.matched_by_response,
             }
             entry["http2_spans"] = {"downstream": t.h2_downstream, "upstream": t.h2_upstream}
+            entry["tls_upstream_spans"] = t.tls_upstream
             if t.h2_downstream:
                 entry["http2_streams"] = document.stream_times(t.rows, F_DS_H2)
             entry["tls_downstream_spans"] = t.tls_downstream
@@ -258,7 +260,7 @@ class CaptureSession:
         return entry
 
 
-def _method(base: str, tls_spans: int, h2_spans: int = 0) -> str:
+def _method(base: str, tls_spans: int, h2_spans: int = 0, tls_up: int = 0) -> str:
     parts = [base]
     if tls_spans:
         parts.append(
@@ -272,6 +274,11 @@ def _method(base: str, tls_spans: int, h2_spans: int = 0) -> str:
         parts.append(
             "HTTP/2: per stream on plaintext legs (frame headers followed in the kernel), "
             "upstream leg paired by response order per worker thread"
+        )
+    if tls_up:
+        parts.append(
+            "TLS upstream (mTLS): per stream on the plaintext downstream side only; the "
+            "upstream instants are the worker thread's TLS write/read burst"
         )
     return "; ".join(parts)
 

@@ -44,8 +44,8 @@ ROLE_DS, ROLE_US = HEADER.const("SMP_ROLE_DS"), HEADER.const("SMP_ROLE_US")
 PHASE_RESPONSE = HEADER.const("SMP_PHASE_RESPONSE")
 KIND_PROXY, KIND_SERVER = HEADER.const("SMP_SPAN_PROXY"), HEADER.const("SMP_SPAN_SERVER")
 KIND_UNPARSED = HEADER.const("SMP_SPAN_UNPARSED")
-F_DS_H2, F_US_H2, F_MATCH_RESP = (
-    HEADER.const(f"SMP_F_{n}") for n in ("DS_H2", "US_H2", "MATCH_RESP")
+F_DS_H2, F_US_H2, F_MATCH_RESP, F_US_TLS = (
+    HEADER.const(f"SMP_F_{n}") for n in ("DS_H2", "US_H2", "MATCH_RESP", "US_TLS")
 )
 F_DS_TLS, F_MATCH_RID, F_MATCH_THREAD, F_DRAINED = (
     HEADER.const(f"SMP_F_{n}") for n in ("DS_TLS", "MATCH_RID", "MATCH_THREAD", "DRAINED")
@@ -268,7 +268,7 @@ class SidecarProbe:
             learning[learning.Key(0)] = learning.Leaf(left)
         self._targets.pop(pid, None)
         # per-thread state of the detached process: its request order and saved arguments
-        for name in ("smp_thread_fifo", "smp_ans_queue"):
+        for name in ("smp_thread_fifo", "smp_ans_queue", "smp_tls_last"):
             table = b[name]
             for key in [k for k, v in table.items() if v.upid == pid]:
                 with contextlib.suppress(KeyError):
@@ -405,6 +405,7 @@ class SidecarProbe:
         "smp_ans_entries",
         "smp_ans_init",
         "smp_ans_out",
+        "smp_tls_last",
     )
 
     def map_bytes(self) -> Iterator[tuple[str, bytes]]:

@@ -106,3 +106,33 @@ def test_grpc_streaming_time_to_first_message_and_to_end_of_stream(
     assert first["p50_ms"] >= 2.0, st
     assert end["p50_ms"] >= 6.0, st
     assert end["p50_ms"] - first["p50_ms"] >= 3.5, st
+
+
+def test_grpc_over_mtls_per_stream_on_the_plaintext_side_and_a_warning_on_the_other(
+    testbed_factory: Callable[..., Any],
+) -> None:
+    """mTLS between the sidecars: the client sidecar reads each call's stream in plaintext
+    (from the app) and writes it upstream inside TLS. It gets one span per call (its upstream
+    instants are TLS bursts, flagged and said in the method). The server sidecar reads the
+    calls inside TLS: it cannot follow them per stream, and says so in a warning instead of
+    reporting a plausible-looking small count."""
+    tb = testbed_factory(client_sidecar=True, mtls=True, app_delay_s=0.001)
+    session = _both_sidecars(tb)
+    r = session.during(lambda: _grpc_load(tb, "Unary", 1.5))
+    time.sleep(0.3)
+    session.poll(0)
+    doc = session.stop()
+    calls = r.requests_sent
+    assert r.requests > 50 and not r.errors, r
+    sc = _by_pid(doc)
+    client = sc[tb.state.client.envoy_pid]
+    assert len(tb.wait_access_log(calls, pod="client", timeout=5)) == calls
+    assert 0.98 * calls <= client["requests"] <= calls, (client["requests"], calls)
+    assert client["http2_spans"]["downstream"] == client["requests"]
+    assert client["tls_upstream_spans"] == client["requests"]
+    assert "TLS upstream (mTLS): per stream on the plaintext downstream side" in doc["method"]
+    server = sc[tb.state.server.envoy_pid]
+    assert server["requests"] < 0.5 * calls  # per TLS burst, not per call
+    assert any(f"pid {server['pid']} " in w and "incomplete" in w for w in doc["warnings"]), doc[
+        "warnings"
+    ]
