@@ -600,7 +600,7 @@ SMP_INLINE int smp_tls_upstream(u32 tid, struct smp_span *d, u64 now)
 #define SMP_ANS_SCAN 32
 #endif
 #ifndef SMP_ANS_MAX_AGE_NS
-#define SMP_ANS_MAX_AGE_NS 20000000ULL
+#define SMP_ANS_MAX_AGE_NS 50000000ULL
 #endif
 struct smp_ans_key {
     u32 tid;

@@ -157,7 +157,7 @@ struct smp_proc_stats {
     u64 unparsed_conns;     /* connections with unparsed bytes */
     u64 h2_resets;          /* HTTP/2 streams reset (RST_STREAM) before they ended: no span */
     u64 h2_desyncs;         /* times the HTTP/2 frame walk lost its place (bytes: unparsed) */
-    u64 stale_answers;      /* upstream answers no downstream response took within 20 ms */
+    u64 stale_answers;      /* upstream answers no downstream response took within 50 ms */
 };
 
 #endif
