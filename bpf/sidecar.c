@@ -356,10 +356,13 @@ SMP_INLINE struct smp_scan *smp_find_rid(u64 buf, u32 len)
             at++;
         u64 h = 0xcbf29ce484222325ULL;
         u32 k;
+        u8 cut = 0;
         for (k = 0; k < SMP_RID_LEN; k++) {
             u32 j = at + k;
-            if (j >= n)
+            if (j >= n) {
+                cut = 1;  /* the buffer ends inside the value (a split head, an iovec) */
                 break;
+            }
             SMP_CLAMP(j);
             char c = s->buf[j];
             if (c == '\r' || c == '\n' || c == ' ')
@@ -367,8 +370,9 @@ SMP_INLINE struct smp_scan *smp_find_rid(u64 buf, u32 len)
             s->rid[k] = c;
             h = (h ^ (u8)c) * 0x100000001b3ULL;
         }
-        s->rid_len = k;
-        s->rid_hash = k ? h : 0;
+        /* a value cut by the end of the buffer is not the id: never report a prefix */
+        s->rid_len = cut ? 0 : k;
+        s->rid_hash = (k && !cut) ? h : 0;
     }
     /* The request head (Authorization, cookies) must not stay readable in the map. */
     __builtin_memset(s->buf, 0, sizeof(s->buf));
@@ -1148,8 +1152,15 @@ SMP_INLINE void smp_ds_request(struct smp_conn *c, struct smp_io *io, struct smp
 SMP_INLINE void smp_ds_read(struct smp_conn *c, struct smp_io *io, u8 cls, struct smp_scan *rid,
                             struct smp_proc_stats *ps)
 {
-    if (c->phase == SMP_PHASE_REQUEST) {  /* more of the request (or a pipelined one) */
-        c->span.req_bytes += io->ret;
+    if (c->phase == SMP_PHASE_REQUEST) {
+        if (cls == CLS_REQ && !c->tls) {
+            /* a pipelined request: one span per connection at a time, so it is counted */
+            if (ps)
+                __sync_fetch_and_add(&ps->pipelined, 1);
+            smp_count_unparsed(ps, io->ret);
+        } else {
+            c->span.req_bytes += io->ret;  /* more of the request */
+        }
         return;
     }
     if (cls == CLS_TLS)
@@ -1277,28 +1288,25 @@ SMP_INLINE void smp_us_read(struct smp_conn *c, struct smp_io *io)
         smp_ans_push(io->tid, io->upid, &c->span, io->ts, io->arr);
 }
 
-/* Every read or write of a traced process's socket, from either path. */
+SMP_INLINE void smp_count_bytes(struct smp_proc_stats *ps, struct smp_io *io)
+{
+    if (!ps)
+        return;
+    if (io->is_read)
+        __sync_fetch_and_add(&ps->rx_bytes, io->ret);
+    else
+        __sync_fetch_and_add(&ps->tx_bytes, io->ret);
+}
+
+/* Every read or write of a traced process's socket (on the syscalls path: of any file
+ * descriptor; only those of known connections are counted there, files and pipes look the
+ * same as an unknown socket). */
 SMP_INLINE int smp_on_io(struct smp_io *io)
 {
     u32 upid = io->upid;
     struct smp_proc_stats *ps = smp_proc.lookup(&upid);
-#if SMP_PATH == SMP_PATH_SYSCALLS
-    /* This path sees every fd. One with no connection entry (no accept, connect, seed) whose
-     * bytes start no HTTP is not a socket we know (a log file, a pipe, an eventfd): not
-     * socket bytes, so neither counted nor unparsed. */
-    if (io->mode != SMP_MODE_SELF) {
-        u64 k = io->key, seed_key = ((u64)io->upid << 32) | (u32)io->fd;
-        if (!smp_conns.lookup(&k) && !smp_seed.lookup(&seed_key) &&
-            (!io->buf || smp_classify(io->buf, io->len) == CLS_OTHER))
-            return 0;
-    }
-#endif
-    if (ps) {
-        if (io->is_read)
-            __sync_fetch_and_add(&ps->rx_bytes, io->ret);
-        else
-            __sync_fetch_and_add(&ps->tx_bytes, io->ret);
-    }
+    if (SMP_PATH == SMP_PATH_SOCK || io->mode == SMP_MODE_SELF)
+        smp_count_bytes(ps, io);
     if (io->mode == SMP_MODE_SELF)
         return 0;
     u8 cls = io->buf ? smp_classify(io->buf, io->len) : CLS_OTHER;
@@ -1308,11 +1316,16 @@ SMP_INLINE int smp_on_io(struct smp_io *io)
     if (!c) {
         c = smp_conn_join(io, cls);
         if (!c) {
-            smp_count_unparsed(ps, io->ret);
+            if (SMP_PATH == SMP_PATH_SOCK)
+                smp_count_unparsed(ps, io->ret);
             return 0;
         }
+        if (SMP_PATH != SMP_PATH_SOCK)
+            smp_count_bytes(ps, io);
         if (cls == CLS_RESP)
             return 0;
+    } else if (SMP_PATH != SMP_PATH_SOCK) {
+        smp_count_bytes(ps, io);
     }
     if (io->is_read)
         io->arr = smp_arrival_take(c, io->ts);
@@ -1353,6 +1366,13 @@ SMP_INLINE void smp_conn_close(u64 key, int remove)
         return;
     if (c->role == SMP_ROLE_DS && c->phase == SMP_PHASE_RESPONSE) {
         smp_emit(c);
+        c->phase = SMP_PHASE_IDLE;
+    } else if (c->role == SMP_ROLE_DS && c->phase == SMP_PHASE_REQUEST) {
+        /* closed before any response: no span, counted */
+        u32 upid = c->upid;
+        struct smp_proc_stats *ps = smp_proc.lookup(&upid);
+        if (ps)
+            __sync_fetch_and_add(&ps->aborted, 1);
         c->phase = SMP_PHASE_IDLE;
     }
     if (remove) {

@@ -154,6 +154,9 @@ struct smp_proc_stats {
     u64 unparsed_bytes;     /* socket bytes that belong to no span (never silent) */
     u64 unattributed;       /* socket I/O by a call the probe does not decode (sendfile,
                              * splice, io_uring): counted, not parsed */
+    u64 pipelined;          /* request heads read while the connection's previous request
+                             * was still open: no span of their own */
+    u64 aborted;            /* downstream connections closed with a request open */
     u64 unparsed_conns;     /* connections with unparsed bytes */
     u64 h2_resets;          /* HTTP/2 streams reset (RST_STREAM) before they ended: no span */
     u64 h2_desyncs;         /* times the HTTP/2 frame walk lost its place (bytes: unparsed) */

@@ -234,6 +234,11 @@ class CaptureSession:
             "mem_mb": mem.to_mb() if mem else None,
             "bytes_rx": stats["rx_bytes"],
             "bytes_tx": stats["tx_bytes"],
+            # socket I/O that produced no span, counted so nothing is silently missed
+            "unparsed_bytes": stats.get("unparsed_bytes", 0),
+            "unattributed_calls": stats.get("unattributed", 0),
+            "pipelined_requests": stats.get("pipelined", 0),
+            "aborted_requests": stats.get("aborted", 0),
             "unparsed": document.unparsed_doc(stats, t.unparsed_conns, t.unparsed_conns_seen),
         }
         if t.role == "sidecar":
