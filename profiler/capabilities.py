@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from profiler import kernel
+from profiler.errors import PermissionDenied
 
-CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 21, 38, 39
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
 _BPF_MAP_CREATE = 0
 _MAP_ARRAY, _MAP_RINGBUF = 2, 27
@@ -46,13 +47,47 @@ def effective_caps() -> int:
     return 0
 
 
+def _has(caps: int, *names: int) -> bool:
+    return all(caps & (1 << c) for c in names)
+
+
 def check_root() -> Check:
+    """Privileges for a capture: root, or CAP_BPF+CAP_PERFMON with tracefs readable (UID 0
+    owns tracefs, mode 0700; another UID also needs CAP_DAC_READ_SEARCH to read it)."""
     caps = effective_caps()
-    if os.geteuid() == 0 and caps & (1 << CAP_SYS_ADMIN):
+    if os.geteuid() == 0 and _has(caps, CAP_SYS_ADMIN):
         return Check("root", True, "running as root")
-    if caps & (1 << CAP_BPF) and caps & (1 << CAP_PERFMON):
-        return Check("root", True, "CAP_BPF and CAP_PERFMON")
-    return Check("root", False, "not root and no CAP_BPF+CAP_PERFMON: run with sudo")
+    if not _has(caps, CAP_BPF, CAP_PERFMON):
+        return Check("root", False, "not root and no CAP_BPF+CAP_PERFMON: run with sudo")
+    tracefs = kernel.TRACEFS
+    if tracefs.is_dir() and not os.access(tracefs, os.R_OK | os.X_OK, effective_ids=True):
+        return Check(
+            "root",
+            False,
+            f"CAP_BPF and CAP_PERFMON, but UID {os.geteuid()} cannot read {tracefs}: "
+            "add CAP_DAC_READ_SEARCH or run as root",
+        )
+    return Check("root", True, f"CAP_BPF and CAP_PERFMON (UID {os.geteuid()})")
+
+
+ADMIN_CAPS = (CAP_SYS_ADMIN, CAP_NET_ADMIN)
+
+
+def require_bpf(action: str) -> None:
+    """Raise PermissionDenied (exit 77) unless this process may load and attach probes."""
+    root = check_root()
+    if not root.ok:
+        raise PermissionDenied(f"{action} loads BPF probes: {root.detail}")
+
+
+def require_admin(action: str) -> None:
+    """Raise PermissionDenied (exit 77) unless root with CAP_SYS_ADMIN and CAP_NET_ADMIN:
+    entering network namespaces, iptables, cgroups and signalling the testbed's processes."""
+    if os.geteuid() != 0 or not _has(effective_caps(), *ADMIN_CAPS):
+        raise PermissionDenied(
+            f"{action} needs root with CAP_SYS_ADMIN and CAP_NET_ADMIN "
+            "(network namespaces, iptables, cgroups): run with sudo"
+        )
 
 
 def _bpf_map_create(map_type: int, key: int, value: int, entries: int) -> int:

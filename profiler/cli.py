@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from profiler import __version__
-from profiler.errors import SmpError
+from profiler.errors import Interrupted, PermissionDenied, SmpError
 
 app = typer.Typer(
     name="smp-profiler",
@@ -91,8 +91,15 @@ def capture(
     ] = True,
     ringbuf_pages: Annotated[int, typer.Option(help="Ring buffer size in pages.")] = 256,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    testbed: Annotated[
+        str | None,
+        typer.Option(help="A local testbed (state dir or name): its sidecars and app."),
+    ] = None,
 ) -> None:
-    """Trace sidecar (and app) processes: per-leg latency, CPU and memory -> a capture file."""
+    """Trace sidecar (and app) processes: per-leg latency, CPU and memory -> a capture file.
+
+    Exit codes: 0 complete, 1 incomplete (a target exited), 130 interrupted (what was
+    measured is written), 73 the output could not be written (saved elsewhere, said where)."""
     from profiler.commands import capture as cmd
 
     _exit(
@@ -107,6 +114,7 @@ def capture(
             spans,
             ringbuf_pages,
             quiet,
+            testbed,
         )
     )
 
@@ -347,6 +355,28 @@ def testbed_status(
     _exit(cmd.status(name=name, state_dir=state_dir, json_out=json_out))
 
 
+@testbed_app.command("load")
+def testbed_load(
+    name: Annotated[str, _NAME] = "smp",
+    state_dir: Annotated[Path | None, _STATE] = None,
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 100.0,
+    duration: Annotated[str, typer.Option(help="How long, e.g. 20s.")] = "10s",
+    connections: Annotated[int, typer.Option(help="Connections.")] = 4,
+) -> None:
+    """Send requests from the client pod to the server pod (traffic for a capture)."""
+    from profiler.commands import testbed as cmd
+
+    _exit(
+        cmd.load(
+            name=name,
+            state_dir=state_dir,
+            rate=rate,
+            duration=duration,
+            connections=connections,
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; known errors become one line on stderr and an exit code."""
     try:
@@ -358,9 +388,15 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"smp-profiler: error: {e}", file=sys.stderr)
         return e.exit_code
+    except PermissionError as e:  # a file or a syscall only root may use: same as PermissionDenied
+        if _state["debug"]:
+            traceback.print_exc()
+        what = f"{e.strerror}: {e.filename}" if e.filename else (e.strerror or str(e))
+        print(f"smp-profiler: error: {what} (run with sudo)", file=sys.stderr)
+        return PermissionDenied.exit_code
     except KeyboardInterrupt:
         print("smp-profiler: interrupted", file=sys.stderr)
-        return 130
+        return Interrupted.exit_code
     return 0
 
 

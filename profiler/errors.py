@@ -49,6 +49,18 @@ class BadInputFile(SmpError):
     exit_code = 65
 
 
+class OutputNotWritable(SmpError):
+    """An output path that cannot be written: checked before any measurement starts."""
+
+    exit_code = 73  # EX_CANTCREAT
+
+
+class Interrupted(SmpError):
+    """Ctrl-C or SIGTERM: what was measured is written, and the exit code says so."""
+
+    exit_code = 130  # 128 + SIGINT, as a shell reports it
+
+
 class TestbedError(SmpError):
     """The local node could not be built, checked or torn down."""
 

@@ -145,6 +145,11 @@ def _mounted(path: Path, fstype: str) -> bool:
 
 def ensure_tracefs(mount: bool = True) -> tuple[bool, str]:
     """Make sure tracefs (and debugfs, which older tools expect) are mounted."""
+    if TRACEFS.is_dir() and not os.access(TRACEFS, os.R_OK | os.X_OK, effective_ids=True):
+        return False, (
+            f"tracefs at {TRACEFS} is not readable by UID {os.geteuid()} (mode "
+            f"{TRACEFS.stat().st_mode & 0o777:o}): BCC reads tracepoint formats there"
+        )
     if (TRACEFS / "events").is_dir():
         return True, f"tracefs at {TRACEFS}"
     if not mount or os.geteuid() != 0:

@@ -58,4 +58,18 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 "$VENV/bin/python" -c 'import bcc, envoy, profiler' || { log "venv is broken; remove $VENV and retry"; exit 1; }
+
+# `smp-profiler` on the PATH, also under sudo (whose secure_path drops the venv): a link to
+# this venv's script, which runs with the venv's Python wherever it is called from. Only a
+# link (or nothing) is replaced, never a file someone else installed there.
+script="$(cd "$VENV/bin" && pwd)/smp-profiler"
+link=/usr/local/bin/smp-profiler
+if [ "$(id -u)" = 0 ] && { [ -L "$link" ] || [ ! -e "$link" ]; }; then
+  if [ "$(readlink "$link" || true)" != "$script" ]; then
+    ln -sfn "$script" "$link"
+    log "linked $link -> $script"
+  fi
+elif [ "$(readlink -f "$link" 2>/dev/null || true)" != "$script" ]; then
+  log "smp-profiler is $script (not linked from $link: run make setup as root)"
+fi
 log "ready ($VENV)"

@@ -92,12 +92,47 @@ class Target:
     rows_dropped: int = 0
     cpu_base: dict[int, int] = field(default_factory=dict)  # tid -> ns when added
     cpu_last: dict[int, int] = field(default_factory=dict)  # tid -> ns last seen
+    cpu_gone: set[int] = field(default_factory=set)  # tids seen exited
+    cpu_unseen: int | None = None  # process CPU not in any thread's account, when added
 
     def __post_init__(self) -> None:
         names = PROXY_LEGS if self.role == "sidecar" else APP_LEGS
         self.legs = {n: LatencyHistogram() for n in names}
         self.cpu_base = thread_runtime_ns(self.pid)
         self.cpu_last = dict(self.cpu_base)
+        total = process_cpu_ns(self.pid)
+        self.cpu_unseen = None if total is None else total - sum(self.cpu_base.values())
+
+
+UNSAMPLED_TID = 0  # threads that came and went between two samples
+_SKEW_NS = 2_000_000  # the two reads are not atomic: running threads move on in between
+
+
+def process_cpu_ns(pid: int) -> int | None:
+    """On-CPU nanoseconds of the whole process, exited threads included: its CPU-time clock
+    (clock_getcpuclockid(3) is MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED))."""
+    try:
+        return time.clock_gettime_ns(((~pid) << 3) | 2)
+    except OSError:
+        return None
+
+
+def _settle_exited(t: Target, live: dict[int, int], total: int | None) -> None:
+    """A thread's schedstat vanishes with it, so its last sample misses the CPU it burned
+    since. The process clock keeps it: the difference goes to the threads that exited since
+    the last sample (shared by their sampled time), or to UNSAMPLED_TID when none did."""
+    newly = [tid for tid in t.cpu_last if tid not in live and tid not in t.cpu_gone]
+    t.cpu_last.update(live)
+    if total is not None and t.cpu_unseen is not None:
+        dead = sum(ns for tid, ns in t.cpu_last.items() if tid not in live)
+        extra = total - sum(live.values()) - dead - t.cpu_unseen
+        if newly and extra > 0:
+            weights = [max(t.cpu_last[tid] - t.cpu_base.get(tid, 0), 1) for tid in newly]
+            for tid, w in zip(newly, weights, strict=True):
+                t.cpu_last[tid] += extra * w // sum(weights)
+        elif extra > _SKEW_NS:
+            t.cpu_last[UNSAMPLED_TID] = t.cpu_last.get(UNSAMPLED_TID, 0) + extra
+    t.cpu_gone.update(newly)
 
 
 def thread_runtime_ns(pid: int) -> dict[int, int]:
@@ -325,11 +360,11 @@ class Engine:
     def cpu_ns(self) -> dict[int, dict[int, int]]:
         """pid -> {tid: on-CPU ns since the target was added}, from the kernel's own per-
         thread account (sum_exec_runtime in /proc/<pid>/task/<tid>/schedstat). A thread that
-        exits keeps the time it was last seen with, so totals never go down."""
+        exits keeps its whole time (see ``_settle_exited``), so totals never go down."""
         out: dict[int, dict[int, int]] = {}
         for pid, t in self._targets.items():
-            for tid, ns in thread_runtime_ns(pid).items():
-                t.cpu_last[tid] = ns
+            live = thread_runtime_ns(pid)
+            _settle_exited(t, live, process_cpu_ns(pid))
             out[pid] = {tid: ns - t.cpu_base.get(tid, 0) for tid, ns in t.cpu_last.items()}
         return out
 

@@ -174,8 +174,10 @@ class CaptureSession:
             rows.extend((t.role, chunk) for chunk in t.rows)
         spans_file = None
         if self.config.spans_file is not None:
-            document.write_spans(self.config.spans_file, rows)
-            spans_file = str(self.config.spans_file)
+            from profiler import outputs  # a failed write goes elsewhere, never lost
+
+            written = outputs.save(self.config.spans_file, lambda p: document.write_spans(p, rows))
+            spans_file = str(written)
         tls = sum(t.tls_downstream for t in self.engine.targets.values())
         h2 = sum(t.h2_downstream + t.h2_upstream for t in self.engine.targets.values())
         tls_up = sum(t.tls_upstream for t in self.engine.targets.values())

@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
+from profiler import outputs
 from profiler.capture import targets as resolve_targets
-from profiler.errors import UsageError
+from profiler.errors import Interrupted, OutputNotWritable, UsageError
+
+if TYPE_CHECKING:
+    from profiler.capture.session import CaptureSession
+
+
+def testbed_targets(testbed: str) -> tuple[list[int], list[int]]:
+    """(sidecar PIDs, app PIDs) of a local testbed, by state dir or by name: the server's
+    Envoy (and the client's, if it has one) and the server's app."""
+    from profiler.testbed import Testbed, TestbedConfig
+
+    d = Path(testbed)
+    if not d.is_dir() and "/" not in testbed:
+        d = TestbedConfig(name=testbed).resolved_state_dir
+    st = Testbed.load(d).state
+    sidecars = [p for p in (st.server.envoy_pid, st.client.envoy_pid) if p]
+    if not sidecars:
+        raise UsageError(f"testbed '{st.name}' has no sidecar (--sidecar none): nothing to trace")
+    return sidecars, [st.server.app_pid] if st.server.app_pid else []
 
 
 def main(
@@ -23,7 +46,9 @@ def main(
     spans: bool = True,
     ringbuf_pages: int = 256,
     quiet: bool = False,
+    testbed: str | None = None,
 ) -> int:
+    from profiler import capabilities
     from profiler.testbed.config import parse_duration
 
     seconds = parse_duration(duration)
@@ -31,29 +56,38 @@ def main(
         raise UsageError("--duration must be positive")
     if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
         raise UsageError("--ringbuf-pages must be a power of two")
+    if testbed is not None:
+        capabilities.require_bpf("capture")
+        tb_sidecars, tb_apps = testbed_targets(testbed)
+        sidecar_pids, pids = [*sidecar_pids, *tb_sidecars], [*pids, *tb_apps]
     t = resolve_targets.resolve(pids, sidecar_pids, cgroups, container_ids, sidecar)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    spans_file = output.with_suffix(".spans.csv") if spans else None
+    outputs.check(output)
+    spans_file = outputs.check(output.with_suffix(".spans.csv")) if spans else None
+    capabilities.require_bpf("capture")
 
     from profiler.capture import CaptureConfig, start_capture
 
-    interrupted = {"flag": False}
+    interrupted = threading.Event()
 
     def on_signal(_sig: int, _frame: FrameType | None) -> None:
-        interrupted["flag"] = True
+        interrupted.set()
 
-    # Installed before the probes compile, so a Ctrl-C at any point still writes a file.
+    # Installed before the probes compile, and kept until the file is written: a Ctrl-C
+    # during start-up stops at once, one during the window writes what was measured.
     old = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)
     try:
-        session = start_capture(
-            CaptureConfig(
-                sidecar_pids=t.sidecars,
-                app_pids=t.apps,
-                duration_s=seconds,
-                ringbuf_pages=ringbuf_pages,
-                spans_file=spans_file,
-            )
+        session = _start(
+            lambda: start_capture(
+                CaptureConfig(
+                    sidecar_pids=t.sidecars,
+                    app_pids=t.apps,
+                    duration_s=seconds,
+                    ringbuf_pages=ringbuf_pages,
+                    spans_file=spans_file,
+                )
+            ),
+            interrupted,
         )
         print(
             f"smp-profiler: attached to {len(t.sidecars)} sidecar(s) and {len(t.apps)} "
@@ -61,21 +95,61 @@ def main(
             file=sys.stderr,
             flush=True,
         )
-        reason = _run(session, seconds, lambda: interrupted["flag"], quiet)
+        reason = _run(session, seconds, interrupted.is_set, quiet)
+        doc = session.stop(incomplete_reason=reason)
+        written = outputs.save_text(output, json.dumps(doc, indent=1) + "\n")
     finally:
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, old_term)
-    doc = session.stop(incomplete_reason=reason)
-    output.write_text(json.dumps(doc, indent=1) + "\n")
-    _summary(doc, output)
+    _summary(doc, written)
+    if written != output:
+        return OutputNotWritable.exit_code
+    if reason == "interrupted":
+        return Interrupted.exit_code
     return 0 if doc["complete"] else 1
 
 
-def _run(session: object, seconds: float, stop: object, quiet: bool) -> str | None:
-    from profiler.capture.session import CaptureSession
+def _start(start: Callable[[], CaptureSession], interrupted: threading.Event) -> CaptureSession:
+    """Compile and attach (seconds of BCC's compiler, which no signal interrupts) in a
+    thread, so that Ctrl-C during start-up is honoured at once. Nothing was measured then,
+    and nothing is written; the unfinished compile dies with the process."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
 
-    assert isinstance(session, CaptureSession)
-    should_stop = stop if callable(stop) else (lambda: False)
+    def work() -> None:
+        try:
+            box["session"] = start()
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+        done.set()
+
+    # BCC's noise is caught by pointing fd 2 at a file while it compiles: keep the real one
+    stderr = os.dup(2)
+    try:
+        threading.Thread(target=work, name="smp-capture-start", daemon=True).start()
+        while not done.wait(0.05):
+            if interrupted.is_set():
+                sys.stdout.flush()
+                os.write(
+                    stderr,
+                    b"smp-profiler: interrupted during start-up: nothing was measured, "
+                    b"no file written\n",
+                )
+                # BCC's compiler is still running in the other thread and cannot be stopped;
+                # a normal interpreter exit would run C++ destructors under it. The kernel
+                # closes the probe's file descriptors, so nothing stays attached.
+                os._exit(Interrupted.exit_code)
+    finally:
+        os.close(stderr)
+    if "error" in box:
+        raise box["error"]
+    session: CaptureSession = box["session"]
+    return session
+
+
+def _run(
+    session: CaptureSession, seconds: float, should_stop: Callable[[], bool], quiet: bool
+) -> str | None:
     if quiet or not sys.stderr.isatty():
         return session.run(should_stop)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

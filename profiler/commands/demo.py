@@ -6,13 +6,15 @@ import secrets
 import time
 from pathlib import Path
 
-from profiler.errors import UsageError
+from profiler import capabilities, outputs
+from profiler.errors import OutputNotWritable, UsageError
 from profiler.model import RunConfig, dumps
 
 RATES = [100.0, 500.0, 1000.0]
 STEP_S = 10.0
 WARMUP_S = 1.0
 CONNECTIONS = 16
+FILES = ("result.json", "result.yaml", "report.html")
 
 
 def main(
@@ -26,8 +28,16 @@ def main(
     from profiler.commands.run import RichReporter, console, summary_table
     from profiler.testbed import Testbed, TestbedConfig
 
+    capabilities.require_admin("demo (it builds a local testbed)")
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"bad --output-dir {output_dir}: not a directory")
+    if not output_dir.parent.is_dir():
+        raise OutputNotWritable(
+            f"bad --output-dir {output_dir}: {output_dir.parent} does not exist (create it first)"
+        )
+    output_dir.mkdir(exist_ok=True)  # the directory asked for, never its parents
+    for file in FILES:
+        outputs.check(output_dir / file, "--output-dir")
     out = console()
     name = name or f"demo-{secrets.token_hex(3)}"
     t0 = time.monotonic()
@@ -58,19 +68,18 @@ def main(
                 tb.down()
             except Exception as e:  # keep tearing down the others; say what was left
                 out.print(f"[red]teardown of {tb.state.name} failed:[/] {e}")
-    output_dir.mkdir(parents=True, exist_ok=True)
     doc = bundle.to_json()
-    path = output_dir / "result.json"
-    path.write_text(dumps(doc, "json"))
-    (output_dir / "result.yaml").write_text(dumps(doc, "yaml"))
+    path = outputs.save_text(output_dir / "result.json", dumps(doc, "json"))
+    saved = [path, outputs.save_text(output_dir / "result.yaml", dumps(doc, "yaml"))]
     out.print(summary_table(doc))
     for note in bundle.notes:
         out.print(f"[yellow]note:[/] {note}")
     from profiler import report
 
-    html = output_dir / "report.html"
-    html.write_text(report.get("html").render(report.load(path)))
+    html = report.get("html").render(report.load(path))
+    saved.append(outputs.save_text(output_dir / "report.html", html))
     out.print(f"demo took {time.monotonic() - t0:.0f} s; testbeds torn down")
     print(f"results in {output_dir.resolve()}/ (result.json, result.yaml, report.html)")
-    print(f"HTML report: {html.resolve()}")
-    return 0
+    print(f"HTML report: {saved[-1].resolve()}")
+    moved = [p for p, file in zip(saved, FILES, strict=True) if p != output_dir / file]
+    return OutputNotWritable.exit_code if moved else 0

@@ -34,6 +34,8 @@ def main(json_out: bool = False) -> int:
     console = Console()
     console.print(table)
     console.print(f"method: sidecar probe on the {method['path']} path ({method['why']})")
+    if "arrival" in method:
+        console.print(f"arrival stamps: {method['arrival']} ({method['arrival_why']})")
     if possible:
         console.print("[green]Captures are possible on this node.[/]")
     else:
@@ -51,4 +53,7 @@ def _method(checks: list[capabilities.Check]) -> dict[str, str]:
         return {"path": "none", "why": str(e)}
     if not capabilities.capture_possible(checks):
         return {"path": "none", "why": "captures are not possible here"}
-    return {"path": path, "why": why}
+    arrival, arrival_why = capabilities.arrival_hook(path)
+    _, xmit_why = capabilities.xmit_stamps()
+    return {"path": path, "why": why, "arrival": arrival, "arrival_why": arrival_why,
+            "writes": xmit_why}  # fmt: skip

@@ -161,7 +161,7 @@ def main(
     fmt: str | None,
     seed: int | None = None,
 ) -> int:
-    from profiler import runner
+    from profiler import capabilities, outputs, runner
 
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"bad --format {fmt!r}: use json or yaml")
@@ -179,9 +179,12 @@ def main(
         testbed=str(testbed) if testbed else None,
         baseline_testbed=str(baseline_testbed) if baseline_testbed else None,
     )
-    if not output.parent.is_dir():
-        raise UsageError(f"bad -o {output}: {output.parent} is not a directory")
+    outputs.check(output)
+    if testbed or baseline_testbed:
+        capabilities.require_admin("run in a testbed's network namespaces")
     cfg, mesh = runner.resolve(cfg)
+    if cfg.sidecar_pids or cfg.app_pids:
+        capabilities.require_bpf("run")
     out = console()
     bundle = runner.execute(cfg, mesh, reporter=RichReporter(out), seed=seed)
     used = fmt or ("yaml" if output.suffix in (".yaml", ".yml") else "json")

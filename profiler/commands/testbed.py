@@ -6,7 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from profiler.errors import BadInputFile, TestbedError
+from profiler import capabilities
+from profiler.errors import BadInputFile, TargetUnreachable, TestbedError, UsageError
 
 
 def _state_dir(name: str, state_dir: Path | None) -> Path:
@@ -63,6 +64,7 @@ def up(
 def down(*, name: str, state_dir: Path | None, json_out: bool) -> int:
     from profiler.testbed import Testbed, teardown
 
+    capabilities.require_admin("testbed down")
     d = _state_dir(name, state_dir)
     try:
         tb = Testbed.load(d)
@@ -84,6 +86,7 @@ def down(*, name: str, state_dir: Path | None, json_out: bool) -> int:
 def status(*, name: str, state_dir: Path | None, json_out: bool) -> int:
     from profiler.testbed import Testbed, leftovers
 
+    capabilities.require_admin("testbed status")
     d = _state_dir(name, state_dir)
     try:
         tb = Testbed.load(d)
@@ -104,3 +107,43 @@ def status(*, name: str, state_dir: Path | None, json_out: bool) -> int:
     if not json_out:
         print(f"testbed '{tb.state.name}' is up: {tb.state.url}")
     return 0
+
+
+def load(
+    *,
+    name: str,
+    state_dir: Path | None,
+    rate: float,
+    duration: str,
+    connections: int,
+) -> int:
+    """Requests from the client pod to the server pod (the builtin generator), e.g. while a
+    capture runs. Exit 0 when every request succeeded, 1 when some failed."""
+    from profiler.loadgen import run_load
+    from profiler.loadgen.result import LoadSpec
+    from profiler.testbed import Testbed, parse_duration
+
+    capabilities.require_admin("testbed load")
+    seconds = parse_duration(duration)
+    if seconds <= 0 or rate <= 0 or connections < 1:
+        raise UsageError("--duration and --rate must be positive, --connections at least 1")
+    st = Testbed.load(_state_dir(name, state_dir)).state
+    res = run_load(
+        LoadSpec(
+            generator="builtin",
+            target=st.url,
+            rate=rate,
+            duration_s=seconds,
+            connections=connections,
+            netns=st.client.netns,
+        )
+    )
+    if res.requests == 0 and res.error_count == 0:
+        raise TargetUnreachable(f"no request to {st.url} completed in {duration}")
+    p50, p99 = res.percentiles_ms.get(50.0), res.percentiles_ms.get(99.0)
+    lat = "" if p50 is None or p99 is None else f", p50 {p50:.3f} ms, p99 {p99:.3f} ms"
+    print(
+        f"testbed '{st.name}' load: {res.requests} requests to {st.url} in {res.duration_s:.1f} s"
+        f" ({res.rate_achieved:.1f} of {rate:g} req/s{lat}), {res.error_count} errors"
+    )
+    return 0 if res.error_count == 0 else 1

@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     from profiler.testbed import Testbed, TestbedConfig
 
     seconds = float((argv or sys.argv[1:] or ["3"])[0])
+    counts: list[str] = []
     print("| load | leg | wire p50 | ours p50 | Envoy p50 | wire p99 | ours p99 | Envoy p99 |")
     print("|---|---|---|---|---|---|---|---|")
     for i, (case, (options, load)) in enumerate(WIRE_CASES.items()):
@@ -367,10 +368,11 @@ def main(argv: list[str] | None = None) -> int:
                 cmp, doc = wire_case(tb, tmp, f"w{i}", seconds=seconds, **load)
             finally:
                 tb.down()
-        print("\n".join(wire_table_rows(case, cmp)))
-        counts = (f"sent {cmp.sent}, wire {len(cmp.ids)}, with a span {cmp.with_span}, "
-                  f"probe drops {doc['drops']}, tcpdump drops {cmp.wire_drops}")  # fmt: skip
-        print(f"<!-- {case}: {counts} -->", flush=True)
+        print("\n".join(wire_table_rows(case, cmp)), flush=True)
+        n = (f"sent {cmp.sent}, wire {len(cmp.ids)}, with a span {cmp.with_span}, "
+             f"probe drops {doc['drops']}, tcpdump drops {cmp.wire_drops}")  # fmt: skip
+        counts.append(f"{case}: {n}")
+    print("\nCounts: " + "; ".join(counts) + ".")
     return 0
 
 

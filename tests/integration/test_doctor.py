@@ -47,6 +47,10 @@ def test_doctor_json_on_this_machine() -> None:
     # unless SMP_PROBE_PATH forces the fallback (CI runs both)
     assert checks["sock_tracepoints"]["ok"] is True
     assert doc["method"]["path"] == (os.environ.get("SMP_PROBE_PATH") or "sock")
+    # arrival stamps: sk_data_ready on the sock path, tcp_probe data segments on the fallback
+    fast = doc["method"]["path"] == "sock"
+    assert doc["method"]["arrival"] == ("sk_data_ready" if fast else "tcp_probe")
+    assert "net_dev_queue" in doc["method"]["writes"]
 
 
 @pytest.mark.bpf
@@ -63,3 +67,19 @@ def test_doctor_without_privileges_says_what_is_missing() -> None:
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert "not possible" in r.stdout and "root" in r.stdout
+
+
+@pytest.mark.bpf
+def test_doctor_as_a_normal_user_reports_instead_of_crashing() -> None:
+    """The first command a newcomer runs; as UID 65534 it died on /sys/kernel/tracing."""
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    for args in (["doctor"], ["doctor", "--json"]):
+        r = subprocess.run([*nobody, *CLI, *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr, r.stderr
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert sorted(checks) == sorted(NAMES)
+    assert not checks["root"]["ok"] and "sudo" in checks["root"]["detail"]
+    assert (
+        not checks["tracefs"]["ok"] and "not readable by UID 65534" in checks["tracefs"]["detail"]
+    )

@@ -27,6 +27,12 @@ ALL_LEGS = (*MAIN, *SPLIT["request_proxy"], *SPLIT["response_proxy"])
 # capture, never silent, asserted below. Left to the probe's matching (issue 11); the
 # issue's 99% holds wherever the client sends ids.
 COMPLETE = {"bursts-10-conns-no-ids": 0.90}
+# Where the capture sees the Envoy -> app packet: tcpdump on lo has only the receiving side's
+# copy, after the loopback device's softirq, ~10 us after Envoy's write queued the packet (our
+# instant, as for eth0 packets, which tcpdump sees as they are queued). So the wire's
+# request_proxy is that much long and its upstream that much short (measured -11/+9 us per
+# request at the median, on both probe paths): the wire's legs are compared shifted by it.
+LO_CAPTURE_US = {"request_proxy": -10.0, "upstream": 10.0, "response_proxy": 0.0}
 CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "one-connection-200rps": ({}, {"conns": 1, "period_s": 0.005}),
     "bursts-10-conns-no-ids": ({}, {"conns": 10, "period_s": 0.02, "ids": False}),
@@ -67,7 +73,8 @@ def test_legs_match_the_wire_request_by_request(
     both = _joined(cmp)
     assert both.sum() >= 0.98 * len(cmp.ids)
     for leg in MAIN:
-        wire, ours, envoy = cmp.wire[leg][both], cmp.ours[leg][both], cmp.envoy[leg][both]
+        wire = cmp.wire[leg][both] + LO_CAPTURE_US[leg]
+        ours, envoy = cmp.ours[leg][both], cmp.envoy[leg][both]
         w50, w99 = np.median(wire), np.percentile(wire, 99)
         # the issue's tolerance, on the distributions ...
         assert abs(np.median(ours) - w50) <= max(20.0, 0.10 * w50), (leg, np.median(ours), w50)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +60,56 @@ def test_debug_shows_the_traceback() -> None:
     r = _cli("--debug", "capture", "--pid", "999999")
     assert r.returncode == 3
     assert "Traceback" in r.stderr
+
+
+def test_capture_to_an_unwritable_path_fails_before_measuring(tmp_path: Path) -> None:
+    """/proc/x.json: root may "access" /proc, but no file can be made there. Was: a traceback
+    after the whole --duration."""
+    start = time.monotonic()
+    pid = str(os.getpid())
+    r = _cli("capture", "--sidecar-pid", pid, "--duration", "20s", "-o", "/proc/x.json")
+    assert time.monotonic() - start < 10
+    assert r.returncode == 73, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "smp-profiler: error: bad -o /proc/x.json: cannot write there: "
+        + ("No such file or directory" if os.geteuid() == 0 else "Permission denied")
+    ]
+
+
+def test_capture_refuses_a_missing_parent_and_does_not_create_it(tmp_path: Path) -> None:
+    out = tmp_path / "missing" / "capture.json"
+    r = _cli("capture", "--sidecar-pid", str(os.getpid()), "--duration", "1s", "-o", str(out))
+    assert r.returncode == 73, r.stderr
+    assert "does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.parent.exists()
+
+
+def test_capture_checks_the_spans_file_too(tmp_path: Path) -> None:
+    (tmp_path / "capture.spans.csv").mkdir()  # a directory where the spans file would go
+    out = tmp_path / "capture.json"
+    r = _cli("capture", "--sidecar-pid", str(os.getpid()), "--duration", "1s", "-o", str(out))
+    assert r.returncode == 73 and "capture.spans.csv: is a directory" in r.stderr, r.stderr
+
+
+def test_run_refuses_a_missing_parent(tmp_path: Path) -> None:
+    out = tmp_path / "missing" / "run.json"
+    r = _cli("run", "--target", "http://127.0.0.1:9/", "-o", str(out))
+    assert r.returncode == 73 and "does not exist" in r.stderr, r.stderr
+    assert not out.parent.exists()
+
+
+def test_capture_of_an_unknown_testbed_is_one_line(tmp_path: Path) -> None:
+    r = _cli("capture", "--testbed", str(tmp_path), "-o", str(tmp_path / "c.json"))
+    assert r.returncode == 65, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_demo_refuses_a_missing_parent_before_building_anything(tmp_path: Path) -> None:
+    out = tmp_path / "missing" / "smp-results"
+    r = _cli("demo", "--output-dir", str(out))
+    if os.geteuid() == 0:
+        assert r.returncode == 73 and "does not exist" in r.stderr, r.stderr
+    else:  # the testbed needs root: that is said first
+        assert r.returncode == 77 and "run with sudo" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not out.parent.exists()

@@ -1,0 +1,123 @@
+"""Known answers for a capture's CPU and memory, through its public result (capture.json).
+
+The target measures itself: it burns CPU in two threads, one of which exits in the middle of
+the capture window, and reports its own CPU time (CLOCK_PROCESS_CPUTIME_ID, which keeps the
+time of exited threads); then it touches exactly 64 MiB. A capture must report the same CPU
+within 5%, and the 64 MiB as the growth of its memory between two captures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+MIB = 1024 * 1024
+TOUCHED = 64 * MIB
+
+TARGET = r"""
+import sys, threading, time
+
+def burn(seconds, out):
+    t0 = time.thread_time()
+    while time.thread_time() - t0 < seconds:
+        pass
+    out.append(time.thread_time() - t0)
+
+def say(text):
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+say("ready")
+sys.stdin.readline()
+p0 = time.process_time()
+helper = []
+t = threading.Thread(target=burn, args=(0.8, helper))
+t.start()
+main = []
+burn(1.6, main)
+t.join()  # the helper has exited: its CPU lives on only in the process's account
+say(f"cpu {time.process_time() - p0:.6f} {helper[0]:.6f} {t.native_id} {time.time():.6f}")
+sys.stdin.readline()
+buf = bytearray(64 * 1024 * 1024)
+for i in range(0, len(buf), 4096):
+    buf[i] = 1
+say("touched")
+sys.stdin.readline()
+"""
+
+
+def _line(stream: IO[str], timeout_s: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    line = stream.readline()
+    assert line, "the process ended early"
+    assert time.monotonic() < deadline
+    return line.strip()
+
+
+def _start_capture(pid: int, out: Path, duration: str) -> subprocess.Popen[str]:
+    """Start ``smp-profiler capture`` and return once the probe is attached."""
+    cmd = [sys.executable, "-m", "profiler.cli", "capture", "--sidecar-pid", str(pid)]
+    cmd += ["--duration", duration, "-o", str(out), "--no-spans", "--quiet"]
+    cap = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    assert cap.stderr is not None
+    while True:
+        line = cap.stderr.readline()
+        assert line, f"capture ended before attaching: {cap.wait()}"
+        if "attached to" in line:
+            return cap
+
+
+def _finish(cap: subprocess.Popen[str], out: Path) -> dict[str, Any]:
+    assert cap.stderr is not None
+    rest = cap.stderr.read()
+    assert cap.wait(timeout=60) == 0, rest
+    doc: dict[str, Any] = json.loads(out.read_text())
+    return doc
+
+
+@pytest.mark.bpf
+def test_cpu_and_64_mib_known_answers(tmp_path: Path) -> None:
+    target = subprocess.Popen(
+        [sys.executable, "-c", TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert target.stdin is not None and target.stdout is not None
+    try:
+        assert _line(target.stdout) == "ready"
+        # 1) CPU: the burn happens inside the window
+        cap = _start_capture(target.pid, tmp_path / "cpu.json", "8s")
+        target.stdin.write("go\n")
+        target.stdin.flush()
+        _, own_cpu, helper_cpu, helper_tid, done_at = _line(target.stdout).split()
+        doc = _finish(cap, tmp_path / "cpu.json")
+        end = datetime.fromisoformat(doc["end_time"]).timestamp()
+        assert float(done_at) < end, "the burn outlasted the window: lengthen --duration"
+        sc = doc["sidecars"][0]
+        own = float(own_cpu)
+        assert sc["cpu_seconds"] == pytest.approx(own, rel=0.05), (sc["cpu_seconds"], own)
+        # the helper thread exited mid-window; its CPU is attributed to it
+        threads = {t["tid"]: t["cpu_seconds"] for t in sc["threads"]}
+        assert threads.get(int(helper_tid), 0.0) == pytest.approx(float(helper_cpu), rel=0.05)
+        # cpu_mcores is the same CPU over the window's length (not ms vs s)
+        assert sc["cpu_mcores"] == pytest.approx(1000 * own / doc["duration_s"], rel=0.05)
+        before = sc["mem_mb"]
+
+        # 2) memory: 64 MiB touched between this window and the next
+        target.stdin.write("touch\n")
+        target.stdin.flush()
+        assert _line(target.stdout) == "touched"
+        cap = _start_capture(target.pid, tmp_path / "mem.json", "2s")
+        after = _finish(cap, tmp_path / "mem.json")["sidecars"][0]["mem_mb"]
+    finally:
+        target.kill()
+        target.wait()
+    # mem_mb is in MiB. The tolerance is 2%, not 5%: MB instead of MiB is a 4.9% error.
+    for field in ("rss", "working_set"):
+        grown = after[field] - before[field]
+        assert grown == pytest.approx(TOUCHED / MIB, rel=0.02), (field, before, after)
