@@ -154,6 +154,10 @@ def run(
         str | None, typer.Option("--format", help="json|yaml [default: by the suffix of -o].")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the bootstrap.")] = None,
+    max_error_rate: Annotated[
+        float,
+        typer.Option(help="Exit 6 (results written) when a step fails more requests (0.01 = 1%)."),
+    ] = 0.01,
 ) -> None:
     """Drive load at fixed rates, capture each step, and write SMP results."""
     from profiler.commands import run as cmd
@@ -175,6 +179,7 @@ def run(
             output=output,
             fmt=fmt,
             seed=seed,
+            max_error_rate=max_error_rate,
         )
     )
 

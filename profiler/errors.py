@@ -66,3 +66,10 @@ class TestbedError(SmpError):
 
     __test__ = False  # not a pytest test class
     exit_code = 5
+
+
+class TooManyErrors(SmpError):
+    """A run measured everything and wrote it, but a step failed more requests than allowed
+    (``run --max-error-rate``, 1% by default): its latency and rates are not the service's."""
+
+    exit_code = 6

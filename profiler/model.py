@@ -43,17 +43,23 @@ class RunConfig:
     baseline_netns: str | None = None
     testbed: str | None = None
     baseline_testbed: str | None = None
+    max_error_rate: float = 0.01  # a step failing more than this makes the run exit 6
 
 
 @dataclass
 class MeshInfo:
     """The mesh under test, as far as it can be known from the node."""
 
-    mesh_type: str = "ISTIO"  # an SMP ServiceMesh.Type name; Envoy sidecars are Istio-style
-    proxy_build: str | None = None  # from `envoy --version`
+    # An SMP ServiceMesh.Type name, only from evidence (an Istio or Linkerd process on the
+    # path); a plain Envoy or no sidecar is INVALID_MESH, SMP's "unknown", and `evidence` says why.
+    mesh_type: str = "INVALID_MESH"
+    proxy_build: str | None = None  # the proxy's own build (`envoy --version`), never the mesh's
     proxy_concurrency: int | None = None
     mtls_enabled: bool = False
     sidecar_count: int = 0
+    proxy: str | None = None  # "envoy", "linkerd2-proxy"; None: no sidecar on the path
+    mesh_version: str | None = None  # the mesh's own version when known (never the proxy's)
+    evidence: str | None = None  # what mesh_type is based on, in words
 
 
 @dataclass

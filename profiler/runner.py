@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from profiler import __version__
-from profiler.errors import TargetNotFound, TargetUnreachable, UsageError
+from profiler.errors import SmpError, TargetNotFound, TargetUnreachable, UsageError
 from profiler.loadgen.result import GENERATORS, LoadResult, LoadSpec
 from profiler.model import MeshInfo, RunBundle, RunConfig, StepRecord
 
@@ -111,9 +111,74 @@ def _testbed_state(path: Path) -> Any:
     return Testbed.load(path).state
 
 
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def mesh_evidence(pid: int) -> tuple[str, str | None, str]:
+    """(SMP mesh type, proxy, why) of a sidecar PID, from what the node shows of it only.
+
+    Istio: an Envoy started by Istio's pilot-agent (or with Istio's bootstrap); Linkerd: the
+    linkerd2-proxy binary. A plain Envoy is a proxy without a known mesh: INVALID_MESH, SMP's
+    "unknown", never ISTIO by default.
+    """
+    comm, args = _comm(pid), _cmdline(pid)
+    exe = Path(args[0]).name if args and args[0] else comm
+    if "linkerd2-proxy" in (comm, exe) or comm.startswith("linkerd2"):
+        return "LINKERD", "linkerd2-proxy", f"PID {pid} is linkerd2-proxy"
+    if "envoy" in (comm, exe):
+        parent = _ppid(pid)
+        if parent and _comm(parent) == "pilot-agent":
+            return "ISTIO", "envoy", f"PID {pid} is an Envoy started by Istio's pilot-agent"
+        if any("/etc/istio/" in a for a in args):
+            return "ISTIO", "envoy", f"PID {pid} is an Envoy with Istio's bootstrap"
+        return "INVALID_MESH", "envoy", f"PID {pid} is a plain Envoy: no Istio or other mesh seen"
+    return "INVALID_MESH", None, f"PID {pid} ({comm or '?'}) is no known sidecar proxy"
+
+
+def _mesh_of(pids: list[int], **kw: Any) -> MeshInfo:
+    from profiler.smp.environment import envoy_binary_of, envoy_version, proxy_concurrency_of
+
+    kind, proxy, why = mesh_evidence(pids[0])
+    if proxy != "envoy":  # a testbed's Envoy facts do not describe another process
+        kw.pop("proxy_build", None)
+        kw.pop("proxy_concurrency", None)
+        return MeshInfo(mesh_type=kind, proxy=proxy, sidecar_count=len(pids), evidence=why, **kw)
+    exe = envoy_binary_of(pids[0])
+    build = envoy_version(exe) if exe else None
+    kw.setdefault("proxy_concurrency", proxy_concurrency_of(pids[0]))
+    fallback = kw.pop("proxy_build", None)
+    return MeshInfo(
+        mesh_type=kind,
+        proxy=proxy,
+        proxy_build=build or fallback,
+        sidecar_count=len(pids),
+        evidence=why,
+        **kw,
+    )
+
+
 def resolve(cfg: RunConfig) -> tuple[RunConfig, MeshInfo]:
     """Fill target, netns and PIDs from testbed state dirs; learn what the sidecar is."""
-    mesh = MeshInfo()
+    mesh = MeshInfo(evidence="no sidecar PID given: what is on the path is not known")
     if cfg.testbed:
         st = _testbed_state(Path(cfg.testbed))
         cfg.target, cfg.netns = st.url, st.client.netns
@@ -121,18 +186,18 @@ def resolve(cfg: RunConfig) -> tuple[RunConfig, MeshInfo]:
             cfg.sidecar_pids = [p for p in (st.server.envoy_pid, st.client.envoy_pid) if p]
         if not cfg.app_pids and st.server.app_pid:
             cfg.app_pids = [st.server.app_pid]
-        build = st.envoy_version
         if cfg.sidecar_pids:
-            from profiler.smp.environment import envoy_binary_of, envoy_version
-
-            exe = envoy_binary_of(cfg.sidecar_pids[0])
-            build = (envoy_version(exe) if exe else None) or build
-        mesh = MeshInfo(
-            proxy_build=build,
-            proxy_concurrency=st.concurrency,
-            mtls_enabled=bool(st.mtls),
-            sidecar_count=len(cfg.sidecar_pids),
-        )
+            for pid in cfg.sidecar_pids:
+                if not Path(f"/proc/{pid}").exists():
+                    raise TargetNotFound(f"no process with PID {pid}")
+            mesh = _mesh_of(
+                cfg.sidecar_pids,
+                proxy_build=st.envoy_version,
+                proxy_concurrency=st.concurrency,
+                mtls_enabled=bool(st.mtls),
+            )
+        else:
+            mesh = MeshInfo(evidence=f"testbed {st.name} has no sidecar (--sidecar none)")
     if cfg.baseline_testbed:
         st = _testbed_state(Path(cfg.baseline_testbed))
         cfg.baseline_target, cfg.baseline_netns = st.url, st.client.netns
@@ -152,15 +217,10 @@ def resolve(cfg: RunConfig) -> tuple[RunConfig, MeshInfo]:
     for pid in cfg.sidecar_pids + cfg.app_pids + cfg.baseline_app_pids:
         if not Path(f"/proc/{pid}").exists():
             raise TargetNotFound(f"no process with PID {pid}")
+    if not 0.0 <= cfg.max_error_rate <= 1.0:
+        raise UsageError(f"bad --max-error-rate {cfg.max_error_rate:g}: use 0..1 (0.01 = 1%)")
     if cfg.sidecar_pids and not cfg.testbed:
-        from profiler.smp.environment import envoy_binary_of, envoy_version, proxy_concurrency_of
-
-        exe = envoy_binary_of(cfg.sidecar_pids[0])
-        mesh = MeshInfo(
-            proxy_build=envoy_version(exe) if exe and "envoy" in exe.name else None,
-            proxy_concurrency=proxy_concurrency_of(cfg.sidecar_pids[0]),
-            sidecar_count=len(cfg.sidecar_pids),
-        )
+        mesh = _mesh_of(cfg.sidecar_pids)
     return cfg, mesh
 
 
@@ -282,9 +342,8 @@ def execute(
     reporter: Reporter | None = None,
     seed: int | None = None,
 ) -> RunBundle:
-    """Run the whole plan and return the bundle (nothing is written here)."""
-    from profiler.smp.environment import detect_environment
-
+    """Run the whole plan and return the bundle (nothing is written here). Stopped early
+    (Ctrl-C, an error) after at least one mesh window: RunInterrupted with the partial bundle."""
     load_fn = load_fn or default_load_fn()
     notes: list[str] = []
     if cfg.sidecar_pids and capture_fn is None:
@@ -297,49 +356,64 @@ def execute(
     created = datetime.now(UTC)
     reporter.begin(windows, len(windows) * (cfg.warmup_s + cfg.step_duration_s))
     records: list[StepRecord] = []
+
+    def bundle(records: list[StepRecord], notes: list[str]) -> RunBundle:
+        return _bundle(cfg, mesh, records, notes, created, seed)
+
     try:
-        for w in windows:
-            spec = LoadSpec(
-                generator=cfg.generator,
-                target=w.target,
-                rate=w.rate or None,
-                duration_s=cfg.step_duration_s,
-                connections=cfg.connections,
-                netns=w.netns,
-            )
-            session = None
-            if w.captured and capture_fn is not None:
-                # A separate warm-up, so that the capture covers the measured load only.
-                if cfg.warmup_s > 0:
-                    reporter.start(w, "warm-up")
-                    load_fn(replace(spec, duration_s=cfg.warmup_s))
-                reporter.start(w, "measure")
-                if w.role == "mesh":
-                    session = capture_fn(cfg.sidecar_pids, cfg.app_pids)
-                else:  # the baseline's app: both paths then carry the probes' cost
-                    session = capture_fn([], cfg.baseline_app_pids)
-            else:  # nothing to align with: the generator's own (unmeasured) warm-up
-                spec = replace(spec, warmup_s=cfg.warmup_s)
-                reporter.start(w, "warm-up + measure")
-            try:
-                load = load_fn(spec) if session is None else _load_polling(load_fn, spec, session)
-            finally:
-                capture = session.stop() if session is not None else None
-            # The ids served the capture's matching; kept, they would be most of the bundle.
-            load = replace(load, request_ids=None)
-            rec = StepRecord(w.step, w.rate, w.role, w.repetition, load, capture)
-            if not load.target_reached:
-                notes.append(
-                    f"step {w.step} {w.role} rep {w.repetition}: asked {rate_label(w.rate)} req/s, "
-                    f"achieved {load.rate_achieved:.1f}"
-                )
-            records.append(rec)
-            reporter.done(w, rec)
+        _run_windows(cfg, windows, records, notes, load_fn, capture_fn, reporter)
+    except (KeyboardInterrupt, SmpError) as e:
+        done = {r.step for r in records if r.role == "mesh"}
+        if not done:
+            raise
+        why = "Ctrl-C" if isinstance(e, KeyboardInterrupt) else str(e)
+        kept = [r for r in records if r.step in done]
+        left = [rate_label(r) for i, r in enumerate(cfg.rates) if i not in done]
+        notes.append(
+            f"run interrupted ({why}) after {len(records)} of {len(windows)} windows: partial "
+            f"results" + (f"; rates not measured: {', '.join(left)}" if left else "")
+        )
+        raise RunInterrupted(bundle(kept, notes), e) from e
     finally:
         reporter.end()
         close = getattr(capture_fn, "close", None)
         if callable(close):
             close()
+    return bundle(records, notes)
+
+
+class RunInterrupted(SmpError):
+    """The run stopped early (Ctrl-C, a sidecar off the path, a dying target): what it
+    measured so far, as a bundle, and why. Its exit code is the cause's (130 for Ctrl-C), so a
+    caller that does not write the bundle still ends with one line, never a traceback."""
+
+    def __init__(self, bundle: RunBundle, cause: BaseException) -> None:
+        why = "interrupted (Ctrl-C)" if isinstance(cause, KeyboardInterrupt) else str(cause)
+        super().__init__(why or type(cause).__name__)
+        self.bundle, self.cause = bundle, cause
+        self.exit_code = cause.exit_code if isinstance(cause, SmpError) else 130
+
+
+class SidecarNotOnPath(TargetNotFound):
+    """The captured sidecar saw none of the run's requests: it is not the target's sidecar."""
+
+
+def _bundle(
+    cfg: RunConfig,
+    mesh: MeshInfo,
+    records: list[StepRecord],
+    notes: list[str],
+    created: datetime,
+    seed: int | None,
+) -> RunBundle:
+    """The bundle of ``records``: a partial run keeps only the steps it measured."""
+    from profiler.smp.environment import detect_environment
+
+    steps = sorted({r.step for r in records})
+    if steps != list(range(len(cfg.rates))):
+        renumber = {old: new for new, old in enumerate(steps)}
+        cfg = replace(cfg, rates=[cfg.rates[i] for i in steps])
+        records = [replace(r, step=renumber[r.step]) for r in records]
     return RunBundle(
         config=cfg,
         mesh=mesh,
@@ -354,3 +428,80 @@ def execute(
         seed=seed if seed is not None else uuid.uuid4().int % (2**32),
         notes=notes,
     )
+
+
+def _sidecar_check(cfg: RunConfig, w: Window, rec: StepRecord, notes: list[str]) -> bool:
+    """After the first captured mesh window with responses: a sidecar that proxied none of its
+    requests is not on the path (a wrong --sidecar-pid); the run stops rather than report
+    its costs. True once checked."""
+    # Only successes prove the path: an Envoy whose app is gone answers 503 itself and
+    # proxies nothing, yet it is on the path (the error rate tells that story).
+    if rec.capture is None or rec.load.successes == 0:
+        return False
+    seen = {
+        int(sc.get("pid", 0)): int(sc.get("requests") or 0)
+        for sc in rec.capture.get("sidecars", [])
+    }
+    idle = [pid for pid in cfg.sidecar_pids if seen.get(pid, 0) == 0]
+    if idle and len(idle) == len(cfg.sidecar_pids):
+        raise SidecarNotOnPath(
+            f"sidecar PID {', '.join(map(str, idle))} proxied 0 of the {rec.load.successes} "
+            f"successful requests to {cfg.target}: it is not on the path (check --sidecar-pid)"
+        )
+    notes.extend(
+        f"sidecar PID {pid} proxied 0 of the {rec.load.successes} successful requests of "
+        f"step {w.step}"
+        for pid in idle
+    )
+    return True
+
+
+def _run_windows(
+    cfg: RunConfig,
+    windows: list[Window],
+    records: list[StepRecord],
+    notes: list[str],
+    load_fn: LoadFn,
+    capture_fn: CaptureFn | None,
+    reporter: Reporter,
+) -> None:
+    checked = False
+    for w in windows:
+        spec = LoadSpec(
+            generator=cfg.generator,
+            target=w.target,
+            rate=w.rate or None,
+            duration_s=cfg.step_duration_s,
+            connections=cfg.connections,
+            netns=w.netns,
+        )
+        session = None
+        if w.captured and capture_fn is not None:
+            # A separate warm-up, so that the capture covers the measured load only.
+            if cfg.warmup_s > 0:
+                reporter.start(w, "warm-up")
+                load_fn(replace(spec, duration_s=cfg.warmup_s))
+            reporter.start(w, "measure")
+            if w.role == "mesh":
+                session = capture_fn(cfg.sidecar_pids, cfg.app_pids)
+            else:  # the baseline's app: both paths then carry the probes' cost
+                session = capture_fn([], cfg.baseline_app_pids)
+        else:  # nothing to align with: the generator's own (unmeasured) warm-up
+            spec = replace(spec, warmup_s=cfg.warmup_s)
+            reporter.start(w, "warm-up + measure")
+        try:
+            load = load_fn(spec) if session is None else _load_polling(load_fn, spec, session)
+        finally:
+            capture = session.stop() if session is not None else None
+        # The ids served the capture's matching; kept, they would be most of the bundle.
+        load = replace(load, request_ids=None)
+        rec = StepRecord(w.step, w.rate, w.role, w.repetition, load, capture)
+        if not load.target_reached:
+            notes.append(
+                f"step {w.step} {w.role} rep {w.repetition}: asked {rate_label(w.rate)} req/s, "
+                f"achieved {load.success_rate:.1f} successful"
+            )
+        records.append(rec)
+        reporter.done(w, rec)
+        if not checked and w.role == "mesh" and capture is not None:
+            checked = _sidecar_check(cfg, w, rec, notes)

@@ -330,3 +330,96 @@ def cores_per_1k_rps(cpu_seconds: float, duration_s: float, rps: float) -> float
     if duration_s <= 0:
         raise ValueError(f"duration {duration_s} s is not positive")
     return (cpu_seconds / duration_s) / (rps / 1000.0) if rps > 0 else None
+
+
+@dataclass(frozen=True)
+class Difference:
+    """b - a of two sets of repeated measurements, with Welch's t test (between-run variance).
+
+    ``low``/``high``: the (1 - alpha) interval of the difference of the means; it excludes 0
+    exactly when ``p_value < alpha``, so an interval and a verdict never disagree.
+    """
+
+    estimate: float
+    low: float
+    high: float
+    p_value: float
+    df: float
+    alpha: float
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < self.alpha
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta (modified Lentz)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for num in (
+            m * (b - m) * x / ((a + m2 - 1) * (a + m2)),
+            -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-14:
+            break
+    return h
+
+
+def _ibeta(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    front = math.exp(lbeta + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom."""
+    if df <= 0:
+        raise ValueError(f"degrees of freedom {df} are not positive")
+    return _ibeta(df / 2.0, 0.5, df / (df + t * t))
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The t value with P(|T| >= t) = 1 - q (e.g. q = 0.95 -> t_{0.975, df}); bisection."""
+    lo, hi = 0.0, 1e6
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        if t_two_sided_p(mid, df) > 1.0 - q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2.0
+
+
+def welch(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> Difference:
+    """Welch's t test of mean(b) - mean(a) over repetitions (each needs at least two)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.size < 2 or y.size < 2:
+        raise ValueError("Welch's test needs at least two repetitions on each side")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("non-finite repetition value")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha {alpha} is outside (0, 1)")
+    d = float(y.mean() - x.mean())
+    va, vb = float(x.var(ddof=1)) / x.size, float(y.var(ddof=1)) / y.size
+    se = math.sqrt(va + vb)
+    if se == 0.0:  # no spread at all: any difference is exact
+        return Difference(d, d, d, 0.0 if d else 1.0, float(x.size + y.size - 2), alpha)
+    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+    p = t_two_sided_p(d / se, df)
+    half = t_quantile(1.0 - alpha, df) * se
+    return Difference(d, d - half, d + half, p, df, alpha)

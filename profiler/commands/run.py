@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from profiler.errors import UsageError
+from profiler.errors import TooManyErrors, UsageError
 from profiler.model import RunConfig, StepRecord, dumps
 from profiler.runner import Window, rate_label
 
@@ -66,13 +66,15 @@ class RichReporter:
         extra = ""
         scs = (record.capture or {}).get("sidecars", [])
         if record.capture and scs:
-            mc = sum(float(s.get("cpu_mcores") or 0) for s in scs)
+            # over the load's own seconds: the capture window is longer (start-up, collection)
+            cpu = sum(float(s.get("cpu_seconds") or 0) for s in scs)
+            mc = cpu / load.duration_s * 1000 if load.duration_s > 0 else 0.0
             extra = f" sidecar {mc:.0f} mcores, drops {record.capture.get('drops', 0)}"
         line = (
             f"step {window.step} {window.role:8} {rate_label(window.rate):>7} req/s"
             f" rep {window.repetition}:"
             f" achieved {load.rate_achieved:8.1f}  p50 {_ms(p50)}  p99 {_ms(p99)}"
-            f"  errors {load.error_count}{extra}"
+            f"  errors {load.error_rate:.1%}{extra}"
         )
         self.progress.console.print(line)
         self.progress.update(self.task, advance=1, last=f"p99 {_ms(p99)}")
@@ -99,6 +101,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
     for col in (
         "rate",
         "achieved",
+        "errors",
         "p50 ms",
         "p99 ms",
         "baseline p50",
@@ -107,7 +110,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
         "eBPF mesh-added p50",
         "sidecar mcores",
         "CPU-ms/1k req",
-        "mem MB",
+        "mem MiB",
     ):
         t.add_column(col, justify="right")
     for step in doc["details"]["steps"]:
@@ -120,6 +123,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
         t.add_row(
             rate_label(step["rate_asked"]),
             f"{step['mesh']['rate_achieved']:.1f}",
+            f"{step['mesh']['error_rate']:.1%}",
             _f(lat.get("p50_ms")),
             _f(lat.get("p99_ms")),
             _f(base["latency"].get("p50_ms")) if base else "-",
@@ -129,7 +133,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
             else "-",
             _f(total.get("p50_ms")),
             _f(added.get("p50_ms")),
-            _f(sc.get("cpu_mcores"), 0),
+            "off path" if sc.get("error") else _f(sc.get("cpu_mcores"), 0),
             _f(sc.get("cpu_ms_per_1k_requests"), 1),
             _f((sc.get("mem_mb") or {}).get("rss"), 1),
         )
@@ -160,6 +164,7 @@ def main(
     output: Path,
     fmt: str | None,
     seed: int | None = None,
+    max_error_rate: float = 0.01,
 ) -> int:
     from profiler import capabilities, outputs, runner
 
@@ -178,6 +183,7 @@ def main(
         app_pids=list(app_pid),
         testbed=str(testbed) if testbed else None,
         baseline_testbed=str(baseline_testbed) if baseline_testbed else None,
+        max_error_rate=max_error_rate,
     )
     outputs.check(output)
     if testbed or baseline_testbed:
@@ -186,12 +192,40 @@ def main(
     if cfg.sidecar_pids or cfg.app_pids:
         capabilities.require_bpf("run")
     out = console()
-    bundle = runner.execute(cfg, mesh, reporter=RichReporter(out), seed=seed)
     used = fmt or ("yaml" if output.suffix in (".yaml", ".yml") else "json")
+    try:
+        bundle = runner.execute(cfg, mesh, reporter=RichReporter(out), seed=seed)
+    except runner.RunInterrupted as stop:
+        # what was measured is written before anything else is said
+        doc = stop.bundle.to_json()
+        written = outputs.save_text(output, dumps(doc, used))
+        out.print(summary_table(doc))
+        for note in doc["details"]["notes"]:
+            out.print(f"[yellow]note:[/] {note}")
+        out.print(f"wrote {written} ({used}): PARTIAL, the run was interrupted")
+        if isinstance(stop.cause, KeyboardInterrupt):
+            return 130
+        raise stop.cause from None
     doc = bundle.to_json()
-    output.write_text(dumps(doc, used))
+    written = outputs.save_text(output, dumps(doc, used))  # never lost: a fallback if need be
     out.print(summary_table(doc))
-    for note in bundle.notes:
+    for note in doc["details"]["notes"]:
         out.print(f"[yellow]note:[/] {note}")
-    out.print(f"wrote {output} ({used})")
+    out.print(f"wrote {written} ({used})")
+    check_error_rate(doc, cfg.max_error_rate)
     return 0
+
+
+def check_error_rate(doc: dict[str, Any], limit: float) -> None:
+    """TooManyErrors (exit 6) when a step's mesh or baseline failed more than ``limit``."""
+    worst: tuple[float, str] | None = None
+    for step in doc["details"]["steps"]:
+        for role in ("mesh", "baseline"):
+            ld = step.get(role)
+            if ld and ld["error_rate"] > limit and (worst is None or ld["error_rate"] > worst[0]):
+                worst = (ld["error_rate"], f"{role} at {rate_label(step['rate_asked'])} req/s")
+    if worst is not None:
+        raise TooManyErrors(
+            f"error rate {worst[0]:.2%} ({worst[1]}) is above --max-error-rate {limit:.2%}: "
+            "the results are written, but their latency and rates are not the service's"
+        )

@@ -25,16 +25,16 @@ from typing import Any
 from profiler import __version__, stats
 from profiler.daemon.promql import Prometheus, Sample, WindowResult, selector, window_queries
 from profiler.errors import UsageError
-from profiler.smp.build import duration_string, int32
+from profiler.smp.build import duration_string, int32, mib_to_mb
 from profiler.smp.read import format_time
 from profiler.smp.schema import SMP_VERSION
 
 KIND = "smp-profiler/cluster-bundle"
 FORMAT_VERSION = 1
 PS = (50.0, 90.0, 95.0, 99.0, 99.9)
-MESH_OF_CONTAINER = {
+MESH_OF_CONTAINER: dict[str, str | None] = {
     "istio-proxy": "ISTIO",
-    "envoy": "ISTIO",  # node-only discovery names the proxy; Envoy sidecars are Istio-style
+    "envoy": None,  # a plain Envoy is no evidence of any mesh (SMP: unknown)
     "linkerd-proxy": "LINKERD",
     "linkerd2-proxy": "LINKERD",
 }
@@ -178,7 +178,7 @@ def build_bundle(
         "sidecar": {
             "count": int32(w.sidecars),
             "cpu_mcores": int32(w.sidecar_cpu_mcores),
-            "mem_mb": int32(w.sidecar_mem_mb),
+            "mem_mb": int32(mib_to_mb(w.sidecar_mem_mb)),  # SMP's MB: 10^6 bytes
             "rps": int32(w.rps),
         },
     }

@@ -176,13 +176,14 @@ def _drive(
 def _merge(
     spec: LoadSpec, parts: list[dict[str, Any]], start: float, n: int, run_id: str
 ) -> LoadResult:
-    lat, svc = LatencyHistogram(), LatencyHistogram()
+    lat, svc, err = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
     status: dict[int, int] = {}
     errors: dict[str, int] = {}
     ids: list[str] = []
     for d in parts:
         lat.merge(LatencyHistogram.from_json(d["latency"]))
         svc.merge(LatencyHistogram.from_json(d["service"]))
+        err.merge(LatencyHistogram.from_json(d["error_latency"]))
         for k, v in d["status"].items():
             status[int(k)] = status.get(int(k), 0) + v
         for k, v in d["errors"].items():
@@ -198,7 +199,7 @@ def _merge(
             f"the generator fell behind its schedule by up to {lag * 1e3:.1f} ms"
             " (CPU-bound? use more workers); that delay counts as latency"
         )
-    reached = rate_reached(spec.rate, achieved)
+    reached = rate_reached(spec.rate, achieved)  # judge() then counts successes only
     if not reached:
         notes.append(f"target rate not reached: {achieved:.1f} of {spec.rate:g} req/s")
     ms = (lambda x: x / 1000.0) if lat.count else (lambda x: None)
@@ -211,7 +212,7 @@ def _merge(
         rate_asked=spec.rate,
         rate_achieved=achieved,
         duration_s=spec.duration_s,
-        requests=lat.count,
+        requests=lat.count + err.count,
         histogram=lat,
         percentiles_ms=percentiles_from_histogram(lat),
         min_ms=ms(lat.min),
@@ -230,4 +231,5 @@ def _merge(
         service_histogram=svc,
         max_send_lag_ms=lag * 1e3,
         cpu_s=sum(float(d.get("cpu_s", 0.0)) for d in parts),
-    )
+        error_histogram=err,
+    ).judge()

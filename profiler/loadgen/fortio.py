@@ -20,7 +20,15 @@ import numpy as np
 from profiler.errors import BadInputFile
 from profiler.histogram import LatencyHistogram
 from profiler.loadgen.common import find_binary, launch_prefix, load_json, run_tool
-from profiler.loadgen.result import LoadResult, LoadSpec, rate_reached
+from profiler.loadgen.result import (
+    ERROR_STATUS,
+    GRPC_OK,
+    STANDARD_PERCENTILES,
+    LoadResult,
+    LoadSpec,
+    percentiles_from_histogram,
+    pkey,
+)
 
 _SPREAD_MAX = 1_000_000  # spread at most this many samples of a bucket; more go at its middle
 
@@ -91,51 +99,114 @@ def _start(s: str) -> datetime:
     return datetime.fromisoformat(s).astimezone(UTC)
 
 
-def histogram(h: dict[str, Any]) -> LatencyHistogram:
-    """fortio's buckets (seconds) as microseconds, each bucket's count spread evenly over it."""
+def histogram(h: dict[str, Any], minus: dict[str, Any] | None = None) -> LatencyHistogram:
+    """fortio's buckets (seconds) as microseconds, each bucket's count spread evenly over it;
+    ``minus``: a histogram of the same buckets whose counts are taken out (fortio's
+    ErrorsDurationHistogram out of its DurationHistogram leaves the successes)."""
+    take = {
+        (float(b["Start"]), float(b["End"])): int(b["Count"])
+        for b in (minus or {}).get("Data") or []
+    }
     out = LatencyHistogram()
     for b in h.get("Data") or []:
-        n = int(b["Count"])
-        lo, hi = float(b["Start"]) * 1e6, float(b["End"]) * 1e6
+        start, end = float(b["Start"]), float(b["End"])
+        n = int(b["Count"]) - take.pop((start, end), 0)
+        lo, hi = start * 1e6, end * 1e6
         if n <= 0:
             continue
         if n > _SPREAD_MAX:
             out.record(round((lo + hi) / 2), n)
         else:
             out.record_many(np.rint(lo + (np.arange(n) + 0.5) * (hi - lo) / n))
+    if any(take.values()):
+        raise ValueError("ErrorsDurationHistogram has buckets DurationHistogram lacks")
     return out
+
+
+def _stated(dh: dict[str, Any], hist: LatencyHistogram) -> tuple[dict[str, Any], list[str]]:
+    """The statistics fortio printed (ms), and the standard percentiles it did not, computed
+    from its buckets (named in the second value)."""
+    pct = {float(p["Percentile"]): float(p["Value"]) * 1000 for p in dh.get("Percentiles") or []}
+    computed = []
+    for p in STANDARD_PERCENTILES:
+        if p not in pct and hist.count:
+            pct[p] = hist.percentile(p) / 1000.0
+            computed.append(pkey(p))
+    out = {
+        "percentiles_ms": dict(sorted(pct.items())),
+        "min_ms": float(dh["Min"]) * 1000,
+        "mean_ms": float(dh["Avg"]) * 1000,
+        "max_ms": float(dh["Max"]) * 1000,
+    }
+    return out, computed
+
+
+def _computed(hist: LatencyHistogram) -> tuple[dict[str, Any], list[str]]:
+    """Everything from the histogram (what fortio printed describes other samples)."""
+    if not hist.count:
+        return {"percentiles_ms": {}, "min_ms": None, "mean_ms": None, "max_ms": None}, []
+    out = {
+        "percentiles_ms": percentiles_from_histogram(hist),
+        "min_ms": hist.min / 1000.0,
+        "mean_ms": hist.mean / 1000.0,
+        "max_ms": hist.max / 1000.0,
+    }
+    return out, ["min", "mean", "max", *(pkey(p) for p in STANDARD_PERCENTILES)]
 
 
 def _one(d: dict[str, Any], label: str | None) -> LoadResult:
     try:
         dh = d["DurationHistogram"]
+        eh = d.get("ErrorsDurationHistogram")
         duration_s = int(d["ActualDuration"]) / 1e9
         asked_raw = str(d.get("RequestedQPS", "max")).strip()
         asked = None if asked_raw.lower() in ("max", "0", "-1", "") else float(asked_raw)
-        codes = {int(k): int(v) for k, v in (d.get("RetCodes") or {}).items()}
+        raw_codes = dict(d.get("RetCodes") or {})
+        # HTTP runs key RetCodes by status (-1: socket error); gRPC runs by status name
+        grpc = {str(k): int(v) for k, v in raw_codes.items() if not str(k).lstrip("-").isdigit()}
+        codes = {int(k): int(v) for k, v in raw_codes.items() if str(k).lstrip("-").isdigit()}
         status = {k: v for k, v in codes.items() if k >= 0}
         errors = {"socket": codes[-1]} if codes.get(-1) else {}
-        pct = {
-            float(p["Percentile"]): float(p["Value"]) * 1000 for p in dh.get("Percentiles") or []
-        }
+        responses = sum(status.values()) + sum(grpc.values())
         count = int(dh["Count"])
         start = _start(d["StartTime"])
-        achieved = float(d["ActualQPS"])
         sizes = d.get("Sizes") or {}
-        hist = histogram(dh)
-        if hist.count != count:
-            raise ValueError(f"bucket counts add up to {hist.count}, not Count {count}")
+        full = histogram(dh)
+        if full.count != count:
+            raise ValueError(f"bucket counts add up to {full.count}, not Count {count}")
+        calls = sum(codes.values()) + sum(grpc.values()) or count
+        # ActualQPS counts every call, socket errors too: the responses' share of it
+        achieved = float(d["ActualQPS"]) * responses / calls if calls else 0.0
+        failed = errors.get("socket", 0) + sum(n for c, n in status.items() if c >= ERROR_STATUS)
+        failed += sum(n for st, n in grpc.items() if st not in GRPC_OK)
+        notes = ["fortio: closed loop; histogram rebuilt from its buckets (linear within each)"]
+        if label:
+            notes.append(f"Meshery result '{label}'")
+        err_hist: LatencyHistogram | None = None
+        mixed = 0
+        if not failed:  # every call a success: fortio's own figures are the successes'
+            hist = full
+            stats, computed = _stated(dh, hist)
+        elif failed >= count:  # every call failed: no success latency at all
+            hist, err_hist = LatencyHistogram(), full
+            stats, computed = _computed(hist)
+            notes.append("every call failed: fortio's latency figures are the errors' own")
+        elif eh and int(eh.get("Count", 0)):  # errors apart: the successes' from the buckets
+            err_hist = histogram(eh)
+            hist = histogram(dh, minus=eh)
+            stats, computed = _computed(hist)
+            notes.append(
+                "fortio's printed figures include the errors: the successes' are computed from "
+                "DurationHistogram minus ErrorsDurationHistogram"
+            )
+        else:  # mixed, and the file cannot tell them apart
+            hist = full
+            stats, computed = _stated(dh, hist)
+            mixed = failed
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BadInputFile(f"malformed fortio result: {type(e).__name__}: {e}") from None
-    notes = ["fortio: closed loop; histogram rebuilt from its buckets (linear within each)"]
-    if label:
-        notes.append(f"Meshery result '{label}'")
-    if errors:
-        notes.append(f"{errors['socket']} socket errors (RetCodes -1) are in the histogram")
-
-    def ms(key: str) -> float | None:
-        return float(dh[key]) * 1000 if count else None
-
+    if computed:
+        notes.append(f"not stated by fortio, computed from its histogram: {', '.join(computed)}")
     return LoadResult(
         generator="fortio",
         generator_version=str(d.get("Version")) if d.get("Version") else None,
@@ -145,18 +216,20 @@ def _one(d: dict[str, Any], label: str | None) -> LoadResult:
         rate_asked=asked,
         rate_achieved=achieved,
         duration_s=duration_s,
-        requests=sum(status.values()),
+        requests=responses,
         histogram=hist,
-        percentiles_ms=pct,
-        min_ms=ms("Min"),
-        mean_ms=ms("Avg"),
-        max_ms=ms("Max"),
         status_counts=status,
         errors=errors,
         start_time=start,
         end_time=start + timedelta(seconds=duration_s),
         bytes_received=int(sizes["Sum"]) if "Sum" in sizes else None,
-        target_reached=rate_reached(asked, achieved),
+        target_reached=False,
         workers=int(d.get("NumThreads", 1)),
         notes=notes,
-    )
+        error_histogram=err_hist,
+        errors_in_histogram=mixed,
+        computed=computed,
+        protocol="grpc" if grpc or "grpc" in str(d.get("RunType", "")).lower() else "http",
+        grpc_status_counts=grpc,
+        **stats,
+    ).judge()

@@ -18,7 +18,7 @@ from typing import Any
 from profiler.errors import BadInputFile
 from profiler.histogram import LatencyHistogram
 from profiler.loadgen.common import find_binary, launch_prefix, run_tool
-from profiler.loadgen.result import LoadResult, LoadSpec, percentiles_from_histogram, rate_reached
+from profiler.loadgen.result import ERROR_STATUS, LoadResult, LoadSpec, percentiles_from_histogram
 
 CSV_HEADER = "response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read"
 
@@ -66,9 +66,8 @@ def run(spec: LoadSpec) -> LoadResult:
     r = parse(out, duration_s=spec.duration_s)
     r.target, r.connections, r.generator_version = spec.target, spec.connections, version()
     r.rate_asked = spec.rate
-    r.target_reached = rate_reached(spec.rate, r.rate_achieved)
     r.start_time, r.end_time = start, start + timedelta(seconds=spec.duration_s)
-    return r
+    return r.judge()
 
 
 def parse(text: str, duration_s: float | None = None) -> LoadResult:
@@ -102,15 +101,15 @@ def _result(duration_s: float, requests: int, **kw: Any) -> LoadResult:
 
 
 def _from_csv(text: str, duration_s: float | None) -> LoadResult:
-    h = LatencyHistogram()
+    h, err = LatencyHistogram(), LatencyHistogram()
     status: dict[int, int] = {}
     end = 0.0
     try:
         rows = list(csv.DictReader(io.StringIO(text.strip())))
         for row in rows:
             rt = float(row["response-time"])
-            h.record(round(rt * 1e6))
             code = int(row["status-code"])
+            (err if code >= ERROR_STATUS else h).record(round(rt * 1e6))
             status[code] = status.get(code, 0) + 1
             end = max(end, float(row["offset"]) + rt)
     except (KeyError, ValueError, TypeError) as e:
@@ -118,7 +117,7 @@ def _from_csv(text: str, duration_s: float | None) -> LoadResult:
     dur = duration_s if duration_s is not None else end
     return _result(
         dur,
-        h.count,
+        h.count + err.count,
         histogram=h,
         percentiles_ms=percentiles_from_histogram(h),
         min_ms=h.min / 1000 if h.count else None,
@@ -126,8 +125,12 @@ def _from_csv(text: str, duration_s: float | None) -> LoadResult:
         max_ms=h.max / 1000 if h.count else None,
         status_counts=status,
         errors={},
-        notes=["hey CSV: 0.1 ms resolution; failed requests are not listed, so not counted"],
-    )
+        error_histogram=err,
+        notes=[
+            "hey CSV: 0.1 ms resolution; requests that got no response (socket errors, "
+            "timeouts) are not listed by hey, so not counted"
+        ],
+    ).judge()
 
 
 def _secs(text: str, label: str) -> float | None:
@@ -187,4 +190,5 @@ def _from_summary(text: str) -> LoadResult:
         **ms,
     )
     r.bytes_received = int(data.group(1)) if data else None
-    return r
+    r.errors_in_histogram = r.error_responses  # hey's figures time every response alike
+    return r.judge()

@@ -17,7 +17,14 @@ from typing import Any
 from profiler.errors import BadInputFile
 from profiler.histogram import LatencyHistogram
 from profiler.loadgen.common import find_binary, launch_prefix, load_json, run_tool
-from profiler.loadgen.result import STANDARD_PERCENTILES, LoadResult, LoadSpec, rate_reached
+from profiler.loadgen.result import (
+    ERROR_STATUS,
+    STANDARD_PERCENTILES,
+    LoadResult,
+    LoadSpec,
+    pkey,
+    rate_reached,
+)
 
 MAIN_STATISTIC = "benchmark_http_client.request_to_response"
 BLOCKING = "sequencer.blocking"
@@ -61,8 +68,7 @@ def run(spec: LoadSpec) -> LoadResult:
     r = parse(load_json_text(out))
     r.target, r.connections = spec.target, spec.connections
     r.rate_asked = spec.rate
-    r.target_reached = rate_reached(spec.rate, r.rate_achieved)
-    return r
+    return r.judge()
 
 
 def load_json_text(text: str) -> dict[str, Any]:
@@ -115,15 +121,28 @@ def histogram(stat: dict[str, Any]) -> LatencyHistogram:
     return h
 
 
-def _percentiles(stat: dict[str, Any]) -> dict[float, float]:
-    pts = sorted((float(p["percentile"]), seconds(p["duration"])) for p in stat["percentiles"])
-    out: dict[float, float] = {}
+def _stated(stat: dict[str, Any], h: LatencyHistogram) -> tuple[dict[str, Any], list[str]]:
+    """Nighthawk's own figures (ms): min, mean, max and every listed percentile; the standard
+    percentiles it does not list are computed from its histogram (named in the second value)."""
+    count = int(stat.get("count", 0))
+    if not count:
+        return {"percentiles_ms": {}, "min_ms": None, "mean_ms": None, "max_ms": None}, []
+    pct: dict[float, float] = {}
+    for p in stat.get("percentiles") or []:
+        frac = float(p["percentile"])
+        if 0 < frac < 1 and "duration" in p:  # 0 and 1 are min and max
+            pct[round(frac * 100, 6)] = seconds(p["duration"]) * 1000
+    computed = []
     for want in STANDARD_PERCENTILES:
-        for frac, secs in pts:
-            if frac >= want / 100 - 1e-12:
-                out[want] = secs * 1000
-                break
-    return out
+        if want not in pct and h.count:
+            pct[want] = h.percentile(want) / 1000.0
+            computed.append(pkey(want))
+    return {
+        "percentiles_ms": dict(sorted(pct.items())),
+        "min_ms": seconds(stat["min"]) * 1000,
+        "mean_ms": seconds(stat["mean"]) * 1000,
+        "max_ms": seconds(stat["max"]) * 1000,
+    }, computed
 
 
 def parse(source: str | Path | dict[str, Any], statistic: str | None = None) -> LoadResult:
@@ -144,14 +163,29 @@ def _parse(data: dict[str, Any], statistic: str | None) -> LoadResult:
     if g is None:
         raise BadInputFile("nighthawk output has no 'global' result")
     stat, sid = _latency_stat(g, statistic)
-    count = int(stat.get("count", 0))
-    h = histogram(stat)
     counters = {str(c["name"]): int(c["value"]) for c in g.get("counters") or []}
     status = {
         int(k[-3]) * 100: v
         for k, v in counters.items()
         if re.fullmatch(r"benchmark\.http_[1-5]xx", k) and v
     }
+    bad = sum(v for k, v in status.items() if k >= ERROR_STATUS)
+    err_hist: LatencyHistogram | None = None
+    mixed = 0
+    ok = _stat(g, "benchmark_http_client.latency_2xx")
+    if bad and statistic is None and ok is not None and not status.get(300):
+        # Nighthawk times each status class apart: the successes' own statistic
+        stat, sid = ok, "benchmark_http_client.latency_2xx"
+        err_hist = LatencyHistogram()
+        for cls in ("4xx", "5xx"):
+            e = _stat(g, f"benchmark_http_client.latency_{cls}")
+            if e is not None:
+                err_hist.merge(histogram(e))
+    elif bad:
+        mixed = bad
+    count = int(stat.get("count", 0))
+    h = histogram(stat)
+    figures, computed = _stated(stat, h)
     errors: dict[str, int] = {}
     for name, kind in _ERROR_COUNTERS.items():
         if counters.get(name):
@@ -171,6 +205,8 @@ def _parse(data: dict[str, Any], statistic: str | None) -> LoadResult:
         notes.append("sequencer.blocking is non-empty: Nighthawk fell back to closed loop")
     if status:
         notes.append("Nighthawk counts status classes: 2xx is filed under 200, 5xx under 500")
+    if computed:
+        notes.append(f"not stated by Nighthawk, computed from its histogram: {', '.join(computed)}")
     start_raw = g.get("execution_start") or data.get("timestamp")
     start = (
         datetime.fromisoformat(str(start_raw).replace("Z", "+00:00")).astimezone(UTC)
@@ -192,10 +228,6 @@ def _parse(data: dict[str, Any], statistic: str | None) -> LoadResult:
         duration_s=duration,
         requests=completed,
         histogram=h,
-        percentiles_ms=_percentiles(stat) if stat.get("percentiles") else {},
-        min_ms=seconds(stat["min"]) * 1000 if count else None,
-        mean_ms=seconds(stat["mean"]) * 1000 if count else None,
-        max_ms=seconds(stat["max"]) * 1000 if count else None,
         status_counts=status,
         errors=errors,
         start_time=start,
@@ -204,4 +236,8 @@ def _parse(data: dict[str, Any], statistic: str | None) -> LoadResult:
         target_reached=rate_reached(asked, achieved),
         workers=max(1, len(workers)),
         notes=notes,
-    )
+        error_histogram=err_hist,
+        errors_in_histogram=mixed,
+        computed=computed,
+        **figures,
+    ).judge()

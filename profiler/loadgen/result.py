@@ -14,6 +14,8 @@ GENERATORS = ("builtin", "wrk", "hey", "fortio", "nighthawk")
 MODES = ("open-loop", "closed-loop")
 STANDARD_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 RATE_TOLERANCE = 0.01  # achieved within 1% of asked counts as reached
+ERROR_STATUS = 400  # a response with this status or above is an error response
+GRPC_OK = ("OK", "SERVING")  # gRPC statuses that are successes (a call, a health check)
 MAX_REQUEST_IDS = 100_000  # request_ids kept in a result (bounded)
 
 
@@ -59,10 +61,87 @@ class LoadResult:
     service_histogram: LatencyHistogram | None = None
     max_send_lag_ms: float | None = None  # builtin: latest send behind its intended time
     cpu_s: float | None = None  # builtin: CPU seconds of its processes (warm-up included)
+    # Errors (docs/loadgen.md): a response with a status >= 400 is an error response; its
+    # latency goes to error_histogram, never into `histogram`, when the generator tells them
+    # apart. When it cannot (wrk, fortio without ErrorsDurationHistogram), `histogram` holds
+    # them and errors_in_histogram says how many.
+    error_histogram: LatencyHistogram | None = None
+    errors_in_histogram: int = 0
+    error_responses_uncoded: int = 0  # error responses whose status is not known (wrk text)
+    # Imports: the statistics (min, mean, max, p50, ...) the file does not state, computed here
+    # from its histogram; everything else is the file's own value.
+    computed: list[str] = field(default_factory=list)
+    protocol: str = "http"  # "http" | "grpc" (fortio's gRPC runs: statuses by name)
+    grpc_status_counts: dict[str, int] = field(default_factory=dict)  # gRPC status -> count
 
     @property
     def error_count(self) -> int:
+        """Requests that got no response: socket errors, timeouts, resets (by kind in errors)."""
         return sum(self.errors.values())
+
+    @property
+    def error_responses(self) -> int:
+        """Responses with an error status (HTTP >= 400, a gRPC status other than OK)."""
+        bad = sum(n for code, n in self.status_counts.items() if code >= ERROR_STATUS)
+        grpc = sum(n for st, n in self.grpc_status_counts.items() if st not in GRPC_OK)
+        return bad + grpc + self.error_responses_uncoded
+
+    @property
+    def successes(self) -> int:
+        return max(0, self.requests - self.error_responses)
+
+    @property
+    def attempts(self) -> int:
+        """Requests that were answered or failed: responses plus socket errors and timeouts."""
+        return self.requests + self.error_count
+
+    @property
+    def error_rate(self) -> float:
+        """Failed requests (error responses, socket errors, timeouts) over all attempts."""
+        n = self.attempts
+        return (self.error_responses + self.error_count) / n if n else 0.0
+
+    @property
+    def success_rate(self) -> float:
+        """Successful responses per second (what SMP's actual_qps reports)."""
+        if not self.requests:
+            return 0.0
+        return self.rate_achieved * self.successes / self.requests
+
+    def judge(self) -> LoadResult:
+        """Set target_reached from the successful rate and note the errors (every adapter)."""
+        self.target_reached = rate_reached(self.rate_asked, self.success_rate) and (
+            self.attempts > 0 or self.rate_asked is None
+        )
+        if self.error_responses or self.error_count:
+            what = ", ".join(
+                [f"{n} x {c}" for c, n in sorted(self.status_counts.items()) if c >= ERROR_STATUS]
+                + [
+                    f"{n} x {st}"
+                    for st, n in sorted(self.grpc_status_counts.items())
+                    if st not in GRPC_OK
+                ]
+                + [f"{n} {k}" for k, n in sorted(self.errors.items())]
+                + (
+                    [f"{self.error_responses_uncoded} non-2xx/3xx"]
+                    if self.error_responses_uncoded
+                    else []
+                )
+            )
+            self._note(
+                f"error rate {self.error_rate:.2%} ({what}); "
+                f"successful {self.success_rate:.1f} req/s"
+            )
+        if self.errors_in_histogram:
+            self._note(
+                f"{self.generator} does not separate error latency: {self.errors_in_histogram} "
+                "error responses are in the latency figures"
+            )
+        return self
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
     def to_json(self) -> dict[str, Any]:
         def num(x: float | None) -> float | None:
@@ -98,6 +177,14 @@ class LoadResult:
             "service_histogram": None
             if self.service_histogram is None
             else self.service_histogram.to_json(),
+            "error_histogram": None
+            if self.error_histogram is None
+            else self.error_histogram.to_json(),
+            "errors_in_histogram": self.errors_in_histogram,
+            "error_responses_uncoded": self.error_responses_uncoded,
+            "computed": list(self.computed),
+            "protocol": self.protocol,
+            "grpc_status_counts": dict(sorted(self.grpc_status_counts.items())),
         }
 
     @classmethod
@@ -138,6 +225,16 @@ class LoadResult:
                 service_histogram=None
                 if d.get("service_histogram") is None
                 else LatencyHistogram.from_json(d["service_histogram"]),
+                error_histogram=None
+                if d.get("error_histogram") is None
+                else LatencyHistogram.from_json(d["error_histogram"]),
+                errors_in_histogram=int(d.get("errors_in_histogram", 0)),
+                error_responses_uncoded=int(d.get("error_responses_uncoded", 0)),
+                computed=[str(c) for c in d.get("computed", [])],
+                protocol=str(d.get("protocol", "http")),
+                grpc_status_counts={
+                    str(k): int(v) for k, v in (d.get("grpc_status_counts") or {}).items()
+                },
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BadInputFile(f"malformed load result: {type(e).__name__}: {e}") from None
@@ -145,6 +242,11 @@ class LoadResult:
 
 def _pkey(p: float) -> str:
     return f"{p:g}"
+
+
+def pkey(p: float) -> str:
+    """50 -> "p50", 99.9 -> "p99.9": a percentile's name in notes and ``computed``."""
+    return f"p{p:g}"
 
 
 def _opt_float(x: Any) -> float | None:

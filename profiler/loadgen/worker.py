@@ -29,6 +29,8 @@ import numpy as np
 
 from profiler.histogram import LatencyHistogram
 
+ERROR_STATUS = 400  # as profiler.loadgen.result.ERROR_STATUS (kept import-light: a worker)
+
 
 class ProtocolError(Exception):
     """The server's answer is not HTTP/1.1 as we read it."""
@@ -58,6 +60,7 @@ class WorkerConfig:
 class Tally:
     latency: array[int] = field(default_factory=lambda: array("q"))
     service: array[int] = field(default_factory=lambda: array("q"))
+    error_latency: array[int] = field(default_factory=lambda: array("q"))  # status >= 400
     status: dict[int, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     completed_in_window: int = 0
@@ -213,8 +216,11 @@ class Worker:
         if self.window_start <= done < self.window_end:
             t.completed_in_window += 1
         if measured:
-            t.latency.append(int((done - intended) * 1e6))
-            t.service.append(int((done - sent) * 1e6))
+            if status >= ERROR_STATUS:  # an error's latency is not the service's
+                t.error_latency.append(int((done - intended) * 1e6))
+            else:
+                t.latency.append(int((done - intended) * 1e6))
+                t.service.append(int((done - sent) * 1e6))
             t.status[status] = t.status.get(status, 0) + 1
             if len(t.ids) < cfg.keep_ids:
                 t.ids.append(rid)
@@ -275,12 +281,14 @@ class Worker:
 
     def result(self) -> dict[str, Any]:
         t = self.tally
-        lat, svc = LatencyHistogram(), LatencyHistogram()
+        lat, svc, err = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
         lat.record_many(np.frombuffer(t.latency, dtype=np.int64))
         svc.record_many(np.frombuffer(t.service, dtype=np.int64))
+        err.record_many(np.frombuffer(t.error_latency, dtype=np.int64))
         return {
             "latency": lat.to_json(),
             "service": svc.to_json(),
+            "error_latency": err.to_json(),
             "status": {str(k): v for k, v in t.status.items()},
             "errors": t.errors,
             "completed_in_window": t.completed_in_window,

@@ -20,7 +20,13 @@ from typing import Any
 from profiler.errors import BadInputFile, UsageError
 from profiler.histogram import LatencyHistogram
 from profiler.loadgen.common import find_binary, launch_prefix, run_tool
-from profiler.loadgen.result import LoadResult, LoadSpec, percentiles_from_histogram, rate_reached
+from profiler.loadgen.result import (
+    ERROR_STATUS,
+    LoadResult,
+    LoadSpec,
+    percentiles_from_histogram,
+    rate_reached,
+)
 
 MARKER = "SMP-WRK-JSON "
 
@@ -151,6 +157,7 @@ def _from_json(d: dict[str, Any], text: str) -> LoadResult:
     e = {k: int(v) for k, v in d["errors"].items()}
     codes = {int(k): int(v) for k, v in d["codes"].items()}
     errors = {k: v for k, v in e.items() if v and k != "status"}
+    bad = sum(n for c, n in codes.items() if c >= ERROR_STATUS)
     return _base(
         text,
         d["duration_us"] / 1e6,
@@ -169,7 +176,8 @@ def _from_json(d: dict[str, Any], text: str) -> LoadResult:
         ]
         if h.count > int(d["requests"])
         else [],
-    )
+        errors_in_histogram=bad,  # wrk times every response alike
+    ).judge()
 
 
 _UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -199,8 +207,7 @@ def _from_text(text: str) -> LoadResult:
                 errors[kind] = int(n)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     notes = ["wrk text output: status codes and the histogram are not known"]
-    if non2xx:
-        notes.append(f"{non2xx.group(1)} non-2xx/3xx responses")
+    bad = int(non2xx.group(1)) if non2xx else 0
     return _base(
         text,
         duration_s,
@@ -214,4 +221,6 @@ def _from_text(text: str) -> LoadResult:
         errors=errors,
         bytes_received=int(float(m.group(4)) * _SIZE[m.group(5)]),
         notes=notes,
-    )
+        error_responses_uncoded=bad,
+        errors_in_histogram=bad,
+    ).judge()

@@ -1,27 +1,30 @@
 """Two or more results side by side: differences against the first, and whether they are real.
 
-Latency percentiles are compared on the (merged) histograms: the difference of the percentile
-with a bootstrap 95% interval (significant when it excludes 0) and a Mann-Whitney test of the
-whole distribution. Single numbers (CPU, memory) are shown with their difference only: one
-window gives no spread to test against. Results whose environments differ in CPU model or core
-count are refused (the comparison would measure the machines), unless forced.
+A difference is called significant only by a test that matches the data: the variance that
+matters when two runs are compared is the one *between* runs (the node drifts, a window is
+disturbed), which only repetitions show. So each metric of a step is compared over its
+per-repetition values (p50 and p99 of each repetition, the eBPF sidecar p50 of each, the paired
+A/B delta of each) with Welch's t test; the 95% interval of the difference and the verdict come
+from the same test and never disagree. With fewer than two repetitions on either side the
+within-window spread is all that is known, and that is said: significance is not judged
+(``--repeat 3`` or more in ``run``). Single numbers (CPU, memory) show their difference only.
+Results whose environments differ in CPU model or core count are refused (the comparison would
+measure the machines), unless forced.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from profiler import stats
 from profiler.errors import UsageError
-from profiler.histogram import LatencyHistogram
 from profiler.report.source import Source
 from profiler.report.tables import DASH, Document, Table, num, rate
 from profiler.report.view import CaptureView, RunView, StepView, view
-from profiler.smp.details import N_BOOT, arrays
 
+ALPHA = 0.05
+MIN_REPS = 2
 RUN_KINDS = ("bundle", "fortio", "nighthawk", "smp")
 
 
@@ -36,7 +39,10 @@ class Row:
     deltas: list[float | None]  # against values[0]; None for the first
     ci: list[tuple[float, float] | None]
     p_value: list[float | None]
-    significant: list[bool | None]
+    significant: list[bool | None]  # None: not judged (see why)
+    why: list[str | None] = field(default_factory=list)  # why not judged, or the test used
+    reps: list[int] = field(default_factory=list)  # repetitions of each file
+    samples: list[list[float]] = field(default_factory=list, repr=False)  # per repetition
 
 
 def environment(src: Source) -> tuple[str | None, int | None]:
@@ -78,37 +84,36 @@ def check_comparable(sources: list[Source], force: bool) -> list[str]:
     return [f"compared anyway (--force): {r}" for r in reasons]
 
 
-def _test(
-    ha: LatencyHistogram | None, hb: LatencyHistogram | None, p: float, rng: np.random.Generator
-) -> tuple[tuple[float, float] | None, float | None, bool | None]:
-    if ha is None or hb is None or not ha.count or not hb.count:
-        return None, None, None
-    d = stats.bootstrap_deltas(arrays(hb), arrays(ha), rng, (p,), N_BOOT)[p]
-    mw = stats.mann_whitney(arrays(hb), arrays(ha))
-    ci = (d.low / 1000.0, d.high / 1000.0)
-    return ci, mw.p_value, not (ci[0] <= 0.0 <= ci[1])
-
-
 def _row(
     step: str,
     metric: str,
     unit: str,
     values: list[float | None],
-    hists: list[LatencyHistogram | None] | None = None,
-    p: float = 50.0,
-    rng: np.random.Generator | None = None,
+    reps: list[list[float]] | None = None,
+    untested: str = "one number",
 ) -> Row:
-    row = Row(step, metric, unit, values, [None], [None], [None], [None])
+    """A row; with per-repetition values, each file's difference tested against the first's."""
+    row = Row(step, metric, unit, values, [None], [None], [None], [None], [None])
+    row.reps = [len(r) for r in reps] if reps is not None else []
+    row.samples = [list(r) for r in reps] if reps is not None else []
     for i in range(1, len(values)):
         a, b = values[0], values[i]
         row.deltas.append(None if a is None or b is None else b - a)
-        if hists is not None and rng is not None:
-            ci, pv, sig = _test(hists[0], hists[i], p, rng)
+        ci, pv, sig, why = None, None, None, None
+        if reps is None:
+            why = untested
+        elif min(len(reps[0]), len(reps[i])) < MIN_REPS:
+            n = min(len(reps[0]), len(reps[i]))
+            why = f"{n} repetition{'s' if n != 1 else ''}: between-run variance unknown"
         else:
-            ci, pv, sig = None, None, None
+            d = stats.welch(reps[0], reps[i], ALPHA)
+            ci, pv, sig, why = (d.low, d.high), d.p_value, d.significant, "welch"
+            # the values shown are the merged runs'; the test is on the repetitions' means
+            row.deltas[i] = d.estimate if a is None or b is None else row.deltas[i]
         row.ci.append(ci)
         row.p_value.append(pv)
         row.significant.append(sig)
+        row.why.append(why)
     return row
 
 
@@ -124,62 +129,83 @@ def _match(views: list[RunView]) -> list[tuple[str, list[StepView | None]]]:
     return out
 
 
-def _run_rows(views: list[RunView], rng: np.random.Generator) -> list[Row]:
+def _run_rows(views: list[RunView]) -> list[Row]:
     rows = []
     for label, steps in _match(views):
 
         def val(f: Any, steps: list[StepView | None] = steps) -> list[float | None]:
             return [None if s is None else f(s) for s in steps]
 
-        mesh = [None if s is None else s.mesh_hist for s in steps]
-        legs = [None if s is None else s.leg_hists.get("sidecar_total") for s in steps]
-        rows.append(_row(label, "p50", "ms", val(lambda s: s.latency.get("p50")), mesh, 50, rng))
-        rows.append(_row(label, "p99", "ms", val(lambda s: s.latency.get("p99")), mesh, 99, rng))
+        def reps(key: str, steps: list[StepView | None] = steps) -> list[list[float]]:
+            return [[] if s is None else s.reps.get(key, []) for s in steps]
+
+        rows.append(_row(label, "p50", "ms", val(lambda s: s.latency.get("p50")), reps("p50")))
+        rows.append(_row(label, "p99", "ms", val(lambda s: s.latency.get("p99")), reps("p99")))
         if any(s is not None and s.legs.get("sidecar_total") is not None for s in steps):
             sc = val(lambda s: s.legs.get("sidecar_total"))
-            rows.append(_row(label, "sidecar p50 (eBPF)", "ms", sc, legs, 50, rng))
+            rows.append(_row(label, "sidecar p50 (eBPF)", "ms", sc, reps("sidecar p50")))
         if any(s is not None and s.overhead for s in steps):
             ab = val(lambda s: s.overhead["p50"][0] if s.overhead else None)
-            row = _row(label, "A/B +p50", "ms", ab)
-            cis = [s.overhead["p50"][1] if s is not None and s.overhead else None for s in steps]
-            for i in range(1, len(steps)):
-                a, b = cis[0], cis[i]
-                # two intervals of their own: apart is a difference (conservatively)
-                row.significant[i] = (
-                    None if a is None or b is None else (b[0] > a[1] or a[0] > b[1])
-                )
-            rows.append(row)
+            rows.append(_row(label, "A/B +p50", "ms", ab, reps("A/B +p50")))
+        if any(s is not None and s.error_rate is not None for s in steps):
+            rows.append(_row(label, "error rate", "%", val(_error_pct)))
         if any(s is not None and s.cpu_mcores is not None for s in steps):
             rows.append(_row(label, "CPU / 1k req", "ms", val(lambda s: s.cpu_ms_per_1k)))
-            rows.append(_row(label, "sidecar RSS", "MB", val(lambda s: s.mem_rss_mb)))
+            rows.append(_row(label, "sidecar RSS", "MiB", val(lambda s: s.mem_rss_mb)))
     return rows
 
 
-def _capture_rows(views: list[CaptureView], rng: np.random.Generator) -> list[Row]:
+def _error_pct(s: StepView) -> float | None:
+    return None if s.error_rate is None else 100.0 * s.error_rate
+
+
+def _capture_rows(views: list[CaptureView]) -> list[Row]:
     rows = []
     firsts = [next((p for p in v.processes if p.role == "sidecar"), None) for v in views]
     for leg in ("request_proxy", "upstream", "response_proxy", "sidecar_total"):
-        vals: list[float | None] = []
-        hists: list[LatencyHistogram | None] = []
-        for p in firsts:
-            d = (p.legs.get(leg) if p else None) or {}
-            vals.append(d.get("p50_ms"))
-            hj = d.get("histogram")
-            hists.append(LatencyHistogram.from_json(hj) if hj else None)
-        rows.append(_row("sidecar", f"{leg} p50", "ms", vals, hists, 50, rng))
+        vals: list[float | None] = [
+            ((p.legs.get(leg) if p else None) or {}).get("p50_ms") for p in firsts
+        ]
+        # one capture is one window: its spread is within the window only
+        rows.append(
+            _row("sidecar", f"{leg} p50", "ms", vals, untested="one capture: no repetitions")
+        )
     cpu = [p.cpu_mcores if p else None for p in firsts]
     rows.append(_row("sidecar", "CPU", "mcores", cpu))
-    rows.append(_row("sidecar", "RSS", "MB", [p.mem_rss_mb if p else None for p in firsts]))
+    rows.append(_row("sidecar", "RSS", "MiB", [p.mem_rss_mb if p else None for p in firsts]))
     return rows
+
+
+def adjust(rows: list[Row]) -> int:
+    """Bonferroni over every judged difference of the table: a table of m tests calls a
+    difference significant only when its p < 0.05 / m, and shows p x m (capped at 1) with the
+    (1 - 0.05 / m) interval, so the verdict, the p shown and the interval still agree. Without
+    it, 14 rows of two identical runs give a 'significant' row half the time. Returns m."""
+    judged = [(r, i) for r in rows for i in range(1, len(r.values)) if r.why[i] == "welch"]
+    m = len(judged)
+    if m <= 1:
+        return m
+    for r, i in judged:
+        d = stats.welch(r.samples[0], r.samples[i], ALPHA / m)
+        r.ci[i] = (d.low, d.high)
+        r.p_value[i] = min(1.0, d.p_value * m)
+        r.significant[i] = d.significant
+    return m
 
 
 def compare(sources: list[Source], force: bool = False) -> tuple[list[Row], list[str]]:
     notes = check_comparable(sources, force)
-    rng = np.random.default_rng(0)
     views = [view(s) for s in sources]
     if all(isinstance(v, CaptureView) for v in views):
-        return _capture_rows([v for v in views if isinstance(v, CaptureView)], rng), notes
-    return _run_rows([v for v in views if isinstance(v, RunView)], rng), notes
+        return _capture_rows([v for v in views if isinstance(v, CaptureView)]), notes
+    rows = _run_rows([v for v in views if isinstance(v, RunView)])
+    m = adjust(rows)
+    if m > 1:
+        notes.append(
+            f"{m} differences tested: each p is multiplied by {m} (Bonferroni) and each interval "
+            f"is at {100 * (1 - ALPHA / m):.2f}%, so that noise is not called significant"
+        )
+    return rows, notes
 
 
 def _delta(row: Row, i: int) -> str:
@@ -194,18 +220,19 @@ def _delta(row: Row, i: int) -> str:
 
 def _sig(row: Row, i: int) -> str:
     s = row.significant[i]
+    if row.deltas[i] is None:
+        return DASH
     if s is None:
-        return "n/a (one number)" if row.deltas[i] is not None else DASH
-    if row.p_value[i] is None:  # A/B: each run's own 95% interval
-        return "yes (CIs apart)" if s else "no (CIs overlap)"
-    return ("yes" if s else "no") + f" (MW p={row.p_value[i]:.2g})"
+        return f"not judged ({row.why[i]})"
+    p = row.p_value[i]
+    return ("yes" if s else "no") + f" (p={p:.2g}, {row.reps[0]} vs {row.reps[i]} reps)"
 
 
 def document(sources: list[Source], rows: list[Row], notes: list[str]) -> Document:
     names = [chr(ord("A") + i) if i < 26 else str(i) for i in range(len(sources))]
     headers = ["step", "metric", *names]
     for n in names[1:]:
-        headers += [f"{n} - {names[0]} [95% CI]", "significant"]
+        headers += [f"{n} - {names[0]} [CI]", "significant"]
     table = Table("Differences against the first file", headers, [])
     for r in rows:
         cells = [r.step, f"{r.metric} ({r.unit})"] + [num(v, 3) for v in r.values]
@@ -213,14 +240,25 @@ def document(sources: list[Source], rows: list[Row], notes: list[str]) -> Docume
             cells += [_delta(r, i), _sig(r, i)]
         table.rows.append(cells)
     sig = [(r, i) for r in rows for i in range(1, len(names)) if r.significant[i]]
+    judged = [(r, i) for r in rows for i in range(1, len(names)) if r.significant[i] is not None]
+    unjudged = [
+        (r, i)
+        for r in rows
+        for i in range(1, len(names))
+        if r.significant[i] is None and r.why[i] and "repetition" in (r.why[i] or "")
+    ]
     if sig:
         r, i = sig[0]
         meaning = (
-            f"{len(sig)} significant difference(s); e.g. {names[i]} at {r.step}: {r.metric} "
-            f"{_delta(r, i)} {r.unit} against {names[0]}"
+            f"{len(sig)} significant difference(s) between runs; e.g. {names[i]} at {r.step}: "
+            f"{r.metric} {_delta(r, i)} {r.unit} against {names[0]}"
         )
+    elif judged:
+        meaning = "no difference is significant at the 95% level (between-run variance)"
     else:
-        meaning = "no latency difference is significant at the 95% level"
+        meaning = "significance cannot be judged: no metric has two or more repetitions per file"
+    if unjudged and not judged:
+        meaning += " (run with --repeat 3 or more to compare runs)"
     facts = []
     for n, s in zip(names, sources, strict=True):
         model, cores = environment(s)
@@ -228,8 +266,9 @@ def document(sources: list[Source], rows: list[Row], notes: list[str]) -> Docume
         facts.append((n, f"{s.path} ({s.kind}{node})"))
     footer = [f"note: {n}" for n in notes]
     footer.append(
-        "significant: the 95% bootstrap interval of the difference excludes 0 "
-        "(MW: Mann-Whitney U on the whole distribution)"
+        "significant: Welch's t test over the repetitions of each file (between-run variance), "
+        "p < 0.05 after Bonferroni over the table's tests; the interval shown is that test's "
+        "(95%, or 1 - 0.05/m with m tests) and excludes 0 exactly when significant"
     )
     title = "compare: " + " vs ".join(s.name for s in sources)
     return Document(title, facts, [table], meaning, footer)
@@ -249,6 +288,8 @@ def to_json(sources: list[Source], rows: list[Row], notes: list[str]) -> dict[st
                 "ci": [list(c) if c else None for c in r.ci],
                 "p_value": r.p_value,
                 "significant": r.significant,
+                "test": r.why,
+                "repetitions": r.reps,
             }
             for r in rows
         ],

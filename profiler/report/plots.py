@@ -6,8 +6,10 @@ Each function returns an SVG string, or None when the file has no data for that 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from html import escape
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,11 +51,33 @@ def _figure(w: float = 6.4, h: float = 3.4, ncols: int = 1) -> Iterator[tuple[Fi
         yield fig, axes
 
 
-def _svg(fig: Figure) -> str:
+def _svg(fig: Figure, series: dict[str, list[tuple[float, float]]] | None = None) -> str:
+    """The figure as SVG; ``series``: the (x, y) data of each line drawn with gid
+    ``series-<name>``, written into the <svg> as ``data-series`` JSON, so that a reader (and
+    the tests) can check what is drawn against the file's numbers."""
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None})
     text = buf.getvalue()
-    return text[text.index("<svg") :]
+    text = text[text.index("<svg") :]
+    if series:
+        data = escape(json.dumps({k: [[x, y] for x, y in v] for k, v in series.items()}))
+        text = text.replace("<svg", f'<svg data-series="{data}"', 1)
+    return text
+
+
+def _line(
+    ax: Axes,
+    series: dict[str, list[tuple[float, float]]],
+    name: str,
+    x: list[float],
+    y: list[float],
+    *args: Any,
+    **kw: Any,
+) -> None:
+    """Plot one data series, named (gid ``series-<name>``) and recorded for ``_svg``."""
+    (line,) = ax.plot(x, y, *args, **kw)
+    line.set_gid(f"series-{name}")
+    series[name] = [(float(a), float(b)) for a, b in zip(x, y, strict=True)]
 
 
 def _label(s: StepView) -> str:
@@ -169,20 +193,22 @@ def cost(v: RunView) -> str | None:
     steps = [s for s in v.steps if s.cpu_mcores is not None]
     if not steps:
         return None
+    series: dict[str, list[tuple[float, float]]] = {}
     with _figure(ncols=2) as (fig, (ax1, ax2)):
         x = _rates(steps)
-        ax1.plot(x, [(s.cpu_mcores or 0) / 1000 for s in steps], "o-", color="#e45756")
+        cores = [(s.cpu_mcores or 0) / 1000 for s in steps]
+        _line(ax1, series, "cpu-cores", x, cores, "o-", color="#e45756")
         ax1.set_xlabel("request rate, req/s")
         ax1.set_ylabel("sidecar CPU, cores")
         ax1.set_ylim(bottom=0)
         ax1.set_title("Sidecar CPU vs rate")
         rss = [s.mem_rss_mb or 0.0 for s in steps]
-        ax2.plot(x, rss, "s-", color="#72b7b2")
+        _line(ax2, series, "rss-mib", x, rss, "s-", color="#72b7b2")
         ax2.set_xlabel("request rate, req/s")
-        ax2.set_ylabel("sidecar RSS, MB")
+        ax2.set_ylabel("sidecar RSS, MiB")
         ax2.set_ylim(0, max(rss) * 1.2 or 1.0)
         ax2.set_title("Sidecar memory vs rate")
-        return _svg(fig)
+        return _svg(fig, series)
 
 
 def overhead(v: RunView) -> str | None:
@@ -191,6 +217,7 @@ def overhead(v: RunView) -> str | None:
     eb = [s for s in v.steps if s.legs.get("sidecar_total") is not None]
     if not (ab or eb):
         return None
+    series: dict[str, list[tuple[float, float]]] = {}
     with _figure() as (fig, (ax,)):
         for p, color in (("p50", "#4c78a8"), ("p99", "#f58518")):
             pts = [
@@ -201,19 +228,15 @@ def overhead(v: RunView) -> str | None:
             if not pts:
                 continue
             x = [r for r, _ in pts]
-            ax.plot(x, [d for _, (d, _) in pts], "o-", color=color, label=f"A/B {p}")
+            ys = [d for _, (d, _) in pts]
+            _line(ax, series, f"ab-{p}", x, ys, "o-", color=color, label=f"A/B {p}")
             lo = [ci[0] for _, (_, ci) in pts]
             hi = [ci[1] for _, (_, ci) in pts]
             ax.fill_between(x, lo, hi, color=color, alpha=0.2, label=f"A/B {p} 95% CI")
         if eb:
             x = _rates(eb)
-            ax.plot(
-                x,
-                [s.legs.get("sidecar_total") or 0.0 for s in eb],
-                "s-",
-                color="#54a24b",
-                label="eBPF sidecar p50",
-            )
+            ys = [s.legs.get("sidecar_total") or 0.0 for s in eb]
+            _line(ax, series, "ebpf-p50", x, ys, "s-", color="#54a24b", label="eBPF sidecar p50")
             if all(s.sidecar_ci for s in eb):
                 lo = [s.sidecar_ci[0] for s in eb if s.sidecar_ci]
                 hi = [s.sidecar_ci[1] for s in eb if s.sidecar_ci]
@@ -223,4 +246,4 @@ def overhead(v: RunView) -> str | None:
         ax.set_ylabel("added latency, ms")
         ax.set_title("Sidecar overhead vs rate")
         ax.legend(loc="upper right", fontsize=8)
-        return _svg(fig)
+        return _svg(fig, series)

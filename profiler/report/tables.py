@@ -66,9 +66,19 @@ def _e2e(steps: list[StepView]) -> Table:
         if base:
             b = s.baseline or {}
             row += [ms(b.get("p50")), ms(b.get("p99"))]
-        row.append(DASH if s.requests is None else f"{s.errors:,}")
+        row.append(_errors(s))
         rows.append(row)
-    return Table("End to end (mesh)", headers, rows)
+    return Table("End to end (mesh; latency of successful responses)", headers, rows)
+
+
+def _errors(s: StepView) -> str:
+    """Failed requests of a step: rate and count, and whether their latency is mixed in."""
+    if s.requests is None:
+        return DASH
+    if s.error_rate is None:
+        return f"{s.errors:,}"
+    text = f"{s.error_rate:.2%} ({s.errors:,})"
+    return text + (" in latency" if s.errors_in_latency else "")
 
 
 def _ab(steps: list[StepView]) -> Table | None:
@@ -105,24 +115,69 @@ def _ebpf(steps: list[StepView]) -> Table | None:
     return Table(title, headers, rows)
 
 
+def _agreement(steps: list[StepView]) -> Table | None:
+    """eBPF's one-run estimate next to the A/B delta: do they agree, and by how much not."""
+    if not any(s.ebpf_vs_ab for s in steps):
+        return None
+    headers = ["rate", "eBPF p50 [95% CI]", "basis", "A/B +p50 [95% CI]", "eBPF - A/B", "agree"]
+    rows = []
+    for s in steps:
+        a = s.ebpf_vs_ab
+        if not a:
+            rows.append([rate(s.rate_asked), DASH, DASH, DASH, DASH, DASH])
+            continue
+        e_ci, ab_ci = a.get("ebpf_ci_ms"), a.get("ab_ci_ms")
+        rows.append(
+            [
+                rate(s.rate_asked),
+                with_ci(a.get("ebpf_p50_ms"), tuple(e_ci) if e_ci else None),
+                str(a.get("ebpf_basis", DASH)),
+                signed_ci(a["ab_delta_p50_ms"], tuple(ab_ci))
+                if ab_ci and a.get("ab_delta_p50_ms") is not None
+                else DASH,
+                f"{_difference(a):+.3f}",
+                agreement(a),
+            ]
+        )
+    return Table("eBPF vs A/B: does the one-run estimate match mesh minus baseline?", headers, rows)
+
+
+def _difference(a: dict[str, object]) -> float:
+    d = a.get("difference_ms")
+    if isinstance(d, int | float):
+        return float(d)
+    return float(a["ebpf_p50_ms"]) - float(a["ab_delta_p50_ms"])  # type: ignore[arg-type]
+
+
+def agreement(a: dict[str, object]) -> str:
+    """ "yes", or "NO, by X ms" (beyond the tolerance and the two intervals)."""
+    if a.get("agree"):
+        return "yes"
+    return f"NO, by {abs(_difference(a)):.3f} ms"
+
+
 def _cost(steps: list[StepView]) -> Table | None:
     if not any(s.cpu_mcores is not None for s in steps):
         return None
-    headers = ["rate", "sidecar mcores", "CPU-ms / 1k req", "cores / 1k req/s", "RSS MB"]
+    headers = ["rate", "sidecar mcores", "CPU-ms / 1k req", "cores / 1k req/s", "RSS MiB"]
     headers += ["drops", "complete"]
-    rows = [
-        [
-            rate(s.rate_asked),
-            num(s.cpu_mcores),
-            num(s.cpu_ms_per_1k),
-            num(s.cores_per_1k_rps, 3),
-            num(s.mem_rss_mb),
-            DASH if s.drops is None else str(s.drops),
-            DASH if s.complete is None else ("yes" if s.complete else "NO"),
-        ]
-        for s in steps
-    ]
-    return Table("Sidecar cost", headers, rows)
+    rows = []
+    for s in steps:
+        if s.sidecar_error:
+            rows.append([rate(s.rate_asked), "NOT ON PATH", DASH, DASH, DASH, DASH, DASH])
+            continue
+        rows.append(
+            [
+                rate(s.rate_asked),
+                num(s.cpu_mcores),
+                num(s.cpu_ms_per_1k),
+                num(s.cores_per_1k_rps, 3),
+                num(s.mem_rss_mb),
+                DASH if s.drops is None else str(s.drops),
+                DASH if s.complete is None else ("yes" if s.complete else "NO"),
+            ]
+        )
+    return Table("Sidecar cost (over each step's load window)", headers, rows)
 
 
 def _meshmark(v: RunView) -> list[str]:
@@ -134,9 +189,8 @@ def _meshmark(v: RunView) -> list[str]:
 
 
 def run_document(v: RunView) -> Document:
-    tables = [
-        t for t in (_e2e(v.steps), _ab(v.steps), _ebpf(v.steps), _cost(v.steps)) if t is not None
-    ]
+    parts = (_e2e(v.steps), _ab(v.steps), _ebpf(v.steps), _agreement(v.steps), _cost(v.steps))
+    tables = [t for t in parts if t is not None]
     footer = _meshmark(v) + [f"note: {n}" for n in v.notes]
     return Document(v.title, v.facts, tables, sentence(v), footer)
 
@@ -157,7 +211,7 @@ def capture_document(v: CaptureView) -> Document:
                     ms(d.get("p99_ms")),
                 ]
             )
-    cost = Table("Cost", ["process", "role", "requests", "CPU mcores", "CPU s", "RSS MB"], [])
+    cost = Table("Cost", ["process", "role", "requests", "CPU mcores", "CPU s", "RSS MiB"], [])
     for p in v.processes:
         cost.rows.append(
             [

@@ -50,6 +50,13 @@ class StepView:
     mesh_hist: LatencyHistogram | None = None
     baseline_hist: LatencyHistogram | None = None
     leg_hists: dict[str, LatencyHistogram] = field(default_factory=dict)
+    # per repetition (between-run variance for compare): "p50", "p99", "sidecar p50", "A/B +p50"
+    reps: dict[str, list[float]] = field(default_factory=dict)
+    error_rate: float | None = None  # failed / attempted requests of the mesh path
+    error_latency_p50: float | None = None  # the error responses' own latency, ms
+    errors_in_latency: int = 0  # error responses the generator could not keep apart
+    ebpf_vs_ab: dict[str, Any] | None = None  # details.steps[i].ebpf_vs_ab
+    sidecar_error: str | None = None  # the sidecar saw none (or few) of the step's requests
 
 
 @dataclass
@@ -127,6 +134,36 @@ def _leg_hists(src: Source, step: int) -> dict[str, LatencyHistogram]:
     return out
 
 
+def _repetitions(src: Source, step: int) -> dict[str, list[float]]:
+    """Per-repetition p50/p99, eBPF sidecar p50 and paired A/B p50 delta of one step (ms)."""
+    from profiler.smp.details import _rep_value
+
+    if src.bundle is None:
+        return {}
+    mesh = src.bundle.records_of(step, "mesh")
+    base = {r.repetition: r.load for r in src.bundle.records_of(step, "baseline")}
+    out: dict[str, list[float]] = {"p50": [], "p99": [], "sidecar p50": [], "A/B +p50": []}
+    for r in mesh:
+        p50, p99 = _rep_value(r.load, 50.0), _rep_value(r.load, 99.0)
+        if p50 is not None:
+            out["p50"].append(p50)
+        if p99 is not None:
+            out["p99"].append(p99)
+        b = base.get(r.repetition)
+        b50 = _rep_value(b, 50.0) if b is not None else None
+        if p50 is not None and b50 is not None:
+            out["A/B +p50"].append(p50 - b50)
+        hs = [
+            LatencyHistogram.from_json(h)
+            for sc in (r.capture or {}).get("sidecars", [])
+            if (h := ((sc.get("legs") or {}).get("sidecar_total") or {}).get("histogram"))
+        ]
+        m = merge_histograms(hs) if hs else None
+        if m is not None:
+            out["sidecar p50"].append(m.percentile(50.0) / 1000.0)
+    return {k: v for k, v in out.items() if v}
+
+
 def _step_from_details(src: Source, d: dict[str, Any], rng: np.random.Generator) -> StepView:
     mesh = d["mesh"]
     lat = mesh.get("latency") or {}
@@ -139,6 +176,13 @@ def _step_from_details(src: Source, d: dict[str, Any], rng: np.random.Generator)
         latency={p: _f(lat.get(p + "_ms")) for p in PS},
         latency_ci={p: _pair(ci.get(p + "_ms")) for p in PS},
     )
+    fails = mesh.get("failures") or {}
+    if fails:
+        v.errors = int(fails.get("failed", 0))
+        v.error_rate = _f(fails.get("rate"))
+        v.errors_in_latency = int(fails.get("in_latency_histogram") or 0)
+        v.error_latency_p50 = _f((fails.get("latency") or {}).get("p50_ms"))
+    v.ebpf_vs_ab = d.get("ebpf_vs_ab")
     if d.get("baseline"):
         blat = d["baseline"].get("latency") or {}
         v.baseline = {p: _f(blat.get(p + "_ms")) for p in PS}
@@ -161,6 +205,7 @@ def _step_from_details(src: Source, d: dict[str, Any], rng: np.random.Generator)
         v.cores_per_1k_rps = _f(sc.get("cores_per_1k_rps"))
         v.mem_rss_mb = _f((sc.get("mem_mb") or {}).get("rss"))
         v.drops, v.complete = sc.get("drops"), sc.get("complete")
+        v.sidecar_error = sc.get("error")
     if src.bundle is not None:
         step = int(d["index"])
         v.mesh_hist = merge_histograms(
@@ -169,6 +214,7 @@ def _step_from_details(src: Source, d: dict[str, Any], rng: np.random.Generator)
         base = src.bundle.records_of(step, "baseline")
         v.baseline_hist = merge_histograms(r.load.histogram for r in base) if base else None
         v.leg_hists = _leg_hists(src, step)
+        v.reps = _repetitions(src, step)
     ab = d.get("ebpf_vs_ab") or {}
     if ab.get("ebpf_ci_ms") and ab.get("ebpf_basis", "sidecar_total") == "sidecar_total":
         v.sidecar_ci = _pair(ab["ebpf_ci_ms"])  # the interval the SMP details carry
@@ -348,9 +394,21 @@ def sentence(v: RunView | CaptureView) -> str:
     if sc50 is not None:
         sci = f" (95% CI {s.sidecar_ci[0]:.2f}-{s.sidecar_ci[1]:.2f})" if s.sidecar_ci else ""
         parts.append(f"{'eBPF sees' if parts else 'the sidecar adds'} {sc50:.2f} ms at p50{sci}")
-    if s.cpu_mcores is not None:
+    if s.cpu_mcores is not None and not s.sidecar_error:
         per = f" ({s.cores_per_1k_rps:.2f} per 1,000 req/s)" if s.cores_per_1k_rps else ""
         parts.append(f"costs {s.cpu_mcores / 1000:.2f} cores{per}")
+    a = s.ebpf_vs_ab
+    if a and s.overhead and sc50 is not None:
+        diff = a.get("difference_ms")
+        parts.append(
+            "eBPF and A/B agree"
+            if a.get("agree")
+            else f"eBPF and A/B DISAGREE by {abs(float(diff or 0.0)):.2f} ms"
+        )
+    if s.error_rate:
+        parts.append(f"{s.error_rate:.1%} of its requests failed")
+    if s.sidecar_error:
+        parts.append(f"the captured sidecar is not on the path ({s.sidecar_error})")
     if not parts:
         p50 = s.latency.get("p50")
         if p50 is None:

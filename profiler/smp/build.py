@@ -8,7 +8,14 @@ from typing import Any
 from profiler.model import RunBundle
 from profiler.smp.details import build_details
 from profiler.smp.read import format_time
-from profiler.smp.schema import INT32_MAX, SMP_VERSION
+from profiler.smp.schema import INT32_MAX, SMP_VERSION, enum_value
+
+# SMP's mem_mb is "memory in MB": megabytes of 10^6 bytes. Captures measure MiB (2^20 bytes).
+MB_PER_MIB = 1.048576
+PROTOCOLS = {
+    "http": enum_value("PerformanceTestConfig.Client.Protocol", "PROTOCOL_HTTP"),
+    "grpc": enum_value("PerformanceTestConfig.Client.Protocol", "PROTOCOL_GRPC"),
+}
 
 
 def int32(x: float | None) -> int:
@@ -27,6 +34,11 @@ def duration_string(seconds: float) -> str:
     return (f"{int(m)}m" if m else "") + (f"{sec}s" if s or not m else "")
 
 
+def mib_to_mb(mib: float | None) -> float | None:
+    """MiB (what /proc and cgroups give, as captures record it) -> SMP's MB (10^6 bytes)."""
+    return None if mib is None else mib * MB_PER_MIB
+
+
 def _labels(**kv: object) -> dict[str, str]:
     return {k: str(v) for k, v in kv.items() if v is not None and v != ""}
 
@@ -36,6 +48,7 @@ def performance_test_config(b: RunBundle) -> dict[str, Any]:
     generator = b.records[0].load.generator if b.records else c.generator
     version = b.records[0].load.generator_version if b.records else None
     mode = b.records[0].load.mode if b.records else None
+    protocol = b.records[0].load.protocol if b.records else "http"
     rates = ",".join("max" if r == 0 else f"{r:g}" for r in c.rates)
     return {
         "smp_version": SMP_VERSION,
@@ -49,18 +62,19 @@ def performance_test_config(b: RunBundle) -> dict[str, Any]:
             warmup=duration_string(c.warmup_s),
             generator_version=version,
             generator_mode=mode,
+            generator_options=f"rates={rates} step={duration_string(c.step_duration_s)}",
             baseline_target=c.baseline_target,
             testbed=c.testbed,
+            error_rate_limit=c.max_error_rate,
         ),
         "clients": [
             {
                 "internal": generator == "builtin",
                 "load_generator": generator,
-                "protocol": "HTTP",
+                "protocol": PROTOCOLS[protocol],
                 "connections": int32(c.connections),
                 "rps": int(max(c.rates)) if c.rates else 0,
                 "endpoint_urls": [c.target],
-                "additional_options": f"rates={rates} step={duration_string(c.step_duration_s)}",
             }
         ],
         "duration": duration_string(c.step_duration_s),
@@ -76,75 +90,97 @@ def performance_test_results(b: RunBundle, details: dict[str, Any]) -> list[dict
     for i, step in enumerate(details["steps"]):
         mesh = step["mesh"]
         lat = mesh["latency"]
-        out.append(
-            {
-                "smp_version": SMP_VERSION,
-                "id": b.result_ids[i],
-                "labels": _labels(
-                    rate_asked="max" if step["rate_asked"] == 0 else f"{step['rate_asked']:g}",
-                    repetitions=step["repetitions"],
-                    target_reached=str(mesh["target_reached"]).lower(),
-                    step=i,
-                ),
-                "start_time": _time(mesh["start_time"]),
-                "end_time": _time(mesh["end_time"]),
-                "latencies_ms": {
-                    k: float(lat[src] or 0.0)
-                    for k, src in (
-                        ("min", "min_ms"),
-                        ("average", "mean_ms"),
-                        ("p50", "p50_ms"),
-                        ("p90", "p90_ms"),
-                        ("p99", "p99_ms"),
-                        ("max", "max_ms"),
-                    )
-                },
-                "actual_qps": float(mesh["rate_achieved"]),
-                "details_uri": f"#/details/steps/{i}",
-                "test_id": b.test_id,
-                "mesh_config_id": b.mesh_config_id,
-                "env_id": b.env_id,
-            }
+        fails = mesh["failures"]
+        doc: dict[str, Any] = {
+            "smp_version": SMP_VERSION,
+            "id": b.result_ids[i],
+            "labels": _labels(
+                rate_asked="max" if step["rate_asked"] == 0 else f"{step['rate_asked']:g}",
+                repetitions=step["repetitions"],
+                target_reached=str(mesh["target_reached"]).lower(),
+                step=i,
+                error_rate=f"{fails['rate']:.6g}",
+                errors=f"{fails['failed']} of {fails['attempts']}",
+                latency="successful responses only"
+                if not fails["in_latency_histogram"]
+                else f"includes {fails['in_latency_histogram']} error responses (generator)",
+                latency_computed=",".join(lat.get("computed") or []),
+            ),
+            "start_time": _time(mesh["start_time"]),
+            "end_time": _time(mesh["end_time"]),
+            # successful responses per second (errors are not throughput)
+            "actual_qps": float(mesh["rate_achieved"]),
+            "details_uri": f"#/details/steps/{i}",
+            "test_id": b.test_id,
+            "mesh_config_id": b.mesh_config_id,
+            "env_id": b.env_id,
+        }
+        keys = (
+            ("min", "min_ms"),
+            ("average", "mean_ms"),
+            ("p50", "p50_ms"),
+            ("p90", "p90_ms"),
+            ("p99", "p99_ms"),
+            ("max", "max_ms"),
         )
+        if all(lat.get(src) is not None for _, src in keys):
+            doc["latencies_ms"] = {k: float(lat[src]) for k, src in keys}
+        else:  # no successful response: no latency, rather than zeros
+            doc["labels"]["latency"] = "none: no successful response"
+        out.append(doc)
     return out
 
 
 def _run_sidecar(details: dict[str, Any]) -> dict[str, Any] | None:
-    """Run-wide sidecar totals: CPU over all captured windows, peak memory."""
-    scs = [s["sidecar"] for s in details["steps"] if s.get("sidecar")]
+    """Run-wide sidecar totals over the steps whose sidecar saw the run's traffic: CPU averaged
+    over all their load windows, peak memory, what the sidecars proxied per second."""
+    scs = [s["sidecar"] for s in details["steps"] if s.get("sidecar") and not s["sidecar"]["error"]]
     if not scs:
         return None
-    duration = sum(s["duration_s"] for s in scs)
+    duration = sum(s["load_window_s"] for s in scs)
     cpu = sum(s["cpu_seconds"] for s in scs)
+    rss = max(s["mem_mb"]["rss"] or 0.0 for s in scs)
     return {
         "count": max(s["count"] for s in scs),
         "cpu_mcores": cpu / duration * 1000.0 if duration > 0 else 0.0,
-        "mem_mb": max(s["mem_mb"]["rss"] or 0.0 for s in scs),
-        "rps": sum(s["requests_completed"] for s in scs) / duration if duration > 0 else 0.0,
+        "mem_mb": mib_to_mb(rss),
+        "rps": sum(s["requests_seen"] for s in scs) / duration if duration > 0 else 0.0,
         "bps": sum(s["bytes_rx"] + s["bytes_tx"] for s in scs) / duration if duration else 0.0,
     }
 
 
 def service_mesh_config(b: RunBundle, details: dict[str, Any]) -> dict[str, Any]:
     m = b.mesh
+    proxy = m.proxy or ("unknown" if m.sidecar_count else "none")
     doc: dict[str, Any] = {
         "smp_version": SMP_VERSION,
         "id": b.mesh_config_id,
-        "labels": _labels(proxy="envoy"),
+        "labels": _labels(proxy=proxy, mesh_evidence=m.evidence),
         "mtls_enabled": m.mtls_enabled,
-        "mesh_type": {"type": m.mesh_type, "labels": _labels(sidecar="envoy")},
+        "mesh_type": {
+            "type": enum_value("ServiceMesh.Type", m.mesh_type),
+            "labels": _labels(sidecar=proxy),
+        },
     }
+    if m.mesh_version:
+        doc["mesh_type"]["version"] = m.mesh_version
     sc = _run_sidecar(details)
+    steps = len(details["steps"])
     if sc is not None:
         doc["sidecar"] = {k: int32(v) for k, v in sc.items()}
         doc["labels"]["sidecar_measured_by"] = "smp-profiler ebpf capture"
+        doc["labels"]["sidecar_figures"] = (
+            f"cpu_mcores: mean over the load windows of {steps} rate steps (per step: "
+            "details.steps[i].sidecar.cpu_mcores); mem_mb: peak RSS, MB of 10^6 bytes; "
+            "rps: requests the sidecars proxied per second"
+        )
     elif m.sidecar_count:
         doc["sidecar"] = {"count": int32(m.sidecar_count)}
+        doc["labels"]["sidecar_figures"] = "not measured: see details.notes"
     if m.proxy_concurrency is not None:
         doc["proxy_concurrency"] = int32(m.proxy_concurrency)
     if m.proxy_build:
-        doc["proxy_build"] = m.proxy_build
-        doc["mesh_type"]["version"] = m.proxy_build.split("/")[0]
+        doc["proxy_build"] = f"{m.proxy} {m.proxy_build}" if m.proxy else m.proxy_build
     return doc
 
 
@@ -161,7 +197,10 @@ def environment_config(b: RunBundle) -> dict[str, Any]:
             hostname=e.hostname,
             threads_per_core=e.threads_per_core,
         ),
-        "nodes": [{"type": e.cpu_model, "cores": int32(e.cores), "mem_mb": int(e.mem_mb)}],
+        # Environment.mem_mb is MiB (/proc/meminfo); SMP's MB are 10^6 bytes
+        "nodes": [
+            {"type": e.cpu_model, "cores": int32(e.cores), "mem_mb": round(e.mem_mb * MB_PER_MIB)}
+        ],
     }
     if e.kubernetes_version:
         doc["kubernetes_version"] = e.kubernetes_version

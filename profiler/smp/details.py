@@ -53,16 +53,47 @@ def merge_histograms(hs: Iterable[LatencyHistogram | None]) -> LatencyHistogram 
 
 
 def _latency_ms(loads: list[LoadResult], merged: LatencyHistogram | None) -> dict[str, Any]:
-    if merged is not None:
-        s = stats.summarize(*arrays(merged), PS)
-        out: dict[str, Any] = {pkey(p) + "_ms": _r(v / 1000.0) for p, v in s.percentiles.items()}
+    """The successes' latency of a step. One repetition: the figures its source states (an
+    import's Min, Max, Avg and listed percentiles), the rest computed from its histogram and
+    named in ``computed``. Several: percentiles of the merged histograms; min, max and the
+    (request-weighted) mean exactly from each repetition's own."""
+    stated = [r for r in loads if r.successes and r.min_ms is not None]
+    if len(loads) == 1 and stated:
+        r = loads[0]
+        out: dict[str, Any] = {pkey(p) + "_ms": _r(v) for p, v in sorted(r.percentiles_ms.items())}
+        computed = [c.replace(".", "") for c in r.computed]
+        for p in PS:  # what neither the source nor its percentiles give
+            if pkey(p) + "_ms" not in out and merged is not None:
+                out[pkey(p) + "_ms"] = _r(merged.percentile(p) / 1000.0)
+                computed.append(pkey(p))
         out.update(
-            min_ms=_r(merged.min / 1000.0),
-            mean_ms=_r(merged.mean / 1000.0),
-            max_ms=_r(merged.max / 1000.0),
-            merged_from="histograms",
+            min_ms=_r(r.min_ms),
+            mean_ms=_r(r.mean_ms),
+            max_ms=_r(r.max_ms),
+            merged_from=f"one repetition: the figures {r.generator} states",
+            computed=sorted(set(computed)),
         )
         return out
+    if merged is not None:
+        s = stats.summarize(*arrays(merged), PS)
+        out = {pkey(p) + "_ms": _r(v / 1000.0) for p, v in s.percentiles.items()}
+        n = sum(r.successes for r in stated)
+        out.update(
+            min_ms=_r(min(r.min_ms for r in stated if r.min_ms is not None))
+            if stated
+            else _r(merged.min / 1000.0),
+            mean_ms=_r(sum((r.mean_ms or 0.0) * r.successes for r in stated) / n)
+            if n
+            else _r(merged.mean / 1000.0),
+            max_ms=_r(max(r.max_ms for r in stated if r.max_ms is not None))
+            if stated
+            else _r(merged.max / 1000.0),
+            merged_from="histograms",
+            computed=[],
+        )
+        return out
+    if not any(r.percentiles_ms for r in loads):
+        return {"merged_from": "no successful response: no latency", "computed": []}
     # No histogram (a generator that reports percentiles only): the repetition with the
     # median p50 is reported as it is, never an average of percentiles.
     ranked = sorted(loads, key=lambda r: r.percentiles_ms.get(50.0, float("inf")))
@@ -73,7 +104,33 @@ def _latency_ms(loads: list[LoadResult], merged: LatencyHistogram | None) -> dic
         mean_ms=_r(pick.mean_ms),
         max_ms=_r(pick.max_ms),
         merged_from="median repetition (no histogram to merge)",
+        computed=[],
     )
+    return out
+
+
+def error_summary(loads: list[LoadResult]) -> dict[str, Any]:
+    """Errors of a step: the rate, what they were, and the error responses' own latency."""
+    attempts = sum(r.attempts for r in loads)
+    failed = sum(r.error_responses + r.error_count for r in loads)
+    eh = merge_histograms(r.error_histogram for r in loads if r.error_histogram is not None)
+    out: dict[str, Any] = {
+        "rate": _r(failed / attempts if attempts else 0.0, 6),
+        "failed": failed,
+        "attempts": attempts,
+        "error_responses": sum(r.error_responses for r in loads),
+        "no_response": sum(r.error_count for r in loads),
+        "in_latency_histogram": sum(r.errors_in_histogram for r in loads),
+        "latency": None,
+    }
+    if eh is not None and eh.count:
+        s = stats.summarize(*arrays(eh), (50.0, 99.0))
+        out["latency"] = {
+            "count": eh.count,
+            "p50_ms": _r(s.percentiles[50.0] / 1000),
+            "p99_ms": _r(s.percentiles[99.0] / 1000),
+            "max_ms": _r(eh.max / 1000),
+        }
     return out
 
 
@@ -91,6 +148,8 @@ def load_summary(recs: list[StepRecord]) -> dict[str, Any]:
     duration = sum(r.duration_s for r in loads)
     requests = sum(r.requests for r in loads)
     first = loads[0]
+    ok = sum(r.success_rate * r.duration_s for r in loads)
+    failures = error_summary(loads)
     return {
         "generator": first.generator,
         "generator_version": first.generator_version,
@@ -98,12 +157,21 @@ def load_summary(recs: list[StepRecord]) -> dict[str, Any]:
         "target": first.target,
         "connections": first.connections,
         "rate_asked": first.rate_asked,
-        "rate_achieved": _r(requests / duration if duration > 0 else 0.0, 3),
+        # successful responses per second (SMP actual_qps); every response: response_rate
+        "rate_achieved": _r(ok / duration if duration > 0 else 0.0, 3),
+        "response_rate": _r(
+            sum(r.rate_achieved * r.duration_s for r in loads) / duration if duration > 0 else 0.0,
+            3,
+        ),
         "target_reached": all(r.target_reached for r in loads),
         "requests": requests,
+        "successes": sum(r.successes for r in loads),
+        "error_rate": failures["rate"],
+        "failures": failures,
         "duration_s": _r(duration, 3),
         "latency": _latency_ms(loads, merged),
         "status_counts": _sum_dicts(r.status_counts for r in loads),
+        "grpc_status_counts": _sum_dicts(r.grpc_status_counts for r in loads),
         "errors": _sum_dicts(r.errors for r in loads),
         "bytes_received": sum(r.bytes_received or 0 for r in loads),
         "start_time": min(r.start_time for r in loads).isoformat(),
@@ -144,7 +212,7 @@ def sidecar_summary(recs: list[StepRecord]) -> dict[str, Any] | None:
         drops, complete, rx, tx, pids = 0, True, 0.0, 0.0, set()
         per_rep_mcores: list[float] = []
         legs: dict[str, list[LatencyHistogram]] = {}
-        for _, cap in caps:
+        for r, cap in caps:
             d = _num(cap, "duration_s")
             duration += d
             drops += int(_num(cap, "drops"))
@@ -170,11 +238,31 @@ def sidecar_summary(recs: list[StepRecord]) -> dict[str, Any] | None:
                 rep_app_rss += _rss(app.get("mem_mb"))
             cpu_s += rep_cpu
             rss, pss, app_rss = max(rss, rep_rss), max(pss, rep_pss), max(app_rss, rep_app_rss)
-            per_rep_mcores.append(rep_cpu / d * 1000.0 if d > 0 else 0.0)
+            w = min(d, r.load.duration_s) if r.load.duration_s > 0 else d
+            per_rep_mcores.append(rep_cpu / w * 1000.0 if w > 0 else 0.0)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BadInputFile(f"malformed capture: {type(e).__name__}: {e}") from None
     completed = sum(r.load.requests for r, _ in caps)
-    rate = completed / duration if duration > 0 else 0.0
+    # The capture starts before the load and stops after it (the generator's start-up and
+    # result collection): rates and mcores are over the load's own window, which the capture
+    # covers; the sidecar idles in the rest.
+    load_window = sum(r.load.duration_s for r, _ in caps)
+    window = min(load_window, duration) if load_window > 0 else duration
+    rate = completed / window if window > 0 else 0.0
+    error = None
+    ok = sum(r.load.successes for r, _ in caps)
+    if ok == 0:  # every response an error: a proxy may answer them itself (no span)
+        pass
+    elif requests_seen == 0:
+        error = (
+            f"the sidecar (PID {', '.join(str(p) for p in sorted(pids))}) proxied none of the "
+            f"{ok} successful requests of the step: it is not on the path to the target"
+        )
+    elif requests_seen < 0.5 * ok:
+        error = (
+            f"the sidecar proxied {int(requests_seen)} of the {ok} successful requests of the "
+            "step: it is not (only) on the path to the target"
+        )
     leg_out: dict[str, Any] = {}
     for leg, hs in legs.items():
         merged = merge_histograms(hs)
@@ -188,28 +276,32 @@ def sidecar_summary(recs: list[StepRecord]) -> dict[str, Any] | None:
             "max_ms": _r(merged.max / 1000),
         } | {pkey(p) + "_ms": _r(v / 1000) for p, v in s.percentiles.items()}
     return {
+        "error": error,  # set: these figures are not the sidecar's cost (SMP leaves them out)
         "count": len(pids),
         "pids": sorted(pids),
         "windows": len(caps),
-        "duration_s": _r(duration, 3),
+        "duration_s": _r(duration, 3),  # captured
+        "load_window_s": _r(window, 3),  # the load's, inside the captured windows
         "complete": complete,
         "drops": drops,
-        "requests_seen": int(requests_seen),
-        "requests_completed": completed,
+        "requests_seen": int(requests_seen),  # spans: what the sidecar proxied
+        "requests_completed": completed,  # what the load generator got back
+        "rps": _r(requests_seen / window if window > 0 else 0.0, 3),
         "cpu_seconds": _r(cpu_s, 6),
-        "cpu_mcores": _r(cpu_s / duration * 1000.0 if duration > 0 else 0.0, 2),
+        "cpu_mcores": _r(cpu_s / window * 1000.0 if window > 0 else 0.0, 2),
         "cpu_ms_per_1k_requests": _r(stats.cpu_ms_per_1k_requests(cpu_s, completed), 3),
         "cores_per_1k_rps": _r(
-            stats.cores_per_1k_rps(cpu_s, duration, rate) if duration > 0 else None, 5
+            stats.cores_per_1k_rps(cpu_s, window, rate) if window > 0 else None, 5
         ),
+        "mem_unit": "MiB",
         "mem_mb": {"rss": _r(rss, 2), "pss": _r(pss, 2), "cgroup_current": _r(cgroup, 2)},
         "bytes_rx": int(rx),
         "bytes_tx": int(tx),
-        "bytes_per_s": _r((rx + tx) / duration if duration > 0 else 0.0, 1),
+        "bytes_per_s": _r((rx + tx) / window if window > 0 else 0.0, 1),
         "legs": leg_out,
         "app": {
             "cpu_seconds": _r(app_cpu_s, 6),
-            "cpu_mcores": _r(app_cpu_s / duration * 1000.0 if duration > 0 else 0.0, 2),
+            "cpu_mcores": _r(app_cpu_s / window * 1000.0 if window > 0 else 0.0, 2),
             "mem_mb": _r(app_rss, 2),
         },
         "per_repetition_cpu_mcores": [_r(x, 2) for x in per_rep_mcores],
@@ -351,6 +443,7 @@ def _ebpf_vs_ab(
         "ab_ci_ms": ab["ci_ms"],
         "ab_delta_p50_per_repetition_ms": per_rep,
         "tolerance_ms": AGREE_TOLERANCE_MS,
+        "difference_ms": _r(ci.estimate / 1000 - ab["delta_ms"]),  # eBPF minus A/B
         "agree": agree,
         "why_not": None if agree else _why_not(ci.estimate / 1000, (lo, hi), ab, per_rep),
     }
@@ -376,6 +469,8 @@ def step_costs(step: dict[str, Any]) -> meshmark.StepCosts:
     """The numbers of a details step that MeshMark scores."""
     lat = step["mesh"]["latency"]
     sc = step.get("sidecar") or {}
+    if sc.get("error"):
+        sc = {}
     legs = sc.get("legs") or {}
     total = legs.get("sidecar_total")
     ov = step.get("overhead")
@@ -412,5 +507,58 @@ def build_details(bundle: RunBundle) -> dict[str, Any]:
         if first is None
         else {"name": first.generator, "version": first.generator_version, "mode": first.mode},
         "bootstrap": {"resamples": N_BOOT, "level": LEVEL, "seed": bundle.seed},
-        "notes": list(bundle.notes),
+        "notes": list(dict.fromkeys([*bundle.notes, *anomalies(bundle, steps)])),
     }
+
+
+def anomalies(bundle: RunBundle, steps: list[dict[str, Any]]) -> list[str]:
+    """One note per thing a reader must know before trusting a figure of the details."""
+    out: list[str] = []
+    if not bundle.config.sidecar_pids and bundle.mesh.sidecar_count == 0 and bundle.mesh.proxy:
+        out.append("no sidecar was captured: latency only (eBPF figures and costs absent)")
+    if bundle.mesh.mesh_type == "INVALID_MESH" and bundle.mesh.evidence:
+        out.append(f"mesh type unknown (SMP INVALID_MESH): {bundle.mesh.evidence}")
+    for st in steps:
+        rate = "max" if not st["rate_asked"] else f"{st['rate_asked']:g}"
+        at = f"step {st['index']} ({rate} req/s)"
+        for role in ("mesh", "baseline"):
+            ld = st.get(role)
+            if not ld:
+                continue
+            f = ld["failures"]
+            if f["failed"]:
+                out.append(
+                    f"{at} {role}: error rate {f['rate']:.2%} ({f['failed']} of {f['attempts']}: "
+                    f"{f['error_responses']} error responses, {f['no_response']} without response)"
+                    + (
+                        ""
+                        if not f["in_latency_histogram"]
+                        else f"; {f['in_latency_histogram']} error responses are in the "
+                        f"latency figures ({ld['generator']} cannot separate them)"
+                    )
+                )
+            if not ld["target_reached"]:
+                out.append(
+                    f"{at} {role}: asked rate not reached: {ld['rate_achieved']:g} successful req/s"
+                )
+            if ld["latency"].get("computed"):
+                out.append(
+                    f"{at} {role}: not stated by {ld['generator']}, computed from its histogram: "
+                    + ", ".join(ld["latency"]["computed"])
+                )
+        sc = st.get("sidecar")
+        if sc:
+            if sc["error"]:
+                out.append(f"{at}: {sc['error']}; its CPU, memory and rate are left out of SMP")
+            if sc["drops"]:
+                out.append(f"{at}: the probes dropped {sc['drops']} events: eBPF counts are low")
+            if not sc["complete"]:
+                out.append(f"{at}: a capture is incomplete (see run.records[].capture)")
+        ab = st.get("ebpf_vs_ab")
+        if ab and not ab["agree"]:
+            out.append(
+                f"{at}: eBPF and A/B disagree: eBPF {ab['ebpf_basis']} p50 "
+                f"{ab['ebpf_p50_ms']:.3f} ms vs A/B {ab['ab_delta_p50_ms']:+.3f} ms "
+                f"(difference {ab['difference_ms']:+.3f} ms, tolerance {ab['tolerance_ms']} ms)"
+            )
+    return out

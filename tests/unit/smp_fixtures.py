@@ -113,25 +113,33 @@ def bundle(
     with_capture: bool = True,
     shift_us: float = 500.0,
     seed: int = 1,
+    scale: float = 1.0,
+    rep_noise_us: float = 0.0,
 ) -> RunBundle:
     """Baseline latency ~ N(1000, 50) us; the mesh adds ``shift_us``; the sidecar leg is
-    ~ N(shift_us, 20) us; the sidecar burns 0.02 CPU-s per 100 requests."""
+    ~ N(shift_us, 20) us; the sidecar burns 0.02 CPU-s per 100 requests. ``scale`` multiplies
+    every latency (a seeded shift); ``rep_noise_us`` is the sd of an offset drawn per window,
+    the drift between windows that only repetitions show."""
     rng = np.random.default_rng(seed)
     recs: list[StepRecord] = []
     t = T0
     for i, rate in enumerate(rates):
         for rep in range(repeat):
             n = int(rate * 10)
-            base = np.clip(rng.normal(1000.0, 50.0, n), 1, None)
+            drift = rng.normal(0.0, rep_noise_us) if rep_noise_us else 0.0
+            base = np.clip(rng.normal(1000.0, 50.0, n) + drift, 1, None) * scale
             recs.append(
                 StepRecord(
                     i,
                     rate,
                     "mesh",
                     rep,
-                    load(rate, base + shift_us, t),
+                    load(rate, base + shift_us * scale, t),
                     capture(
-                        n, 0.0002 * n, 40.0 + i, np.clip(rng.normal(shift_us, 20.0, n), 1, None)
+                        n,
+                        0.0002 * n,
+                        40.0 + i,
+                        np.clip(rng.normal(shift_us, 20.0, n) * scale, 1, None),
                     )
                     if with_capture
                     else None,
@@ -139,7 +147,7 @@ def bundle(
             )
             t += timedelta(seconds=11)
             if baseline:
-                other = np.clip(rng.normal(1000.0, 50.0, n), 1, None)
+                other = np.clip(rng.normal(1000.0, 50.0, n) + drift, 1, None) * scale
                 recs.append(StepRecord(i, rate, "baseline", rep, load(rate, other, t)))
                 t += timedelta(seconds=11)
     return RunBundle(
@@ -154,7 +162,13 @@ def bundle(
             baseline_target="http://10.0.1.2:8080/" if baseline else None,
             sidecar_pids=[4242],
         ),
-        mesh=MeshInfo(proxy_build="1.40.0/Clean/RELEASE/BoringSSL", proxy_concurrency=2),
+        mesh=MeshInfo(
+            proxy="envoy",
+            proxy_build="1.40.0/Clean/RELEASE/BoringSSL",
+            proxy_concurrency=2,
+            sidecar_count=1,
+            evidence="PID 4242 is a plain Envoy: no Istio or other mesh seen",
+        ),
         environment=Environment(
             hostname="node-1",
             kernel="6.18.0",

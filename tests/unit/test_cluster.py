@@ -86,7 +86,8 @@ def test_bundle_of_a_window_is_valid_smp_with_the_merged_numbers() -> None:
     assert doc["kind"] == KIND
     assert validate(doc) == []
     sc = doc["service_mesh_config"]["sidecar"]
-    assert sc == {"count": 2, "cpu_mcores": 50, "mem_mb": 80, "rps": 10}
+    # 80 MiB of working set is 84 MB of 10^6 bytes, as SMP counts
+    assert sc == {"count": 2, "cpu_mcores": 50, "mem_mb": 84, "rps": 10}
     assert doc["service_mesh_config"]["mesh_type"]["type"] == "ISTIO"
     res = doc["performance_test_results"][0]
     assert res["start_time"] == "2025-12-02T01:59:00.000000Z"
@@ -134,7 +135,10 @@ def test_bundle_of_an_empty_window_says_so_and_leaves_percentiles_empty() -> Non
 
 def test_mesh_type_only_when_every_sidecar_names_one_mesh() -> None:
     assert Reporters(containers={"linkerd-proxy": 3}).mesh_type() == "LINKERD"
-    assert Reporters(containers={"envoy": 1, "istio-proxy": 2}).mesh_type() == "ISTIO"
+    assert Reporters(containers={"istio-proxy": 2}).mesh_type() == "ISTIO"
+    # a container named envoy is no evidence of Istio: unknown, alone or mixed
+    assert Reporters(containers={"envoy": 1}).mesh_type() is None
+    assert Reporters(containers={"envoy": 1, "istio-proxy": 2}).mesh_type() is None
     assert Reporters(containers={"istio-proxy": 1, "linkerd-proxy": 1}).mesh_type() is None
     assert Reporters(containers={"my-proxy": 1}).mesh_type() is None
 

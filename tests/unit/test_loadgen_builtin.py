@@ -96,13 +96,20 @@ def test_error_kinds() -> None:
 
 
 def _part(
-    lat: list[int], done: int, status: dict[str, int], errors: dict[str, int], ids: list[str]
+    lat: list[int],
+    done: int,
+    status: dict[str, int],
+    errors: dict[str, int],
+    ids: list[str],
+    err_lat: tuple[int, ...] = (),
 ) -> dict[str, object]:
-    h = LatencyHistogram()
+    h, e = LatencyHistogram(), LatencyHistogram()
     h.record_many(lat)
+    e.record_many(list(err_lat))
     return {
         "latency": h.to_json(),
         "service": h.to_json(),
+        "error_latency": e.to_json(),
         "status": status,
         "errors": errors,
         "completed_in_window": done,
@@ -124,6 +131,18 @@ def test_merge_sums_histograms_and_counts() -> None:
     assert r.percentiles_ms[99] == pytest.approx(300.0, rel=0.004)  # from the merged buckets
     assert r.mode == "open-loop" and r.workers == 2
     assert any("not reached" in n for n in r.notes)
+
+
+def test_merge_keeps_error_responses_apart() -> None:
+    spec = _spec(rate=5.0, duration_s=2.0, connections=2)
+    a = _part([1000] * 8, 10, {"200": 8, "503": 2}, {}, [], err_lat=(50_000, 60_000))
+    r = _merge(spec, [a], 1_700_000_000.0, 1, "r")  # type: ignore[list-item]
+    assert r.requests == 10 and r.successes == 8 and r.error_responses == 2
+    assert r.histogram is not None and r.histogram.count == 8 and r.max_ms == pytest.approx(1.0)
+    assert r.error_histogram is not None and r.error_histogram.count == 2
+    assert r.error_rate == pytest.approx(0.2)
+    # 10 responses/s of the 5 asked, but only 4 successful/s: not reached
+    assert r.success_rate == pytest.approx(4.0) and not r.target_reached
 
 
 def test_bad_specs() -> None:

@@ -1,6 +1,6 @@
 """Nighthawk JSON: numbers pinned by hand from the real sample.
 
-Fixture: ../shared/fixtures/loadgen/nighthawk-output.json (Nighthawk's own output test file:
+Fixture: tests/fixtures/loadgen/nighthawk-output.json (Nighthawk's own output test file:
 worker_0, worker_1 and global, a latency statistic ``foo_latency`` with 4 samples).
 """
 
@@ -16,7 +16,7 @@ import pytest
 from profiler.errors import BadInputFile
 from profiler.loadgen import nighthawk
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared/fixtures/loadgen/nighthawk-output.json"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures/loadgen/nighthawk-output.json"
 
 
 @pytest.fixture
@@ -32,9 +32,14 @@ def test_global_latency_numbers_from_the_file() -> None:
     assert r.mean_ms == pytest.approx(0.195004)
     assert r.min_ms == pytest.approx(0.180007)
     assert r.max_ms == pytest.approx(0.210007)
-    # percentile 0.5 -> "0.000190007s"; the first at or above 0.9 is 1 -> "0.000210007s"
+    # every listed percentile as Nighthawk printed it: 0.5 -> "0.000190007s", 0.775 -> 210
     assert r.percentiles_ms[50] == pytest.approx(0.190007)
-    assert r.percentiles_ms[90] == pytest.approx(0.210007)
+    assert r.percentiles_ms[77.5] == pytest.approx(0.210007)
+    assert r.percentiles_ms[10] == pytest.approx(0.180007)
+    # 0.9 is not listed: computed from the rebuilt histogram (whole us), and said to be
+    assert r.percentiles_ms[90] == pytest.approx(0.210, abs=1e-9)
+    assert r.computed == ["p90", "p95", "p99", "p99.9"]
+    assert any("computed from its histogram: p90" in n for n in r.notes)
     # cumulative counts 1,2,3,4 at 180, 190, 200, 210 us
     assert r.histogram is not None and r.histogram.count == 4
     assert r.histogram.percentile(50) == 190 and r.histogram.percentile(75) == 200
@@ -68,7 +73,10 @@ def test_main_statistic_counters_and_blocking(data: dict[str, Any]) -> None:
     assert r.status_counts == {200: 3, 500: 1}
     assert r.errors == {"pool_overflow": 7}
     assert r.mode == "closed-loop"
-    assert r.rate_asked == 4.0 and r.target_reached
+    # 1 of 4 responses a 5xx and 7 pool overflows: 3 successful req/s of the 4 asked
+    assert r.rate_asked == 4.0 and not r.target_reached
+    assert r.error_rate == pytest.approx(8 / 11) and r.success_rate == pytest.approx(3.0)
+    assert r.errors_in_histogram == 1  # no latency_2xx statistic: the 5xx is in the figures
     assert not any("absent" in n for n in r.notes)
 
 

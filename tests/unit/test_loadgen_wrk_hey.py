@@ -86,6 +86,9 @@ def test_wrk_lua_json_line() -> None:
     assert r.status_counts == {200: 4, 503: 1}
     assert r.errors == {"timeout": 1}  # "status" is in status_counts, not an error
     assert r.rate_achieved == 2.5 and r.min_ms == 0.1
+    # wrk times every response alike: the 503 is in the histogram, and that is said
+    assert r.errors_in_histogram == 1 and r.error_rate == pytest.approx(2 / 6)
+    assert any("does not separate error latency" in n for n in r.notes)
 
 
 def test_wrk_bad_output() -> None:
@@ -106,8 +109,12 @@ def test_hey_csv() -> None:
     r = hey.parse(HEY_CSV, duration_s=1.0)
     assert r.requests == 3 and r.rate_achieved == 3.0
     assert r.status_counts == {200: 2, 503: 1}
-    assert r.histogram is not None and r.min_ms == 1.4 and r.max_ms == 10.0
-    assert r.percentiles_ms[50] == pytest.approx(1.5, rel=0.004)
+    # the 503's 10 ms is the error's latency, apart from the two successes'
+    assert r.histogram is not None and r.min_ms == 1.4 and r.max_ms == 1.5
+    assert r.histogram.count == 2
+    assert r.error_histogram is not None and r.error_histogram.max == 10_000
+    assert r.error_rate == pytest.approx(1 / 3) and r.success_rate == pytest.approx(2.0)
+    assert r.percentiles_ms[50] == pytest.approx(1.4, rel=0.004)  # of the successes only
     assert hey.parse(HEY_CSV).duration_s == pytest.approx(1.0)  # last offset + its time
 
 

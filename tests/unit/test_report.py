@@ -15,6 +15,7 @@ import os
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ from profiler.smp import validate
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "report"
 BUNDLE, CAPTURE = FIX / "bundle.json", FIX / "capture.json"
 MESHERY_YAML = FIX / "meshery-result.yaml"
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "loadgen"
+SHARED = Path(__file__).resolve().parents[1] / "fixtures" / "loadgen"
 MESHERY_FORTIO = SHARED / "meshery-fortio-results.json"
 NIGHTHAWK = SHARED / "nighthawk-output.json"
 GOLDEN = Path(__file__).parent / "golden"
@@ -102,15 +103,24 @@ def test_fortio_result_becomes_valid_smp_in_milliseconds(tmp_path: Path) -> None
     raw = json.loads(MESHERY_FORTIO.read_text())
     raw = raw["results"] if isinstance(raw, dict) else raw
     for res, r, load in zip(results, raw, loads, strict=True):
-        fortio_p50_s = next(
-            p["Value"]
-            for p in r["runner_results"][0]["DurationHistogram"]["Percentiles"]
-            if p["Percentile"] == 50
-        )
-        # milliseconds (Meshery writes fortio's seconds here), within fortio's bucket width
-        assert res["latencies_ms"]["p50"] == pytest.approx(fortio_p50_s * 1000, rel=0.02, abs=1)
-        # completed requests per second (fortio's ActualQPS counts socket errors too)
-        assert res["actual_qps"] == pytest.approx(load.requests / load.duration_s, abs=1e-3)
+        dh = r["runner_results"][0]["DurationHistogram"]
+        if load.successes:
+            # the figures fortio printed, exactly, in milliseconds (Meshery writes seconds)
+            pct = {p["Percentile"]: p["Value"] for p in dh["Percentiles"]}
+            lat = res["latencies_ms"]
+            assert lat["p50"] == pytest.approx(pct[50] * 1000, abs=1e-4)
+            assert lat["p90"] == pytest.approx(pct[90] * 1000, abs=1e-4)
+            assert lat["p99"] == pytest.approx(pct[99] * 1000, abs=1e-4)
+            assert lat["min"] == pytest.approx(dh["Min"] * 1000, abs=1e-4)
+            assert lat["max"] == pytest.approx(dh["Max"] * 1000, abs=1e-4)
+            assert lat["average"] == pytest.approx(dh["Avg"] * 1000, abs=1e-4)
+            assert res["labels"]["error_rate"] == "0"
+        else:  # 300 socket errors: no latency of the service, and the error rate says why
+            assert "latencies_ms" not in res
+            assert res["labels"]["error_rate"] == "1"
+            assert res["labels"]["target_reached"] == "false"
+        # successful responses per second (fortio's ActualQPS counts socket errors too)
+        assert res["actual_qps"] == pytest.approx(load.successes / load.duration_s, abs=1e-3)
         for key in ("id", "test_id", "mesh_config_id", "env_id"):
             uuid.UUID(res[key])  # real ids, not placeholders
     assert len({r["id"] for r in results}) == 3
@@ -267,3 +277,52 @@ def test_incomplete_capture_with_drops_says_so(tmp_path: Path) -> None:
     text = _render("terminal", path, width=200)
     assert "INCOMPLETE (target exited), 3.5 s, 17 events dropped" in text
     assert "17 events dropped; INCOMPLETE: target exited" in text
+
+
+def test_html_plots_draw_the_bundles_numbers(tmp_path: Path) -> None:
+    """The cost and overhead plots draw exactly the bundle's figures: each line's data is the
+    details' numbers and its drawn vertices are those numbers on the axes (three rates, so a
+    line that is not these points cannot fit). Catches an empty axes, a series plotted from
+    the wrong field (cpu_seconds for mcores, p99 for p50), swapped series, stale data."""
+    from tests import html_series as hs
+    from tests.unit import smp_fixtures as fx
+
+    path = tmp_path / "b.json"
+    fx.bundle(rates=(100.0, 200.0, 400.0), repeat=1, shift_us=400.0).write(path)
+    doc = json.loads(path.read_text())
+    page = _render("html", path)
+    steps = doc["details"]["steps"]
+
+    def pts(f: Any) -> list[tuple[float, float]]:
+        return [(s["mesh"]["rate_achieved"], f(s)) for s in steps]
+
+    cost = hs.figure(page, "cost")
+    hs.check_drawn(cost, "cpu-cores", pts(lambda s: s["sidecar"]["cpu_mcores"] / 1000))
+    hs.check_drawn(cost, "rss-mib", pts(lambda s: s["sidecar"]["mem_mb"]["rss"]))
+    over = hs.figure(page, "overhead")
+    for p in ("p50", "p99"):
+        hs.check_drawn(over, f"ab-{p}", pts(lambda s, p=p: s["overhead"][p]["delta_ms"]))
+    legs = [s["sidecar"]["legs"]["sidecar_total"]["p50_ms"] for s in steps]
+    hs.check_drawn(over, "ebpf-p50", pts(lambda s: s["sidecar"]["legs"]["sidecar_total"]["p50_ms"]))
+    # and the check can fail: another series' numbers are not what is drawn
+    with pytest.raises(AssertionError):
+        hs.check_drawn(
+            over, "ab-p50", pts(lambda s: s["sidecar"]["legs"]["sidecar_total"]["p50_ms"])
+        )
+    # and the vertex check alone tells the lines apart (they are not affine images of each other)
+    ab = [y for _, y in hs.drawn(over, "ab-p99")]
+    assert hs.affine_residual(legs, ab) > 0.5
+
+
+def test_nighthawk_import_keeps_its_figures_and_names_the_computed(tmp_path: Path) -> None:
+    """Nighthawk printed min 180.007, mean 195.004, max 210.007 us and p50 190.007 us: the SMP
+    result has exactly those; p90/p99 (not listed) are computed and the label says so."""
+    out = tmp_path / "smp.json"
+    assert main(["report", str(NIGHTHAWK), "--format", "smp", "-o", str(out)]) == 0
+    res = json.loads(out.read_text())["performance_test_results"][0]
+    lat = res["latencies_ms"]
+    assert lat["min"] == pytest.approx(0.180007, abs=1e-4)  # the details keep 0.1 us
+    assert lat["average"] == pytest.approx(0.195004, abs=1e-4)  # the details keep 0.1 us
+    assert lat["max"] == pytest.approx(0.210007, abs=1e-4)  # the details keep 0.1 us
+    assert lat["p50"] == pytest.approx(0.190007, abs=1e-4)  # the details keep 0.1 us
+    assert set(res["labels"]["latency_computed"].split(",")) >= {"p90", "p99"}

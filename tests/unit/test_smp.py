@@ -80,8 +80,11 @@ def test_sidecar_cost_is_the_captures(doc: dict[str, Any]) -> None:
     dur = sum(c["duration_s"] for c in caps)
     sc = doc["service_mesh_config"]["sidecar"]
     assert sc["cpu_mcores"] == round(cpu / dur * 1000) and sc["cpu_mcores"] > 0
-    assert sc["mem_mb"] == 41 and sc["count"] == 1  # the peak RSS over the steps
-    assert sc["rps"] == round(sum(r.load.requests for r in b.records if r.capture) / dur)
+    # the peak RSS over the steps, 41 MiB, in SMP's MB (10^6 bytes): 42.99
+    assert sc["mem_mb"] == 43 and sc["count"] == 1
+    # what the sidecar proxied (its span count) per second of load
+    seen = sum(c["sidecars"][0]["requests"] for c in caps)
+    assert sc["rps"] == round(seen / sum(r.load.duration_s for r in b.records if r.capture))
     assert all(isinstance(v, int) for v in sc.values())
     step = doc["details"]["steps"][0]["sidecar"]
     # 0.0002 CPU-s per request = 200 CPU-ms per 1,000 requests; 100 req/s -> 0.02 cores
@@ -93,16 +96,20 @@ def test_sidecar_cost_is_the_captures(doc: dict[str, Any]) -> None:
 
 def test_mesh_config_fields(doc: dict[str, Any]) -> None:
     m = doc["service_mesh_config"]
-    assert m["mesh_type"]["type"] == "ISTIO"
-    assert m["proxy_build"] == "1.40.0/Clean/RELEASE/BoringSSL"
+    # a plain Envoy is no evidence of Istio: SMP's unknown, and the reason as a label
+    assert m["mesh_type"]["type"] == "INVALID_MESH" and "version" not in m["mesh_type"]
+    assert "plain Envoy" in m["labels"]["mesh_evidence"]
+    # Envoy's version is the proxy's build, never the mesh's version
+    assert m["proxy_build"] == "envoy 1.40.0/Clean/RELEASE/BoringSSL"
     assert m["proxy_concurrency"] == 2 and m["mtls_enabled"] is False
     env = doc["environment_config"]
-    assert env["nodes"] == [{"type": "AMD EPYC", "cores": 2, "mem_mb": 3900}]
+    # 3900 MiB of /proc/meminfo is 4089 MB of 10^6 bytes
+    assert env["nodes"] == [{"type": "AMD EPYC", "cores": 2, "mem_mb": 4089}]
     assert env["labels"]["kernel"] == "6.18.0"
     assert "kubernetes_version" not in env  # not known: left out, not invented
     assert doc["performance_test_config"]["duration"] == "10s"
     client = doc["performance_test_config"]["clients"][0]
-    assert client["load_generator"] == "builtin" and client["protocol"] == "HTTP"
+    assert client["load_generator"] == "builtin" and client["protocol"] == "PROTOCOL_HTTP"
 
 
 def test_baseline_deltas_with_intervals_and_significance(doc: dict[str, Any]) -> None:
@@ -128,7 +135,8 @@ def test_no_difference_is_not_significant() -> None:
 def test_without_capture_or_baseline() -> None:
     d = fx.bundle(rates=(100.0,), repeat=1, baseline=False, with_capture=False).to_json()
     assert validate(d) == []
-    assert "sidecar" not in d["service_mesh_config"]
+    # how many sidecars is known; their cost was not measured, so no number stands for it
+    assert d["service_mesh_config"]["sidecar"] == {"count": 1}
     step = d["details"]["steps"][0]
     assert step["baseline"] is None and step["overhead"] is None and step["sidecar"] is None
     assert d["details"]["meshmark"]["score"] is None
@@ -158,7 +166,7 @@ def test_bundle_round_trips_json_and_yaml(tmp_path: Path) -> None:
 def test_validator_rejects_non_smp_fields_and_types(doc: dict[str, Any]) -> None:
     bad = json.loads(json.dumps(doc))
     bad["service_mesh_config"]["sidecar"]["cpu_millicores"] = 3
-    assert "not a field of SMP Sidecar" in validate(bad)[0]
+    assert "not a field of SMP ServiceMeshConfig.Sidecar" in validate(bad)[0]
     bad = json.loads(json.dumps(doc))
     bad["service_mesh_config"]["sidecar"]["cpu_mcores"] = "12"
     assert "not an integer" in validate(bad)[0]
@@ -190,12 +198,12 @@ def _camelize(x: Any) -> Any:
 def test_reader_accepts_lower_camel_case_and_proto_json_quirks(doc: dict[str, Any]) -> None:
     smp = {k: doc[k] for k in DOCUMENTS}
     cam = _camelize(json.loads(json.dumps(smp)))
-    cam["environmentConfig"]["nodes"][0]["memMb"] = "3900"  # int64 as a string
-    cam["serviceMeshConfig"]["meshType"]["type"] = 3  # enum by number
+    cam["environmentConfig"]["nodes"][0]["memMb"] = "4089"  # int64 as a string
+    cam["serviceMeshConfig"]["meshType"]["type"] = 0  # enum by number
     cam["performanceTestResults"][0]["startTime"] = {"seconds": 1764590400, "nanos": 0}
     got = read_documents(cam)
-    assert got["environment_config"]["nodes"][0]["mem_mb"] == 3900
-    assert got["service_mesh_config"]["mesh_type"]["type"] == "ISTIO"
+    assert got["environment_config"]["nodes"][0]["mem_mb"] == 4089
+    assert got["service_mesh_config"]["mesh_type"]["type"] == "INVALID_MESH"
     assert got["performance_test_results"][0]["start_time"] == "2025-12-01T12:00:00.000000Z"
     assert got["service_mesh_config"] == smp["service_mesh_config"]
     assert validate(got) == []
