@@ -9,7 +9,6 @@ protocol of a gRPC run is PROTOCOL_GRPC.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import secrets
@@ -167,9 +166,9 @@ def _result(spec: LoadSpec, protocol: str, d: dict[str, Any], t0: float,
         requests_sent=int(d["sent"]),
         notes=notes,
         service_histogram=svc,
+        protocol="grpc" if protocol == "grpc" else "http",  # SMP: PROTOCOL_GRPC
+        grpc_status_counts=grpc_status,
     )
-    # the result's protocol fields (SMP: PROTOCOL_GRPC), where this version of it has them
-    names = {f.name for f in dataclasses.fields(LoadResult)}
-    extra: dict[str, Any] = {"protocol": "grpc" if protocol == "grpc" else "http",
-                             "grpc_status_counts": grpc_status}  # fmt: skip
-    return dataclasses.replace(res, **{k: v for k, v in extra.items() if k in names})
+    # error responses are timed with the others (the child does not tell them apart)
+    res.errors_in_histogram = res.error_responses
+    return res.judge()

@@ -59,7 +59,9 @@ def test_grpc_unary_and_streaming_one_span_per_call_on_both_sidecars(
     for r in (unary, stream):
         assert r.requests > 50 and not r.errors, r
         assert r.status_counts == {}  # gRPC statuses are not HTTP statuses
-    assert getattr(unary, "grpc_status_counts", {"OK": unary.requests}).get("OK", 0) > 0
+    assert unary.grpc_status_counts == {"OK": unary.requests}
+    assert unary.protocol == "grpc"
+    assert set(failed.grpc_status_counts) == {"NOT_FOUND"}
     assert "grpc-status: NOT_FOUND" in " ".join(failed.notes), failed.notes
     calls = unary.requests_sent + stream.requests_sent + failed.requests_sent
     sc = _by_pid(doc)

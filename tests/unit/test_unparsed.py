@@ -195,6 +195,6 @@ def test_grpc_result_counts_statuses_by_name_not_as_http() -> None:
     assert r.status_counts == {}
     assert r.requests == 3
     assert "grpc-status: NOT_FOUND 1, OK 2" in r.notes
-    if hasattr(r, "grpc_status_counts"):
-        assert r.grpc_status_counts == {"OK": 2, "NOT_FOUND": 1}
-        assert r.protocol == "grpc"
+    assert r.grpc_status_counts == {"OK": 2, "NOT_FOUND": 1}
+    assert r.protocol == "grpc"
+    assert r.error_responses == 1 and r.errors_in_histogram == 1
