@@ -782,6 +782,7 @@ SMP_INLINE void smp_h2_frame(struct smp_h2_ctx *x, struct smp_proc_stats *ps, u8
             s->ds_sid = sid;
             s->ds_rx_beg = x->ts;
             s->ds_rx_arr = x->arr;
+            x->arr = 0;  /* the read's arrival stamp is its first bytes': the first stream's */
             s->flags = SMP_F_DS_H2;
             init->handle = handle;
             smp_h2_streams.update(&sk, init);
@@ -884,6 +885,7 @@ SMP_INLINE void smp_h2_frame(struct smp_h2_ctx *x, struct smp_proc_stats *ps, u8
         return;
     if (type != H2_RST_STREAM)
         smp_ans_push(x->tid, x->upid, &st->span, x->ts, x->arr);
+    x->arr = 0;  /* a later stream's bytes in this read may have arrived later: unknown */
     smp_h2_streams.delete(&sk);
 }
 
@@ -937,6 +939,7 @@ int smp_h2_step(void *ctx)
         k->frames++;
         struct smp_h2_ctx x = k->x;
         smp_h2_frame(&x, ps, f[3], f[4], smp_h2_sid(f), flen);
+        k->x.arr = x.arr;
     }
     smp_h2_progs.call(ctx, 0);
     /* the chain's length limit: fine if what is left is this frame's payload */

@@ -255,3 +255,42 @@ def test_unparsed_counter_ignores_http(testbed_factory: Callable[..., Any]) -> N
         assert stats["unparsed_bytes"] <= 0.01 * (stats["rx_bytes"] + stats["tx_bytes"]), stats
     finally:
         engine.close()
+
+
+def test_h1_to_h2_each_request_is_an_upstream_stream(
+    testbed_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    """HTTP/1.1 clients (ids) to the app's HTTP/2 port: Envoy turns each request into a
+    stream on its upstream connection. Each of the 23 x 3 requests has its span, found by its
+    id, with an upstream stream id, and the app's 1 ms in the upstream leg."""
+    import threading
+
+    from _testbed import send_requests
+
+    tb = testbed_factory(app_delay_s=0.001)
+    spans_file = tmp_path / "spans.csv"
+    session = _capture(tb, spans_file, app=False)
+
+    def load() -> None:
+        ts = [
+            threading.Thread(
+                target=send_requests, args=(tb, 23, f"h1h2{k}", tb.state.server.h2c_url)
+            )
+            for k in range(3)
+        ]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    session.during(load)
+    doc = _stop(session)
+    sidecar = doc["sidecars"][0]
+    rows = _sidecar_rows(spans_file)
+    assert sorted(r["request_id"] for r in rows) == sorted(
+        f"h1h2{k}-{i}" for k in range(3) for i in range(23)
+    )
+    assert sidecar["http2_spans"] == {"downstream": 0, "upstream": 69}
+    ups = sorted(float(r["upstream_us"]) for r in rows)
+    assert ups[0] >= 1000.0, ups
+    assert doc["warnings"] == []
