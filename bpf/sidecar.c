@@ -1100,9 +1100,11 @@ SMP_INLINE struct smp_conn *smp_conn_join(struct smp_io *io, u8 cls)
     if (seed) {
         role = *seed;
         smp_seed.delete(&seed_key);
-    } else if (cls == CLS_REQ) {
+    } else if (cls == CLS_REQ && (io->is_read || SMP_PATH == SMP_PATH_SOCK)) {
         role = io->is_read ? SMP_ROLE_DS : SMP_ROLE_US;
-    } else if (cls == CLS_RESP) {
+    } else if (cls == CLS_RESP && (io->is_read || SMP_PATH == SMP_PATH_SOCK)) {
+        /* (the syscalls path sees every fd: a write that starts like HTTP may go to a file,
+         * e.g. Envoy's access log flushed with writev, a slice starting at "POST") */
         role = io->is_read ? SMP_ROLE_US : SMP_ROLE_DS;
     } else if (cls == CLS_H2PRI) {
         role = io->is_read ? SMP_ROLE_DS : SMP_ROLE_US;
