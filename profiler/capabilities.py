@@ -183,7 +183,8 @@ def _attach_checks(bpf_class: type) -> list[Check]:
     except Exception as e:
         detail = f"BCC could not compile a program: {_reason(e, noise)}"
         return [Check("bcc_compile", False, detail)] + [
-            Check(n, False, "needs bcc_compile") for n in ("tracepoints", "uprobes", "kprobes")
+            Check(n, False, "needs bcc_compile")
+            for n in ("tracepoints", "uprobes", "kprobes", "fentry")
         ]
     checks.append(Check("bcc_compile", True, "compiled and loaded a test program"))
 

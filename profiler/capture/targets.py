@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from profiler.discovery.cgroups import find_cgroups_by_container_id, pids_in_cgroup
-from profiler.discovery.processes import proxy_kind
+from profiler.discovery.containers import parse_container_cgroup
+from profiler.discovery.processes import pod_container_dirs, proxy_kind
 from profiler.errors import TargetNotFound, UsageError
 
 PROXY_NAMES = "envoy, linkerd2-proxy"
@@ -32,9 +33,15 @@ def _comm(pid: int) -> str:
 
 
 def _pod_processes(cgroup_dir: Path) -> list[int]:
-    """Every process of the pod a container cgroup belongs to (the sandbox's pause out)."""
-    pod = cgroup_dir.parent if cgroup_dir.name.endswith(".scope") else cgroup_dir
-    pids = pids_in_cgroup(str(pod), root=str(pod))
+    """Every process of the pod a cgroup belongs to (the sandbox's pause out): for a
+    container's cgroup, every container of its pod, whatever the driver names them (with the
+    cgroupfs driver a container's cgroup is a bare id, not a ``.scope``); any other cgroup
+    (a pod's, a testbed's) as it is."""
+    if parse_container_cgroup(str(cgroup_dir)) is not None:
+        dirs = pod_container_dirs(cgroup_dir)
+    else:
+        dirs = [cgroup_dir]
+    pids = sorted({p for d in dirs for p in pids_in_cgroup(str(d), root=str(d))})
     return [p for p in pids if _comm(p) != "pause"]
 
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from profiler.errors import CapabilityMissing, PermissionDenied, UsageError
+from profiler.errors import UsageError
 
 
 def _sidecar_names(values: Sequence[str]) -> tuple[str, ...]:
@@ -60,17 +60,11 @@ def main(
     else:
         source = NodeDiscovery(cgroup_root=cgroup_root)
 
-    from profiler import capabilities
-
-    root = capabilities.check_root()
-    if not root.ok:
-        raise PermissionDenied(f"the daemon loads BPF programs: {root.detail}")
     from prometheus_client import CollectorRegistry, ProcessCollector
 
-    from profiler.capture import engine as engine_module
     from profiler.daemon.agent import Agent, EngineLike
     from profiler.daemon.metrics import SnapshotCollector
-    from profiler.daemon.server import CachedReadiness, MetricsServer
+    from profiler.daemon.server import MetricsServer
 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
@@ -84,29 +78,23 @@ def main(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+    def load_engine() -> EngineLike:
+        from profiler.capture import engine as engine_module
+
+        return engine_module.Engine()
+
     registry = CollectorRegistry()
-    collector = SnapshotCollector()
+    collector = SnapshotCollector(node=node_name or os.uname().nodename)
+    # The probes load in the agent's thread, with retries: the endpoints answer at once and
+    # a node that cannot run BPF keeps a pod that says why (/readyz 503, smp_agent_up).
+    agent = Agent(
+        None, source, collector, interval=interval, load_engine=load_engine, preflight=_doctor
+    )
+    collector.health = agent.health
     registry.register(collector)
     ProcessCollector(registry=registry)  # the daemon's own CPU and RSS: its overhead
-    try:
-        engine: EngineLike = engine_module.Engine()
-    except OSError as e:  # e.g. kernel headers cannot be presented on a read-only /lib/modules
-        raise CapabilityMissing(f"cannot load the probes: {e}") from None
-    agent = Agent(engine, source, collector, interval=interval)
-    readiness = CachedReadiness()
-    readiness()  # check once before serving: the first /readyz answers at once
-
-    def ready() -> tuple[bool, str]:
-        ok, detail = readiness()
-        if ok and not collector.updated:
-            return False, "no snapshot taken yet"
-        return ok, detail
-
-    try:
-        server = MetricsServer(registry, ready, agent.alive, metrics_port, metrics_address)
-    except UsageError:
-        engine.close()
-        raise
+    server = MetricsServer(registry, agent.ready, agent.alive, metrics_port, metrics_address)
     server.start()
     mode = f"Kubernetes node {node_name}" if kubernetes else "node-only discovery"
     print(
@@ -119,3 +107,17 @@ def main(
     finally:
         server.stop()
     return 0
+
+
+def _doctor() -> tuple[bool, str]:
+    """The full capability check of ``smp-profiler doctor`` (compiles a test program): run
+    once, when the probes first fail to load, for the log and the not-ready reason."""
+    from profiler import capabilities
+
+    try:
+        missing = capabilities.missing(capabilities.run_all())
+    except Exception as e:  # a check that cannot even run is itself the answer
+        return False, f"capability check failed: {e}"
+    if missing:
+        return False, "; ".join(f"{c.name}: {c.detail}" for c in missing)
+    return True, "captures possible"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler import __version__, stats
+from profiler.daemon.metrics import CONTAINER_LABEL, MESH_LABEL, NODE_LABEL, NS_LABEL, POD_LABEL
 from profiler.daemon.promql import Prometheus, Sample, WindowResult, selector, window_queries
 from profiler.errors import UsageError
 from profiler.smp.build import duration_string, int32, mib_to_mb
@@ -32,12 +33,6 @@ from profiler.smp.schema import SMP_VERSION
 KIND = "smp-profiler/cluster-bundle"
 FORMAT_VERSION = 1
 PS = (50.0, 90.0, 95.0, 99.0, 99.9)
-MESH_OF_CONTAINER: dict[str, str | None] = {
-    "istio-proxy": "ISTIO",
-    "envoy": None,  # a plain Envoy is no evidence of any mesh (SMP: unknown)
-    "linkerd-proxy": "LINKERD",
-    "linkerd2-proxy": "LINKERD",
-}
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _RELATIVE = re.compile(r"^now(?:\s*-\s*(\d+(?:\.\d+)?)\s*([smhd]))?$")
 
@@ -66,9 +61,15 @@ def extra_queries(window_s: int, namespace: str | None = None) -> dict[str, str]
     """Who reported over the window: the agents (one per node) and the proxies' kinds."""
     w, sel = f"{window_s}s", selector(namespace)
     mem = "smp_sidecar_memory_working_set_bytes"
+    # inner count: one per sidecar container however many jobs scraped it
+    pods = f"count by ({NS_LABEL}, {POD_LABEL}, {CONTAINER_LABEL}, {MESH_LABEL})"
     return {
-        "agents": f"count by (version) (last_over_time(smp_build_info[{w}]))",
-        "containers": f"count by (container) (last_over_time({mem}{sel}[{w}]))",
+        "agents": (
+            f"count by (version) (count by (version, {NODE_LABEL}) "
+            f"(last_over_time(smp_build_info[{w}])))"
+        ),
+        "containers": f"count by ({CONTAINER_LABEL}) ({pods} (last_over_time({mem}{sel}[{w}])))",
+        "meshes": f"count by ({MESH_LABEL}) ({pods} (last_over_time({mem}{sel}[{w}])))",
     }
 
 
@@ -78,18 +79,31 @@ class Reporters:
 
     agents: dict[str, int] = field(default_factory=dict)
     containers: dict[str, int] = field(default_factory=dict)
+    meshes: dict[str, int] = field(default_factory=dict)  # SMP mesh type ("" unknown) -> sidecars
 
     @classmethod
     def from_answers(cls, answers: Mapping[str, Sequence[Sample]]) -> Reporters:
         def by(name: str, label: str) -> dict[str, int]:
             return {s.labels.get(label, ""): int(s.value) for s in answers.get(name, [])}
 
-        return cls(by("agents", "version"), by("containers", "container"))
+        return cls(
+            by("agents", "version"), by("containers", CONTAINER_LABEL), by("meshes", MESH_LABEL)
+        )
 
-    def mesh_type(self) -> str | None:
-        """The SMP mesh type when every sidecar container names the same mesh."""
-        meshes = {MESH_OF_CONTAINER.get(c) for c in self.containers}
-        return meshes.pop() if len(meshes) == 1 else None
+    def mesh_type(self) -> tuple[str, str] | None:
+        """(SMP mesh type, why) from the agents' evidence (the pods' injection annotations,
+        never a container's name): the one mesh every sidecar reported, else INVALID_MESH
+        with the reason (unknown or mixed); None when no sidecar was seen."""
+        if not self.meshes:
+            return None
+        known = sorted(m for m in self.meshes if m)
+        if len(known) == 1 and "" not in self.meshes:
+            return known[0], "from the pods' injection annotations"
+        if not known:
+            return "INVALID_MESH", "unknown: no sidecar's pod says which mesh injected it"
+        return "INVALID_MESH", "mixed: " + ",".join(known) + (
+            ",unknown" if "" in self.meshes else ""
+        )
 
 
 def _r(x: float | None, nd: int = 6) -> float | None:
@@ -184,7 +198,8 @@ def build_bundle(
     }
     mesh_type = rep.mesh_type()
     if mesh_type is not None:
-        mesh["mesh_type"] = {"type": mesh_type, "labels": {"sidecar": ",".join(rep.containers)}}
+        labels = {"sidecar": ",".join(rep.containers), "mesh_type_evidence": mesh_type[1]}
+        mesh["mesh_type"] = {"type": mesh_type[0], "labels": labels}
     versions = ",".join(sorted(rep.agents))
     return {
         "format_version": FORMAT_VERSION,

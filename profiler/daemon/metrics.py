@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,7 +31,19 @@ from profiler.daemon.snapshot import HistogramLike, SnapshotLike, TargetLike
 from profiler.legs import APP_LEGS, PROXY_LEGS
 
 MetricType = Literal["counter", "gauge", "histogram"]
-POD_LABELS = ("namespace", "pod", "container")
+# A target's label keys (discovery's) -> the names exported. OpenTelemetry's k8s.* resource
+# attributes as Prometheus spells them: a scrape never adds these itself (it adds namespace,
+# pod, container, node, job, instance), so with honor_labels false nothing is renamed to
+# exported_*, and with a PodMonitor's honorLabels nothing of the target's is overwritten.
+EXPORTED_LABELS = {
+    "namespace": "k8s_namespace_name",
+    "pod": "k8s_pod_name",
+    "container": "k8s_container_name",
+    "mesh": "smp_mesh_type",  # SMP's mesh type name from the pod's evidence; "" unknown
+}
+POD_LABELS = tuple(EXPORTED_LABELS.values())
+NS_LABEL, POD_LABEL, CONTAINER_LABEL, MESH_LABEL = POD_LABELS
+NODE_LABEL = "k8s_node_name"  # on the per-node metrics: duplicates of a node are seen as such
 
 # Upper bounds in seconds: six per decade from 10 us to 10 ms (sidecar legs are typically
 # 30 us .. 1 ms), then 1-2.5-5 up to 10 s.
@@ -81,8 +93,25 @@ SPECS: tuple[MetricSpec, ...] = (
         "gauge",
         "bytes",
         POD_LABELS,
-        "Working set of the sidecar (memory.current minus inactive file; RSS where the "
-        "cgroup has no memory controller).",
+        "Working set of the sidecar container from its cgroup in the host's tree "
+        "(memory.current minus inactive_file, v1 the same); the proxies' own accounting where "
+        "no cgroup is found.",
+    ),
+    MetricSpec(
+        "smp_container_memory_working_set_bytes",
+        "gauge",
+        "bytes",
+        POD_LABELS,
+        "Working set of each traced container (sidecar and app) from its cgroup: v2 "
+        "memory.current minus inactive_file, v1 the same; what kubectl top shows.",
+    ),
+    MetricSpec(
+        "smp_container_cpu_seconds_total",
+        "counter",
+        "seconds",
+        POD_LABELS,
+        "CPU of each traced container from its cgroup (every process of it: pilot-agent "
+        "beside Envoy); resets when the container restarts, as cAdvisor's.",
     ),
     MetricSpec(
         "smp_app_cpu_seconds_total",
@@ -111,12 +140,56 @@ SPECS: tuple[MetricSpec, ...] = (
         "smp_probe_events_dropped_total",
         "counter",
         "",
-        (),
+        (NODE_LABEL,),
         "Probe events lost in the kernel (ring buffer full); non-zero means undercounting.",
     ),
-    MetricSpec("smp_attached_sidecars", "gauge", "", (), "Sidecar processes being traced."),
     MetricSpec(
-        "smp_build_info", "gauge", "", ("version",), "Always 1; the version of smp-profiler."
+        "smp_attached_sidecars", "gauge", "", (NODE_LABEL,), "Sidecar processes being traced."
+    ),
+    MetricSpec(
+        "smp_agent_up",
+        "gauge",
+        "",
+        ("reason", NODE_LABEL),
+        "1 when the agent is ready (reason=ready), else 0 with why: starting, "
+        "capability_missing, probe_load_failed, no_snapshot, snapshot_stale, "
+        "discovery_not_synced.",
+    ),
+    MetricSpec(
+        "smp_probe_load_failures_total",
+        "counter",
+        "",
+        (),
+        "Failed attempts to load the probes (the agent retries with backoff).",
+    ),
+    MetricSpec(
+        "smp_discovery_last_sync_timestamp_seconds",
+        "gauge",
+        "seconds",
+        (),
+        "Unix time of the last successful list or watch answer from the API server.",
+    ),
+    MetricSpec(
+        "smp_discovery_pods_skipped",
+        "gauge",
+        "",
+        ("role",),
+        "Mesh pods of the node that are not traced, by role: gateway, waypoint, ztunnel, "
+        "ambient (no sidecar to measure).",
+    ),
+    MetricSpec(
+        "smp_discovery_errors_total",
+        "counter",
+        "",
+        (),
+        "Failed pod lists and watches (each followed by a reconnect with backoff).",
+    ),
+    MetricSpec(
+        "smp_build_info",
+        "gauge",
+        "",
+        ("version", NODE_LABEL),
+        "Always 1; the version of smp-profiler.",
     ),
 )
 SPEC = {s.name: s for s in SPECS}
@@ -124,8 +197,33 @@ SPEC = {s.name: s for s in SPECS}
 LabelKey = tuple[tuple[str, str], ...]
 
 
+@dataclass(frozen=True)
+class ContainerUsage:
+    """One traced container's own accounting from its cgroup: working set and CPU (all of
+    its processes, e.g. pilot-agent next to Envoy)."""
+
+    labels: Mapping[str, str]
+    role: str
+    memory_working_set_bytes: int | None
+    cpu_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Health:
+    """The agent's readiness: ``reason`` a short code, ``detail`` the sentence for
+    ``/readyz``."""
+
+    up: bool
+    reason: str
+    detail: str
+    load_failures: int = 0
+    discovery_last_sync: float | None = None  # Unix time
+    discovery_errors: int = 0
+    pods_skipped: Mapping[str, int] = field(default_factory=dict)  # role -> pods
+
+
 def _key(labels: Mapping[str, str]) -> LabelKey:
-    return tuple((k, str(labels.get(k, ""))) for k in POD_LABELS)
+    return tuple((v, str(labels.get(k, ""))) for k, v in EXPORTED_LABELS.items())
 
 
 def prometheus_buckets(h: HistogramLike, bounds: tuple[float, ...] = LEG_BUCKETS) -> list[int]:
@@ -185,10 +283,18 @@ class SnapshotCollector(Collector):
     """A ``prometheus_client`` collector of the latest snapshot given to :meth:`update`."""
 
     def __init__(
-        self, retire_after: float = 600.0, clock: Callable[[], float] = time.monotonic
+        self,
+        retire_after: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+        health: Callable[[], Health] | None = None,
+        node: str = "",
     ) -> None:
         self._lock = threading.Lock()
+        self.node = node
         self._clock = clock
+        self.health = health
+        self._updated_at: float | None = None
+        self._containers: dict[tuple[LabelKey, str], ContainerUsage] = {}
         self.retire_after = retire_after
         self._live: dict[int, tuple[LabelKey, str, TargetLike]] = {}
         self._retired: dict[tuple[LabelKey, str], _Totals] = {}
@@ -199,9 +305,13 @@ class SnapshotCollector(Collector):
         self._attached = 0
         self.updated = False
 
-    def update(self, snapshot: SnapshotLike) -> None:
-        """Take a new engine snapshot (cumulative values) as the current state."""
+    def update(
+        self, snapshot: SnapshotLike, containers: Sequence[ContainerUsage] | None = None
+    ) -> None:
+        """Take a new engine snapshot (cumulative values) as the current state, with the
+        traced containers' own cgroup accounting when known."""
         now = self._clock()
+        usage = {(_key(c.labels), c.role): c for c in containers or ()}
         live: dict[int, tuple[LabelKey, str, TargetLike]] = {}
         for i, (pid, t) in enumerate(_targets(snapshot)):
             live[pid if pid is not None else -1 - i] = (_key(t.labels), t.role, t)
@@ -230,7 +340,14 @@ class SnapshotCollector(Collector):
             self._drops = self._drops_base + total
             # sidecar targets only (the engine's ``attached`` counts its app targets too)
             self._attached = sum(role == "sidecar" for _, role, _ in live.values())
+            self._containers = usage
             self.updated = True
+            self._updated_at = now
+
+    def age(self) -> float | None:
+        """Seconds since the last :meth:`update`; None before the first."""
+        with self._lock:
+            return None if self._updated_at is None else self._clock() - self._updated_at
 
     def label_sets(self) -> int:
         """How many (labels, role) series groups are held: live plus retired."""
@@ -242,6 +359,7 @@ class SnapshotCollector(Collector):
             view = dict(self._view)
             live = {(k, r) for k, r, _ in self._live.values()}
             drops, attached = self._drops, self._attached
+            containers = dict(self._containers)
         samples: dict[str, list[tuple[list[str], float]]] = {s.name: [] for s in SPECS}
         hists: list[tuple[list[str], list[tuple[str, float]], float]] = []
         bounds = [repr(float(b)) for b in LEG_BUCKETS]
@@ -255,14 +373,38 @@ class SnapshotCollector(Collector):
             samples["smp_sidecar_socket_bytes_total"].append((labels, tot.socket_bytes))
             samples["smp_sidecar_unparsed_bytes_total"].append((labels, tot.unparsed_bytes))
             if (key, role) in live:
-                samples["smp_sidecar_memory_working_set_bytes"].append((labels, tot.memory))
+                own = containers.get((key, role))
+                memory = tot.memory
+                if own is not None and own.memory_working_set_bytes is not None:
+                    memory = own.memory_working_set_bytes
+                samples["smp_sidecar_memory_working_set_bytes"].append((labels, memory))
             for leg, row in sorted(tot.legs.items()):
                 counts = [float(c) for c in row[:-1]]
                 buckets = [*zip(bounds, counts, strict=True), ("+Inf", float(row[-1]))]
                 hists.append(([*labels, leg], buckets, tot.leg_sums[leg]))
-        samples["smp_probe_events_dropped_total"].append(([], drops))
-        samples["smp_attached_sidecars"].append(([], attached))
-        samples["smp_build_info"].append(([__version__], 1))
+        node = self.node
+        for (key, _), c in sorted(containers.items(), key=lambda kv: kv[0]):
+            labels = [v for _, v in key]
+            if c.memory_working_set_bytes is not None:
+                samples["smp_container_memory_working_set_bytes"].append(
+                    (labels, c.memory_working_set_bytes)
+                )
+            if c.cpu_seconds is not None:
+                samples["smp_container_cpu_seconds_total"].append((labels, c.cpu_seconds))
+        samples["smp_probe_events_dropped_total"].append(([node], drops))
+        samples["smp_attached_sidecars"].append(([node], attached))
+        samples["smp_build_info"].append(([__version__, node], 1))
+        if self.health is not None:
+            health = self.health()
+            samples["smp_agent_up"].append(([health.reason, node], 1.0 if health.up else 0.0))
+            for role, n in sorted(health.pods_skipped.items()):
+                samples["smp_discovery_pods_skipped"].append(([role], n))
+            samples["smp_probe_load_failures_total"].append(([], health.load_failures))
+            samples["smp_discovery_errors_total"].append(([], health.discovery_errors))
+            if health.discovery_last_sync is not None:
+                samples["smp_discovery_last_sync_timestamp_seconds"].append(
+                    ([], health.discovery_last_sync)
+                )
         for spec in SPECS:
             if spec.type == "histogram":
                 h = HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)

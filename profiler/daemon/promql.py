@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from profiler.daemon.metrics import NODE_LABEL, NS_LABEL, POD_LABELS
 from profiler.errors import SmpError, TargetUnreachable, UsageError
 
 
@@ -91,8 +92,8 @@ _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
 def selector(namespace: str | None = None, **labels: str) -> str:
-    """``{namespace="shop",leg="upstream"}`` with values quoted for PromQL."""
-    pairs = {"namespace": namespace, **labels}
+    """``{k8s_namespace_name="shop",leg="upstream"}`` with values quoted for PromQL."""
+    pairs = {NS_LABEL: namespace, **labels}
     parts = []
     for k, v in pairs.items():
         if v is None:
@@ -103,23 +104,42 @@ def selector(namespace: str | None = None, **labels: str) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+def one_scrape(expr: str, *extra: str) -> str:
+    """``expr`` with duplicate scrapes of one agent collapsed: two jobs (a pod annotation
+    scrape and a Service one, or a PodMonitor beside them) scrape the same ``instance`` and
+    give identical series that differ only in ``job`` and the target labels; ``max by`` the
+    instance and the agent's own labels keeps one. Agents that are really different (another
+    node, a restarted agent: another pod IP) have another instance and are summed."""
+    by = ", ".join(["instance", *POD_LABELS, *extra])
+    return f"max by ({by}) ({expr})"
+
+
 def window_queries(window_s: int, namespace: str | None = None) -> dict[str, str]:
-    """The PromQL of one window ending at the evaluation time; histograms summed by ``le``."""
+    """The PromQL of one window ending at the evaluation time; histograms summed by ``le``,
+    every series counted once however many jobs scrape it (:func:`one_scrape`)."""
     if window_s <= 0:
         raise UsageError(f"the window must be positive, not {window_s} s")
     w, sel = f"{window_s}s", selector(namespace)
     leg = "smp_sidecar_leg_duration_seconds"
     mem = "smp_sidecar_memory_working_set_bytes"
+    pod_of = ", ".join(POD_LABELS)
+
+    def inc(metric: str, *extra: str) -> str:
+        return one_scrape(f"increase({metric}{sel}[{w}])", *extra)
+
     return {
-        "leg_buckets": f"sum by (le, leg) (increase({leg}_bucket{sel}[{w}]))",
-        "leg_sum": f"sum by (leg) (increase({leg}_sum{sel}[{w}]))",
-        "requests": f"sum(increase(smp_sidecar_requests_total{sel}[{w}]))",
-        "sidecar_cpu_seconds": f"sum(increase(smp_sidecar_cpu_seconds_total{sel}[{w}]))",
-        "app_cpu_seconds": f"sum(increase(smp_app_cpu_seconds_total{sel}[{w}]))",
-        "sidecar_memory_bytes": f"sum(avg_over_time({mem}{sel}[{w}]))",
-        # the gauge, not a counter: a gone pod's counters stay exported for a while
-        "sidecars": f"count(last_over_time({mem}{sel}[{w}]))",
-        "dropped": f"sum(increase(smp_probe_events_dropped_total[{w}]))",
+        "leg_buckets": f"sum by (le, leg) ({inc(f'{leg}_bucket', 'le', 'leg')})",
+        "leg_sum": f"sum by (leg) ({inc(f'{leg}_sum', 'leg')})",
+        "requests": f"sum({inc('smp_sidecar_requests_total')})",
+        "sidecar_cpu_seconds": f"sum({inc('smp_sidecar_cpu_seconds_total')})",
+        "app_cpu_seconds": f"sum({inc('smp_app_cpu_seconds_total')})",
+        "sidecar_memory_bytes": f"sum({one_scrape(f'avg_over_time({mem}{sel}[{w}])')})",
+        # the gauge, not a counter: a gone pod's counters stay exported for a while; one per
+        # container however many agents or jobs reported it
+        "sidecars": f"count(count by ({pod_of}) (last_over_time({mem}{sel}[{w}])))",
+        "dropped": (
+            f"sum(max by (instance, {NODE_LABEL}) (increase(smp_probe_events_dropped_total[{w}])))"
+        ),
     }
 
 

@@ -108,14 +108,30 @@ def _non_pause(pids: Sequence[int], proc: str) -> tuple[int, ...]:
     return tuple(p for p in pids if _comm(p, proc) not in _PAUSE)
 
 
-def _app_pids(container_dir: Path, proc: str) -> tuple[int, ...]:
-    pids: list[int] = []
+def pod_container_dirs(container_dir: Path) -> list[Path]:
+    """Every container cgroup of the pod ``container_dir`` belongs to, itself included: its
+    siblings under the pod's cgroup, or, where containers sit flat next to other pods' (the
+    ``...pod<uid>.slice:cri-containerd:<id>`` form), the siblings of the same pod uid."""
+    ref = parse_container_cgroup(str(container_dir))
     try:
         siblings = sorted(e for e in container_dir.parent.iterdir() if e.is_dir())
     except OSError:
-        return ()
+        return [container_dir]
+    out = []
     for d in siblings:
-        if d != container_dir and container_id_of_name(d.name) is not None:
+        if container_id_of_name(d.name) is None:
+            continue
+        other = parse_container_cgroup(str(d))
+        if ref is not None and (other is None or other.pod_uid != ref.pod_uid):
+            continue
+        out.append(d)
+    return out or [container_dir]
+
+
+def _app_pids(container_dir: Path, proc: str) -> tuple[int, ...]:
+    pids: list[int] = []
+    for d in pod_container_dirs(container_dir):
+        if d != container_dir:
             pids += pids_in_cgroup(str(d), root=str(d))
     return _non_pause(sorted(pids), proc)
 

@@ -1,7 +1,7 @@
 """A loopback HTTP server answering the two Kubernetes API calls the daemon makes (list and
 watch pods), for driving the real kubernetes client (and the daemon) without a cluster.
-Pods are JSON dicts as the API server returns them; a watch window streams the queued
-events and ends after a short time, so clients relist (as after their resync)."""
+Pods are JSON dicts as the API server returns them; a watch window streams the events after
+its resourceVersion as they happen and ends after a short time, so clients reconnect."""
 
 from __future__ import annotations
 
@@ -17,33 +17,50 @@ from typing import Any
 
 
 class ApiServer(ThreadingHTTPServer):
+    """Pods and an event log with resourceVersions, as the API server keeps them.
+
+    A list honours ``fieldSelector=spec.nodeName=<node>`` and records whether it asked for
+    ``resourceVersion=0`` (the watch cache); a watch streams the events after its
+    ``resourceVersion`` as they happen, for ``window_s`` (or its ``timeoutSeconds``, the
+    shorter), then a BOOKMARK when ``allowWatchBookmarks`` asks for one. With ``stall`` set, a
+    new watch gets its headers and then nothing, forever, as a connection to an API server
+    that failed over (half-open TCP) does."""
+
     daemon_threads = True
 
     def __init__(self, window_s: float = 0.3) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.pods: dict[str, dict[str, Any]] = {}
-        self.events: list[dict[str, Any]] = []
+        self.log: list[tuple[int, dict[str, Any]]] = []
         self.requests: list[dict[str, str]] = []
         self.window_s = window_s
         self.rv = 1
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.stall = threading.Event()
+        self.closing = threading.Event()
+        self.stalled_watches = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
+    def _record(self, kind: str, pod: dict[str, Any]) -> None:
+        self.rv += 1
+        pod = json.loads(json.dumps(pod))
+        pod["metadata"]["resourceVersion"] = str(self.rv)
+        self.log.append((self.rv, {"type": kind, "object": pod}))
+        self.changed.notify_all()
+
     def put(self, pod: dict[str, Any]) -> None:
         with self.lock:
             kind = "MODIFIED" if pod["metadata"]["uid"] in self.pods else "ADDED"
             self.pods[pod["metadata"]["uid"]] = pod
-            self.rv += 1
-            self.events.append({"type": kind, "object": pod})
+            self._record(kind, pod)
 
     def delete(self, uid: str) -> None:
         with self.lock:
-            pod = self.pods.pop(uid)
-            self.rv += 1
-            self.events.append({"type": "DELETED", "object": pod})
+            self._record("DELETED", self.pods.pop(uid))
 
     def kubeconfig(self, path: Path) -> Path:
         doc = {
@@ -57,16 +74,57 @@ class ApiServer(ThreadingHTTPServer):
         path.write_text(json.dumps(doc))
         return path
 
+    def shutdown(self) -> None:
+        self.closing.set()
+        with self.lock:
+            self.changed.notify_all()
+        super().shutdown()
+
+
+def _on_node(pod: dict[str, Any], selector: str | None) -> bool:
+    if not selector:
+        return True
+    field_, _, value = selector.partition("=")
+    assert field_ == "spec.nodeName", f"unsupported fieldSelector {selector}"
+    return bool(pod.get("spec", {}).get("nodeName") == value)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: ApiServer
 
-    def _send(self, body: bytes) -> None:
+    def _line(self, doc: dict[str, Any]) -> None:
+        self.wfile.write(json.dumps(doc).encode() + b"\n")
+        self.wfile.flush()
+
+    def _watch(self, q: dict[str, str]) -> None:
+        srv = self.server
+        # HTTP/1.0 without Content-Length: the body is the stream, until the connection closes
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.flush()
+        if srv.stall.is_set():
+            srv.stalled_watches += 1
+            srv.closing.wait()  # nothing, ever: the client must notice on its own
+            return
+        since = int(q.get("resourceVersion") or 0)
+        window = min(srv.window_s, float(q.get("timeoutSeconds", srv.window_s)))
+        end = time.monotonic() + window
+        selector = q.get("fieldSelector")
+        with srv.lock:
+            while not srv.closing.is_set():
+                for rv, ev in srv.log:
+                    if rv > since and _on_node(ev["object"], selector):
+                        self._line(ev)
+                since = max([since, *(rv for rv, _ in srv.log)])
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                srv.changed.wait(left)
+            rv = srv.rv
+        if q.get("allowWatchBookmarks") == "true":
+            meta = {"resourceVersion": str(rv)}
+            self._line({"type": "BOOKMARK", "object": {"kind": "Pod", "metadata": meta}})
 
     def do_GET(self) -> None:
         url = urllib.parse.urlparse(self.path)
@@ -74,20 +132,21 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         srv.requests.append({"path": url.path, **q})
         if q.get("watch") == "true":
-            time.sleep(srv.window_s)
-            with srv.lock:
-                events, srv.events = srv.events, []
-            self._send(b"".join(json.dumps(e).encode() + b"\n" for e in events))
+            self._watch(q)
             return
         with srv.lock:
-            srv.events = []  # a list is the full state: what was queued is in it
             doc = {
                 "apiVersion": "v1",
                 "kind": "PodList",
                 "metadata": {"resourceVersion": str(srv.rv)},
-                "items": list(srv.pods.values()),
+                "items": [p for p in srv.pods.values() if _on_node(p, q.get("fieldSelector"))],
             }
-        self._send(json.dumps(doc).encode())
+        body = json.dumps(doc).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         return

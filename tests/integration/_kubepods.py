@@ -57,6 +57,11 @@ class Pod:
         cid = container_id or new_container_id()
         if self.runtime == "cgroupfs":
             d = self.cgroup / cid
+        elif self.runtime == "crio-cgroupfs":
+            d = self.cgroup / f"crio-{cid}"
+        elif self.runtime == "flat":  # containerd's cgroupfs mode under a systemd parent
+            uid_ = self.uid.replace("-", "_")
+            d = self.cgroup / f"kubepods-{self.qos}-pod{uid_}.slice:cri-containerd:{cid}"
         else:
             d = self.cgroup / RUNTIME_SCOPE[self.runtime].format(cid)
         d.mkdir()
@@ -116,6 +121,8 @@ def _rmdir_one(d: Path) -> None:
 
 
 def pod_dir(root: Path, uid: str, qos: str, driver: str) -> Path:
+    if driver == "flat":  # no pod cgroup: every pod's containers side by side
+        return root / "system.slice" / "containerd.service"
     if driver == "systemd":
         top = root / "kubepods.slice"
         if qos == "guaranteed":
@@ -150,10 +157,14 @@ def kubelet_pod(
     pause: bool = True,
 ) -> Iterator[Pod]:
     """A pod cgroup (systemd driver for a named runtime, cgroupfs driver for
-    ``runtime="cgroupfs"``), with a pause-like sandbox process named ``pause``."""
+    ``runtime="cgroupfs"`` (docker, containerd: bare ids) and ``"crio-cgroupfs"``
+    (``crio-<id>``), and ``"flat"`` for containerd's cgroupfs mode under a systemd-style
+    parent, where the pod has no cgroup of its own), with a pause-like sandbox process named
+    ``pause``."""
     uid = uid or str(uuid.uuid4())
-    d = pod_dir(root, uid, qos, "cgroupfs" if runtime == "cgroupfs" else "systemd")
-    d.mkdir(parents=True)
+    driver = {"cgroupfs": "cgroupfs", "crio-cgroupfs": "cgroupfs", "flat": "flat"}
+    d = pod_dir(root, uid, qos, driver.get(runtime, "systemd"))
+    d.mkdir(parents=True, exist_ok=runtime == "flat")
     pod = Pod(uid, d, root, runtime, qos)
     try:
         if pause:
@@ -163,7 +174,11 @@ def kubelet_pod(
     finally:
         for name in list(pod.containers):
             pod.remove_container(name)
-        _rmdir(d)
+        if runtime == "flat":  # shared with the other flat pods: removed when the last goes
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        else:
+            _rmdir(d)
 
 
 _BIN_DIR = Path(os.environ.get("TMPDIR", "/tmp")) / "smp-test-bin"

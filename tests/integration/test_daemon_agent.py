@@ -64,6 +64,7 @@ def test_reconcile_follows_sidecars_and_detaches_on_stop(tmp_path: Path) -> None
             "namespace": "",
             "pod": pod.uid,
             "container": "envoy",
+            "mesh": "",  # node-only: no pod annotations, no evidence of a mesh
         }
         assert agent.reconcile() == ([], [])  # nothing changed, no calls
         assert len(engine.calls) == 3

@@ -55,7 +55,7 @@ def test_prometheus_scrapes_the_daemon_and_the_cluster_report_matches_a_capture(
         daemon_process(tmp_path / "daemon.log", *args) as daemon,
         prometheus_server(tmp_path, [daemon.url.removeprefix("http://")]) as prom,
     ):
-        sel = f'{{pod="{server.uid}",container="envoy"}}'
+        sel = f'{{k8s_pod_name="{server.uid}",k8s_container_name="envoy"}}'
         _wait_value(prom, f"smp_sidecar_requests_total{sel}", lambda v: v == 0, 30)
 
         # load from the client pod, a direct capture of the same Envoy over the same window
@@ -71,12 +71,14 @@ def test_prometheus_scrapes_the_daemon_and_the_cluster_report_matches_a_capture(
         while time.time() < end + 3:  # a scrape after the window, of a snapshot after it
             time.sleep(0.2)
         for leg in LEGS:
-            expr = f'smp_sidecar_leg_duration_seconds_count{{pod="{server.uid}",leg="{leg}"}}'
+            expr = (
+                f'smp_sidecar_leg_duration_seconds_count{{k8s_pod_name="{server.uid}",leg="{leg}"}}'
+            )
             assert (_value(prom, expr) or 0) >= load.requests, leg
         buckets = prom.query(f"smp_sidecar_leg_duration_seconds_bucket{sel}")
         assert len({s.labels["le"] for s in buckets}) > 20
         assert (_value(prom, f"smp_sidecar_cpu_seconds_total{sel}") or 0) > 0
-        assert (_value(prom, f'smp_app_cpu_seconds_total{{pod="{server.uid}"}}') or 0) > 0
+        assert (_value(prom, f'smp_app_cpu_seconds_total{{k8s_pod_name="{server.uid}"}}') or 0) > 0
 
         # the cluster-wide bundle of the window against the capture
         out = tmp_path / "cluster.json"

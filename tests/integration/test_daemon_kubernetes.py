@@ -78,8 +78,13 @@ def test_daemon_kubernetes_mode(testbed_factory: Callable[..., Any], tmp_path: P
             while not _ready(url):
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-            labels = (("container", "istio-proxy"), ("namespace", "shop"), ("pod", "reviews-1"))
-            app = (("container", "app"), ("namespace", "shop"), ("pod", "reviews-1"))
+            pod_labels = (("k8s_namespace_name", "shop"), ("k8s_pod_name", "reviews-1"))
+            labels = (
+                ("k8s_container_name", "istio-proxy"),
+                *pod_labels,
+                ("smp_mesh_type", "ISTIO"),
+            )
+            app = (("k8s_container_name", "app"), *pod_labels, ("smp_mesh_type", "ISTIO"))
             key = ("smp_sidecar_requests_total", labels)
             while key not in _metrics(url):
                 assert time.monotonic() < deadline, log.read_text()
@@ -89,7 +94,7 @@ def test_daemon_kubernetes_mode(testbed_factory: Callable[..., Any], tmp_path: P
                 assert time.monotonic() < deadline, _metrics(url).get(key)
                 time.sleep(0.2)
             got = _metrics(url)
-            assert got["smp_attached_sidecars", ()] == 1
+            assert got["smp_attached_sidecars", (("k8s_node_name", "node-a"),)] == 1
             assert ("smp_app_cpu_seconds_total", app) in got
             pids = ", ".join(str(p) for p in sorted([server.app_pid, server.envoy_pid]))
             assert f"targets: +[{pids}] -[]" in log.read_text()
@@ -97,7 +102,7 @@ def test_daemon_kubernetes_mode(testbed_factory: Callable[..., Any], tmp_path: P
 
             # the pod is deleted: its processes are no longer traced
             api.delete(server.uid)
-            while _metrics(url).get(("smp_attached_sidecars", ())) != 0:
+            while _metrics(url).get(("smp_attached_sidecars", (("k8s_node_name", "node-a"),))) != 0:
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
             assert _metrics(url)[key] == 23  # kept (retired) for a while, still monotonic

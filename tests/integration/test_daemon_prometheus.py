@@ -1,6 +1,11 @@
 """Debian's Prometheus, started on loopback, scrapes the daemon's /metrics served from
 snapshots that grow at known rates; the query layer of ``report --prometheus`` and the
-Grafana dashboard's queries then run against it."""
+Grafana dashboard's queries then run against it.
+
+The scrape is set up as a cluster's often is, badly: two jobs scrape the same agent (the
+pod annotations and the Service's, as the community chart does), both with
+``honor_labels: false`` and the target labels kubernetes_sd gives (``namespace``, ``pod``,
+``container``, ``node`` of the agent's own pod). The numbers must still be the agent's, once."""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from profiler.daemon.metrics import SnapshotCollector
+from profiler.daemon.metrics import ContainerUsage, SnapshotCollector
 from profiler.daemon.promql import Prometheus, quantile
 from profiler.daemon.server import MetricsServer
 from profiler.daemon.snapshot import Snapshot, TargetSnapshot
@@ -27,7 +32,14 @@ from profiler.histogram import LatencyHistogram
 pytestmark = pytest.mark.prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
-LABELS = {"namespace": "shop", "pod": "reviews-1", "container": "istio-proxy"}
+LABELS = {"namespace": "shop", "pod": "reviews-1", "container": "istio-proxy", "mesh": "ISTIO"}
+# what kubernetes_sd relabeling puts on the agent's target: its own pod's namespace and name
+TARGET_LABELS = {
+    "namespace": "smp-profiler",
+    "pod": "smp-profiler-x7k2p",
+    "container": "smp-profiler",
+    "node": "node-a",
+}
 TICK = 0.2  # seconds between snapshots: +10 requests, +10 ms CPU each (50 rps, 50 mcores)
 
 
@@ -54,7 +66,9 @@ class GrowingSidecar:
             self.cpu += 0.01
             legs = {"sidecar_total": self.hist}
             t = TargetSnapshot(LABELS, "sidecar", self.requests, legs, self.cpu, 30 * 2**20)
-            self.collector.update(Snapshot({4242: t}, drops=0, attached=1))
+            # the container's cgroup: the same working set, 1.25x the proxy's CPU
+            own = ContainerUsage(LABELS, "sidecar", 30 * 2**20, 1.25 * self.cpu)
+            self.collector.update(Snapshot({4242: t}, drops=0, attached=1), [own])
             self.stop.wait(TICK)
 
 
@@ -64,9 +78,10 @@ def scraped(
 ) -> Iterator[tuple[Prometheus, GrowingSidecar]]:
     tmp_path = tmp_path_factory.mktemp("prometheus")
     reg = CollectorRegistry()
-    collector = SnapshotCollector()
+    collector = SnapshotCollector(node="node-a")
     reg.register(collector)
     server = MetricsServer(reg, lambda: (True, ""), lambda: (True, ""), 0, "127.0.0.1").start()
+    target = {"targets": [f"127.0.0.1:{server.port}"], "labels": TARGET_LABELS}
     sidecar = GrowingSidecar(collector)
     sidecar.thread.start()
     cfg = tmp_path / "prometheus.yml"
@@ -75,10 +90,8 @@ def scraped(
             {
                 "global": {"scrape_interval": "500ms", "evaluation_interval": "1s"},
                 "scrape_configs": [
-                    {
-                        "job_name": "smp-profiler",
-                        "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}],
-                    }
+                    {"job_name": job, "honor_labels": False, "static_configs": [target]}
+                    for job in ("kubernetes-pods", "kubernetes-service-endpoints")
                 ],
             }
         )
@@ -128,9 +141,9 @@ def test_prometheus_scrapes_and_the_window_queries_agree(
 ) -> None:
     prom, _ = scraped
     deadline = time.monotonic() + 30
-    while True:  # data for longer than the window: at least 8 scrapes (4 s)
+    while True:  # data for longer than the window: at least 8 scrapes (4 s) by both jobs
         got = prom.query("count_over_time(smp_sidecar_requests_total[1m])")
-        if got and got[0].value >= 8:
+        if len(got) == 2 and min(g.value for g in got) >= 8:
             break
         assert time.monotonic() < deadline, "no scrapes"
         time.sleep(0.25)
@@ -150,7 +163,7 @@ def test_prometheus_scrapes_and_the_window_queries_agree(
     for q in (0.5, 0.9, 0.99):
         expr = (
             f"histogram_quantile({q}, sum by (le) (increase("
-            f"smp_sidecar_leg_duration_seconds_bucket[{w.window_s}s])))"
+            f'smp_sidecar_leg_duration_seconds_bucket{{job="kubernetes-pods"}}[{w.window_s}s])))'
         )
         (theirs,) = prom.query(expr, at=end)
         assert quantile(q, buckets) == pytest.approx(theirs.value, rel=1e-9)
@@ -173,3 +186,41 @@ def test_dashboard_queries_run(scraped: tuple[Prometheus, GrowingSidecar]) -> No
                 empty.append(panel["title"])
     # every panel has data except the app share (no app in this snapshot)
     assert empty == ["Sidecar CPU as a share of the app's"]
+    # the container's CPU beside the proxy's: 1.25x, as the snapshots grow them
+    (panel,) = [p for p in dash["panels"] if p["title"].startswith("Sidecar container CPU")]
+    container, proxy = (
+        prom.query(t["expr"].replace("$__rate_interval", "5s").replace("$namespace", ".*")
+                   .replace("$pod", ".*"))[0].value
+        for t in panel["targets"]
+    )  # fmt: skip
+    assert container / proxy == pytest.approx(1.25, rel=0.1)
+
+
+def test_two_jobs_and_target_labels_neither_rename_nor_double(
+    scraped: tuple[Prometheus, GrowingSidecar],
+) -> None:
+    prom, _ = scraped
+    deadline = time.monotonic() + 30
+    while len(prom.query("rate(smp_sidecar_requests_total[2s]) > 0")) < 2:
+        assert time.monotonic() < deadline, "not scraped by both jobs yet"
+        time.sleep(0.25)
+    # both jobs stored the agent's series; the target's namespace/pod did not rename ours
+    (series,) = prom.query('smp_sidecar_requests_total{job="kubernetes-pods"}')
+    labels = dict(series.labels)
+    assert labels["k8s_namespace_name"] == "shop" and labels["namespace"] == "smp-profiler"
+    assert not any(k.startswith("exported_") for k in labels), labels
+    end = time.time()
+    w = prom.window(end - 3, end, namespace="shop")
+    assert w.sidecars == 1
+    assert w.rps == pytest.approx(50, rel=0.35)  # doubled would be 100
+    assert w.sidecar_cpu_mcores == pytest.approx(50, rel=0.35)
+    assert w.sidecar_mem_mb == pytest.approx(30)  # not 60
+    assert w.dropped == 0
+    # the agent's own pod namespace is not the sidecar's: nothing there
+    assert prom.window(end - 3, end, namespace="smp-profiler").sidecars == 0
+    from profiler.daemon.cluster import cluster_bundle
+
+    doc = cluster_bundle(prom, end - 3, end, "shop")
+    assert doc["details"]["nodes_reporting"] == 1  # one agent, scraped twice
+    assert doc["service_mesh_config"]["mesh_type"]["type"] == "ISTIO"
+    assert doc["details"]["sidecar_containers"] == {"istio-proxy": 1}

@@ -123,7 +123,7 @@ def _map_sizes(engine: Any, names: list[str]) -> dict[str, int]:
 def _requests_of(collector: SnapshotCollector, pod: str) -> float:
     for fam in collector.collect():
         for s in fam.samples:
-            if s.name == "smp_sidecar_requests_total" and s.labels.get("pod") == pod:
+            if s.name == "smp_sidecar_requests_total" and s.labels.get("k8s_pod_name") == pod:
                 return float(s.value)
     return 0.0
 

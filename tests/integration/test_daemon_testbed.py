@@ -68,8 +68,18 @@ def test_daemon_node_only_on_the_testbed(
             time.sleep(0.1)
         assert _get(url + "/healthz")[0] == 200
 
-        sidecar = (("container", "envoy"), ("namespace", ""), ("pod", server.uid))
-        app = (("container", "app"), ("namespace", ""), ("pod", server.uid))
+        sidecar = (
+            ("k8s_container_name", "envoy"),
+            ("k8s_namespace_name", ""),
+            ("k8s_pod_name", server.uid),
+            ("smp_mesh_type", ""),
+        )
+        app = (
+            ("k8s_container_name", "app"),
+            ("k8s_namespace_name", ""),
+            ("k8s_pod_name", server.uid),
+            ("smp_mesh_type", ""),
+        )
         while ("smp_sidecar_requests_total", sidecar) not in _samples(_get(url + "/metrics")[1]):
             assert time.monotonic() < deadline, _get(url + "/metrics")[1]
             time.sleep(0.1)
@@ -83,8 +93,8 @@ def test_daemon_node_only_on_the_testbed(
             time.sleep(0.2)
         total = tuple(sorted([*sidecar, ("leg", "sidecar_total")]))
         assert m["smp_sidecar_leg_duration_seconds_count", total] == 23
-        assert m["smp_attached_sidecars", ()] == 1
-        assert m["smp_probe_events_dropped_total", ()] == 0
+        assert m["smp_attached_sidecars", (("k8s_node_name", os.uname().nodename),)] == 1
+        assert m["smp_probe_events_dropped_total", (("k8s_node_name", os.uname().nodename),)] == 0
         assert m["smp_sidecar_cpu_seconds_total", sidecar] > 0
         assert ("smp_app_cpu_seconds_total", app) in m
         assert m["smp_sidecar_memory_working_set_bytes", sidecar] > 1 << 20
@@ -100,7 +110,7 @@ def test_daemon_node_only_on_the_testbed(
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         m = _samples(_get(url + "/metrics")[1])
-        assert m["smp_attached_sidecars", ()] == 1
+        assert m["smp_attached_sidecars", (("k8s_node_name", os.uname().nodename),)] == 1
         assert m["smp_sidecar_requests_total", sidecar] == 23
     finally:
         for p in extra:

@@ -33,7 +33,11 @@ def _rel(p: Path) -> str:
     return "/" + str(p.relative_to(cgroup2_mount()))
 
 
-@pytest.mark.parametrize("runtime", ["containerd", "cri-o", "docker", "cgroupfs"])
+RUNTIMES = ["containerd", "cri-o", "docker", "cgroupfs", "crio-cgroupfs", "flat"]
+RUNTIME_OF = {"cgroupfs": None, "crio-cgroupfs": "cri-o", "flat": "containerd"}
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_cgroup_paths_of_real_processes(runtime: str) -> None:
     with node_root() as root, kubelet_pod(root, runtime=runtime, qos="besteffort") as pod:
         app = pod.add_container("app", [named_binary("app"), "600"], n=2)
@@ -47,7 +51,7 @@ def test_cgroup_paths_of_real_processes(runtime: str) -> None:
             "besteffort",
             app.container_id,
         )
-        assert ref.runtime == (None if runtime == "cgroupfs" else runtime)
+        assert ref.runtime == RUNTIME_OF.get(runtime, runtime)
         # recursive over leaves: the pod holds pause and both app processes
         assert pids_in_cgroup(_rel(pod.cgroup)) == sorted([pod.pause_pid, *app.pids])
         assert pids_in_cgroup(str(app.cgroup)) == app.pids
@@ -141,3 +145,28 @@ def test_an_exited_proxy_is_not_a_sidecar() -> None:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert find_sidecars(cgroup_root=str(root)) == []
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_sidecar_container_id_names_its_whole_pod(runtime: str) -> None:
+    """``capture --container-id <istio-proxy's id>`` traces the proxy and its pod's app,
+    whatever the driver calls the containers (with cgroupfs, a container's cgroup is a bare
+    id, and the app was missed); never another pod's processes (the flat form puts every
+    pod's containers side by side)."""
+    from profiler.capture.targets import resolve
+
+    with (
+        node_root() as root,
+        kubelet_pod(root, runtime=runtime) as pod,
+        kubelet_pod(root, runtime=runtime) as neighbour,
+    ):
+        proxy = pod.add_container("istio-proxy", [named_binary("envoy"), "600"])
+        app = pod.add_container("app", [named_binary("app"), "600"], n=2)
+        neighbour.add_container("istio-proxy", [named_binary("envoy"), "600"])
+        other = neighbour.add_container("app", [named_binary("app"), "600"])
+        t = resolve([], [], [], [proxy.container_id])
+        assert t.sidecars == proxy.pids
+        assert t.apps == app.pids  # not pause, not the neighbour's
+        assert not set(other.pids) & set(t.apps)
+        found = {s.pid: s for s in find_sidecars(cgroup_root=str(root))}
+        assert found[proxy.pids[0]].app_pids == tuple(app.pids)

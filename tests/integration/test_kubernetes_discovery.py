@@ -131,7 +131,10 @@ def test_istio_linkerd_plain_pods_then_delete_and_restart(root: Path) -> None:
         got = {pid: (t.role, t.labels["pod"], t.labels["container"]) for pid, t in targets.items()}
         assert got == expected
         assert proxy.procs[0].pid not in targets  # pilot-agent
-        assert all(t.labels["namespace"] == "shop" and len(t.labels) == 3 for t in targets.values())
+        assert all(t.labels["namespace"] == "shop" and len(t.labels) == 4 for t in targets.values())
+        # the mesh comes from the pod's injection annotation, on its apps' series too
+        meshes = {t.labels["pod"]: t.labels["mesh"] for t in targets.values()}
+        assert meshes == {"reviews-1": "ISTIO", "web-1": "LINKERD"}
 
         # deletion: the Linkerd pod goes away
         assert ps.on_event("DELETED", v1pod(linkerd, "web-1"))
@@ -172,6 +175,8 @@ def test_resync_waiting_native_sidecar_and_finished_pods(root: Path) -> None:
         custom = PodSet(sidecar_names=("late",))
         custom.on_event("ADDED", v1pod(pod, "p"))
         assert {c.container: c.role for c in custom.desired()}["late"] == "sidecar"
+        # ... with no mesh: a bare proxy is not Istio because of its name
+        assert {c.mesh for c in custom.desired()} == {""}
         # the pod completes: nothing left to trace; a relist without it empties the set
         assert ps.on_event("MODIFIED", v1pod(pod, "p", ann, phase="Succeeded"))
         assert ps.desired() == []

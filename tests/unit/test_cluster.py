@@ -66,7 +66,8 @@ ANSWERS: dict[str, dict[str, Any]] = {
     "sidecars": vector(({}, "2")),
     "dropped": vector(({}, "0")),
     "agents": vector(({"version": "0.1.0"}, "3")),
-    "containers": vector(({"container": "istio-proxy"}, "2")),
+    "containers": vector(({"k8s_container_name": "istio-proxy"}, "2")),
+    "meshes": vector(({"smp_mesh_type": "ISTIO"}, "2")),
 }
 
 
@@ -133,14 +134,29 @@ def test_bundle_of_an_empty_window_says_so_and_leaves_percentiles_empty() -> Non
     json.dumps(doc, allow_nan=False)
 
 
-def test_mesh_type_only_when_every_sidecar_names_one_mesh() -> None:
-    assert Reporters(containers={"linkerd-proxy": 3}).mesh_type() == "LINKERD"
-    assert Reporters(containers={"istio-proxy": 2}).mesh_type() == "ISTIO"
-    # a container named envoy is no evidence of Istio: unknown, alone or mixed
-    assert Reporters(containers={"envoy": 1}).mesh_type() is None
-    assert Reporters(containers={"envoy": 1, "istio-proxy": 2}).mesh_type() is None
-    assert Reporters(containers={"istio-proxy": 1, "linkerd-proxy": 1}).mesh_type() is None
-    assert Reporters(containers={"my-proxy": 1}).mesh_type() is None
+def test_mesh_type_only_from_the_agents_evidence() -> None:
+    assert Reporters(meshes={"LINKERD": 3}).mesh_type() == (
+        "LINKERD",
+        "from the pods' injection annotations",
+    )
+    # an Envoy named istio-proxy without Istio's annotation is not Istio
+    got = Reporters(containers={"istio-proxy": 1}, meshes={"": 1}).mesh_type()
+    assert got is not None and got[0] == "INVALID_MESH" and got[1].startswith("unknown")
+    got = Reporters(meshes={"ISTIO": 1, "LINKERD": 1}).mesh_type()
+    assert got == ("INVALID_MESH", "mixed: ISTIO,LINKERD")
+    got = Reporters(meshes={"ISTIO": 1, "": 2}).mesh_type()
+    assert got == ("INVALID_MESH", "mixed: ISTIO,unknown")
+    assert Reporters().mesh_type() is None  # no sidecar seen
+
+
+def test_unknown_mesh_is_invalid_mesh_in_a_valid_document() -> None:
+    answers = dict(ANSWERS, meshes=vector(({"smp_mesh_type": ""}, "2")))
+    doc = build_bundle(
+        window_from(answers), END - W, END, "http://p", None, reporters_from(answers)
+    )
+    assert validate(doc) == []
+    mt = doc["service_mesh_config"]["mesh_type"]
+    assert mt["type"] == "INVALID_MESH" and mt["labels"]["mesh_type_evidence"].startswith("unknown")
 
 
 def test_parse_time_forms() -> None:
@@ -158,8 +174,10 @@ def test_parse_time_forms() -> None:
 
 def test_extra_queries_filter_by_namespace() -> None:
     q = extra_queries(300, "shop")
-    assert '{namespace="shop"}[300s]' in q["containers"]
-    assert q["agents"].startswith("count by (version)")
+    assert '{k8s_namespace_name="shop"}[300s]' in q["containers"]
+    assert '{k8s_namespace_name="shop"}[300s]' in q["meshes"]
+    # one agent per node however many jobs scrape it
+    assert q["agents"].startswith("count by (version) (count by (version, k8s_node_name)")
     # a pod that is gone keeps its counters exported a while: count sidecars by the gauge
     assert "memory_working_set" in window_queries(300)["sidecars"]
 
@@ -231,7 +249,7 @@ def test_report_command_with_prometheus(
     argv = ["report", "--prometheus", prometheus_api, "--start", str(END - W), "--end", end]
     assert cli([*argv, "--namespace", "shop", "-o", str(out)]) == 0
     assert validate(json.loads(out.read_text())) == []
-    assert '{namespace="shop"}' in _Handler.seen[0]
+    assert '{k8s_namespace_name="shop"}' in _Handler.seen[0]
     capsys.readouterr()
     assert cli(["report"]) == 2
     assert cli(["report", "--start", "now-1m"]) == 2

@@ -6,12 +6,18 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from profiler import __version__
-from profiler.daemon.metrics import LEG_BUCKETS, SPECS, SnapshotCollector, prometheus_buckets
+from profiler.daemon.metrics import (
+    EXPORTED_LABELS,
+    LEG_BUCKETS,
+    SPECS,
+    SnapshotCollector,
+    prometheus_buckets,
+)
 from profiler.daemon.snapshot import Snapshot, TargetSnapshot
 from profiler.histogram import LatencyHistogram
 
-REVIEWS = {"namespace": "shop", "pod": "reviews-1", "container": "istio-proxy"}
-APP = {"namespace": "shop", "pod": "reviews-1", "container": "reviews"}
+REVIEWS = {"namespace": "shop", "pod": "reviews-1", "container": "istio-proxy", "mesh": "ISTIO"}
+APP = {"namespace": "shop", "pod": "reviews-1", "container": "reviews", "mesh": "ISTIO"}
 
 
 def hist(*us: int) -> LatencyHistogram:
@@ -31,7 +37,8 @@ def scrape(c: SnapshotCollector) -> dict[str, dict[tuple[tuple[str, str], ...], 
 
 
 def lab(d: dict[str, str], **more: str) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted({**d, **more}.items()))
+    """The exported label set of a target's labels (k8s_namespace_name, ...)."""
+    return tuple(sorted({**{EXPORTED_LABELS[k]: v for k, v in d.items()}, **more}.items()))
 
 
 def sidecar(requests: int, cpu: float, legs: dict[str, LatencyHistogram]) -> TargetSnapshot:
@@ -57,7 +64,7 @@ def test_prometheus_buckets_never_count_a_value_too_low() -> None:
 
 
 def test_families_from_a_snapshot() -> None:
-    c = SnapshotCollector()
+    c = SnapshotCollector(node="node-a")
     legs = {"sidecar_total": hist(120, 180, 900), "upstream": hist(50, 60, 70)}
     snap = Snapshot(
         targets={
@@ -74,9 +81,10 @@ def test_families_from_a_snapshot() -> None:
     assert m["smp_sidecar_cpu_seconds_total"] == {lab(REVIEWS): 1.25}
     assert m["smp_app_cpu_seconds_total"] == {lab(APP): 0.75}  # two processes, one container
     assert m["smp_sidecar_memory_working_set_bytes"] == {lab(REVIEWS): 50_000_000}
-    assert m["smp_probe_events_dropped_total"] == {(): 7}
-    assert m["smp_attached_sidecars"] == {(): 1}
-    assert m["smp_build_info"] == {(("version", __version__),): 1}
+    node = (("k8s_node_name", "node-a"),)
+    assert m["smp_probe_events_dropped_total"] == {node: 7}
+    assert m["smp_attached_sidecars"] == {node: 1}
+    assert m["smp_build_info"] == {(("k8s_node_name", "node-a"), ("version", __version__)): 1}
     total = lab(REVIEWS, leg="sidecar_total")
     assert m["smp_sidecar_leg_duration_seconds_count"][total] == 3
     assert abs(m["smp_sidecar_leg_duration_seconds_sum"][total] - 0.0012) < 1e-9
@@ -118,7 +126,7 @@ def test_drops_survive_an_engine_restart() -> None:
     c = SnapshotCollector()
     c.update(Snapshot({}, drops=5))
     c.update(Snapshot({}, drops=2))  # the engine's counter started over
-    assert scrape(c)["smp_probe_events_dropped_total"] == {(): 7}
+    assert scrape(c)["smp_probe_events_dropped_total"] == {(("k8s_node_name", ""),): 7}
 
 
 def test_pod_churn_keeps_memory_bounded() -> None:

@@ -55,14 +55,15 @@ def test_metrics_healthz_readyz(
     served: tuple[MetricsServer, SnapshotCollector, Node, list[float]],
 ) -> None:
     server, collector, node, now = served
-    labels = {"namespace": "shop", "pod": "p", "container": "istio-proxy"}
+    labels = {"namespace": "shop", "pod": "p", "container": "istio-proxy", "mesh": "ISTIO"}
     collector.update(Snapshot({7: TargetSnapshot(labels, requests=23)}, attached=1))
     code, text = get(server.port, "/metrics")
     assert code == 200
     assert (
-        'smp_sidecar_requests_total{container="istio-proxy",namespace="shop",pod="p"} 23.0' in text
+        'smp_sidecar_requests_total{k8s_container_name="istio-proxy",k8s_namespace_name="shop",'
+        'k8s_pod_name="p",smp_mesh_type="ISTIO"} 23.0' in text
     )
-    assert "smp_attached_sidecars 1.0" in text
+    assert 'smp_attached_sidecars{k8s_node_name=""} 1.0' in text
     assert get(server.port, "/healthz") == (200, "alive\n")
     code, text = get(server.port, "/readyz")
     assert code == 503 and "bpf_syscall" in text

@@ -18,7 +18,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2] / "daemonset"
 VERSIONS = ("1.36.0", "1.37.0")
-CRDS = {("monitoring.coreos.com/v1", "PodMonitor")}
+CRDS = {
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("security.openshift.io/v1", "SecurityContextConstraints"),
+}
+OVERLAYS = (
+    ".",
+    "overlays/prometheus-operator",
+    "overlays/system-node-critical",
+    "overlays/openshift",
+)
 
 
 @functools.cache
@@ -40,7 +49,15 @@ def by_kind(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
 def test_base_renders_every_object() -> None:
     kinds = sorted(d["kind"] for d in render("."))
     assert kinds == sorted(
-        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Service"]
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "PriorityClass",
+            "DaemonSet",
+            "Service",
+        ]
     )
     assert all(
         d["metadata"].get("namespace") == "smp-profiler"
@@ -50,7 +67,7 @@ def test_base_renders_every_object() -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("path", [".", "overlays/prometheus-operator"])
+@pytest.mark.parametrize("path", OVERLAYS)
 def test_objects_validate_against_openapi(path: str, version: str) -> None:
     checked = 0
     for doc in render(path):
@@ -58,7 +75,7 @@ def test_objects_validate_against_openapi(path: str, version: str) -> None:
             continue
         kubernetes_validate.validate(doc, version, strict=True)
         checked += 1
-    assert checked == 6
+    assert checked >= 7
 
 
 def test_validation_catches_a_broken_object() -> None:
@@ -66,6 +83,11 @@ def test_validation_catches_a_broken_object() -> None:
     ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFS"] = True
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(ds, VERSIONS[-1], strict=True)
+
+
+def _scrape_annotated(doc: dict[str, Any]) -> bool:
+    meta = doc["spec"]["template"]["metadata"] if doc["kind"] == "DaemonSet" else doc["metadata"]
+    return (meta.get("annotations") or {}).get("prometheus.io/scrape") == "true"
 
 
 def test_podmonitor_overlay() -> None:
@@ -76,8 +98,83 @@ def test_podmonitor_overlay() -> None:
     pod_labels = ds["spec"]["template"]["metadata"]["labels"]
     assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     ports = {p["name"] for p in ds["spec"]["template"]["spec"]["containers"][0]["ports"]}
-    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["metrics"]
-    assert "metrics" in ports
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and "metrics" in ports
+    # the agent's labels name the meshed pods: kept, never overwritten by the target's
+    assert endpoint["honorLabels"] is True
+    # kube-prometheus-stack picks PodMonitors by its release label
+    assert pm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # one scrape path: the PodMonitor only, no annotations left for a second Prometheus
+    assert not _scrape_annotated(ds) and not _scrape_annotated(by_kind(docs, "Service"))
+
+
+def test_one_scrape_path_in_the_base() -> None:
+    docs = render(".")
+    assert _scrape_annotated(by_kind(docs, "DaemonSet"))
+    assert not _scrape_annotated(by_kind(docs, "Service"))  # else scraped twice
+
+
+@pytest.mark.parametrize("path", OVERLAYS)
+def test_placement_rules(path: str) -> None:
+    docs = render(path)
+    ds = by_kind(docs, "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    # Linux nodes only, every taint tolerated
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert {"operator": "Exists"} in spec["tolerations"]
+    # optional host paths have no type: a node without them still starts the pod
+    for v in spec["volumes"]:
+        if "hostPath" in v and v["hostPath"]["path"] != "/sys/fs/cgroup":
+            assert "type" not in v["hostPath"], v
+    # the host's headers are under /host, /lib/modules is the container's own
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in volumes[mounts["/lib/modules"]["name"]]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    root = env["SMP_HOST_ROOT"]
+    for host in ("/lib/modules", "/usr/src"):
+        m = mounts[root + host]
+        assert volumes[m["name"]]["hostPath"]["path"] == host and m["readOnly"] is True
+    assert c["securityContext"]["seLinuxOptions"]["type"] == "spc_t"
+    # probes: a startup probe on the health endpoint, the cheap readiness
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    classes = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PriorityClass"}
+    if path == "overlays/system-node-critical":
+        assert spec["priorityClassName"] == "system-node-critical" and not classes
+        quota = by_kind(docs, "ResourceQuota")
+        assert quota["metadata"]["namespace"] == ds["metadata"]["namespace"]
+        (expr,) = quota["spec"]["scopeSelector"]["matchExpressions"]
+        assert expr == {
+            "operator": "In",
+            "scopeName": "PriorityClass",
+            "values": ["system-node-critical"],
+        }
+    else:
+        pc = classes[spec["priorityClassName"]]
+        assert pc["preemptionPolicy"] == "Never"  # never evicts a user's pod
+        assert 0 < pc["value"] < 1_000_000_000  # below the system classes
+
+
+def test_openshift_scc_admits_exactly_the_daemonset() -> None:
+    docs = render("overlays/openshift")
+    scc = by_kind(docs, "SecurityContextConstraints")
+    spec = by_kind(docs, "DaemonSet")["spec"]["template"]["spec"]
+    sc = spec["containers"][0]["securityContext"]
+    assert sorted(scc["allowedCapabilities"]) == sorted(sc["capabilities"]["add"])
+    assert scc["allowHostPID"] is True and spec["hostPID"] is True
+    assert scc["allowPrivilegedContainer"] is False and scc["allowHostNetwork"] is False
+    assert scc["seLinuxContext"]["type"] == "RunAsAny"  # the pod asks for spc_t
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    (rule,) = roles["smp-profiler-scc"]["rules"]
+    assert rule["verbs"] == ["use"] and rule["resourceNames"] == [scc["metadata"]["name"]]
+    bindings = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    scc_binding = next(b for b in bindings if b["roleRef"]["name"] == "smp-profiler-scc")
+    assert scc_binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "smp-profiler", "namespace": "smp-profiler"}
+    ]
 
 
 def test_rbac_is_read_only_on_pods() -> None:
@@ -166,7 +263,8 @@ def test_dashboard_queries_use_the_declared_metrics() -> None:
     known |= {s.name + sfx for s in SPECS if s.type == "histogram" for sfx in ("_bucket",)}
     exprs = _dashboard_exprs()
     assert len(exprs) >= 8
-    used = {m for e in exprs for m in re.findall(r"\b(smp_[a-z_]+)", e)}
+    label_names = {n for s in SPECS for n in s.labels}
+    used = {m for e in exprs for m in re.findall(r"\b(smp_[a-z_]+)", e)} - label_names
     assert used <= known, f"unknown metrics: {sorted(used - known)}"
     assert {"smp_sidecar_leg_duration_seconds_bucket", "smp_sidecar_cpu_seconds_total"} <= used
     for e in exprs:
@@ -179,5 +277,8 @@ def test_containerfile_uses_debian_bcc() -> None:
     froms = re.findall(r"(?m)^FROM (\S+)", text)
     assert froms and all(f.startswith("docker.io/library/debian:") for f in froms)
     assert "python3-bpfcc" in text
+    # a header tree for the running architecture, headers only (no compiler in the image)
+    assert "linux-headers-$arch" in text and "dpkg-deb -x" in text
+    assert "--platform linux/amd64,linux/arm64" in text
     assert not re.search(r"pip install[^\n]*\bbcc\b", text)  # PyPI's "bcc" is another project
     assert re.search(r'(?m)^ENTRYPOINT \["smp-profiler"\]', text)

@@ -138,7 +138,7 @@ def test_list_watch_410_relist_and_reconnect(api: ApiServer) -> None:
     t = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
     t.start()
     deadline = time.monotonic() + 10
-    while watcher.relists < 3:
+    while len([r for r in api.requests if r.get("watch") == "true"]) < 3:
         assert time.monotonic() < deadline, api.requests
         time.sleep(0.02)
     stop.set()
@@ -151,4 +151,59 @@ def test_list_watch_410_relist_and_reconnect(api: ApiServer) -> None:
     watches = [r for r in api.requests if r.get("watch") == "true"]
     assert watches[0]["resourceVersion"] == "100"
     assert watches[1]["resourceVersion"] == "200"
+    # an idle window that ended: the next watch continues from where it was, no relist
+    assert watches[2]["resourceVersion"] == "200"
+    assert watcher.relists == 2 and watcher.errors == 1
     assert watches[0]["timeoutSeconds"] == "1"
+    assert all(w["allowWatchBookmarks"] == "true" for w in watches)
+    lists = [r for r in api.requests if r.get("watch") != "true"]
+    assert all(r["resourceVersion"] == "0" for r in lists)  # the watch cache, no quorum read
+    assert watcher.synced()[0]
+
+
+def test_api_connections_have_tcp_keepalive(api: ApiServer, tmp_path: Any) -> None:
+    """A half-open connection (the API server gone without a FIN) is found by the kernel:
+    the sockets the client really opens carry SO_KEEPALIVE with client-go's timings."""
+    import socket
+
+    from profiler.discovery.kubernetes import core_api
+
+    kubeconfig = tmp_path / "config"
+    server = f"http://127.0.0.1:{api.server_address[1]}"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    core = core_api(str(kubeconfig))
+    assert core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node-a").items
+    # a connection as the client's own pool opens it (the stand-in closes each after use)
+    conn = core.api_client.rest_client.pool_manager.connection_from_url(server)._new_conn()
+    conn.connect()
+    s = conn.sock
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+    assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 15
+    assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 9
+    conn.close()
+
+
+def test_synced_turns_false_after_minutes_without_an_answer() -> None:
+    now = [1000.0]
+    w = PodWatcher(PodSet(), "node-a", api=None, stale_after=600, clock=lambda: now[0])
+    ok, why = w.synced()
+    assert not ok and "no pod list" in why
+    w._contact()
+    now[0] += 599
+    assert w.synced()[0]
+    now[0] += 2  # 601 s: the watch may be hung on a dead connection
+    w.errors = 4
+    ok, why = w.synced()
+    assert not ok and "601 s" in why and "4 errors" in why

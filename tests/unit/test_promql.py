@@ -104,17 +104,21 @@ def test_quantile_edge_cases() -> None:
 
 
 def test_selector_quotes_values_and_rejects_bad_names() -> None:
-    assert selector("shop", leg="upstream") == '{namespace="shop",leg="upstream"}'
+    assert selector("shop", leg="upstream") == '{k8s_namespace_name="shop",leg="upstream"}'
     assert selector(None) == "{}"
-    assert selector('a"b') == '{namespace="a\\"b"}'
+    assert selector('a"b') == '{k8s_namespace_name="a\\"b"}'
     with pytest.raises(UsageError):
         selector(None, **{"bad-name": "x"})
 
 
 def test_window_queries_merge_histograms_by_le() -> None:
     q = window_queries(300, "shop")
-    assert q["leg_buckets"].startswith("sum by (le, leg) (increase(")
-    assert '{namespace="shop"}[300s]' in q["leg_buckets"]
+    assert q["leg_buckets"].startswith("sum by (le, leg) (max by (instance, ")
+    assert '{k8s_namespace_name="shop"}[300s]' in q["leg_buckets"]
+    # every per-series sum collapses duplicate scrapes of one agent first
+    for name in ("leg_buckets", "leg_sum", "requests", "sidecar_cpu_seconds", "app_cpu_seconds",
+                 "sidecar_memory_bytes", "dropped"):  # fmt: skip
+        assert "max by (instance, " in q[name], name
     with pytest.raises(UsageError):
         window_queries(0)
 

@@ -168,10 +168,9 @@ def test_metrics_export_socket_and_unparsed_bytes() -> None:
     )
     c = SnapshotCollector()
     c.update(snap)
-    got = {m.name: {tuple(s.labels.values()): s.value for s in m.samples} for m in c.collect()}
-    key = ("shop", "p-1", "istio-proxy")
-    assert got["smp_sidecar_unparsed_bytes"][key] == 1007  # summed over the two processes
-    assert got["smp_sidecar_socket_bytes"][key] == 1010
+    got = {m.name: {s.labels.get("k8s_pod_name"): s.value for s in m.samples} for m in c.collect()}
+    assert got["smp_sidecar_unparsed_bytes"]["p-1"] == 1007  # summed over the two processes
+    assert got["smp_sidecar_socket_bytes"]["p-1"] == 1010
 
 
 def test_protocol_must_be_one_of_three() -> None:

@@ -1,0 +1,284 @@
+"""The DaemonSet's agent as it would run on a headerless node, with the testbed as the node.
+
+The container is built as the rendered manifest (``kubectl kustomize daemonset/``) says: a
+private mount namespace whose root is read-only (an empty tmpfs remounted read-only, with
+the image's /usr, the code and the interpreter bound read-only), every volume of the pod
+spec mounted where the manifest mounts it (hostPaths from this host, read-only where the
+manifest says so; emptyDirs as tmpfs), the host's /lib/modules EMPTY and read-only (COS,
+Bottlerocket, Talos: no headers for the running kernel), the manifest's env, ``runAsUser``
+and nothing but its capabilities (setpriv: bounding set, no_new_privs). The pods come from a
+stand-in API server through a kubeconfig, as in-cluster.
+
+It must be Ready within 30 s and count the requests sent through the testbed's Envoy; and
+without CAP_PERFMON it must stay up, alive, and say why it is not ready.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from _apiserver import api_server, pod_json
+from _testbed import send_requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from profiler.discovery.cgroups import cgroup2_mount
+from profiler.discovery.containers import container_id_of_name
+
+pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
+ROOT = Path(__file__).resolve().parents[2]
+ISTIO = {"sidecar.istio.io/status": json.dumps({"containers": ["istio-proxy"]})}
+
+
+def rendered_pod_spec() -> dict[str, Any]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is not installed (make setup)"
+    out = subprocess.run(
+        [kubectl, "kustomize", str(ROOT / "daemonset")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    (ds,) = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "DaemonSet"]
+    spec: dict[str, Any] = ds["spec"]["template"]["spec"]
+    return spec
+
+
+def container_script(
+    spec: dict[str, Any], newroot: Path, kubeconfig: Path, argv: list[str], drop: set[str]
+) -> str:
+    """A shell script (run under ``unshare --mount``) that lays the container out as the
+    manifest mounts it, then runs ``argv`` chrooted with only the manifest's capabilities
+    (minus ``drop``)."""
+    (c,) = spec["containers"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    r = shlex.quote(str(newroot))
+    lines = [
+        "set -eu",
+        f"mount -t tmpfs -o mode=755 rootfs {r}",
+        f"cd {r} && mkdir -p usr etc proc sys dev run var tmp root work kube",
+        f"ln -s usr/bin {r}/bin && ln -s usr/lib {r}/lib && ln -s usr/lib64 {r}/lib64",
+        f"ln -s usr/sbin {r}/sbin",
+    ]
+
+    def bind(src: str, dst: str, ro: bool = True, recursive: bool = False) -> None:
+        d = shlex.quote(f"{newroot}{dst}")
+        lines.append(f"mkdir -p {d}")
+        lines.append(f"mount {'--rbind' if recursive else '--bind'} {shlex.quote(src)} {d}")
+        if ro:
+            lines.append(f"mount -o remount,bind,ro {d}")
+
+    # the image: Debian's /usr and /etc, the interpreter and the code (with its venv)
+    bind("/usr", "/usr")
+    bind("/etc", "/etc")
+    pyenv = Path(sys.base_prefix).resolve()  # the interpreter the venv was made from
+    bind(str(pyenv), str(pyenv))
+    bind(str(ROOT), str(ROOT))
+    # what every container gets: /proc (hostPID: the host's), /sys read-only, /dev
+    bind("/proc", "/proc", ro=False)
+    bind("/proc/sys", "/proc/sys")
+    bind("/sys", "/sys")
+    bind("/dev", "/dev", ro=False)
+    bind(str(kubeconfig.parent), "/kube")
+    # the pod's volumes, where and how the manifest mounts them
+    for m in c["volumeMounts"]:
+        v = volumes[m["name"]]
+        dst = m["mountPath"]
+        if "emptyDir" in v:
+            lines.append(f"mkdir -p {r}{dst} && mount -t tmpfs -o mode=1777 {m['name']} {r}{dst}")
+        elif v["hostPath"]["path"] == "/lib/modules":
+            # a headerless node: its /lib/modules is empty and read-only
+            lines.append(f"mkdir -p {r}{dst} && mount -t tmpfs -o ro,size=1m hostmods {r}{dst}")
+        else:
+            host = v["hostPath"]["path"]
+            bind(host, dst, ro=m.get("readOnly", False), recursive=host == "/sys/fs/cgroup")
+    lines.append(f"mount -o remount,ro {r}")  # readOnlyRootFilesystem
+    sc = c["securityContext"]
+    caps = [x.lower() for x in sc["capabilities"]["add"] if x not in drop]
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/root"}
+    env |= {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    env["NODE_NAME"] = "node-a"  # the downward API
+    setpriv = [
+        "setpriv",
+        f"--reuid={sc['runAsUser']}",
+        f"--regid={sc['runAsUser']}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--bounding-set=-all," + ",".join("+" + x for x in caps),
+    ]
+    if sc["allowPrivilegeEscalation"] is False:
+        setpriv.append("--no-new-privs")
+    envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    cmd = " ".join(shlex.quote(x) for x in [*setpriv, "--", *argv])
+    lines.append(f"exec chroot {r} env -i {envs} {cmd}")
+    return "\n".join(lines)
+
+
+@contextmanager
+def deployed_agent(
+    tmp_path: Path, kubeconfig: Path, drop: set[str] = frozenset()
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, Callable[[], str]]]:
+    spec = rendered_pod_spec()
+    (c,) = spec["containers"]
+    newroot = Path(tempfile.mkdtemp(prefix="smp-pod-root-"))
+    argv = [sys.executable, "-m", "profiler.cli", *c["args"]]
+    argv = [a for a in argv if not a.startswith("--metrics-port")]
+    argv += ["--metrics-port", "0", "--metrics-address", "127.0.0.1", "--interval", "0.5"]
+    argv += ["--kubeconfig", f"/kube/{kubeconfig.name}"]
+    script = container_script(spec, newroot, kubeconfig, argv, set(drop))
+    log = tmp_path / "agent.log"
+    # The agent's own pod cgroup (unified hierarchy), entered before a private cgroup
+    # namespace is made, as runtimes do on cgroup v2: the sidecars' /proc/<pid>/cgroup then
+    # read "/../..." from inside, and their cgroups are found by container id in /host.
+    own = Path(cgroup2_mount()) / f"smp-agent-pod-{secrets.token_hex(4)}"
+    own.mkdir()
+    unshare = ["unshare", "--mount", "--cgroup", "--propagation", "private", "sh", "-c", script]
+    enter = f"echo $$ > {shlex.quote(str(own / 'cgroup.procs'))} && exec " + shlex.join(unshare)
+    with log.open("w") as err:
+        proc = subprocess.Popen(["sh", "-c", enter], stdout=subprocess.DEVNULL, stderr=err, cwd="/")
+    try:
+        deadline = time.monotonic() + 60
+        m = None
+        while m is None:
+            assert proc.poll() is None, log.read_text()
+            m = re.search(r"metrics on 127\.0\.0\.1:(\d+)", log.read_text())
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield proc, log, lambda: f"http://127.0.0.1:{m.group(1)}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        newroot.rmdir()  # the tmpfs was the namespace's: the directory is empty
+        for _ in range(100):  # the agent has exited: its cgroup empties
+            try:
+                own.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except (urllib.error.URLError, OSError) as e:
+        return 0, str(e)
+
+
+def metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    _, text = get(url + "/metrics")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def _reviews(tb: Any) -> dict[str, Any]:
+    server = tb.state.server
+    ids = {c: container_id_of_name(Path(p).name) for c, p in server.cgroups.items()}
+    return pod_json(
+        "reviews-1",
+        "shop",
+        server.uid,
+        {c: f"containerd://{i}" for c, i in ids.items()},
+        annotations=ISTIO,
+    )
+
+
+def test_ready_in_30_s_and_counts_requests(
+    testbed_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    tb = testbed_factory()
+    with api_server() as api:
+        api.put(_reviews(tb))
+        (tmp_path / "kube").mkdir()
+        kubeconfig = api.kubeconfig(tmp_path / "kube" / "config")
+        t0 = time.monotonic()
+        with deployed_agent(tmp_path, kubeconfig) as (proc, log, url):
+            while get(url() + "/readyz")[0] != 200:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() - t0 < 30, (get(url() + "/readyz"), log.read_text())
+                time.sleep(0.1)
+            ready_s = time.monotonic() - t0
+            print(f"ready after {ready_s:.1f} s")
+            text = log.read_text()
+            # the host had no headers: the image's tree, merged in the pod's /tmp
+            assert "BCC_KERNEL_SOURCE=/tmp/" in text, text
+            key = (
+                "smp_sidecar_requests_total",
+                (
+                    ("k8s_container_name", "istio-proxy"),
+                    ("k8s_namespace_name", "shop"),
+                    ("k8s_pod_name", "reviews-1"),
+                    ("smp_mesh_type", "ISTIO"),
+                ),
+            )
+            deadline = time.monotonic() + 30
+            while key not in metrics(url()):
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            assert [r["status"] for r in send_requests(tb, 23, "k23")] == [200] * 23
+            while metrics(url()).get(key) != 23:
+                assert time.monotonic() < deadline, (metrics(url()).get(key), log.read_text())
+                time.sleep(0.2)
+            m = metrics(url())
+            assert m["smp_agent_up", (("k8s_node_name", "node-a"), ("reason", "ready"))] == 1
+            assert m["smp_probe_events_dropped_total", (("k8s_node_name", "node-a"),)] == 0
+        assert proc.returncode == 0, log.read_text()
+        assert "Traceback" not in log.read_text()
+
+
+def test_without_cap_perfmon_it_stays_up_and_says_why(
+    testbed_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    tb = testbed_factory()
+    with api_server() as api:
+        api.put(_reviews(tb))
+        (tmp_path / "kube").mkdir()
+        kubeconfig = api.kubeconfig(tmp_path / "kube" / "config")
+        with deployed_agent(tmp_path, kubeconfig, drop={"PERFMON"}) as (proc, log, url):
+            assert get(url() + "/healthz")[0] == 200  # at once
+            deadline = time.monotonic() + 30
+            up = ("k8s_node_name", "node-a"), ("reason", "capability_missing")
+            while ("smp_agent_up", up) not in metrics(url()):  # the sample, not its HELP
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            code, why = get(url() + "/readyz")
+            assert code == 503 and "cannot load the probes" in why, why
+            assert "CAP_PERFMON" in why  # the capability check's own words
+            m = metrics(url())
+            assert m["smp_agent_up", up] == 0
+            assert m["smp_probe_load_failures_total", ()] >= 1
+            time.sleep(3)  # it stays up, alive, and keeps saying so
+            assert proc.poll() is None, log.read_text()
+            assert get(url() + "/healthz")[0] == 200
+            assert get(url() + "/readyz")[0] == 503
+        assert proc.returncode == 0, log.read_text()
+        assert "Traceback" not in log.read_text()
