@@ -55,6 +55,7 @@
 #ifndef SMP_FIFO
 #define SMP_FIFO 32                /* requests a worker thread may have read but not yet sent on */
 #endif
+#define SMP_RFIFO 16               /* upstream responses a thread read, for the repair */
 
 #define SMP_INLINE static inline __attribute__((always_inline))
 
@@ -111,6 +112,9 @@ struct smp_scan {
 };
 struct smp_fifo {
     u64 keys[SMP_FIFO];
+    u64 rsp[SMP_RFIFO];  /* upstream connections this thread read a response from, in order */
+    u32 rhead;
+    u32 rtail;
     u32 head;
     u32 tail;
     u32 upid;       /* so user space can drop a detached process's threads */
@@ -287,8 +291,8 @@ SMP_INLINE u64 smp_first_buf(u64 ptr, u8 io, s64 ret, u32 *len)
 
 SMP_INLINE u8 smp_classify(u64 buf, u32 len)
 {
-    char p[8] = {};
-    if (len < 3 || bpf_probe_read_user(p, sizeof(p), (void *)buf))
+    char p[12] = {};
+    if (len < 3 || bpf_probe_read_user(p, len < sizeof(p) ? 8 : sizeof(p), (void *)buf))
         return CLS_OTHER;
     /* a TLS record header (BoringSSL reads the 5-byte header on its own) */
     if ((p[0] >= 0x14 && p[0] <= 0x17) && p[1] == 0x03 && p[2] <= 0x04)
@@ -297,7 +301,10 @@ SMP_INLINE u8 smp_classify(u64 buf, u32 len)
         return CLS_OTHER;
     if (p[0] == 'P' && p[1] == 'R' && p[2] == 'I' && p[3] == ' ' && p[4] == '*' && p[5] == ' ')
         return CLS_H2PRI;
-    if (p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1')
+    /* "HTTP/1.x NNN": the space and a digit after it, so that "HTTP/1.1" inside other bytes
+     * (a chunk of a JSON access log on the syscalls path) is not a response */
+    if (p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1' &&
+        p[6] == '.' && p[8] == ' ' && p[9] >= '1' && p[9] <= '5')
         return CLS_RESP;
     if ((p[0] == 'G' && p[1] == 'E' && p[2] == 'T' && p[3] == ' ') ||
         (p[0] == 'P' && p[1] == 'O' && p[2] == 'S' && p[3] == 'T') ||
@@ -1176,9 +1183,84 @@ SMP_INLINE void smp_ds_read(struct smp_conn *c, struct smp_io *io, u8 cls, struc
         smp_conn_unparsed(c, ps, io->fd, 1, io->ret);
 }
 
-/* DS, REQUEST -> RESPONSE (or -> IDLE for a local reply); RESPONSE: more of the response. */
-SMP_INLINE void smp_ds_write(struct smp_conn *c, struct smp_io *io, struct smp_proc_stats *ps)
+/* A request matched by thread order to an upstream write that was another request's (the
+ * proxy's connection pool sent them in another order than it read them) shows when its
+ * response is written with no upstream answer although it went upstream. The answer being
+ * written is the oldest upstream response this thread read whose request has not been
+ * answered downstream yet (a proxy writes responses in the order it read them): that
+ * response's request (A) and this one (B) swap their upstream halves (instants, fds, adopted
+ * ids, the upstream connections' back links). */
+SMP_INLINE void smp_swap_upstream(struct smp_conn *a, u64 ak, struct smp_conn *b, u64 bk)
 {
+    struct smp_span t = {};
+    t.us_tx_beg = a->span.us_tx_beg;
+    t.us_tx_end = a->span.us_tx_end;
+    t.us_rx_beg = a->span.us_rx_beg;
+    t.us_fd = a->span.us_fd;
+    a->span.us_tx_beg = b->span.us_tx_beg;
+    a->span.us_tx_end = b->span.us_tx_end;
+    a->span.us_rx_beg = b->span.us_rx_beg;
+    a->span.us_fd = b->span.us_fd;
+    b->span.us_tx_beg = t.us_tx_beg;
+    b->span.us_tx_end = t.us_tx_end;
+    b->span.us_rx_beg = t.us_rx_beg;
+    b->span.us_fd = t.us_fd;
+    u64 xk = a->us_key, yk = b->us_key;
+    a->us_key = yk;
+    b->us_key = xk;
+    if ((a->span.flags & SMP_F_RID_ADOPTED) && (b->span.flags & SMP_F_RID_ADOPTED)) {
+        __builtin_memcpy(t.rid, a->span.rid, SMP_RID_LEN);
+        t.rid_len = a->span.rid_len;
+        t.rid_hash = a->span.rid_hash;
+        smp_copy_rid(&a->span, b->span.rid_len, b->span.rid_hash, b->span.rid);
+        smp_copy_rid(&b->span, t.rid_len, t.rid_hash, t.rid);
+    }
+    a->span.flags |= SMP_F_REPAIRED;
+    b->span.flags |= SMP_F_REPAIRED;
+    struct smp_conn *x = smp_conns.lookup(&xk);
+    if (x && x->ds_key == ak)
+        x->ds_key = bk;
+    struct smp_conn *y = smp_conns.lookup(&yk);
+    if (y && y->ds_key == bk)
+        y->ds_key = ak;
+}
+
+SMP_INLINE void smp_ds_repair(struct smp_conn *b, struct smp_io *io)
+{
+    u32 tid = io->tid;
+    struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
+    if (!q)
+        return;
+    for (int i = 0; i < SMP_RFIFO; i++) {
+        if (q->rhead == q->rtail)
+            return;
+        u64 xk = q->rsp[q->rhead & (SMP_RFIFO - 1)];
+        struct smp_conn *x = smp_conns.lookup(&xk);
+        if (!x || x->role != SMP_ROLE_US || x->ds_key == io->key) {
+            q->rhead++;
+            continue;
+        }
+        u64 ak = x->ds_key;
+        struct smp_conn *a = smp_conns.lookup(&ak);
+        if (!a || a->phase != SMP_PHASE_REQUEST || !a->span.us_rx_beg || a->us_key != xk) {
+            q->rhead++;  /* answered already: not a candidate any more */
+            continue;
+        }
+        q->rhead++;
+        smp_swap_upstream(a, ak, b, io->key);
+        return;
+    }
+}
+
+/* DS, REQUEST -> RESPONSE (or -> IDLE for a local reply); RESPONSE: more of the response. */
+SMP_INLINE void smp_ds_write(struct smp_conn *c, struct smp_io *io, u8 cls,
+                             struct smp_proc_stats *ps)
+{
+    /* only a plaintext response head: a TLS record may be a handshake or session ticket */
+    if (c->phase == SMP_PHASE_REQUEST && io->mode == SMP_MODE_PROXY && !c->span.us_rx_beg &&
+        c->span.us_tx_end && (c->span.flags & SMP_F_MATCH_THREAD) && cls == CLS_RESP &&
+        !(c->span.flags & (SMP_F_US_H2 | SMP_F_US_TLS)))  /* HTTP/2: the answer queue's */
+        smp_ds_repair(c, io);
     if (c->phase == SMP_PHASE_REQUEST) {
         if (io->mode == SMP_MODE_PROXY && !(c->span.flags & SMP_F_US_TLS) &&
             (c->span.us_rx_beg || (c->span.flags & SMP_F_US_H2))) {
@@ -1257,6 +1339,12 @@ SMP_INLINE void smp_us_write(struct smp_conn *c, struct smp_io *io, struct smp_s
          * of this request can be joined to this one (an HTTP/2 stream takes it from its
          * answer) */
         smp_copy_rid(d, rid->rid_len, rid->rid_hash, rid->rid);
+        d->flags |= SMP_F_RID_ADOPTED;
+    }
+    if (!SMP_IS_H2_HANDLE(dkey)) {
+        struct smp_conn *dc = smp_conns.lookup(&dkey);
+        if (dc)
+            dc->us_key = io->key;
     }
     d->us_fd = io->fd;
     d->us_tx_beg = io->ts_call;
@@ -1283,6 +1371,15 @@ SMP_INLINE void smp_us_read(struct smp_conn *c, struct smp_io *io)
 {
     if (c->phase != SMP_PHASE_REQUEST)
         return;
+    u32 tid = io->tid;
+    struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
+    if (q) {
+        u32 t = q->rtail;
+        if (t - q->rhead >= SMP_RFIFO)
+            q->rhead++;
+        q->rsp[t & (SMP_RFIFO - 1)] = io->key;
+        q->rtail = t + 1;
+    }
     struct smp_span *d = smp_pending_span(c->ds_key);
     if (d && d->us_fd == io->fd && !d->us_rx_beg && !(d->flags & SMP_F_DS_H2)) {
         d->us_rx_beg = io->ts;
@@ -1353,7 +1450,7 @@ SMP_INLINE int smp_on_io(struct smp_io *io)
         if (io->is_read)
             smp_ds_read(c, io, cls, rid, ps);
         else
-            smp_ds_write(c, io, ps);
+            smp_ds_write(c, io, cls, ps);
     } else if (io->is_read) {
         smp_us_read(c, io);
     } else {

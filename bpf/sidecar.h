@@ -85,10 +85,12 @@ enum smp_proto {
 #define SMP_F_MATCH_RID 0x2     /* upstream write matched to the request by x-request-id */
 #define SMP_F_MATCH_THREAD 0x4  /* matched by worker thread (no readable request id) */
 #define SMP_F_DRAINED 0x8       /* read from the connection table at the end, not emitted */
-#define SMP_F_DS_H2 0x10        /* downstream leg is an HTTP/2 stream (ds_sid) */
-#define SMP_F_US_H2 0x20        /* upstream leg is an HTTP/2 stream (us_sid) */
-#define SMP_F_MATCH_RESP 0x40   /* upstream leg paired by response order (see sidecar.c) */
-#define SMP_F_US_TLS 0x80       /* upstream leg is TLS (mTLS): its instants are the worker
+#define SMP_F_RID_ADOPTED 0x10  /* the id is the one the proxy added upstream (none came in) */
+#define SMP_F_REPAIRED 0x20     /* thread match corrected at the response (pool reordering) */
+#define SMP_F_DS_H2 0x40        /* downstream leg is an HTTP/2 stream (ds_sid) */
+#define SMP_F_US_H2 0x80        /* upstream leg is an HTTP/2 stream (us_sid) */
+#define SMP_F_MATCH_RESP 0x100  /* upstream leg paired by response order (see sidecar.c) */
+#define SMP_F_US_TLS 0x200      /* upstream leg is TLS (mTLS): its instants are the worker
                                  * thread's TLS read/write bursts, not this request's own */
 
 struct smp_span {
@@ -125,6 +127,7 @@ struct smp_span {
 struct smp_conn {
     u64 sk;
     u64 ds_key;             /* US: the downstream connection whose request this one carries */
+    u64 us_key;             /* DS: the upstream connection its request went out on */
     u32 upid;               /* the owning process as the profiler sees it */
     u8 role;                /* enum smp_role */
     u8 phase;               /* enum smp_phase */

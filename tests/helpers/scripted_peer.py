@@ -6,16 +6,17 @@ tests: the test drives it one step at a time over stdin/stdout, so the calls the
 
 then one JSON command per line on stdin, one JSON answer per line on stdout:
 
-    {"op": "accept"}                                   the downstream connection
-    {"op": "connect", "port": P}                       the upstream connection
+    {"op": "accept", "conn": "ds"}                     a downstream connection
+    {"op": "connect", "port": P, "conn": "us"}         an upstream connection
+    (connection names are free: "ds", "ds2", "us", "us2" ...)
     {"op": "read", "conn": "ds"|"us", "call": C, "n": 65536, "nonblock": false}
         C: read | readv | recv | recvfrom | recvmsg; answer {"n": bytes} or {"eagain": true};
         what was read is kept (per connection) for a later "forward"
     {"op": "write", "conn": "ds"|"us", "call": C, "data": "forward" | "<text>",
      "parts": 1, "gap_ms": 0}
-        C: write | writev | send | sendto | sendmsg; "forward" writes what was read on the
-        other connection since its last forward; "parts" > 1 splits it into that many
-        calls, "gap_ms" apart
+        C: write | writev | send | sendto | sendmsg; "forward" writes what was read on
+        connection "src" (default: "us" for "ds", "ds" for "us") since its last forward;
+        "parts" > 1 splits it into that many calls, "gap_ms" apart
     {"op": "close", "conn": "ds"|"us"}
     {"op": "exit"}
 """
@@ -68,15 +69,15 @@ def main() -> int:
     lst.listen(8)
     print(json.dumps({"port": lst.getsockname()[1], "pid": os.getpid()}), flush=True)
     conns: dict[str, socket.socket] = {}
-    pending: dict[str, bytes] = {"ds": b"", "us": b""}  # read on a conn, not yet forwarded
+    pending: dict[str, bytes] = {}  # read on a conn, not yet forwarded
     for line in sys.stdin:
         cmd = json.loads(line)
         op = cmd["op"]
         answer: dict[str, object] = {"ok": True}
         if op == "accept":
-            conns["ds"], _ = lst.accept()
+            conns[cmd.get("conn", "ds")], _ = lst.accept()
         elif op == "connect":
-            conns["us"] = socket.create_connection(("127.0.0.1", cmd["port"]))
+            conns[cmd.get("conn", "us")] = socket.create_connection(("127.0.0.1", cmd["port"]))
         elif op == "read":
             s = conns[cmd["conn"]]
             s.setblocking(not cmd.get("nonblock", False))
@@ -85,14 +86,14 @@ def main() -> int:
             except BlockingIOError:
                 answer["eagain"] = True
             else:
-                pending[cmd["conn"]] += data
+                pending[cmd["conn"]] = pending.get(cmd["conn"], b"") + data
                 answer["n"] = len(data)
             s.setblocking(True)
         elif op == "write":
             s = conns[cmd["conn"]]
-            other = "us" if cmd["conn"] == "ds" else "ds"
+            other = cmd.get("src") or ("us" if cmd["conn"] == "ds" else "ds")
             if cmd["data"] == "forward":
-                data, pending[other] = pending[other], b""
+                data, pending[other] = pending.get(other, b""), b""
             else:
                 data = cmd["data"].encode()
             parts = max(int(cmd.get("parts", 1)), 1)

@@ -18,6 +18,7 @@ import pytest
 
 from profiler.capture import CaptureConfig, start_capture
 from profiler.capture.document import read_spans
+from profiler.probes.sidecar import F_DS_H2
 
 pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
 SLACK_US = 20.0
@@ -202,7 +203,7 @@ def test_http1_and_http2_at_once_on_one_sidecar(
     rows = _sidecar_rows(spans_file)
     h1_ids = {r["request_id"] for r in rows if r["request_id"].startswith("mix-")}
     assert h1_ids == {f"mix-{i}" for i in range(n1)}
-    h2_rows = [r for r in rows if int(r["flags"]) & 0x10]
+    h2_rows = [r for r in rows if int(r["flags"]) & F_DS_H2]
     assert len(h2_rows) == sidecar["http2_spans"]["downstream"]
     assert len(h2_rows) >= 0.98 * n2
     assert len(rows) - len(h2_rows) == n1

@@ -364,3 +364,56 @@ def test_app_mode_one_server_span_per_request(peer: Peer) -> None:
         assert s["resp_bytes"].tolist() == [len(RESPONSE)] * 3
     finally:
         traced.probe.close()
+
+
+def test_pool_reordering_is_repaired(peer: Peer, traced: Traced) -> None:
+    """Requests without ids read A then B (two downstream connections) but sent upstream B
+    first (a connection pool that had one connection free): thread order matches them the
+    wrong way round. B's response, written with no upstream answer of its own, is matched to
+    the oldest unanswered upstream response and the two swap upstream halves: two spans, each
+    with its own upstream delay (B 1 gap, A 2 gaps), none lost."""
+    assert peer.client is None
+    ups = peer.up_listener.getsockname()[1]
+    a = socket.create_connection(("127.0.0.1", peer.port))
+    peer.do("accept", conn="ds")
+    b = socket.create_connection(("127.0.0.1", peer.port))
+    peer.do("accept", conn="ds2")
+    peer.do("connect", port=ups, conn="us")
+    up1, _ = peer.up_listener.accept()
+    peer.do("connect", port=ups, conn="us2")
+    up2, _ = peer.up_listener.accept()
+    try:
+        req = request(None)
+        a.sendall(req)
+        peer.do("read", conn="ds", call="recv")
+        b.sendall(req)
+        peer.do("read", conn="ds2", call="recv")
+        peer.do("write", conn="us", call="send", data="forward", src="ds2")  # B's first
+        peer.do("write", conn="us2", call="send", data="forward", src="ds")
+        _recv_exactly(up1, len(req))
+        _recv_exactly(up2, len(req))
+        time.sleep(GAP_MS / 1000)
+        up1.sendall(RESPONSE)  # B's answer
+        peer.do("read", conn="us", call="recv")
+        peer.do("write", conn="ds2", call="send", data="forward", src="us")
+        _recv_exactly(b, len(RESPONSE))
+        time.sleep(GAP_MS / 1000)
+        up2.sendall(RESPONSE)  # A's answer
+        peer.do("read", conn="us2", call="recv")
+        peer.do("write", conn="ds", call="send", data="forward", src="us2")
+        _recv_exactly(a, len(RESPONSE))
+        s = traced.spans()
+        assert len(s) == 2, traced.stats()
+        assert traced.stats()["local_replies"] == 0
+        _ordered(s)
+        by_fd = {int(r["ds_fd"]): r for r in s}
+        assert len(by_fd) == 2
+        first, second = sorted(by_fd.values(), key=lambda r: int(r["ds_rx_beg"]))  # A, B
+        up_a = _ms(first["us_rx_beg"] - first["us_tx_end"])
+        up_b = _ms(second["us_rx_beg"] - second["us_tx_end"])
+        assert up_a >= 2 * GAP_MS, (up_a, up_b)
+        assert GAP_MS <= up_b < 2 * GAP_MS, (up_a, up_b)
+        assert first["us_fd"] != second["us_fd"]
+    finally:
+        for sock in (a, b, up1, up2):
+            sock.close()
