@@ -71,7 +71,7 @@ def test_legs_match_the_wire_request_by_request(
     if options.get("mtls"):
         assert "TLS read burst" in doc["method"]
     both = _joined(cmp)
-    assert both.sum() >= 0.98 * len(cmp.ids)
+    assert both.sum() >= 0.99 * cmp.with_span  # Envoy logged the requests we have
     for leg in MAIN:
         wire = cmp.wire[leg][both] + LO_CAPTURE_US[leg]
         ours, envoy = cmp.ours[leg][both], cmp.envoy[leg][both]
@@ -94,21 +94,25 @@ def test_legs_match_the_wire_request_by_request(
 
 
 def _p50(cmp: WireComparison, who: str, leg: str, mask: np.ndarray | None = None) -> float:
-    values = (cmp.ours if who == "ours" else cmp.wire)[leg]
+    values = {"ours": cmp.ours, "wire": cmp.wire, "envoy": cmp.envoy}[who][leg]
     keep = _joined(cmp) if mask is None else _joined(cmp) & mask
     return float(np.median(values[keep]))
 
 
 def test_app_delay_moves_only_upstream(testbed_factory: Callable[..., Any], tmp_path: Path) -> None:
     """Every other request asks the app for 3 ms more (alternated on one connection):
-    upstream grows by 3 ms +- 10%, on the wire and in our legs, the proxy legs do not."""
+    upstream grows by what the app applied (>= 3 ms on the wire) +- 10% in our legs, the proxy
+    legs do not move."""
     tb = testbed_factory(app_delay_s=0.001, h2c_port=None)
     cmp, doc = _run(tb, tmp_path, "d", conns=1, period_s=0.006, alt_delay_ms=3)
     delayed = np.isin(np.array(cmp.ids), np.array(doc["_delayed_ids"]))
     assert 0.4 < delayed.mean() < 0.6
-    for who in ("wire", "ours"):
-        moved = _p50(cmp, who, "upstream", delayed) - _p50(cmp, who, "upstream", ~delayed)
-        assert abs(moved - 3000.0) <= 300.0, (who, moved)
+    # the wire says what the app's timer applied (at least the 3 ms asked; late on a loaded
+    # node, as Envoy's fault timer was), ours moves with it
+    applied = _p50(cmp, "wire", "upstream", delayed) - _p50(cmp, "wire", "upstream", ~delayed)
+    assert applied >= 2700.0, applied
+    moved = _p50(cmp, "ours", "upstream", delayed) - _p50(cmp, "ours", "upstream", ~delayed)
+    assert abs(moved - applied) <= 0.10 * applied, (moved, applied)
     for leg in ("request_proxy", "response_proxy", *SPLIT["request_proxy"],
                 *SPLIT["response_proxy"]):  # fmt: skip
         moved = _p50(cmp, "ours", leg, delayed) - _p50(cmp, "ours", leg, ~delayed)
@@ -119,19 +123,24 @@ def test_fault_filter_delay_moves_only_request_work(
     testbed_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
     """Envoy's fault filter holds every request 3 ms before routing it: request_proxy_work
-    (and request_proxy) grow by 3 ms +- 10% against the same testbed without it; the queue
-    legs, upstream and response_proxy do not move."""
+    (and request_proxy) grow by that delay +- 10% against the same testbed without it; the
+    queue legs, upstream and response_proxy do not move."""
     runs = {}
     for name, fault in (("base", 0.0), ("fault", 0.003)):
         tb = testbed_factory(app_delay_s=0.001, h2c_port=None, fault_delay_s=fault)
         runs[name], _ = _run(tb, tmp_path, name, conns=1, period_s=0.008)
         tb.down()
     base, fault = runs["base"], runs["fault"]
+    # The delay the filter applied, by Envoy's own timer (DS_RX_BEG -> US_TX_END holds it): at
+    # least the 3 ms asked; on a loaded node its timer fires late (6.2 ms seen), so our legs and
+    # the wire are held to what Envoy applied, within 10%.
+    applied = _p50(fault, "envoy", "request_proxy") - _p50(base, "envoy", "request_proxy")
+    assert applied >= 2700.0, applied
     for leg in ("request_proxy_work", "request_proxy"):
         moved = _p50(fault, "ours", leg) - _p50(base, "ours", leg)
-        assert abs(moved - 3000.0) <= 300.0, (leg, moved)
+        assert abs(moved - applied) <= 0.10 * applied, (leg, moved, applied)
     wire_moved = _p50(fault, "wire", "request_proxy") - _p50(base, "wire", "request_proxy")
-    assert abs(wire_moved - 3000.0) <= 300.0, wire_moved
+    assert abs(wire_moved - applied) <= 0.10 * applied, (wire_moved, applied)
     for leg in ("request_proxy_queue", "upstream", "response_proxy", "response_proxy_queue",
                 "response_proxy_work"):  # fmt: skip
         moved = _p50(fault, "ours", leg) - _p50(base, "ours", leg)
