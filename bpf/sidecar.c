@@ -1551,6 +1551,8 @@ SMP_INLINE int smp_sock_io(void *ctx, u64 sk, s32 ret, u32 flags, u8 is_read)
         smp_xmit_forget((u32)id);
     else
         io.ts = smp_xmit_take((u32)id, io.ts - SMP_XMIT_WINDOW_NS, io.ts, io.ts);
+    io.ts_call = io.ts;  /* no entry instant on this path: a write's start is its stamp (never
+                          * after it: us_tx_beg <= us_tx_end) */
     io.ret = ret;
     io.tid = (u32)id;
     io.fd = (s32)regs->di;
