@@ -540,13 +540,6 @@ SMP_INLINE struct smp_span *smp_fifo_pop(u32 tid, u64 *handle)
     return 0;
 }
 
-/* The downstream fd a handle's request came in on (a pairing hint). */
-SMP_INLINE s32 smp_handle_fd(u64 handle)
-{
-    struct smp_span *s = smp_pending_span(handle);
-    return s ? s->ds_fd : -1;
-}
-
 /* -- TLS upstreams (mTLS between sidecars) --------------------------------------------------
  * Streams multiplexed inside TLS cannot be told apart: a worker thread's last TLS upstream
  * write and read are kept, and an HTTP/2 downstream stream whose upstream was TLS takes them
