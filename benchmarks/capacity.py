@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Profile, poll_during, summary, table
+from benchmarks.common import Profile, build_c, poll_during, summary, table
 
 SOURCE = Path(__file__).resolve().parent / "rr.c"
 HEADER_BYTES = 8  # a ring-buffer record's header
@@ -30,12 +30,7 @@ def _record_bytes(engine: Any) -> int:
 
 def build(out_dir: Path) -> Path:
     """Compile rr.c (gcc -O2) into ``out_dir``."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise RuntimeError("no C compiler (apt-get install gcc)")
-    exe = out_dir / "rr"
-    subprocess.run([cc, "-O2", "-o", str(exe), str(SOURCE)], check=True, capture_output=True)
-    return exe
+    return build_c(SOURCE, out_dir)
 
 
 def _rr(exe: Path, seconds: float, rate: float, engine: Any, mode: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import common
+from benchmarks import common, overhead
 from benchmarks.accuracy import rates_for
 
 
@@ -67,3 +67,134 @@ def test_rates_for_runs_from_100_to_near_the_maximum() -> None:
     r = rates_for(5000, 4)
     assert r[0] == 100.0 and r[-1] == 3000.0 and len(r) == 4 and r == sorted(r)
     assert rates_for(50, 3) == [100.0, 200.0]
+
+
+# -- the overhead benchmark's arithmetic (issue 11's goals) ----------------------------------
+def test_goal_verdicts_on_both_sides_of_the_target() -> None:
+    ratio, tax = overhead.GOALS["throughput_ratio"], overhead.GOALS["tax_sockpair"]
+    assert ratio.met(0.97) and not ratio.met(0.969) and ratio.verdict(0.5) == "NOT met"
+    assert tax.met(150.0) and not tax.met(151.0) and tax.verdict(-3.0) == "met"
+    assert ratio.met(None) is None and ratio.verdict(float("nan")) == "n/a"
+    assert ratio.text() == ">= 0.97" and tax.text() == "<= +150 ns"
+    assert overhead.GOALS["cpu_us_per_req"].text() == "<= 5 us"
+
+
+def test_paired_ratio_and_delta_per_round() -> None:
+    # round 2 lost its off window and round 3 its on window: both left out, no shift
+    off, on = [100.0, None, 50.0, 80.0], [90.0, 70.0, None, 88.0]
+    assert overhead.paired(off, on, "ratio") == [0.9, 1.1]
+    assert overhead.paired(off, on, "delta") == [-10.0, 8.0]
+    assert overhead.paired([0.0], [5.0], "ratio") == []
+    with pytest.raises(ValueError):
+        overhead.paired([1.0], [1.0, 2.0], "ratio")
+
+
+def test_node_cpu_added_is_per_request_and_counts_the_profiler() -> None:
+    # off: 1 s of Envoy over 10,000 requests = 100 us/req; on: 1.1 s of Envoy + 0.2 s of the
+    # profiler over 10,000 = 130 us/req: +30 us (not +0.3 s, not +20 us without the profiler)
+    off = {"envoy_requests": 10_000, "envoy_cpu_s": 1.0, "prof_cpu_s": 0.0}
+    on = {"envoy_requests": 10_000, "envoy_cpu_s": 1.1, "prof_cpu_s": 0.2, "total": 0.5}
+    assert overhead.node_cpu_added(off, on) == pytest.approx(30.0)
+    assert overhead.node_cpu_added(off, on, "total") == pytest.approx(60.0)
+    # per request of each window: twice the requests at twice the CPU adds nothing
+    on2 = {"envoy_requests": 20_000, "envoy_cpu_s": 2.0, "prof_cpu_s": 0.0}
+    assert overhead.node_cpu_added(off, on2) == pytest.approx(0.0)
+
+
+def test_completeness_is_spans_over_envoys_log() -> None:
+    assert overhead.completeness({"sat": {"counted": 995, "envoy_requests": 1000}}) == 0.995
+    assert overhead.completeness({"sat": {"counted": None, "envoy_requests": 1000}}) is None
+    assert overhead.completeness({"sat": {"counted": 5, "envoy_requests": 0}}) is None
+
+
+def test_parse_tax_and_its_syscall_count() -> None:
+    text = (
+        "getppid 400000 70.5 71.0 72.0 70.5 71.0\n"
+        "read 300000 175.0 176.0 175.0 176.0 180.0\n"
+        "sockpair 60000 740.0 750.0 740.0 750.0 760.0\n"
+    )
+    t = overhead.parse_tax(text)
+    assert t["read"] == {
+        "iters": 300000,
+        "best": 175.0,
+        "median": 176.0,
+        "runs": [175.0, 176.0, 180.0],
+    }
+    # a socket pair is two syscalls; the warm-up is iters / 10 + 1
+    assert overhead.tax_syscalls(t["sockpair"], "sockpair") == 2 * (6001 + 3 * 60000)
+    assert overhead.tax_syscalls(t["getppid"], "getppid") == 40001 + 3 * 400000
+    with pytest.raises(ValueError, match="sockpair"):
+        overhead.parse_tax(text.rsplit("sockpair", 1)[0])
+
+
+def test_parse_wrk_summary() -> None:
+    text = """Running 4s test @ http://10.0.0.2:8080/
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   745.12us  200.00us   5.00ms   90.00%
+  86012 requests in 4.00s, 20.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  21503.01
+Transfer/sec:      5.00MB
+"""
+    assert overhead.parse_wrk(text) == {"rps": 21503.01, "requests": 86012.0, "errors": 7.0}
+    with pytest.raises(ValueError):
+        overhead.parse_wrk("wrk: connection refused")
+
+
+def test_count_lines_skips_a_line_being_written(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b'{"a":1}\n{"a":2}\n{"a"')
+    n, off = overhead.count_lines(log, 0)
+    assert (n, off) == (2, 16)
+    with log.open("ab") as f:
+        f.write(b':3}\n{"a":4}\n')
+    assert overhead.count_lines(log, off) == (2, log.stat().st_size)
+
+
+def test_both_paths_need_the_switch_and_the_sock_tracepoints() -> None:
+    assert overhead.choose_paths(False, True, "")[0] == ["syscalls"]
+    paths, why = overhead.choose_paths(True, False, "sock raw tracepoints refused: EINVAL")
+    assert paths == ["syscalls"] and "EINVAL" in why
+    assert overhead.choose_paths(True, True, "ok") == (["sock", "syscalls"], "")
+    assert overhead.variants(["sock", "syscalls"]) == [
+        "off",
+        "capture/sock",
+        "daemon/sock",
+        "capture/syscalls",
+        "daemon/syscalls",
+    ]
+
+
+def test_judge_says_when_the_rounds_straddle_the_target() -> None:
+    g = overhead.GOALS["p50_added"]  # <= +10 us
+    assert overhead.judge(g, 4.0, {"min": 1.0, "max": 8.0}) == "met"
+    assert overhead.judge(g, 4.0, {"min": -50.0, "max": 300.0}) == "met (rounds on both sides)"
+    assert overhead.judge(g, 40.0, {"min": 20.0, "max": 60.0}) == "NOT met"
+    assert overhead.judge(g, None, None) == "n/a"
+    assert overhead.signed({"median": -3.0, "min": -6.1, "max": 2.0}) == "-3 [-6.1..+2]"
+
+
+def test_paste_replaces_only_the_marked_blocks() -> None:
+    from benchmarks.paste import paste
+
+    doc = {
+        "profile": "full",
+        "started": "2026-12-06T18:00:00+00:00",
+        "machine": {"load_avg": [1.5, 1, 1], "load_avg_end": [2.5, 1, 1], "nice": -10},
+        "benchmarks": {
+            "overhead": {"seconds": 300, "tables": [common.table("T", ["a"], [[1.5]])]},
+            "capacity": {"seconds": 1, "error": "boom"},
+        },
+    }
+    text = (
+        "intro\n<!-- bench:overhead -->\nold table\n<!-- /bench:overhead -->\nmiddle\n"
+        "<!-- bench:loadgens -->\nkept\n<!-- /bench:loadgens -->\nend\n"
+    )
+    new, done = paste(text, doc)
+    assert done == ["overhead"]
+    assert "old table" not in new and "#### T" in new and "| 1.5 |" in new
+    assert "load average 1.5 at start, 2.5 at end; nice -10; 300 s" in new
+    assert new.startswith("intro\n") and "middle\n" in new and "kept\n" in new
+    assert new.endswith("<!-- /bench:loadgens -->\nend\n")
