@@ -16,6 +16,7 @@ without CAP_PERFMON it must stay up, alive, and say why it is not ready.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import shlex
@@ -62,11 +63,17 @@ def rendered_pod_spec() -> dict[str, Any]:
 
 
 def container_script(
-    spec: dict[str, Any], newroot: Path, kubeconfig: Path, argv: list[str], drop: set[str]
+    spec: dict[str, Any],
+    newroot: Path,
+    kubeconfig: Path,
+    argv: list[str],
+    drop: set[str],
+    own_proc: bool = False,
 ) -> str:
     """A shell script (run under ``unshare --mount``) that lays the container out as the
     manifest mounts it, then runs ``argv`` chrooted with only the manifest's capabilities
-    (minus ``drop``)."""
+    (minus ``drop``). ``own_proc``: /proc is a fresh procfs of the PID namespace the script
+    runs in (hostPID on a node that is itself a container), not the host's."""
     (c,) = spec["containers"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     r = shlex.quote(str(newroot))
@@ -92,7 +99,10 @@ def container_script(
     bind(str(pyenv), str(pyenv))
     bind(str(ROOT), str(ROOT))
     # what every container gets: /proc (hostPID: the host's), /sys read-only, /dev
-    bind("/proc", "/proc", ro=False)
+    if own_proc:
+        lines.append(f"mkdir -p {r}/proc && mount -t proc proc {r}/proc")
+    else:
+        bind("/proc", "/proc", ro=False)
     bind("/proc/sys", "/proc/sys")
     bind("/sys", "/sys")
     bind("/dev", "/dev", ro=False)
@@ -134,8 +144,10 @@ def container_script(
 
 @contextmanager
 def deployed_agent(
-    tmp_path: Path, kubeconfig: Path, drop: set[str] = frozenset()
+    tmp_path: Path, kubeconfig: Path, drop: set[str] = frozenset(), pidns: int | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path, Callable[[], str]]]:
+    """The agent as deployed; ``pidns``: the PID (here) of a process whose PID namespace the
+    agent runs in, with that namespace's /proc (a kind/k3d node is such a namespace)."""
     spec = rendered_pod_spec()
     (c,) = spec["containers"]
     newroot = Path(tempfile.mkdtemp(prefix="smp-pod-root-"))
@@ -143,7 +155,7 @@ def deployed_agent(
     argv = [a for a in argv if not a.startswith("--metrics-port")]
     argv += ["--metrics-port", "0", "--metrics-address", "127.0.0.1", "--interval", "0.5"]
     argv += ["--kubeconfig", f"/kube/{kubeconfig.name}"]
-    script = container_script(spec, newroot, kubeconfig, argv, set(drop))
+    script = container_script(spec, newroot, kubeconfig, argv, set(drop), pidns is not None)
     log = tmp_path / "agent.log"
     # The agent's own pod cgroup (unified hierarchy), entered before a private cgroup
     # namespace is made, as runtimes do on cgroup v2: the sidecars' /proc/<pid>/cgroup then
@@ -152,8 +164,13 @@ def deployed_agent(
     own.mkdir()
     unshare = ["unshare", "--mount", "--cgroup", "--propagation", "private", "sh", "-c", script]
     enter = f"echo $$ > {shlex.quote(str(own / 'cgroup.procs'))} && exec " + shlex.join(unshare)
+    # nsenter forks the shell into the namespace and waits for it: the agent is found (and
+    # signalled) by its cgroup, where this process sees its PID
+    nsenter = [] if pidns is None else ["nsenter", f"--target={pidns}", "--pid", "--"]
     with log.open("w") as err:
-        proc = subprocess.Popen(["sh", "-c", enter], stdout=subprocess.DEVNULL, stderr=err, cwd="/")
+        proc = subprocess.Popen(
+            [*nsenter, "sh", "-c", enter], stdout=subprocess.DEVNULL, stderr=err, cwd="/"
+        )
     try:
         deadline = time.monotonic() + 60
         m = None
@@ -165,7 +182,10 @@ def deployed_agent(
         yield proc, log, lambda: f"http://127.0.0.1:{m.group(1)}"
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            for pid in (own / "cgroup.procs").read_text().split() if pidns else []:
+                os.kill(int(pid), signal.SIGTERM)  # the agent itself, not nsenter
+            if pidns is None:
+                proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -211,16 +231,16 @@ def _reviews(tb: Any) -> dict[str, Any]:
     )
 
 
-def test_ready_in_30_s_and_counts_requests(
-    testbed_factory: Callable[..., Any], tmp_path: Path
-) -> None:
-    tb = testbed_factory()
+def _ready_and_counts(
+    tb: Any, tmp_path: Path, pidns: int | None = None, n: int = 23
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Start the agent as deployed; Ready within 30 s; exactly ``n`` requests counted."""
     with api_server() as api:
         api.put(_reviews(tb))
         (tmp_path / "kube").mkdir()
         kubeconfig = api.kubeconfig(tmp_path / "kube" / "config")
         t0 = time.monotonic()
-        with deployed_agent(tmp_path, kubeconfig) as (proc, log, url):
+        with deployed_agent(tmp_path, kubeconfig, pidns=pidns) as (proc, log, url):
             while get(url() + "/readyz")[0] != 200:
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() - t0 < 30, (get(url() + "/readyz"), log.read_text())
@@ -243,15 +263,83 @@ def test_ready_in_30_s_and_counts_requests(
             while key not in metrics(url()):
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-            assert [r["status"] for r in send_requests(tb, 23, "k23")] == [200] * 23
-            while metrics(url()).get(key) != 23:
+            assert [r["status"] for r in send_requests(tb, n, f"k{n}")] == [200] * n
+            while metrics(url()).get(key) != n:
                 assert time.monotonic() < deadline, (metrics(url()).get(key), log.read_text())
                 time.sleep(0.2)
+            time.sleep(1.0)  # two more snapshots: nothing counted twice
             m = metrics(url())
+            assert m[key] == n
             assert m["smp_agent_up", (("k8s_node_name", "node-a"), ("reason", "ready"))] == 1
             assert m["smp_probe_events_dropped_total", (("k8s_node_name", "node-a"),)] == 0
         assert proc.returncode == 0, log.read_text()
         assert "Traceback" not in log.read_text()
+        return m
+
+
+def test_ready_in_30_s_and_counts_requests(
+    testbed_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    _ready_and_counts(testbed_factory(), tmp_path)
+
+
+@pytest.fixture
+def child_pid_namespace() -> Iterator[int]:
+    """A PID namespace below the initial one, as a kind/k3d/minikube node container is:
+    ``unshare --pid --fork --mount-proc``; yields the PID (here) of its init process. Its
+    death kills every process of the namespace."""
+    holder = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sleep", "600"])
+    children = Path(f"/proc/{holder.pid}/task/{holder.pid}/children")
+    deadline = time.monotonic() + 10
+    while not children.read_text().split():
+        assert time.monotonic() < deadline, "unshare never forked"
+        time.sleep(0.01)
+    init = int(children.read_text().split()[0])
+    try:
+        yield init
+    finally:
+        os.kill(init, signal.SIGKILL)
+        holder.wait(timeout=10)
+
+
+def test_node_is_a_container_counts_requests_in_its_pid_namespace(
+    testbed_factory: Callable[..., Any],
+    tmp_path: Path,
+    child_pid_namespace: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kind/k3d/minikube: the node is a container, so the agent (hostPID: the node's PID
+    namespace), Envoy and its app all live in a child PID namespace. The agent's /proc and
+    the cgroups' process lists give PIDs of that namespace; BPF sees the kernel's. Every
+    request is counted (before the probe's namespace translation: 0, and Ready)."""
+    from profiler.testbed import netns
+    from profiler.testbed.node import Testbed
+
+    def spawn(self: Testbed, pod: Any, container: str, argv: list[str], out: Path,
+              err: Path, mode: str = "wb") -> subprocess.Popen[bytes]:  # fmt: skip
+        # the testbed's own spawn, run in the child namespace (nsenter forks into it;
+        # the shell enters the pod's cgroup with its PID as seen there)
+        procs = Path(pod.cgroups[container]) / "cgroup.procs"
+        wrapper = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs)]
+        into = ["nsenter", f"--target={child_pid_namespace}", "--pid", "--"]
+        with open(out, mode) as o, open(err, mode) if err != out else o as e:
+            p = subprocess.Popen([*into, *wrapper, *netns.exec_prefix(pod.netns), *argv],
+                                 stdin=subprocess.DEVNULL, stdout=o, stderr=e,
+                                 start_new_session=True)  # fmt: skip
+        self._procs.append(p)
+        return p
+
+    monkeypatch.setattr(Testbed, "_spawn", spawn)
+    tb = testbed_factory()
+    server = tb.state.server
+    ns = os.stat(f"/proc/{child_pid_namespace}/ns/pid").st_ino
+    for container in ("istio-proxy", "app"):  # really there, with other PIDs than here
+        (pid,) = [int(x) for x in (Path(server.cgroups[container]) / "cgroup.procs").read_text().split()]
+        assert os.stat(f"/proc/{pid}/ns/pid").st_ino == ns
+        nstgid = [ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ln.startswith("NStgid:")][0].split()  # fmt: skip
+        assert len(nstgid) == 3 and int(nstgid[-1]) != pid, nstgid
+    _ready_and_counts(tb, tmp_path, pidns=child_pid_namespace, n=23)
 
 
 def test_without_cap_perfmon_it_stays_up_and_says_why(
