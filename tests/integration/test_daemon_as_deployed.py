@@ -283,23 +283,30 @@ def test_ready_in_30_s_and_counts_requests(
     _ready_and_counts(testbed_factory(), tmp_path)
 
 
-@pytest.fixture
-def child_pid_namespace() -> Iterator[int]:
+@contextmanager
+def pid_namespace() -> Iterator[int]:
     """A PID namespace below the initial one, as a kind/k3d/minikube node container is:
-    ``unshare --pid --fork --mount-proc``; yields the PID (here) of its init process. Its
-    death kills every process of the namespace."""
-    holder = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sleep", "600"])
+    ``unshare --pid --fork --mount-proc``; yields the PID (here) of its init process. Killing
+    unshare kills that init (``--kill-child``), and with it every process of the namespace."""
+    holder = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sleep", "600"]
+    )
     children = Path(f"/proc/{holder.pid}/task/{holder.pid}/children")
     deadline = time.monotonic() + 10
     while not children.read_text().split():
         assert time.monotonic() < deadline, "unshare never forked"
         time.sleep(0.01)
-    init = int(children.read_text().split()[0])
     try:
-        yield init
+        yield int(children.read_text().split()[0])
     finally:
-        os.kill(init, signal.SIGKILL)
+        holder.kill()  # unshare --fork waits out a SIGTERM
         holder.wait(timeout=10)
+
+
+@pytest.fixture
+def child_pid_namespace() -> Iterator[int]:
+    with pid_namespace() as init:
+        yield init
 
 
 def test_node_is_a_container_counts_requests_in_its_pid_namespace(
@@ -334,7 +341,9 @@ def test_node_is_a_container_counts_requests_in_its_pid_namespace(
     server = tb.state.server
     ns = os.stat(f"/proc/{child_pid_namespace}/ns/pid").st_ino
     for container in ("istio-proxy", "app"):  # really there, with other PIDs than here
-        (pid,) = [int(x) for x in (Path(server.cgroups[container]) / "cgroup.procs").read_text().split()]
+        (pid,) = [
+            int(x) for x in (Path(server.cgroups[container]) / "cgroup.procs").read_text().split()
+        ]
         assert os.stat(f"/proc/{pid}/ns/pid").st_ino == ns
         nstgid = [ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
                   if ln.startswith("NStgid:")][0].split()  # fmt: skip
@@ -370,3 +379,45 @@ def test_without_cap_perfmon_it_stays_up_and_says_why(
             assert get(url() + "/readyz")[0] == 503
         assert proc.returncode == 0, log.read_text()
         assert "Traceback" not in log.read_text()
+
+
+def test_without_the_nodes_pid_namespace_it_says_why_instead_of_counting_zero(
+    testbed_factory: Callable[..., Any],
+    tmp_path: Path,
+    child_pid_namespace: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No hostPID (or a namespace beside the node's): the pods' cgroups list their processes
+    as 0, /proc has none of them. The agent must not be Ready counting zero: /readyz 503 and
+    ``smp_agent_up{reason="pids_not_visible"}`` naming the container and hostPID."""
+    from profiler.testbed.node import Testbed
+
+    original = Testbed._spawn
+
+    def spawn(self: Testbed, pod: Any, container: str, argv: list[str], out: Path,
+              err: Path, mode: str = "wb") -> subprocess.Popen[bytes]:  # fmt: skip
+        into = ["nsenter", f"--target={child_pid_namespace}", "--pid", "--"]
+        return original(self, pod, container, [*into, *argv], out, err, mode)
+
+    monkeypatch.setattr(Testbed, "_spawn", spawn)
+    tb = testbed_factory()
+    # the agent's own namespace, a sibling of the pods'
+    with pid_namespace() as agent_ns:
+        with api_server() as api:
+            api.put(_reviews(tb))
+            (tmp_path / "kube").mkdir()
+            kubeconfig = api.kubeconfig(tmp_path / "kube" / "config")
+            with deployed_agent(tmp_path, kubeconfig, pidns=agent_ns) as (proc, log, url):
+                up = ("k8s_node_name", "node-a"), ("reason", "pids_not_visible")
+                deadline = time.monotonic() + 30
+                while ("smp_agent_up", up) not in metrics(url()):
+                    assert proc.poll() is None, log.read_text()
+                    assert time.monotonic() < deadline, (get(url() + "/readyz"), log.read_text())
+                    time.sleep(0.1)
+                code, why = get(url() + "/readyz")
+                assert code == 503, why
+                assert "shop/reviews-1/istio-proxy" in why and "hostPID" in why, why
+                assert metrics(url())["smp_agent_up", up] == 0
+            assert proc.returncode == 0, log.read_text()
+            assert "Traceback" not in log.read_text()
+            assert "cannot trace PID 0" not in log.read_text()
