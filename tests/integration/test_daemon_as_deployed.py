@@ -144,14 +144,25 @@ def container_script(
 
 @contextmanager
 def deployed_agent(
-    tmp_path: Path, kubeconfig: Path, drop: set[str] = frozenset(), pidns: int | None = None
+    tmp_path: Path,
+    kubeconfig: Path,
+    drop: set[str] = frozenset(),
+    pidns: int | None = None,
+    prelude: str = "",
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path, Callable[[], str]]]:
     """The agent as deployed; ``pidns``: the PID (here) of a process whose PID namespace the
-    agent runs in, with that namespace's /proc (a kind/k3d node is such a namespace)."""
+    agent runs in, with that namespace's /proc (a kind/k3d node is such a namespace);
+    ``prelude``: Python run in the agent's interpreter before the CLI (a fault to inject)."""
     spec = rendered_pod_spec()
     (c,) = spec["containers"]
     newroot = Path(tempfile.mkdtemp(prefix="smp-pod-root-"))
-    argv = [sys.executable, "-m", "profiler.cli", *c["args"]]
+    cli = ["-m", "profiler.cli"]
+    if prelude:
+        cli = [
+            "-c",
+            f"{prelude}\nimport runpy; runpy.run_module('profiler.cli', run_name='__main__')",
+        ]
+    argv = [sys.executable, *cli, *c["args"]]
     argv = [a for a in argv if not a.startswith("--metrics-port")]
     argv += ["--metrics-port", "0", "--metrics-address", "127.0.0.1", "--interval", "0.5"]
     argv += ["--kubeconfig", f"/kube/{kubeconfig.name}"]
@@ -345,8 +356,8 @@ def test_node_is_a_container_counts_requests_in_its_pid_namespace(
             int(x) for x in (Path(server.cgroups[container]) / "cgroup.procs").read_text().split()
         ]
         assert os.stat(f"/proc/{pid}/ns/pid").st_ino == ns
-        nstgid = [ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
-                  if ln.startswith("NStgid:")][0].split()  # fmt: skip
+        nstgid = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ln.startswith("NStgid:")).split()  # fmt: skip
         assert len(nstgid) == 3 and int(nstgid[-1]) != pid, nstgid
     _ready_and_counts(tb, tmp_path, pidns=child_pid_namespace, n=23)
 
@@ -402,22 +413,58 @@ def test_without_the_nodes_pid_namespace_it_says_why_instead_of_counting_zero(
     monkeypatch.setattr(Testbed, "_spawn", spawn)
     tb = testbed_factory()
     # the agent's own namespace, a sibling of the pods'
-    with pid_namespace() as agent_ns:
-        with api_server() as api:
-            api.put(_reviews(tb))
-            (tmp_path / "kube").mkdir()
-            kubeconfig = api.kubeconfig(tmp_path / "kube" / "config")
-            with deployed_agent(tmp_path, kubeconfig, pidns=agent_ns) as (proc, log, url):
-                up = ("k8s_node_name", "node-a"), ("reason", "pids_not_visible")
-                deadline = time.monotonic() + 30
-                while ("smp_agent_up", up) not in metrics(url()):
-                    assert proc.poll() is None, log.read_text()
-                    assert time.monotonic() < deadline, (get(url() + "/readyz"), log.read_text())
-                    time.sleep(0.1)
-                code, why = get(url() + "/readyz")
-                assert code == 503, why
-                assert "shop/reviews-1/istio-proxy" in why and "hostPID" in why, why
-                assert metrics(url())["smp_agent_up", up] == 0
-            assert proc.returncode == 0, log.read_text()
-            assert "Traceback" not in log.read_text()
-            assert "cannot trace PID 0" not in log.read_text()
+    with pid_namespace() as agent_ns, api_server() as api:
+        api.put(_reviews(tb))
+        (tmp_path / "kube").mkdir()
+        kubeconfig = api.kubeconfig(tmp_path / "kube" / "config")
+        with deployed_agent(tmp_path, kubeconfig, pidns=agent_ns) as (proc, log, url):
+            up = ("k8s_node_name", "node-a"), ("reason", "pids_not_visible")
+            deadline = time.monotonic() + 30
+            while ("smp_agent_up", up) not in metrics(url()):
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, (get(url() + "/readyz"), log.read_text())
+                time.sleep(0.1)
+            code, why = get(url() + "/readyz")
+            assert code == 503, why
+            assert "shop/reviews-1/istio-proxy" in why and "hostPID" in why, why
+            assert metrics(url())["smp_agent_up", up] == 0
+        assert proc.returncode == 0, log.read_text()
+        assert "Traceback" not in log.read_text()
+        assert "cannot trace PID 0" not in log.read_text()
+
+
+def test_a_blind_probe_is_not_ready_and_says_why(
+    testbed_factory: Callable[..., Any],
+    tmp_path: Path,
+    child_pid_namespace: int,
+) -> None:
+    """The probe's start-up self-test fails (here: the agent wrongly believes its PID
+    namespace is the kernel's, so it would filter on PIDs BPF never sees): the agent stays
+    up, not Ready, with the self-test's sentence, instead of Ready counting zero."""
+    tb = testbed_factory()
+    wrong = (
+        "import os, profiler.probes.sidecar as s\n"
+        "s.INIT_PID_NS_INO = os.stat('/proc/self/ns/pid').st_ino"
+    )
+    with api_server() as api:
+        api.put(_reviews(tb))
+        (tmp_path / "kube").mkdir()
+        kubeconfig = api.kubeconfig(tmp_path / "kube" / "config")
+        with deployed_agent(tmp_path, kubeconfig, pidns=child_pid_namespace, prelude=wrong) as (
+            proc,
+            log,
+            url,
+        ):
+            deadline = time.monotonic() + 30
+            up = ("k8s_node_name", "node-a"), ("reason", "probe_load_failed")
+            while ("smp_agent_up", up) not in metrics(url()):
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, (get(url() + "/readyz"), log.read_text())
+                time.sleep(0.1)
+            code, why = get(url() + "/readyz")
+            assert code == 503, why
+            assert "did not see this process's own socket traffic" in why, why
+            assert get(url() + "/healthz")[0] == 200
+            assert metrics(url())["smp_probe_load_failures_total", ()] >= 1
+        assert proc.returncode == 0, log.read_text()
+        assert "Traceback" not in log.read_text()
