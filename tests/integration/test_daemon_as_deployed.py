@@ -327,19 +327,22 @@ def test_node_is_a_container_counts_requests_in_its_pid_namespace(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """kind/k3d/minikube: the node is a container, so the agent (hostPID: the node's PID
-    namespace), Envoy and its app all live in a child PID namespace. The agent's /proc and
-    the cgroups' process lists give PIDs of that namespace; BPF sees the kernel's. Every
-    request is counted (before the probe's namespace translation: 0, and Ready)."""
+    namespace) and the pods live in a child PID namespace; each container (Envoy, the app)
+    has its own namespace below that one, as runc makes it, its process PID 1 there. The
+    agent's /proc and the cgroups' process lists give PIDs of the node's namespace; BPF sees
+    the kernel's. Every request is counted (before the probe's namespace translation: 0,
+    and Ready)."""
     from profiler.testbed import netns
     from profiler.testbed.node import Testbed
 
     def spawn(self: Testbed, pod: Any, container: str, argv: list[str], out: Path,
               err: Path, mode: str = "wb") -> subprocess.Popen[bytes]:  # fmt: skip
-        # the testbed's own spawn, run in the child namespace (nsenter forks into it;
-        # the shell enters the pod's cgroup with its PID as seen there)
+        # the testbed's own spawn, in a container's PID namespace under the node's: nsenter
+        # and unshare fork into them and stay outside the pod's cgroup; the shell enters it
         procs = Path(pod.cgroups[container]) / "cgroup.procs"
-        wrapper = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs)]
         into = ["nsenter", f"--target={child_pid_namespace}", "--pid", "--"]
+        into += ["unshare", "--pid", "--fork", "--kill-child", "--"]
+        wrapper = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs)]
         with open(out, mode) as o, open(err, mode) if err != out else o as e:
             p = subprocess.Popen([*into, *wrapper, *netns.exec_prefix(pod.netns), *argv],
                                  stdin=subprocess.DEVNULL, stdout=o, stderr=e,
@@ -350,15 +353,17 @@ def test_node_is_a_container_counts_requests_in_its_pid_namespace(
     monkeypatch.setattr(Testbed, "_spawn", spawn)
     tb = testbed_factory()
     server = tb.state.server
-    ns = os.stat(f"/proc/{child_pid_namespace}/ns/pid").st_ino
-    for container in ("istio-proxy", "app"):  # really there, with other PIDs than here
+    node_ns = os.stat(f"/proc/{child_pid_namespace}/ns/pid").st_ino
+    seen = set()
+    for container in ("istio-proxy", "app"):  # really there: PID 1 of its own namespace
         (pid,) = [
             int(x) for x in (Path(server.cgroups[container]) / "cgroup.procs").read_text().split()
         ]
-        assert os.stat(f"/proc/{pid}/ns/pid").st_ino == ns
-        nstgid = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
-                  if ln.startswith("NStgid:")).split()  # fmt: skip
-        assert len(nstgid) == 3 and int(nstgid[-1]) != pid, nstgid
+        seen.add(os.stat(f"/proc/{pid}/ns/pid").st_ino)
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        nstgid = next(ln for ln in status if ln.startswith("NStgid:")).split()
+        assert len(nstgid) == 4 and nstgid[-1] == "1", nstgid  # kernel, node, container
+    assert len(seen) == 2 and node_ns not in seen
     _ready_and_counts(tb, tmp_path, pidns=child_pid_namespace, n=23)
 
 
