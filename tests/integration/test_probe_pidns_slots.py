@@ -18,7 +18,7 @@ PODS = 7  # namespaces, one after the other: more than SMP_MAX_NS
 
 # Run as PID 1 of a child namespace (the node). For each "container": a loopback echo server
 # as PID 1 of its own namespace below, traced by the PID seen here, one exchange of
-# 100 + i bytes, then detached, as the agent does when a pod goes.
+# 100 + i bytes; all stay attached and alive (distinct namespaces) until the end.
 _DRIVER = r"""
 import json, os, socket, subprocess, sys, time
 from profiler.probes.sidecar import SidecarProbe
@@ -31,9 +31,10 @@ print(s.getsockname()[1], flush=True)
 c, _ = s.accept()
 data = c.recv(65536)
 c.sendall(data); c.recv(1)
+import time; time.sleep(60)  # the namespace lives on: its inode is not reused
 '''
 probe = SidecarProbe(lambda batch: None)
-out = []
+out, servers = [], []
 for i in range(int(sys.argv[1])):
     argv = ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-c", SERVER]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -51,10 +52,12 @@ for i in range(int(sys.argv[1])):
         while probe.proc_stats(pid)["rx_bytes"] < len(payload) and time.monotonic() < deadline:
             time.sleep(0.02)
         stats = probe.proc_stats(pid)
-    probe.remove_target(pid)
-    p.kill(); p.wait()
+    servers.append((p, pid))
     out.append({"pid": pid, "ns": ns, "sent": len(payload), "rx": stats["rx_bytes"],
                 "tx": stats["tx_bytes"]})
+for p, pid in servers:  # still attached, all of them: learned ones need no slot
+    probe.remove_target(pid)
+    p.kill(); p.wait()
 probe.close()
 print(json.dumps({"me": os.getpid(), "pods": out}))
 """
