@@ -153,7 +153,7 @@ SPECS: tuple[MetricSpec, ...] = (
         ("reason", NODE_LABEL),
         "1 when the agent is ready (reason=ready), else 0 with why: starting, "
         "capability_missing, probe_load_failed, no_snapshot, snapshot_stale, "
-        "discovery_not_synced.",
+        "discovery_not_synced, pids_not_visible.",
     ),
     MetricSpec(
         "smp_probe_load_failures_total",

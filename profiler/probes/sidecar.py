@@ -235,10 +235,7 @@ class SidecarProbe:
             raise TargetNotFound(f"no process with PID {pid}")
         slot = self._ns_slots.get(ns)
         if slot is None:
-            slot = len(self._ns_slots)
-            limit = int(self._bpf["smp_ns"].max_entries)
-            if slot >= limit:
-                raise CapabilityMissing(f"targets in more than {limit} PID namespaces (SMP_MAX_NS)")
+            slot = self._free_ns_slot()
             table = self._bpf["smp_ns"]
             leaf = table.Leaf()
             leaf.dev, leaf.ino = ns
@@ -250,6 +247,29 @@ class SidecarProbe:
             pending[key] = target
             learning = self._bpf["smp_learning"]
             learning[learning.Key(0)] = learning.Leaf(learning[learning.Key(0)].value + 1)
+
+    def _free_ns_slot(self) -> int:
+        """A slot of ``smp_ns`` for one more PID namespace. A slot is needed only while a
+        target of its namespace is still pending: once every one is learned (or removed) the
+        slot is emptied and reused, so pods coming and going on a kind node (every container
+        its own namespace) do not use the table up; only more than ``SMP_MAX_NS`` namespaces
+        with targets not yet learned at once are refused."""
+        limit = int(self._bpf["smp_ns"].max_entries)
+        used = set(self._ns_slots.values())
+        if len(used) >= limit:
+            pending = {k.value >> 32 for k in self._bpf["smp_ns_pending"]}
+            table = self._bpf["smp_ns"]
+            for ns, slot in list(self._ns_slots.items()):
+                if slot not in pending:
+                    table[table.Key(slot)] = table.Leaf()  # ino 0: BPF skips the slot
+                    del self._ns_slots[ns]
+                    used.discard(slot)
+        for slot in range(limit):
+            if slot not in used:
+                return slot
+        raise CapabilityMissing(
+            f"targets in more than {limit} PID namespaces not yet learned (SMP_MAX_NS)"
+        )
 
     def remove_target(self, pid: int) -> None:
         b = self._bpf
