@@ -44,6 +44,7 @@ class RunConfig:
     testbed: str | None = None
     baseline_testbed: str | None = None
     max_error_rate: float = 0.01  # a step failing more than this makes the run exit 6
+    protocol: str = "http1"  # the built-in generator's: http1 | http2 (h2c) | grpc
 
 
 @dataclass

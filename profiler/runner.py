@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from profiler import __version__
 from profiler.discovery.environment import mesh_evidence
 from profiler.errors import SmpError, TargetNotFound, TargetUnreachable, UsageError
+from profiler.loadgen.protocols import PROTOCOLS
 from profiler.loadgen.result import GENERATORS, LoadResult, LoadSpec
 from profiler.model import MeshInfo, RunBundle, RunConfig, StepRecord
 
@@ -134,12 +135,27 @@ def _mesh_of(pids: list[int], **kw: Any) -> MeshInfo:
     )
 
 
+def _testbed_url(st: Any, protocol: str) -> str:
+    """The testbed's URL for ``protocol``: its app's HTTP/1.1 port, h2c port or gRPC method."""
+    if protocol == "http1":
+        return str(st.url)
+    port = st.ports.get("grpc" if protocol == "grpc" else "h2c")
+    if port is None:
+        raise UsageError(f"testbed {st.name} serves no {protocol} port")
+    path = "smp.Testbed/Unary" if protocol == "grpc" else ""
+    return f"http://{st.server.ip}:{port}/{path}"
+
+
 def resolve(cfg: RunConfig) -> tuple[RunConfig, MeshInfo]:
     """Fill target, netns and PIDs from testbed state dirs; learn what the sidecar is."""
     mesh = MeshInfo(evidence="no sidecar PID given: what is on the path is not known")
+    if cfg.protocol not in PROTOCOLS:
+        raise UsageError(f"bad --protocol {cfg.protocol!r}: use {'|'.join(PROTOCOLS)}")
+    if cfg.protocol != "http1" and cfg.generator != "builtin":
+        raise UsageError(f"--protocol {cfg.protocol} needs --load-generator builtin")
     if cfg.testbed:
         st = _testbed_state(Path(cfg.testbed))
-        cfg.target, cfg.netns = st.url, st.client.netns
+        cfg.target, cfg.netns = _testbed_url(st, cfg.protocol), st.client.netns
         if not cfg.sidecar_pids:
             cfg.sidecar_pids = [p for p in (st.server.envoy_pid, st.client.envoy_pid) if p]
         if not cfg.app_pids and st.server.app_pid:
@@ -158,7 +174,7 @@ def resolve(cfg: RunConfig) -> tuple[RunConfig, MeshInfo]:
             mesh = MeshInfo(evidence=f"testbed {st.name} has no sidecar (--sidecar none)")
     if cfg.baseline_testbed:
         st = _testbed_state(Path(cfg.baseline_testbed))
-        cfg.baseline_target, cfg.baseline_netns = st.url, st.client.netns
+        cfg.baseline_target, cfg.baseline_netns = _testbed_url(st, cfg.protocol), st.client.netns
         if not cfg.baseline_app_pids and st.server.app_pid:
             cfg.baseline_app_pids = [st.server.app_pid]
     if not cfg.target:
@@ -432,6 +448,7 @@ def _run_windows(
             duration_s=cfg.step_duration_s,
             connections=cfg.connections,
             netns=w.netns,
+            protocol=cfg.protocol,
         )
         session = None
         if w.captured and capture_fn is not None:

@@ -34,6 +34,9 @@ def main(
         str, typer.Option(help="builtin|wrk|hey|fortio|nighthawk.")
     ] = "builtin",
     connections: Annotated[int, typer.Option(help="Connections of the load generator.")] = 16,
+    protocol: Annotated[
+        str, typer.Option(help="http1|http2|grpc (h2c and gRPC: the builtin generator).")
+    ] = "http1",
     sidecar_pid: Annotated[
         list[int] | None, typer.Option("--sidecar-pid", help="Sidecar PID to capture (repeatable).")
     ] = None,
@@ -77,6 +80,7 @@ def main(
         repeat=repeat,
         generator=load_generator,
         connections=connections,
+        protocol=protocol,
         baseline_target=baseline_target,
         sidecar_pids=list(sidecar_pid or []),
         app_pids=list(app_pid or []),

@@ -285,3 +285,45 @@ def test_ctrl_c_writes_the_partial_bundle_and_exits_130(
     assert 1 <= n < 3
     assert validate(doc) == []
     assert any("run interrupted (Ctrl-C)" in note for note in doc["details"]["notes"])
+
+
+def test_grpc_run_through_the_testbed_is_protocol_grpc_and_proxied(tmp_path: Path) -> None:
+    """``run --protocol grpc``: the built-in generator calls the testbed's gRPC app (Unary)
+    through its sidecars; the SMP client says PROTOCOL_GRPC and the sidecars' spans are one
+    per HTTP/2 stream (call), not per connection: the server sidecar's (plaintext HTTP/2 from
+    the generator, no mTLS) as many as the calls that succeeded."""
+    from profiler.testbed import Testbed, TestbedConfig
+
+    tb = Testbed.up(TestbedConfig(name=f"g{uuid.uuid4().hex[:5]}", state_dir=tmp_path / "tb"))
+    try:
+        out = tmp_path / "grpc.json"
+        r = _cli(
+            "run", "--testbed", str(tmp_path / "tb"), "--protocol", "grpc",
+            "--rates", "53", "--step-duration", "2s", "--warmup", "0", "--connections", "2",
+            "-o", str(out),
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(out.read_text())
+        assert validate(doc) == []
+        (client,) = doc["performance_test_config"]["clients"]
+        assert client["protocol"] == "PROTOCOL_GRPC"
+        step = doc["details"]["steps"][0]
+        calls = step["mesh"]["requests"]
+        assert calls == pytest.approx(106, rel=0.1) and step["mesh"]["error_rate"] == 0
+        (rec,) = read_bundle(out).records_of(0, "mesh")
+        assert rec.capture is not None
+        (side,) = [s for s in rec.capture["sidecars"] if s["pid"] == tb.state.server.envoy_pid]
+        assert side["requests"] >= 0.98 * calls, side  # one span per call, not per connection
+        assert side["http2_spans"]["downstream"] >= 0.98 * calls, side
+    finally:
+        tb.down()
+
+
+def test_protocol_needs_the_builtin_generator(tmp_path: Path) -> None:
+    r = _cli("run", "--target", "http://127.0.0.1:9/", "--protocol", "grpc",
+             "--load-generator", "wrk", "-o", str(tmp_path / "x.json"))  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--protocol grpc needs --load-generator builtin" in r.stderr
+    r = _cli("run", "--target", "http://127.0.0.1:9/", "--protocol", "spdy",
+             "-o", str(tmp_path / "x.json"))  # fmt: skip
+    assert r.returncode == 2 and "bad --protocol 'spdy'" in r.stderr
