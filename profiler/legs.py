@@ -127,3 +127,19 @@ def proxy_legs_ns(instants: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         elif leg.parts:
             out[leg.name] = sum((out[p] for p in leg.parts), np.zeros_like(instants["ds_rx_beg"]))
     return out
+
+
+def to_us(ns: np.ndarray) -> np.ndarray:
+    """Nanoseconds to whole microseconds (rounded, never negative): the one rounding of the
+    histograms, so every leg, capture and bundle counts the same microsecond."""
+    out: np.ndarray = np.maximum((ns + 500) // 1000, 0)
+    return out
+
+
+def proxy_legs_us(rows: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-request proxy legs in whole microseconds (the histograms' rounding) from batches of
+    complete struct smp_span records."""
+    if not rows:
+        return {}
+    _, at = proxy_instants(np.concatenate(rows))
+    return {name: to_us(ns).astype(np.float64) for name, ns in proxy_legs_ns(at).items()}

@@ -264,13 +264,13 @@ def sidecar_summary(recs: list[StepRecord]) -> dict[str, Any] | None:
         merged = merge_histograms(hs)
         if merged is None:
             continue
-        s = stats.summarize(*arrays(merged), PS)
+        # the one percentile rule of captures and bundles: the histogram's own
         leg_out[leg] = {
-            "count": s.count,
+            "count": merged.count,
             "min_ms": _r(merged.min / 1000),
             "mean_ms": _r(merged.mean / 1000),
             "max_ms": _r(merged.max / 1000),
-        } | {pkey(p) + "_ms": _r(v / 1000) for p, v in s.percentiles.items()}
+        } | {pkey(p) + "_ms": _r(merged.percentile(p) / 1000) for p in PS}
     return {
         "error": error,  # set: these figures are not the sidecar's cost (SMP leaves them out)
         "count": len(pids),

@@ -18,6 +18,7 @@ from profiler.errors import BadInputFile
 from profiler.histogram import LatencyHistogram
 from profiler.legs import INSTANTS, MAIN, SPLIT, proxy_instants, proxy_legs_ns
 from profiler.probes.sidecar import request_ids
+from profiler.units import PERCENTILES, pkey
 
 KIND = "smp-profiler.capture"
 FORMAT_VERSION = 1
@@ -108,38 +109,21 @@ def warnings(*groups: Iterable[Mapping[str, Any]]) -> list[str]:
     return out
 
 
-def leg_stats(values_us: Iterable[float] | None, hist: LatencyHistogram) -> dict[str, Any]:
-    """count/min/mean/percentiles in ms: exact from the spans when we have them all, else
-    from the histogram; the histogram always goes along for merging."""
-    arr = None if values_us is None else np.fromiter(values_us, dtype=np.float64)
+def leg_stats(hist: LatencyHistogram) -> dict[str, Any]:
+    """count/min/mean/percentiles in ms, by the one rule every result uses: percentiles from
+    the histogram (bucket midpoints, as bundles and the cluster report read them), min, mean
+    and max exact (the histogram keeps them); the histogram goes along for merging."""
     out: dict[str, Any] = {"count": int(hist.count)}
-    if arr is not None and arr.size == hist.count and arr.size:
-        q = np.percentile(arr, [50, 90, 95, 99, 99.9])
-        stats = (arr.min(), arr.mean(), *q, arr.max())
-    elif hist.count:
-        ps = hist.percentiles([50, 90, 95, 99, 99.9])
-        stats = (hist.min, hist.mean, *ps.values(), hist.max)
+    if hist.count:
+        ps = hist.percentiles(list(PERCENTILES))
+        stats: tuple[float | None, ...] = (hist.min, hist.mean, *ps.values(), hist.max)
     else:
-        stats = (None,) * 8
-    keys = ("min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms")
+        stats = (None,) * (3 + len(PERCENTILES))
+    keys = ("min_ms", "mean_ms", *(f"{pkey(p)}_ms" for p in PERCENTILES), "max_ms")
     for key, value in zip(keys, stats, strict=True):
         out[key] = None if value is None else round(float(value) / 1000.0, 6)
     out["histogram"] = hist.to_json()
     return out
-
-
-def _us(ns: np.ndarray) -> np.ndarray:
-    out: np.ndarray = np.maximum((ns + 500) // 1000, 0).astype(np.float64)
-    return out
-
-
-def proxy_leg_values(rows: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-request legs in whole microseconds (the histograms' rounding) from batches of
-    struct smp_span (complete ones, as the engine keeps them)."""
-    if not rows:
-        return {}
-    _, at = proxy_instants(np.concatenate(rows))
-    return {name: _us(ns) for name, ns in proxy_legs_ns(at).items()}
 
 
 def write_spans(path: Path, chunks: Iterable[tuple[str, np.ndarray]]) -> int:

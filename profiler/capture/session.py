@@ -230,13 +230,8 @@ class CaptureSession:
             "aborted_requests": stats.get("aborted", 0),
             "unparsed": document.unparsed_doc(stats, t.unparsed_conns, t.unparsed_conns_seen),
         }
+        entry["legs"] = {name: document.leg_stats(hist) for name, hist in t.legs.items()}
         if t.role == "sidecar":
-            values = document.proxy_leg_values(t.rows)
-            exact = t.rows_dropped == 0
-            entry["legs"] = {
-                name: document.leg_stats(values.get(name) if exact else None, hist)
-                for name, hist in t.legs.items()
-            }
             entry["local_replies"] = stats["local_replies"]
             entry["matched"] = {
                 "request_id": t.matched_by_rid,
@@ -249,8 +244,6 @@ class CaptureSession:
                 entry["http2_streams"] = document.stream_times(t.rows, F_DS_H2)
             entry["tls_downstream_spans"] = t.tls_downstream
             entry["arrival_missing"] = dict(t.arrival_missing)
-        else:
-            entry["legs"] = {name: document.leg_stats(None, hist) for name, hist in t.legs.items()}
         return entry
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from profiler import stats
 from profiler.errors import UsageError
+from profiler.legs import MAIN
 from profiler.report.source import Source
 from profiler.report.tables import DASH, Document, Table, num, rate
 from profiler.report.view import CaptureView, RunView, StepView, view
@@ -162,7 +163,7 @@ def _error_pct(s: StepView) -> float | None:
 def _capture_rows(views: list[CaptureView]) -> list[Row]:
     rows = []
     firsts = [next((p for p in v.processes if p.role == "sidecar"), None) for v in views]
-    for leg in ("request_proxy", "upstream", "response_proxy", "sidecar_total"):
+    for leg in (*MAIN, "sidecar_total"):
         vals: list[float | None] = [
             ((p.legs.get(leg) if p else None) or {}).get("p50_ms") for p in firsts
         ]

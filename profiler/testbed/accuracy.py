@@ -21,9 +21,10 @@ import numpy as np
 
 from profiler.capture.document import read_spans
 from profiler.errors import TestbedError
+from profiler.legs import MAIN
 from profiler.testbed.accesslog import AccessLogEntry, read_access_log
 
-LEGS = ("request_proxy", "upstream", "response_proxy")
+LEGS = MAIN
 
 
 @dataclass
@@ -184,7 +185,7 @@ while time.monotonic() - t0 < seconds:
 print(json.dumps({"sent": sent, "errors": errors, "delayed": delayed}))
 """
 
-WIRE_LEGS = ("request_proxy", "upstream", "response_proxy")
+WIRE_LEGS = MAIN
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from profiler import legs
-from profiler.capture.document import proxy_leg_values, read_spans, write_spans
+from profiler.capture.document import read_spans, write_spans
 from profiler.probes.sidecar import SPAN_DTYPE
 
 US = 1000  # ns
@@ -92,6 +92,6 @@ def test_spans_file_has_arrivals_and_queue_work(tmp_path: Path) -> None:
     assert float(rows[0]["request_proxy_us"]) == 10.0
     assert float(rows[0]["response_proxy_work_us"]) == 19.0
     assert int(rows[1]["ds_rx_arr_ns"]) == int(rows[1]["ds_rx_beg_ns"])  # unknown: the read
-    values = proxy_leg_values([s])
+    values = legs.proxy_legs_us([s])
     assert values["request_proxy"].tolist() == [10.0, 7.0]
     assert values["response_proxy_queue"].tolist() == [17.0, 17.0]
