@@ -142,10 +142,13 @@ def main(argv: list[str] | None = None) -> int:
                 for name in order:
                     w = window(tb, trees[name], a.window, tax_exe, tmp)
                     out[name].append(w)
-                    print(f"round {r} {name}: {w['requests']} req, {w['wrk_rps']:.0f} req/s, "
-                          f"bpf {sum(v[1] for v in w['progs'].values()):.0f} ns/req, "
-                          f"consumer {w['consumer_us']:.2f} us/req, "
-                          f"spans file {w['spans_file_us']:.2f} us/req", file=sys.stderr)
+                    print(
+                        f"round {r} {name}: {w['requests']} req, {w['wrk_rps']:.0f} req/s, "
+                        f"bpf {sum(v[1] for v in w['progs'].values()):.0f} ns/req, "
+                        f"consumer {w['consumer_us']:.2f} us/req, "
+                        f"spans file {w['spans_file_us']:.2f} us/req",
+                        file=sys.stderr,
+                    )
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
     print(render(out))
@@ -158,31 +161,47 @@ def _med(xs: list[float]) -> float:
 
 def render(out: dict[str, list[dict[str, Any]]]) -> str:
     b, f = out["before"], out["after"]
-    lines = ["| program | before runs/req | before ns/req | after runs/req | after ns/req "
-             "| after/before ns (paired, median [min..max]) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| program | before runs/req | before ns/req | after runs/req | after ns/req "
+        "| after/before ns (paired, median [min..max]) |",
+        "|---|---|---|---|---|---|",
+    ]
     names = sorted({k for w in b + f for k in w["progs"]})
     for k in [*names, "all programs"]:
-        def get(w: dict[str, Any], i: int) -> float:
+
+        def get(w: dict[str, Any], i: int, k: str = k) -> float:
             if k == "all programs":
                 return float(sum(v[i] for v in w["progs"].values()))
             return float(w["progs"].get(k, (0.0, 0.0))[i])
+
         ratios = [get(y, 1) / get(x, 1) for x, y in zip(b, f, strict=False) if get(x, 1)]
         rr = f"{_med(ratios):.2f} [{min(ratios):.2f}..{max(ratios):.2f}]" if ratios else "-"
-        lines.append(f"| {k} | {_med([get(w, 0) for w in b]):.2f} | "
-                     f"{_med([get(w, 1) for w in b]):.0f} | {_med([get(w, 0) for w in f]):.2f} | "
-                     f"{_med([get(w, 1) for w in f]):.0f} | {rr} |")
+        lines.append(
+            f"| {k} | {_med([get(w, 0) for w in b]):.2f} | "
+            f"{_med([get(w, 1) for w in b]):.0f} | {_med([get(w, 0) for w in f]):.2f} | "
+            f"{_med([get(w, 1) for w in f]):.0f} | {rr} |"
+        )
     lines += ["", "| per request | before | after |", "|---|---|---|"]
-    for key, label in (("consumer_us", "consumer CPU (us)"),
-                       ("spans_file_us", "spans file write (us)"), ("wrk_rps", "wrk req/s")):
-        lines.append(f"| {label} | {_med([w[key] for w in b]):.2f} | "
-                     f"{_med([w[key] for w in f]):.2f} |")
-    lines += ["", "| untraced call | before runs | before BPF ns | after runs | after BPF ns |",
-              "|---|---|---|---|---|"]
+    for key, label in (
+        ("consumer_us", "consumer CPU (us)"),
+        ("spans_file_us", "spans file write (us)"),
+        ("wrk_rps", "wrk req/s"),
+    ):
+        lines.append(
+            f"| {label} | {_med([w[key] for w in b]):.2f} | {_med([w[key] for w in f]):.2f} |"
+        )
+    lines += [
+        "",
+        "| untraced call | before runs | before BPF ns | after runs | after BPF ns |",
+        "|---|---|---|---|---|",
+    ]
     for call in TAX_CALLS:
-        lines.append(f"| {call} | {_med([w['tax'][call]['runs'] for w in b]):.2f} | "
-                     f"{_med([w['tax'][call]['ns'] for w in b]):.1f} | "
-                     f"{_med([w['tax'][call]['runs'] for w in f]):.2f} | "
-                     f"{_med([w['tax'][call]['ns'] for w in f]):.1f} |")
+        lines.append(
+            f"| {call} | {_med([w['tax'][call]['runs'] for w in b]):.2f} | "
+            f"{_med([w['tax'][call]['ns'] for w in b]):.1f} | "
+            f"{_med([w['tax'][call]['runs'] for w in f]):.2f} | "
+            f"{_med([w['tax'][call]['ns'] for w in f]):.1f} |"
+        )
     return "\n".join(lines)
 
 
