@@ -7,9 +7,11 @@ this process, each for one wrk window (saturation, ``-t1 -c16``) through the tes
 with the Envoy and its app traced (as the daemon traces a pod), ``kernel.bpf_stats_enabled``
 on. Rounds alternate which build goes first. Per build and round: every program's runs and ns
 per proxied request (the kernel's own count, so the noise of a shared machine does not blur
-it), the consumer's CPU per request (this process's polling thread), the spans file written
-per request, and the C loop's untraced calls with each build attached (BPF runs and ns per
-call). Printed as medians over rounds and the paired after/before ratio per round.
+it; the node's background rate, measured in the second before and after the load, is
+subtracted), the consumer's CPU per request (this process's polling thread; the same Python
+for both builds), the spans file written per request, and the C loop's untraced calls with
+each build attached (BPF runs and ns per call). Printed as medians over rounds and the paired
+after/before ratio per round.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from benchmarks.overhead import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+IDLE_S = 1.0  # the node's background program runs are measured this long before and after
 
 
 def export_bpf(ref: str, into: Path) -> Path:
@@ -80,13 +83,21 @@ def window(tb: Any, tree: Path, seconds: float, tax_exe: Path, spans_dir: Path) 
         argv = [*netns_prefix(st.client.netns), "wrk", "-t1", f"-c{CONNECTIONS}"]
         argv += [f"-d{int(seconds)}s", "--timeout=5s", st.url]
         with loader.bpf_stats_enabled():
+            # the node's other socket traffic runs the programs too (other processes, other
+            # tests): its rate in the second before and after the load is subtracted
+            b0 = loader.prog_stats(bpf)
+            time.sleep(IDLE_S)
             s0 = loader.prog_stats(bpf)
+            t0 = time.monotonic()
             res, cpu = poll_during(
                 lambda: engine.poll(100),
                 lambda: subprocess.run(argv, capture_output=True, text=True, check=True),
             )
             engine.drain()
             s1 = loader.prog_stats(bpf)
+            load_s = time.monotonic() - t0
+            time.sleep(IDLE_S)
+            b1 = loader.prog_stats(bpf)
             tax = {}
             for call in TAX_CALLS:
                 a = loader.prog_stats(bpf)
@@ -108,7 +119,13 @@ def window(tb: Any, tree: Path, seconds: float, tax_exe: Path, spans_dir: Path) 
     finally:
         engine.close()
     n = max(envoy.requests, 1)
-    progs = {k: ((s1[k][0] - s0[k][0]) / n, (s1[k][1] - s0[k][1]) / n) for k in s1}
+    progs = {}
+    for k in s1:
+        bg = [(s0[k][i] - b0[k][i] + b1[k][i] - s1[k][i]) / (2 * IDLE_S) * load_s for i in (0, 1)]
+        progs[k] = (
+            max(s1[k][0] - s0[k][0] - bg[0], 0.0) / n,
+            max(s1[k][1] - s0[k][1] - bg[1], 0.0) / n,
+        )
     return {
         "wrk_rps": parse_wrk(res.stdout)["rps"],
         "requests": envoy.requests,
