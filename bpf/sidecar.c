@@ -64,6 +64,7 @@ enum smp_class {
     CLS_REQ = 1,                   /* starts with an HTTP/1.x method */
     CLS_RESP = 2,                  /* starts with "HTTP/1." */
     CLS_TLS = 3,                   /* a TLS record header */
+    CLS_H2PRI = 4,                 /* the HTTP/2 client preface "PRI * HTTP/2.0..." */
 };
 
 /* How the call's user buffer is described. */
@@ -86,6 +87,8 @@ struct smp_io {
     u64 ts_call;    /* when the call started (syscalls path); ts on the sock path */
     u64 arr;        /* a read: when its first bytes reached the socket (0: unknown) */
     u64 buf;        /* the call's first user buffer */
+    u64 ptr;        /* the call's buffer argument (enum smp_io_kind says what it points to) */
+    void *ctx;      /* the program's context (for the HTTP/2 walk's tail calls) */
     u32 len;        /* data bytes in that buffer */
     u32 ret;        /* bytes moved */
     u32 tid;
@@ -93,7 +96,8 @@ struct smp_io {
     s32 fd;
     u8 mode;
     u8 is_read;
-    u8 pad[2];
+    u8 kind;        /* enum smp_io_kind */
+    u8 pad;
 };
 
 struct smp_iovec { u64 base; u64 len; };
@@ -128,6 +132,8 @@ struct smp_args {
     u8 mode;
     u8 pad[5];
 };
+#include "sidecar_h2.h"
+
 #if SMP_PATH == SMP_PATH_SOCK
 #define SMP_ARGS_ENTRIES 1         /* unused on the sock path; declared so every build has
                                     * the same maps */
@@ -317,6 +323,8 @@ SMP_INLINE u8 smp_classify(u64 buf, u32 len)
         return CLS_TLS;
     if (len < 8)
         return CLS_OTHER;
+    if (p[0] == 'P' && p[1] == 'R' && p[2] == 'I' && p[3] == ' ' && p[4] == '*' && p[5] == ' ')
+        return CLS_H2PRI;
     /* "HTTP/1.x NNN": the space and a digit after it, so that "HTTP/1.1" inside other bytes
      * (a chunk of a JSON access log on the syscalls path) is not a response */
     if (p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1' &&
@@ -436,6 +444,616 @@ SMP_INLINE void smp_emit(struct smp_conn *c)
         __sync_fetch_and_add(&ps->spans, 1);
 }
 
+/* -- HTTP/2 and the never-silent count ------------------------------------------------------
+ * Requests in progress are named by a handle in the thread FIFO: an HTTP/1.1 request by its
+ * downstream connection's key; an HTTP/2 stream by SMP_H2_TAG | a 48-bit number, resolved
+ * through smp_h2_handles (neither a kernel socket pointer, whose top bits are all ones, nor a
+ * tgid << 32 | fd key, below 2^54, can carry that tag). */
+#define SMP_H2_TAG 0x7ffe000000000000ULL
+#define SMP_IS_H2_HANDLE(h) (((h) >> 48) == 0x7ffe)
+#ifndef SMP_MAX_STREAMS
+#define SMP_MAX_STREAMS 16384
+#endif
+
+struct smp_h2_skey {
+    u64 conn;   /* the connection's key */
+    u32 sid;
+    u32 gen;    /* the connection's generation (struct smp_h2_conn) */
+};
+struct smp_h2_stream {
+    struct smp_span span;   /* DS: the stream's request in progress. US: the upstream leg */
+    u64 handle;             /* DS: its FIFO handle */
+    u8 state;               /* DS: H2_DS_* */
+    u8 pad[7];
+};
+#define H2_DS_OPEN 0
+#define H2_DS_ANSWERED 1        /* its response started with an upstream answer */
+#define H2_DS_LOCAL 2           /* its response started without one: a local reply */
+
+BPF_TABLE("lru_hash", struct smp_h2_skey, struct smp_h2_stream, smp_h2_streams, SMP_MAX_STREAMS);
+BPF_TABLE("lru_hash", u64, struct smp_h2_skey, smp_h2_handles, SMP_MAX_STREAMS);
+BPF_TABLE("lru_hash", u64, struct smp_h2_conn, smp_h2_conns, SMP_MAX_CONNS);
+BPF_PERCPU_ARRAY(smp_h2_stream_init, struct smp_h2_stream, 1);
+BPF_PERCPU_ARRAY(smp_h2_scratch, struct smp_h2_call, 1);
+BPF_PROG_ARRAY(smp_h2_progs, 1);   /* [0]: smp_h2_step, put there by user space */
+
+SMP_INLINE int smp_emit_span(struct smp_span *s)
+{
+    struct smp_span *e = smp_spans.ringbuf_reserve(sizeof(struct smp_span));
+    if (!e) {
+        smp_count_drop();
+        return -1;
+    }
+    __builtin_memcpy(e, s, sizeof(struct smp_span));
+    smp_spans.ringbuf_submit(e, SMP_RB_SUBMIT_FLAGS);
+    return 0;
+}
+
+/* Bytes on a traced connection that no protocol explained: per process (unparsed_bytes)
+ * and per connection (a SMP_SPAN_UNPARSED record when it closes), never silently dropped. */
+SMP_INLINE void smp_conn_unparsed(struct smp_conn *c, struct smp_proc_stats *ps, s32 fd,
+                                  u8 is_read, u64 n)
+{
+    if (!n)
+        return;
+    smp_count_unparsed(ps, n);
+    if (ps && !c->unparsed_rx && !c->unparsed_tx)
+        __sync_fetch_and_add(&ps->unparsed_conns, 1);
+    c->fd = fd;
+    if (is_read)
+        c->unparsed_rx += n;
+    else
+        c->unparsed_tx += n;
+}
+
+SMP_INLINE void smp_emit_unparsed(struct smp_conn *c)
+{
+    if (!c->unparsed_rx && !c->unparsed_tx)
+        return;
+    int zero = 0;
+    struct smp_h2_stream *tmp = smp_h2_stream_init.lookup(&zero);
+    if (!tmp)
+        return;
+    struct smp_span *s = &tmp->span;
+    s->kind = SMP_SPAN_UNPARSED;
+    s->tgid = c->upid;
+    s->ds_rx_beg = bpf_ktime_get_ns();
+    s->ds_fd = c->role == SMP_ROLE_US ? -1 : c->fd;
+    s->us_fd = c->role == SMP_ROLE_US ? c->fd : -1;
+    s->req_bytes = c->unparsed_rx > 0xffffffff ? 0xffffffff : (u32)c->unparsed_rx;
+    s->resp_bytes = c->unparsed_tx > 0xffffffff ? 0xffffffff : (u32)c->unparsed_tx;
+    smp_emit_span(s);
+    __builtin_memset(tmp, 0, sizeof(*tmp));
+    c->unparsed_rx = 0;
+    c->unparsed_tx = 0;
+}
+
+/* The span of a request still waiting for its response (HTTP/1.1: a downstream connection
+ * in REQUEST; HTTP/2: a downstream stream not yet answered), else 0. */
+SMP_INLINE struct smp_span *smp_pending_span(u64 handle)
+{
+    if (SMP_IS_H2_HANDLE(handle)) {
+        struct smp_h2_skey *k = smp_h2_handles.lookup(&handle);
+        if (!k)
+            return 0;
+        struct smp_h2_skey sk = *k;
+        struct smp_h2_stream *st = smp_h2_streams.lookup(&sk);
+        return st && st->state == H2_DS_OPEN ? &st->span : 0;
+    }
+    struct smp_conn *c = smp_conns.lookup(&handle);
+    return c && c->phase == SMP_PHASE_REQUEST ? &c->span : 0;
+}
+
+SMP_INLINE void smp_fifo_push(u32 tid, u32 upid, u64 handle)
+{
+    struct smp_fifo *q = smp_fifo_of(tid, upid);
+    if (!q)
+        return;
+    u32 t = q->tail;
+    if (t - q->head >= SMP_FIFO) {
+        /* full: the oldest goes. If it is still waiting and has no id to be matched by, its
+         * span is lost: count it, never silently */
+        u64 old = q->keys[q->head & (SMP_FIFO - 1)];
+        struct smp_span *o = smp_pending_span(old);
+        if (o && !o->us_tx_end && !o->rid_hash)
+            smp_count_drop();
+        q->head++;
+    }
+    q->keys[t & (SMP_FIFO - 1)] = handle;
+    q->tail = t + 1;
+}
+
+/* The oldest request this thread read and has not sent on yet (its handle in *handle). */
+SMP_INLINE struct smp_span *smp_fifo_pop(u32 tid, u64 *handle)
+{
+    struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
+    if (!q)
+        return 0;
+    for (int i = 0; i < SMP_FIFO; i++) {
+        if (q->head == q->tail)
+            break;
+        u64 k = q->keys[q->head & (SMP_FIFO - 1)];
+        q->head++;
+        struct smp_span *cand = smp_pending_span(k);
+        if (cand && !cand->us_tx_end) {
+            *handle = k;
+            return cand;
+        }
+    }
+    return 0;
+}
+
+/* -- TLS upstreams (mTLS between sidecars) --------------------------------------------------
+ * Streams multiplexed inside TLS cannot be told apart: a worker thread's last TLS upstream
+ * write and read are kept, and an HTTP/2 downstream stream whose upstream was TLS takes them
+ * as its upstream instants (flag SMP_F_US_TLS: per burst, not per stream). */
+struct smp_tls_seen {
+    u64 us_tx;      /* the thread's last write to a TLS upstream */
+    u64 us_rx;      /* ... and read */
+    s32 us_fd;
+    u32 upid;       /* so user space can drop a detached process's threads */
+};
+BPF_TABLE("lru_hash", u32, struct smp_tls_seen, smp_tls_last, SMP_MAX_THREADS);
+
+SMP_INLINE void smp_tls_burst(struct smp_io *io)
+{
+    u32 tid = io->tid;
+    struct smp_tls_seen *t = smp_tls_last.lookup(&tid);
+    if (!t) {
+        struct smp_tls_seen fresh = {};
+        fresh.upid = io->upid;
+        smp_tls_last.update(&tid, &fresh);
+        t = smp_tls_last.lookup(&tid);
+        if (!t)
+            return;
+    }
+    if (io->is_read) {
+        t->us_rx = io->ts;
+    } else {
+        t->us_tx = io->ts;
+        t->us_fd = io->fd;
+    }
+}
+
+/* An HTTP/2 downstream response starts at now with no upstream answer: if the thread wrote
+ * to a TLS upstream since the request was read, that burst is its upstream leg. */
+SMP_INLINE int smp_tls_upstream(u32 tid, struct smp_span *d, u64 now)
+{
+    struct smp_tls_seen *t = smp_tls_last.lookup(&tid);
+    if (!t || t->us_tx < d->ds_rx_beg || t->us_tx > now)
+        return 0;
+    d->us_tx_beg = t->us_tx;
+    d->us_tx_end = t->us_tx;
+    d->us_rx_beg = t->us_rx >= t->us_tx && t->us_rx <= now ? t->us_rx : 0;
+    d->us_rx_arr = 0;
+    d->us_fd = t->us_fd;
+    d->flags = (d->flags & ~(SMP_F_MATCH_THREAD | SMP_F_US_H2)) | SMP_F_US_TLS;
+    return 1;
+}
+
+/* -- upstream answers, in the order a worker thread reads them ------------------------------
+ * Envoy does not write a batch of requests upstream in the order it read them (8 streams of
+ * one HTTP/2 read: thread order right for 1 in 4), but it encodes each downstream response
+ * as it reads the upstream one. So the upstream leg of a downstream response is the oldest
+ * upstream answer the thread read, preferring one whose request thread order gave to the
+ * same downstream connection (Envoy flushes downstream connections one after another).
+ * Each answer carries its upstream instants and request id, copied, so the upstream
+ * connection can carry its next request before the downstream write. Answers older than
+ * SMP_ANS_MAX_AGE_NS (their downstream went away) are skipped and counted. */
+#ifndef SMP_ANS_DEPTH
+#define SMP_ANS_DEPTH 64
+#endif
+#ifndef SMP_ANS_SCAN
+#define SMP_ANS_SCAN 32
+#endif
+#ifndef SMP_ANS_MAX_AGE_NS
+#define SMP_ANS_MAX_AGE_NS 50000000ULL
+#endif
+struct smp_ans_key {
+    u32 tid;
+    u32 seq;
+};
+struct smp_ans {
+    u64 us_tx_beg;
+    u64 us_tx_end;
+    u64 us_rx_beg;
+    u64 us_rx_arr;
+    u64 rid_hash;
+    s32 us_fd;
+    u32 us_sid;
+    s32 ds_fd;      /* the downstream connection thread order gave the request (a hint) */
+    u8 rid_len;
+    u8 pad[3];
+    char rid[SMP_RID_LEN];
+};
+struct smp_ans_q {
+    u32 head;
+    u32 tail;
+    u32 upid;       /* so user space can drop a detached process's threads */
+    u32 pad;
+};
+BPF_TABLE("lru_hash", u32, struct smp_ans_q, smp_ans_queue, SMP_MAX_THREADS);
+BPF_TABLE("lru_hash", struct smp_ans_key, struct smp_ans, smp_ans_entries, SMP_MAX_STREAMS);
+BPF_PERCPU_ARRAY(smp_ans_init, struct smp_ans, 1);
+BPF_PERCPU_ARRAY(smp_ans_out, struct smp_ans, 1);
+
+/* An upstream response starts at ts: queue the upstream leg held in s (an upstream
+ * connection's or stream's own record). */
+SMP_INLINE void smp_ans_push(u32 tid, u32 upid, struct smp_span *s, u64 ts, u64 arr)
+{
+    struct smp_ans_q *q = smp_ans_queue.lookup(&tid);
+    if (!q) {
+        struct smp_ans_q fresh = {};
+        fresh.upid = upid;
+        smp_ans_queue.update(&tid, &fresh);
+        q = smp_ans_queue.lookup(&tid);
+        if (!q)
+            return;
+    }
+    int zero = 0;
+    struct smp_ans *a = smp_ans_init.lookup(&zero);
+    if (!a)
+        return;
+    a->us_tx_beg = s->us_tx_beg;
+    a->us_tx_end = s->us_tx_end;
+    a->us_rx_beg = ts;
+    a->us_rx_arr = arr;
+    a->us_fd = s->us_fd;
+    a->us_sid = s->us_sid;
+    a->ds_fd = s->ds_fd;
+    a->rid_hash = s->rid_hash;
+    a->rid_len = s->rid_len;
+    __builtin_memcpy(a->rid, s->rid, SMP_RID_LEN);
+    u32 t = q->tail;
+    if (t - q->head >= SMP_ANS_DEPTH) {
+        struct smp_ans_key old = {tid, q->head};
+        smp_ans_entries.delete(&old);
+        q->head++;
+    }
+    struct smp_ans_key k = {tid, t};
+    smp_ans_entries.update(&k, a);
+    q->tail = t + 1;
+}
+
+/* A downstream response starts at now on downstream fd ds_fd: its upstream answer (in a
+ * per-CPU buffer), or 0. */
+SMP_INLINE struct smp_ans *smp_ans_pop(u32 tid, u64 now, s32 ds_fd, struct smp_proc_stats *ps)
+{
+    struct smp_ans_q *q = smp_ans_queue.lookup(&tid);
+    if (!q)
+        return 0;
+    int zero = 0;
+    struct smp_ans *out = smp_ans_out.lookup(&zero);
+    if (!out)
+        return 0;
+    u32 head = q->head, tail = q->tail;
+    u32 pick = tail, first = tail;
+    for (u32 i = 0; i < SMP_ANS_SCAN; i++) {
+        u32 h = head + i;
+        if (h == tail)
+            break;
+        struct smp_ans_key k = {tid, h};
+        struct smp_ans *a = smp_ans_entries.lookup(&k);
+        if (!a) {
+            if (h == q->head)
+                q->head = h + 1;  /* a hole an earlier pick left */
+            continue;
+        }
+        if (now > a->us_rx_beg + SMP_ANS_MAX_AGE_NS) {
+            smp_ans_entries.delete(&k);
+            if (h == q->head)
+                q->head = h + 1;
+            if (ps)
+                __sync_fetch_and_add(&ps->stale_answers, 1);
+            continue;
+        }
+        if (first == tail)
+            first = h;
+        if (a->ds_fd == ds_fd) {
+            pick = h;
+            break;
+        }
+    }
+    if (pick == tail)
+        pick = first;
+    if (pick == tail)
+        return 0;
+    struct smp_ans_key k = {tid, pick};
+    struct smp_ans *a = smp_ans_entries.lookup(&k);
+    if (!a)
+        return 0;
+    __builtin_memcpy(out, a, sizeof(*out));
+    smp_ans_entries.delete(&k);
+    if (pick == q->head)
+        q->head = pick + 1;
+    return out;
+}
+
+/* The upstream leg of an answer, onto a downstream span. */
+SMP_INLINE void smp_ans_apply(struct smp_span *d, struct smp_ans *a)
+{
+    d->us_tx_beg = a->us_tx_beg;
+    d->us_tx_end = a->us_tx_end;
+    d->us_rx_beg = a->us_rx_beg;
+    d->us_rx_arr = a->us_rx_arr;
+    d->us_fd = a->us_fd;
+    d->us_sid = a->us_sid;
+    d->flags = (d->flags & ~(SMP_F_MATCH_THREAD | SMP_F_US_H2)) | SMP_F_MATCH_RESP |
+               (a->us_sid ? SMP_F_US_H2 : 0);
+    if (a->rid_len)
+        smp_copy_rid(d, a->rid_len, a->rid_hash, a->rid);
+}
+
+/* -- HTTP/2 streams ------------------------------------------------------------------------
+ * The frame walk (smp_h2_step) calls smp_h2_frame for each frame header; each downstream
+ * stream becomes a span with the same legs as HTTP/1.1:
+ *   downstream HEADERS read      -> ds_rx_beg; pushed on the thread's FIFO
+ *   upstream HEADERS write       -> the upstream stream's us_tx_beg, us_tx_end (and a FIFO pop,
+ *                                   which keeps the FIFO in step for HTTP/1.1 neighbours)
+ *   upstream DATA write          -> us_tx_end (the last write of the request)
+ *   upstream frame read (first)  -> us_rx_beg: the answer is queued
+ *   downstream response starts   -> the upstream leg from the answer queue
+ *   downstream DATA write        -> ds_tx_data (the first: a gRPC reply's first message)
+ *   downstream END_STREAM write  -> ds_tx_end, the span is emitted
+ * An HTTP/1.1 leg on either side uses the HTTP/1.1 code, which queues and takes answers the
+ * same way. */
+SMP_INLINE void smp_h2_frame(struct smp_h2_ctx *x, struct smp_proc_stats *ps, u8 type, u8 flags,
+                             u32 sid, u32 flen)
+{
+    if (!sid || type > H2_CONTINUATION)
+        return;  /* connection-level (SETTINGS, PING, GOAWAY, WINDOW_UPDATE) or extension */
+    struct smp_h2_skey sk = {};
+    sk.conn = x->key;
+    sk.sid = sid;
+    sk.gen = x->gen;
+    u8 end = (flags & H2_END_STREAM) && (type == H2_HEADERS || type == H2_DATA);
+    struct smp_h2_stream *st = smp_h2_streams.lookup(&sk);
+    int zero = 0;
+    if (x->role == SMP_ROLE_DS && x->is_read) {
+        if (type == H2_HEADERS && !st) {
+            struct smp_h2_stream *init = smp_h2_stream_init.lookup(&zero);
+            if (!init)
+                return;
+            u64 handle = SMP_H2_TAG | ((bpf_ktime_get_ns() << 4 | bpf_get_smp_processor_id()) &
+                                       0xffffffffffffULL);
+            struct smp_span *s = &init->span;
+            s->kind = x->mode == SMP_MODE_APP ? SMP_SPAN_SERVER : SMP_SPAN_PROXY;
+            s->tgid = x->upid;
+            s->tid = x->tid;
+            s->ds_fd = x->fd;
+            s->us_fd = -1;
+            s->ds_sid = sid;
+            s->ds_rx_beg = x->ts;
+            s->ds_rx_arr = x->arr;
+            x->arr = 0;  /* the read's arrival stamp is its first bytes': the first stream's */
+            s->flags = SMP_F_DS_H2;
+            init->handle = handle;
+            smp_h2_streams.update(&sk, init);
+            __builtin_memset(init, 0, sizeof(*init));
+            if (x->mode == SMP_MODE_PROXY) {
+                smp_h2_handles.update(&handle, &sk);
+                smp_fifo_push(x->tid, x->upid, handle);
+            }
+        } else if (st && type == H2_DATA) {
+            st->span.req_bytes += flen;
+        } else if (st && type == H2_RST_STREAM) {
+            smp_h2_streams.delete(&sk);
+            if (ps)
+                __sync_fetch_and_add(&ps->h2_resets, 1);
+        }
+        return;
+    }
+    if (x->role == SMP_ROLE_DS) {
+        /* the response, written downstream */
+        if (!st)
+            return;
+        if (type == H2_RST_STREAM) {
+            smp_h2_streams.delete(&sk);
+            if (ps)
+                __sync_fetch_and_add(&ps->h2_resets, 1);
+            return;
+        }
+        if (st->state == H2_DS_OPEN) {
+            /* the response starts: the upstream answer it carries */
+            st->state = H2_DS_ANSWERED;
+            if (x->mode == SMP_MODE_PROXY) {
+                struct smp_ans *a = smp_ans_pop(x->tid, x->ts, x->fd, ps);
+                if (a)
+                    smp_ans_apply(&st->span, a);
+                else if (!smp_tls_upstream(x->tid, &st->span, x->ts))
+                    st->state = H2_DS_LOCAL;
+            }
+        }
+        if (st->state == H2_DS_LOCAL) {
+            /* no upstream answer: a local reply (no route, no upstream), not a span */
+            if (end) {
+                smp_h2_streams.delete(&sk);
+                if (ps)
+                    __sync_fetch_and_add(&ps->local_replies, 1);
+            }
+            return;
+        }
+        if (type == H2_DATA) {
+            st->span.resp_bytes += flen;
+            if (!st->span.ds_tx_data)
+                st->span.ds_tx_data = x->ts;
+        }
+        if (end) {
+            st->span.ds_tx_end = x->ts;
+            if (!smp_emit_span(&st->span) && ps)
+                __sync_fetch_and_add(&ps->spans, 1);
+            smp_h2_streams.delete(&sk);
+        }
+        return;
+    }
+    /* SMP_ROLE_US: the proxy's own HTTP/2 client connection */
+    if (!x->is_read) {
+        if (type == H2_HEADERS && !st) {
+            u64 h = 0;
+            struct smp_span *d = smp_fifo_pop(x->tid, &h);
+            s32 ds_fd = -1;
+            if (d) {
+                /* thread order: kept for HTTP/1.1 downstreams; answers correct it */
+                d->us_fd = x->fd;
+                d->us_sid = sid;
+                d->us_tx_beg = x->ts_call;
+                d->us_tx_end = x->ts;
+                d->flags |= SMP_F_MATCH_THREAD | SMP_F_US_H2;
+                ds_fd = d->ds_fd;
+            }
+            struct smp_h2_stream *init = smp_h2_stream_init.lookup(&zero);
+            if (!init)
+                return;
+            init->span.ds_fd = ds_fd;
+            init->span.us_fd = x->fd;
+            init->span.us_sid = sid;
+            init->span.us_tx_beg = x->ts_call;
+            init->span.us_tx_end = x->ts;
+            smp_h2_streams.update(&sk, init);
+            __builtin_memset(init, 0, sizeof(*init));
+            return;
+        }
+        if (!st)
+            return;
+        if (type == H2_RST_STREAM) {
+            smp_h2_streams.delete(&sk);
+            return;
+        }
+        if (!st->span.us_rx_beg)
+            st->span.us_tx_end = x->ts;  /* a later frame of the request (its body) */
+        return;
+    }
+    /* upstream frames read: the first one starts the answer */
+    if (!st)
+        return;
+    if (type != H2_RST_STREAM)
+        smp_ans_push(x->tid, x->upid, &st->span, x->ts, x->arr);
+    x->arr = 0;  /* a later stream's bytes in this read may have arrived later: unknown */
+    smp_h2_streams.delete(&sk);
+}
+
+/* The call's bytes from the cursor on are lost to the walk: counted, resynchronised later. */
+SMP_INLINE void smp_h2_lost(struct smp_h2_call *k, struct smp_h2_dir *d, struct smp_proc_stats *ps)
+{
+    u64 key = k->x.key;
+    struct smp_conn *c = smp_conns.lookup(&key);
+    d->synced = 0;
+    d->skip = 0;
+    d->have = 0;
+    if (ps)
+        __sync_fetch_and_add(&ps->h2_desyncs, 1);
+    if (c)
+        smp_conn_unparsed(c, ps, k->x.fd, k->x.is_read, k->ret > k->done ? k->ret - k->done : 0);
+}
+
+/* Up to SMP_H2_PER_STEP frame headers of the call in smp_h2_scratch, then on to the next
+ * (a tail call: at most 33 in a chain, so up to 33 * SMP_H2_PER_STEP frames per call). Loaded
+ * by user space with the type of the path's programs. */
+#ifndef SMP_H2_PER_STEP
+#define SMP_H2_PER_STEP 4
+#endif
+int smp_h2_step(void *ctx)
+{
+    int zero = 0;
+    struct smp_h2_call *k = smp_h2_scratch.lookup(&zero);
+    if (!k)
+        return 0;
+    u64 key = k->x.key;
+    u32 upid = k->x.upid;
+    struct smp_h2_conn *hc = smp_h2_conns.lookup(&key);
+    if (!hc)
+        return 0;
+    struct smp_h2_dir *d = k->x.is_read ? &hc->rx : &hc->tx;
+    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
+    u8 f[16] = {};
+    for (int i = 0; i < SMP_H2_PER_STEP; i++) {
+        int r = smp_h2_next(k, d, f);
+        if (r < 0) {
+            smp_h2_lost(k, d, ps);
+            return 0;
+        }
+        if (r == 0) {
+            if (k->total < k->ret)
+                smp_h2_lost(k, d, ps);  /* more iovecs than followed: the rest, and the place */
+            return 0;
+        }
+        u32 flen = smp_h2_len(f);
+        d->skip = flen;
+        k->frames++;
+        struct smp_h2_ctx x = k->x;
+        smp_h2_frame(&x, ps, f[3], f[4], smp_h2_sid(f), flen);
+        k->x.arr = x.arr;
+    }
+    smp_h2_progs.call(ctx, 0);
+    /* the chain's length limit: fine if what is left is this frame's payload */
+    if (k->ret - k->done <= d->skip) {
+        d->skip -= k->ret - k->done;
+        return 0;
+    }
+    smp_h2_lost(k, d, ps);
+    return 0;
+}
+
+/* A read or write on a connection that is (or may be) HTTP/2: set the walk up and start it
+ * (a tail call: nothing after it runs). -1 when the bytes are not HTTP/2. */
+SMP_INLINE int smp_h2_begin(struct smp_conn *c, struct smp_io *io, u8 cls, struct smp_proc_stats *ps)
+{
+    int zero = 0;
+    struct smp_h2_call *k = smp_h2_scratch.lookup(&zero);
+    if (!k)
+        return 0;
+    if (smp_h2_gather(k, io->ptr, io->kind, io->ret)) {
+        if (c->proto != SMP_PROTO_H2)
+            return -1;
+        smp_conn_unparsed(c, ps, io->fd, io->is_read, io->ret);
+        return 0;
+    }
+    u64 key = io->key;
+    u64 pos = cls == CLS_H2PRI ? H2_PREFACE_LEN : 0;
+    struct smp_h2_conn *hc = smp_h2_conns.lookup(&key);
+    if (!hc || c->proto != SMP_PROTO_H2) {
+        if (cls != CLS_H2PRI && !smp_h2_plausible(k, 0))
+            return -1;
+        struct smp_h2_conn fresh = {};
+        fresh.gen = (u32)bpf_ktime_get_ns() | 1;
+        smp_h2_conns.update(&key, &fresh);
+        hc = smp_h2_conns.lookup(&key);
+        if (!hc)
+            return 0;
+        c->proto = SMP_PROTO_H2;
+    }
+    struct smp_h2_dir *d = io->is_read ? &hc->rx : &hc->tx;
+    if (cls == CLS_H2PRI || !d->synced) {
+        if (cls != CLS_H2PRI && !smp_h2_plausible(k, 0)) {
+            smp_conn_unparsed(c, ps, io->fd, io->is_read, io->ret);
+            return 0;
+        }
+        d->synced = 1;
+        d->skip = 0;
+        d->have = 0;
+    }
+    if (pos > k->len[0])
+        pos = k->len[0];
+    k->off = pos;
+    k->done = pos;
+    k->x.key = key;
+    k->x.ts = io->ts;
+    k->x.ts_call = io->ts_call;
+    k->x.arr = io->arr;
+    k->x.upid = io->upid;
+    k->x.tid = io->tid;
+    k->x.gen = hc->gen;
+    k->x.fd = io->fd;
+    k->x.role = c->role;
+    k->x.mode = io->mode;
+    k->x.is_read = io->is_read;
+    smp_h2_progs.call(io->ctx, 0);
+    /* no walk program (user space has not set it yet): the bytes are not followed */
+    smp_conn_unparsed(c, ps, io->fd, io->is_read, io->ret);
+    d->synced = 0;
+    return 0;
+}
+
 /* -- arrival stamps ----------------------------------------------------------------------
  * When bytes reach a traced connection's socket, before any thread reads them: the first
  * arrival since the last read is kept in the connection (smp_conn.arr) and taken by the next
@@ -535,20 +1153,31 @@ SMP_INLINE struct smp_conn *smp_conn_join(struct smp_io *io, u8 cls)
     if (seed) {
         role = *seed;
         smp_seed.delete(&seed_key);
-    } else if (cls == CLS_REQ) {
+    } else if (cls == CLS_REQ && (io->is_read || SMP_PATH == SMP_PATH_SOCK)) {
         role = io->is_read ? SMP_ROLE_DS : SMP_ROLE_US;
-    } else if (cls == CLS_RESP) {
+    } else if (cls == CLS_RESP && (io->is_read || SMP_PATH == SMP_PATH_SOCK)) {
+        /* (the syscalls path sees every fd: a write that starts like HTTP may go to a file,
+         * e.g. Envoy's access log flushed with writev, a slice starting at "POST") */
         role = io->is_read ? SMP_ROLE_US : SMP_ROLE_DS;
+    } else if (cls == CLS_H2PRI) {
+        role = io->is_read ? SMP_ROLE_DS : SMP_ROLE_US;
     } else if (cls == CLS_TLS && io->is_read) {
         /* we connect our upstreams in sight (connect, SYN_SENT): a TLS client hello read
          * on any other connection is a downstream's */
         role = SMP_ROLE_DS;
     }
+#if SMP_PATH == SMP_PATH_SOCK
+    if (role == SMP_ROLE_NONE && io->mode == SMP_MODE_PROXY)
+        role = SMP_ROLE_DS;  /* bytes no parser explains: an entry, so they count per
+                              * connection (our upstreams' connects are in sight) */
+#endif
     if (role == SMP_ROLE_NONE || (io->mode == SMP_MODE_APP && role != SMP_ROLE_DS))
         return 0;
     struct smp_conn *c = smp_conn_new(io->key, role, io->upid);
-    if (c && cls == CLS_RESP)  /* joined mid-exchange: wait for the next request */
+    if (c && cls == CLS_RESP) { /* joined mid-exchange: wait for the next request */
         c->phase = role == SMP_ROLE_US ? SMP_PHASE_RESPONSE : SMP_PHASE_IDLE;
+        c->proto = SMP_PROTO_H1;
+    }
     return c;
 }
 
@@ -575,21 +1204,7 @@ SMP_INLINE void smp_ds_request(struct smp_conn *c, struct smp_io *io, struct smp
         return;
     if (c->span.rid_hash)
         smp_rid_index.update(&c->span.rid_hash, &io->key);
-    struct smp_fifo *q = smp_fifo_of(io->tid, io->upid);
-    if (!q)
-        return;
-    u32 t = q->tail;
-    if (t - q->head >= SMP_FIFO) {
-        /* full: the oldest goes. If it is still waiting and has no id to be matched by, its
-         * span is lost: count it, never silently */
-        u64 old = q->keys[q->head & (SMP_FIFO - 1)];
-        struct smp_conn *o = smp_conns.lookup(&old);
-        if (o && o->phase == SMP_PHASE_REQUEST && !o->span.us_tx_end && !o->span.rid_hash)
-            smp_count_drop();
-        q->head++;
-    }
-    q->keys[t & (SMP_FIFO - 1)] = io->key;
-    q->tail = t + 1;
+    smp_fifo_push(io->tid, io->upid, io->key);
 }
 
 SMP_INLINE void smp_ds_read(struct smp_conn *c, struct smp_io *io, u8 cls, struct smp_scan *rid,
@@ -611,7 +1226,7 @@ SMP_INLINE void smp_ds_read(struct smp_conn *c, struct smp_io *io, u8 cls, struc
     if (c->tls || cls == CLS_REQ)
         smp_ds_request(c, io, rid);
     else
-        smp_count_unparsed(ps, io->ret);
+        smp_conn_unparsed(c, ps, io->fd, 1, io->ret);
 }
 
 /* A request matched by thread order to an upstream write that was another request's (the
@@ -689,15 +1304,28 @@ SMP_INLINE void smp_ds_write(struct smp_conn *c, struct smp_io *io, u8 cls,
 {
     /* only a plaintext response head: a TLS record may be a handshake or session ticket */
     if (c->phase == SMP_PHASE_REQUEST && io->mode == SMP_MODE_PROXY && !c->span.us_rx_beg &&
-        c->span.us_tx_end && (c->span.flags & SMP_F_MATCH_THREAD) && cls == CLS_RESP)
+        c->span.us_tx_end && (c->span.flags & SMP_F_MATCH_THREAD) && cls == CLS_RESP &&
+        !(c->span.flags & (SMP_F_US_H2 | SMP_F_US_TLS)))  /* HTTP/2: the answer queue's */
         smp_ds_repair(c, io);
     if (c->phase == SMP_PHASE_REQUEST) {
+        if (io->mode == SMP_MODE_PROXY && !(c->span.flags & SMP_F_US_TLS) &&
+            (c->span.us_rx_beg || (c->span.flags & SMP_F_US_H2))) {
+            /* the response starts: take the thread's upstream answer (keeping the queue in
+             * step); it decides the upstream leg when HTTP/2 is on the upstream side (thread
+             * order is not reliable there) and no request id matched */
+            struct smp_ans *a = smp_ans_pop(io->tid, io->ts, io->fd, ps);
+            if (a && !(c->span.flags & SMP_F_MATCH_RID) &&
+                (a->us_sid || (c->span.flags & SMP_F_US_H2)))
+                smp_ans_apply(&c->span, a);
+            else if (!a && (c->span.flags & SMP_F_US_H2))
+                c->span.us_rx_beg = 0;  /* no answer: a local reply */
+        }
         if (io->mode == SMP_MODE_PROXY && !c->span.us_rx_beg) {
             /* no upstream answer yet: a local reply or TLS handshake, not a span */
             c->phase = SMP_PHASE_IDLE;
             if (ps)
                 __sync_fetch_and_add(&ps->local_replies, 1);
-            smp_count_unparsed(ps, io->ret + c->span.req_bytes);
+            smp_conn_unparsed(c, ps, io->fd, 0, io->ret + c->span.req_bytes);
             return;
         }
         c->phase = SMP_PHASE_RESPONSE;
@@ -706,13 +1334,13 @@ SMP_INLINE void smp_ds_write(struct smp_conn *c, struct smp_io *io, u8 cls,
         c->span.ds_tx_end = io->ts;
         c->span.resp_bytes += io->ret;
     } else {
-        smp_count_unparsed(ps, io->ret);
+        smp_conn_unparsed(c, ps, io->fd, 0, io->ret);
     }
 }
 
 /* The downstream request an upstream request carries: by x-request-id, else the oldest
- * request this worker thread read and has not sent on yet. */
-SMP_INLINE struct smp_conn *smp_us_match(struct smp_io *io, struct smp_scan *rid, u64 *dkey,
+ * request this worker thread read and has not sent on yet (HTTP/1.1 or HTTP/2). */
+SMP_INLINE struct smp_span *smp_us_match(struct smp_io *io, struct smp_scan *rid, u64 *dkey,
                                          u16 *how)
 {
     if (rid && rid->rid_hash) {
@@ -721,8 +1349,8 @@ SMP_INLINE struct smp_conn *smp_us_match(struct smp_io *io, struct smp_scan *rid
         if (k) {
             u64 key = *k;
             smp_rid_index.delete(&h);
-            struct smp_conn *d = smp_conns.lookup(&key);
-            if (d && d->phase == SMP_PHASE_REQUEST && !d->span.us_tx_end) {
+            struct smp_span *d = smp_pending_span(key);
+            if (d && !d->us_tx_end) {
                 *dkey = key;
                 *how = SMP_F_MATCH_RID;
                 return d;
@@ -730,23 +1358,8 @@ SMP_INLINE struct smp_conn *smp_us_match(struct smp_io *io, struct smp_scan *rid
             /* an id seen twice: fall back to the thread's order */
         }
     }
-    u32 tid = io->tid;
-    struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
-    if (!q)
-        return 0;
-    for (int i = 0; i < SMP_FIFO; i++) {
-        if (q->head == q->tail)
-            break;
-        u64 k = q->keys[q->head & (SMP_FIFO - 1)];
-        q->head++;
-        struct smp_conn *cand = smp_conns.lookup(&k);
-        if (cand && cand->phase == SMP_PHASE_REQUEST && !cand->span.us_tx_end) {
-            *dkey = k;
-            *how = SMP_F_MATCH_THREAD;
-            return cand;
-        }
-    }
-    return 0;
+    *how = SMP_F_MATCH_THREAD;
+    return smp_fifo_pop(io->tid, dkey);
 }
 
 /* US, IDLE/RESPONSE -> REQUEST: a request sent upstream; REQUEST: more of it. */
@@ -754,32 +1367,49 @@ SMP_INLINE void smp_us_write(struct smp_conn *c, struct smp_io *io, struct smp_s
                              struct smp_proc_stats *ps)
 {
     if (c->phase == SMP_PHASE_REQUEST) {
-        u64 dk = c->ds_key;
-        struct smp_conn *d = smp_conns.lookup(&dk);
-        if (d && d->phase == SMP_PHASE_REQUEST && d->span.us_fd == io->fd)
-            d->span.us_tx_end = io->ts;
+        struct smp_span *d = smp_pending_span(c->ds_key);
+        if (d && d->us_fd == io->fd)
+            d->us_tx_end = io->ts;
+        c->span.us_tx_end = io->ts;
         return;
     }
     u64 dkey = 0;
     u16 how = 0;
-    struct smp_conn *d = smp_us_match(io, rid, &dkey, &how);
+    struct smp_span *d = smp_us_match(io, rid, &dkey, &how);
     if (!d) {
-        smp_count_unparsed(ps, io->ret);
+        smp_conn_unparsed(c, ps, io->fd, 0, io->ret);
         return;
     }
-    if (rid && rid->rid_len && !d->span.rid_len) {
+    if (rid && rid->rid_len && !d->rid_len && !SMP_IS_H2_HANDLE(dkey)) {
         /* the proxy made the id (none came from downstream): adopt it, so the app's span
-         * of this request can be joined to this one */
-        smp_copy_rid(&d->span, rid->rid_len, rid->rid_hash, rid->rid);
-        d->span.flags |= SMP_F_RID_ADOPTED;
+         * of this request can be joined to this one (an HTTP/2 stream takes it from its
+         * answer) */
+        smp_copy_rid(d, rid->rid_len, rid->rid_hash, rid->rid);
+        d->flags |= SMP_F_RID_ADOPTED;
     }
-    d->us_key = io->key;
-    d->span.us_fd = io->fd;
-    d->span.us_tx_beg = io->ts_call;
-    d->span.us_tx_end = io->ts;
-    d->span.flags |= how;
+    if (!SMP_IS_H2_HANDLE(dkey)) {
+        struct smp_conn *dc = smp_conns.lookup(&dkey);
+        if (dc)
+            dc->us_key = io->key;
+    }
+    d->us_fd = io->fd;
+    d->us_tx_beg = io->ts_call;
+    d->us_tx_end = io->ts;
+    d->flags |= how;
+    if (c->proto == SMP_PROTO_TLS)
+        d->flags |= SMP_F_US_TLS;
     c->ds_key = dkey;
     c->phase = SMP_PHASE_REQUEST;
+    /* the connection's own record of this request, for the answer queue */
+    c->span.ds_fd = d->ds_fd;
+    c->span.us_fd = io->fd;
+    c->span.us_sid = 0;
+    c->span.us_tx_beg = io->ts_call;
+    c->span.us_tx_end = io->ts;
+    c->span.rid_len = 0;
+    c->span.rid_hash = 0;
+    if (rid && rid->rid_len)
+        smp_copy_rid(&c->span, rid->rid_len, rid->rid_hash, rid->rid);
 }
 
 /* US, REQUEST -> RESPONSE: the response's first bytes. */
@@ -796,13 +1426,14 @@ SMP_INLINE void smp_us_read(struct smp_conn *c, struct smp_io *io)
         q->rsp[t & (SMP_RFIFO - 1)] = io->key;
         q->rtail = t + 1;
     }
-    u64 dk = c->ds_key;
-    struct smp_conn *d = smp_conns.lookup(&dk);
-    if (d && d->phase == SMP_PHASE_REQUEST && d->span.us_fd == io->fd && !d->span.us_rx_beg) {
-        d->span.us_rx_beg = io->ts;
-        d->span.us_rx_arr = io->arr;
+    struct smp_span *d = smp_pending_span(c->ds_key);
+    if (d && d->us_fd == io->fd && !d->us_rx_beg && !(d->flags & SMP_F_DS_H2)) {
+        d->us_rx_beg = io->ts;
+        d->us_rx_arr = io->arr;
     }
     c->phase = SMP_PHASE_RESPONSE;
+    if (c->proto != SMP_PROTO_TLS)  /* a TLS burst answers no one stream */
+        smp_ans_push(io->tid, io->upid, &c->span, io->ts, io->arr);
 }
 
 SMP_INLINE void smp_count_bytes(struct smp_proc_stats *ps, struct smp_io *io)
@@ -846,6 +1477,21 @@ SMP_INLINE int smp_on_io(struct smp_io *io)
     }
     if (io->is_read)
         io->arr = smp_arrival_take(c, io->ts);
+    if (c->proto == SMP_PROTO_H2 || cls == CLS_H2PRI ||
+        (c->proto == SMP_PROTO_NONE && cls == CLS_OTHER)) {
+        if (!smp_h2_begin(c, io, cls, ps))
+            return 0;
+    }
+    if (cls == CLS_REQ || cls == CLS_RESP)
+        c->proto = SMP_PROTO_H1;
+    else if (cls == CLS_TLS && c->proto == SMP_PROTO_NONE)
+        c->proto = SMP_PROTO_TLS;
+    if (c->proto == SMP_PROTO_NONE) {
+        smp_conn_unparsed(c, ps, io->fd, io->is_read, io->ret);
+        return 0;
+    }
+    if (c->proto == SMP_PROTO_TLS && c->role == SMP_ROLE_US)
+        smp_tls_burst(io);
     if (c->role == SMP_ROLE_DS) {
         if (io->is_read)
             smp_ds_read(c, io, cls, rid, ps);
@@ -877,8 +1523,13 @@ SMP_INLINE void smp_conn_close(u64 key, int remove)
             __sync_fetch_and_add(&ps->aborted, 1);
         c->phase = SMP_PHASE_IDLE;
     }
-    if (remove && !smp_conns.delete(&key))
-        smp_gate_add(key, -1);
+    if (remove) {
+        smp_emit_unparsed(c);
+        if (c->proto == SMP_PROTO_H2)
+            smp_h2_conns.delete(&key);
+        if (!smp_conns.delete(&key))
+            smp_gate_add(key, -1);
+    }
 }
 
 SMP_INLINE void smp_conn_role(u64 key, u8 role, u32 tgid)
@@ -898,7 +1549,7 @@ SMP_INLINE void smp_conn_role(u64 key, u8 role, u32 tgid)
 #endif
 #include <asm/ptrace.h>   /* struct pt_regs: the user register frame, ptrace ABI */
 
-SMP_INLINE int smp_sock_io(u64 sk, s32 ret, u32 flags, u8 is_read)
+SMP_INLINE int smp_sock_io(void *ctx, u64 sk, s32 ret, u32 flags, u8 is_read)
 {
     /* before the PID filter: an event-loop proxy's every read is followed by one that
      * returns EAGAIN */
@@ -949,23 +1600,27 @@ SMP_INLINE int smp_sock_io(u64 sk, s32 ret, u32 flags, u8 is_read)
         smp_xmit_forget((u32)id);
     else
         io.ts = smp_xmit_take((u32)id, io.ts - SMP_XMIT_WINDOW_NS, io.ts, io.ts);
-    io.ts_call = io.ts;  /* the write's first packet, when stamped: us_tx_beg <= us_tx_end */
+    io.ts_call = io.ts;  /* no entry instant on this path: a write's start is its stamp (never
+                          * after it: us_tx_beg <= us_tx_end) */
     io.ret = ret;
     io.tid = (u32)id;
     io.fd = (s32)regs->di;
     io.is_read = is_read;
     io.buf = smp_first_buf(regs->si, kind, ret, &io.len);
+    io.ptr = regs->si;
+    io.kind = kind;
+    io.ctx = ctx;
     return smp_on_io(&io);
 }
 
 RAW_TRACEPOINT_PROBE(sock_recv_length)
 {
-    return smp_sock_io(ctx->args[0], (s32)ctx->args[1], (u32)ctx->args[2], 1);
+    return smp_sock_io(ctx, ctx->args[0], (s32)ctx->args[1], (u32)ctx->args[2], 1);
 }
 
 RAW_TRACEPOINT_PROBE(sock_send_length)
 {
-    return smp_sock_io(ctx->args[0], (s32)ctx->args[1], (u32)ctx->args[2], 0);
+    return smp_sock_io(ctx, ctx->args[0], (s32)ctx->args[1], (u32)ctx->args[2], 0);
 }
 
 /* (const struct sock *sk, int oldstate, int newstate): a traced process's connect() puts
@@ -1006,7 +1661,7 @@ SMP_INLINE int smp_enter(u32 fd, u64 ptr, u8 io, u8 skip)
     return 0;
 }
 
-SMP_INLINE int smp_exit(s64 ret, u8 is_read)
+SMP_INLINE int smp_exit(void *ctx, s64 ret, u8 is_read)
 {
     u64 id = bpf_get_current_pid_tgid();
     struct smp_args *a = smp_args_map.lookup(&id);
@@ -1033,6 +1688,9 @@ SMP_INLINE int smp_exit(s64 ret, u8 is_read)
     io.is_read = is_read;
     io.buf = smp_first_buf(args.ptr, args.io, ret, &io.len);
     io.ret = args.io == IO_MMSG ? io.len : (u32)ret;
+    io.ptr = args.ptr;
+    io.kind = args.io;
+    io.ctx = ctx;
     if (is_read)
         smp_arrival_learn(io.tid, io.key, args.ts);
     return smp_on_io(&io);
@@ -1040,36 +1698,36 @@ SMP_INLINE int smp_exit(s64 ret, u8 is_read)
 
 /* reads */
 TRACEPOINT_PROBE(syscalls, sys_enter_read) { return smp_enter(args->fd, (u64)args->buf, IO_PTR, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_read) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return smp_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return smp_enter(args->fd, (u64)args->vec, IO_IOV, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return smp_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
 {
     return smp_enter(args->fd, (u64)args->ubuf, IO_PTR, (args->flags & MSG_PEEK) != 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return smp_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg)
 {
     return smp_enter(args->fd, (u64)args->msg, IO_MSG, (args->flags & MSG_PEEK) != 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return smp_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg)
 {
     return smp_enter(args->fd, (u64)args->mmsg, IO_MMSG, (args->flags & MSG_PEEK) != 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return smp_exit(args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return smp_exit(args, args->ret, 1); }
 
 /* writes */
 TRACEPOINT_PROBE(syscalls, sys_enter_write) { return smp_enter(args->fd, (u64)args->buf, IO_PTR, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_write) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return smp_exit(args, args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return smp_enter(args->fd, (u64)args->vec, IO_IOV, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return smp_exit(args, args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return smp_enter(args->fd, (u64)args->buff, IO_PTR, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return smp_exit(args, args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return smp_enter(args->fd, (u64)args->msg, IO_MSG, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return smp_exit(args, args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return smp_enter(args->fd, (u64)args->mmsg, IO_MMSG, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return smp_exit(args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return smp_exit(args, args->ret, 0); }
 
 /* connection roles: accepted sockets are downstream, connected ones upstream */
 SMP_INLINE int smp_fd_role(s64 fd, u8 role)

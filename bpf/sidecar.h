@@ -1,4 +1,4 @@
-/* sidecar: one record per HTTP/1.1 request through a traced proxy or app process.
+/* sidecar: one record per HTTP/1.1 request or HTTP/2 stream through a traced proxy or app.
  *
  * Shared by bpf/sidecar.c and profiler/probes/sidecar.py, which reads the enums, the flags
  * and struct smp_span from this file (profiler/probes/cheader.py: no second copy, no BCC
@@ -69,6 +69,15 @@ enum smp_phase {
 enum smp_span_kind {
     SMP_SPAN_PROXY = 1,
     SMP_SPAN_SERVER = 2,
+    SMP_SPAN_UNPARSED = 3,  /* not a request: a connection's bytes no protocol explained */
+};
+
+/* What a connection's bytes were recognised as (struct smp_conn.proto). */
+enum smp_proto {
+    SMP_PROTO_NONE = 0,     /* not (yet) recognised: its bytes count as unparsed */
+    SMP_PROTO_H1 = 1,
+    SMP_PROTO_H2 = 2,
+    SMP_PROTO_TLS = 3,
 };
 
 /* flags */
@@ -78,6 +87,11 @@ enum smp_span_kind {
 #define SMP_F_DRAINED 0x8       /* read from the connection table at the end, not emitted */
 #define SMP_F_RID_ADOPTED 0x10  /* the id is the one the proxy added upstream (none came in) */
 #define SMP_F_REPAIRED 0x20     /* thread match corrected at the response (pool reordering) */
+#define SMP_F_DS_H2 0x40        /* downstream leg is an HTTP/2 stream (ds_sid) */
+#define SMP_F_US_H2 0x80        /* upstream leg is an HTTP/2 stream (us_sid) */
+#define SMP_F_MATCH_RESP 0x100  /* upstream leg paired by response order (see sidecar.c) */
+#define SMP_F_US_TLS 0x200      /* upstream leg is TLS (mTLS): its instants are the worker
+                                 * thread's TLS read/write bursts, not this request's own */
 
 struct smp_span {
     u64 ds_rx_beg;
@@ -99,6 +113,12 @@ struct smp_span {
     u8 rid_len;
     u8 pad[3];
     char rid[SMP_RID_LEN];
+    /* HTTP/2 (zero for HTTP/1.1). A SMP_SPAN_UNPARSED record uses ds_rx_beg (when it was
+     * written), ds_fd or us_fd (the connection, by role) and req_bytes/resp_bytes (bytes read
+     * and written on it that no span explains). */
+    u64 ds_tx_data;         /* first DATA frame of the response written downstream */
+    u32 ds_sid;             /* downstream stream id */
+    u32 us_sid;             /* upstream stream id */
 };
 
 /* One connection of a traced process. The key of smp_conns is the kernel's socket pointer
@@ -112,9 +132,13 @@ struct smp_conn {
     u8 role;                /* enum smp_role */
     u8 phase;               /* enum smp_phase */
     u8 tls;
-    u8 pad;
+    u8 proto;               /* enum smp_proto */
     u64 arr;                /* first arrival of bytes not read yet (0: none seen) */
-    struct smp_span span;   /* DS: the request in progress */
+    struct smp_span span;   /* DS: the request in progress. US: its own request's leg */
+    u64 unparsed_rx;        /* bytes on this connection no span explains */
+    u64 unparsed_tx;
+    s32 fd;                 /* its fd, once it has unparsed bytes */
+    u32 pad2;
 };
 
 /* The value of smp_filter_pids (key: the kernel's init-namespace tgid). */
@@ -136,6 +160,10 @@ struct smp_proc_stats {
     u64 pipelined;          /* request heads read while the connection's previous request
                              * was still open: no span of their own */
     u64 aborted;            /* downstream connections closed with a request open */
+    u64 unparsed_conns;     /* connections with unparsed bytes */
+    u64 h2_resets;          /* HTTP/2 streams reset (RST_STREAM) before they ended: no span */
+    u64 h2_desyncs;         /* times the HTTP/2 frame walk lost its place (bytes: unparsed) */
+    u64 stale_answers;      /* upstream answers no downstream response took within 50 ms */
 };
 
 #endif

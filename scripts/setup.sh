@@ -11,6 +11,7 @@ DEB_PACKAGES=(
   iptables iproute2                                # the testbed's traffic capture and pods
   tcpdump                                          # packet captures: the wire truth of the accuracy tests
   wrk hey                                          # load generators people already use
+  nghttp2-client                                   # h2load: HTTP/2 and gRPC load in the tests
   gcc                                              # the benchmarks' C loops (benchmarks/*.c)
   chromium fonts-dejavu-core                       # the HTML report's browser test
   prometheus                                       # the DaemonSet's metrics, scraped for real

@@ -37,6 +37,78 @@ SPAN_COLUMNS = (
 )
 
 
+UNPARSED_WARN_SHARE = 0.05  # unparsed bytes above this share of a target's socket bytes warn
+
+
+def unparsed_doc(
+    stats: Mapping[str, int], conns: Iterable[tuple[int, str, int, int]], conns_seen: int
+) -> dict[str, Any]:
+    """Bytes on the target's connections that no span explains (a protocol the probe does
+    not parse, HTTP/2 frames it lost its place in, local replies): never silent. ``share``
+    is of all its socket bytes; ``connections`` lists the largest, per connection."""
+    total = int(stats.get("rx_bytes", 0)) + int(stats.get("tx_bytes", 0))
+    unparsed = int(stats.get("unparsed_bytes", 0))
+    return {
+        "bytes": unparsed,
+        "share": round(unparsed / total, 6) if total else 0.0,
+        "connections_total": max(int(stats.get("unparsed_conns", 0)), conns_seen),
+        "connections": [
+            {"fd": fd, "role": role, "bytes_rx": rx, "bytes_tx": tx} for fd, role, rx, tx in conns
+        ],
+        "unattributed_calls": int(stats.get("unattributed", 0)),
+        "http2_desyncs": int(stats.get("h2_desyncs", 0)),
+        "http2_resets": int(stats.get("h2_resets", 0)),
+        "stale_answers": int(stats.get("stale_answers", 0)),
+    }
+
+
+def stream_times(rows: list[np.ndarray], h2_flag: int) -> dict[str, Any]:
+    """HTTP/2 downstream streams (gRPC calls): from the request's first bytes read to the
+    first DATA frame of the response written (a gRPC reply's first message) and to the end
+    of the stream, in ms (count, p50, p90, p99); the streams are the spans kept."""
+    out: dict[str, Any] = {}
+    s = np.concatenate(rows) if rows else None
+    if s is None or not len(s):
+        return out
+    s = s[(s["flags"] & h2_flag) != 0]
+    beg = s["ds_rx_beg"].astype(np.int64)
+    for name, end in (("first_data", s["ds_tx_data"]), ("end_of_stream", s["ds_tx_end"])):
+        e = end.astype(np.int64)
+        ok = (e > 0) & (e >= beg)
+        ms = (e[ok] - beg[ok]) / 1e6
+        if len(ms):
+            p50, p90, p99 = np.percentile(ms, [50, 90, 99]).tolist()
+            out[name] = {"count": len(ms), "p50_ms": round(p50, 6), "p90_ms": round(p90, 6),
+                         "p99_ms": round(p99, 6)}  # fmt: skip
+    return out
+
+
+def warnings(*groups: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One line per target whose unparsed bytes exceed UNPARSED_WARN_SHARE of its traffic."""
+    out = []
+    for entries in groups:
+        for e in entries:
+            u = e.get("unparsed") or {}
+            share = float(u.get("share") or 0.0)
+            if share > UNPARSED_WARN_SHARE:
+                out.append(
+                    f"pid {e.get('pid')} ({e.get('comm') or '?'}): {u.get('bytes', 0)} bytes "
+                    f"({100 * share:.0f}% of its socket bytes) on "
+                    f"{u.get('connections_total', 0)} connection(s) were not parsed as "
+                    f"HTTP/1.1 or HTTP/2: their requests are not in the "
+                    f"{e.get('requests', 0)} counted"
+                )
+            bad, good = int(e.get("incomplete_spans") or 0), int(e.get("requests") or 0)
+            if bad > UNPARSED_WARN_SHARE * (bad + good):
+                out.append(
+                    f"pid {e.get('pid')} ({e.get('comm') or '?'}): {bad} of {bad + good} "
+                    "spans were incomplete (instants out of order) and are not counted: "
+                    "e.g. HTTP/2 inside TLS on the downstream side cannot be followed per "
+                    "stream"
+                )
+    return out
+
+
 def leg_stats(values_us: Iterable[float] | None, hist: LatencyHistogram) -> dict[str, Any]:
     """count/min/mean/percentiles in ms: exact from the spans when we have them all, else
     from the histogram; the histogram always goes along for merging."""

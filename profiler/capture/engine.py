@@ -26,16 +26,22 @@ from profiler.daemon.snapshot import Snapshot, TargetSnapshot
 from profiler.histogram import LatencyHistogram
 from profiler.legs import APP_LEGS, PROXY_LEGS, arrivals_missing, proxy_instants, proxy_legs_ns
 from profiler.probes.sidecar import (
+    F_DS_H2,
     F_DS_TLS,
+    F_MATCH_RESP,
     F_MATCH_RID,
     F_MATCH_THREAD,
+    F_US_H2,
+    F_US_TLS,
     KIND_PROXY,
     KIND_SERVER,
+    KIND_UNPARSED,
     Mode,
     SidecarProbe,
 )
 
 _JOIN_LIMIT = 65536  # unmatched spans kept for the app/sidecar join, oldest dropped first
+UNPARSED_CONNS_KEPT = 32  # connections with unparsed bytes listed per target (the largest)
 
 
 class Probe(Protocol):
@@ -70,6 +76,14 @@ class Target:
     tls_downstream: int = 0
     matched_by_rid: int = 0
     matched_by_thread: int = 0
+    matched_by_response: int = 0
+    tls_upstream: int = 0  # spans whose upstream leg is a TLS burst (mTLS), not their own
+    h2_downstream: int = 0  # spans whose downstream leg was an HTTP/2 stream
+    h2_upstream: int = 0
+    # connections that closed (or were open at the end) with bytes no span explains:
+    # (fd, "downstream"|"upstream", bytes read, bytes written), the largest kept
+    unparsed_conns: list[tuple[int, str, int, int]] = field(default_factory=list)
+    unparsed_conns_seen: int = 0
     arrival_missing: dict[str, int] = field(default_factory=lambda: {"request": 0, "response": 0})
     rows: list[np.ndarray] = field(default_factory=list)  # batches of struct smp_span
     rows_kept: int = 0
@@ -237,11 +251,26 @@ class Engine:
             if t is None:
                 continue
             mine = spans[tgids == tgid]
+            self._unparsed(t, mine[mine["kind"] == KIND_UNPARSED])
             if t.role == "sidecar":
                 self._proxy_spans(t, mine[mine["kind"] == KIND_PROXY])
             else:
                 self._app_spans(t, mine[mine["kind"] == KIND_SERVER])
         self._join_batch()
+
+    def _unparsed(self, t: Target, s: np.ndarray) -> None:
+        """Per-connection records of bytes no span explains (never silent)."""
+        if not len(s):
+            return
+        t.unparsed_conns_seen += len(s)
+        for ds_fd, us_fd, rx, tx in zip(
+            s["ds_fd"].tolist(), s["us_fd"].tolist(), s["req_bytes"].tolist(),
+            s["resp_bytes"].tolist(), strict=True,
+        ):  # fmt: skip
+            role = "upstream" if us_fd >= 0 else "downstream"
+            t.unparsed_conns.append((us_fd if us_fd >= 0 else ds_fd, role, rx, tx))
+        t.unparsed_conns.sort(key=lambda c: -(c[2] + c[3]))
+        del t.unparsed_conns[UNPARSED_CONNS_KEPT:]
 
     def _keep(self, t: Target, spans: np.ndarray) -> None:
         if not self._keep_spans:
@@ -272,6 +301,10 @@ class Engine:
         t.tls_downstream += int(np.count_nonzero(flags & F_DS_TLS))
         t.matched_by_rid += int(np.count_nonzero(flags & F_MATCH_RID))
         t.matched_by_thread += int(np.count_nonzero(flags & F_MATCH_THREAD))
+        t.matched_by_response += int(np.count_nonzero(flags & F_MATCH_RESP))
+        t.h2_downstream += int(np.count_nonzero(flags & F_DS_H2))
+        t.tls_upstream += int(np.count_nonzero(flags & F_US_TLS))
+        t.h2_upstream += int(np.count_nonzero(flags & F_US_H2))
         with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
         if with_id.any():
             cols = np.column_stack((np.full(int(with_id.sum()), t.pid), up[with_id],
@@ -362,6 +395,7 @@ class Engine:
         snap = Snapshot(drops=self.drops(), attached=len(self._targets))
         for pid, t in self._targets.items():
             mem = memory_of(pid)
+            stats = self._probe.proc_stats(pid)
             snap.targets[pid] = TargetSnapshot(
                 labels=t.labels,
                 role=t.role,
@@ -369,6 +403,8 @@ class Engine:
                 legs={k: v.copy() for k, v in t.legs.items()},
                 cpu_seconds=sum(cpu.get(pid, {}).values()) / 1e9,
                 memory_working_set_bytes=mem.working_set if mem else 0,
+                socket_bytes=stats["rx_bytes"] + stats["tx_bytes"],
+                unparsed_bytes=stats["unparsed_bytes"],
             )
         return snap
 

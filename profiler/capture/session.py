@@ -19,6 +19,7 @@ from profiler.capture.engine import Engine, Target
 from profiler.capture.memory import memory_of
 from profiler.discovery.cgroups import cgroup_of
 from profiler.errors import TargetNotFound
+from profiler.probes.sidecar import F_DS_H2
 
 T = TypeVar("T")
 
@@ -178,6 +179,8 @@ class CaptureSession:
             written = outputs.save(self.config.spans_file, lambda p: document.write_spans(p, rows))
             spans_file = str(written)
         tls = sum(t.tls_downstream for t in self.engine.targets.values())
+        h2 = sum(t.h2_downstream + t.h2_upstream for t in self.engine.targets.values())
+        tls_up = sum(t.tls_upstream for t in self.engine.targets.values())
         doc: dict[str, Any] = {
             "kind": document.KIND,
             "format_version": document.FORMAT_VERSION,
@@ -188,12 +191,13 @@ class CaptureSession:
             "end_time": end_wall.isoformat(),
             "duration_s": round(duration, 6),
             "drops": self.engine.drops(),
-            "method": _method(self.engine.method, tls),
+            "method": _method(self.engine.method, tls, h2, tls_up),
             "probe_path": self.engine.probe_path,
             "sidecars": sidecars,
             "apps": apps,
             "spans_file": spans_file,
             "host": {"kernel": os.uname().release, "cpus": os.cpu_count()},
+            "warnings": document.warnings(sidecars, apps),
         }
         if self._owns_engine:
             self.engine.close()
@@ -237,6 +241,7 @@ class CaptureSession:
             "unattributed_calls": stats.get("unattributed", 0),
             "pipelined_requests": stats.get("pipelined", 0),
             "aborted_requests": stats.get("aborted", 0),
+            "unparsed": document.unparsed_doc(stats, t.unparsed_conns, t.unparsed_conns_seen),
         }
         if t.role == "sidecar":
             values = document.proxy_leg_values(t.rows)
@@ -246,7 +251,15 @@ class CaptureSession:
                 for name, hist in t.legs.items()
             }
             entry["local_replies"] = stats["local_replies"]
-            entry["matched"] = {"request_id": t.matched_by_rid, "thread": t.matched_by_thread}
+            entry["matched"] = {
+                "request_id": t.matched_by_rid,
+                "thread": t.matched_by_thread,
+                "response_order": t.matched_by_response,
+            }
+            entry["http2_spans"] = {"downstream": t.h2_downstream, "upstream": t.h2_upstream}
+            entry["tls_upstream_spans"] = t.tls_upstream
+            if t.h2_downstream:
+                entry["http2_streams"] = document.stream_times(t.rows, F_DS_H2)
             entry["tls_downstream_spans"] = t.tls_downstream
             entry["arrival_missing"] = dict(t.arrival_missing)
         else:
@@ -254,14 +267,27 @@ class CaptureSession:
         return entry
 
 
-def _method(base: str, tls_spans: int) -> str:
+def _method(base: str, tls_spans: int, h2_spans: int = 0, tls_up: int = 0) -> str:
+    parts = [base]
     if tls_spans:
-        return (
-            base + "; TLS downstream: request_proxy from the first downstream read that "
-            "precedes the plaintext upstream write, matched by worker thread; its arrival "
-            "stamp is the first of that TLS read burst"
+        parts.append(
+            "TLS downstream: per connection read burst, request_proxy from the first "
+            "downstream read that precedes the plaintext upstream write, matched by worker "
+            "thread; its arrival stamp is the first of that TLS read burst"
         )
-    return base + "; plaintext HTTP/1.1, matched by x-request-id"
+    else:
+        parts.append("plaintext HTTP/1.1, matched by x-request-id")
+    if h2_spans:
+        parts.append(
+            "HTTP/2: per stream on plaintext legs (frame headers followed in the kernel), "
+            "upstream leg paired by response order per worker thread"
+        )
+    if tls_up:
+        parts.append(
+            "TLS upstream (mTLS): per stream on the plaintext downstream side only; the "
+            "upstream instants are the worker thread's TLS write/read burst"
+        )
+    return "; ".join(parts)
 
 
 def start_capture(config: CaptureConfig, engine: Engine | None = None) -> CaptureSession:

@@ -55,6 +55,11 @@ class DiscoverySource(Protocol):
         """Mesh pods not traced, by role (gateway, waypoint, ztunnel, ambient)."""
         ...
 
+    def hidden(self) -> dict[str, int]:
+        """Containers to trace whose processes are in a PID namespace the agent does not see
+        (``namespace/pod/container`` -> processes), as of the last :meth:`targets`."""
+        ...
+
 
 @dataclass
 class NodeDiscovery:
@@ -76,6 +81,9 @@ class NodeDiscovery:
 
     def skipped(self) -> dict[str, int]:
         return {}
+
+    def hidden(self) -> dict[str, int]:
+        return {}  # proxies are found by their /proc entries: only visible ones exist here
 
     def targets(self) -> dict[int, Target]:
         out: dict[int, Target] = {}
@@ -103,6 +111,7 @@ class KubernetesDiscovery:
     watcher: PodWatcher
     cgroup_root: str | None = None
     _thread: threading.Thread | None = None
+    _hidden: dict[str, int] = field(default_factory=dict)
 
     @property
     def podset(self) -> PodSet:
@@ -116,7 +125,18 @@ class KubernetesDiscovery:
         self._thread.start()
 
     def targets(self) -> dict[int, Target]:
-        return resolve_targets(self.podset.desired(), cgroup_root=self.cgroup_root)
+        hidden: dict[str, int] = {}
+        out = resolve_targets(self.podset.desired(), cgroup_root=self.cgroup_root, hidden=hidden)
+        if hidden and hidden != self._hidden:
+            log.warning(
+                "processes in a PID namespace this agent does not see (hostPID?): %s",
+                ", ".join(f"{c}: {n}" for c, n in sorted(hidden.items())),
+            )
+        self._hidden = hidden
+        return out
+
+    def hidden(self) -> dict[str, int]:
+        return dict(self._hidden)
 
     def synced(self) -> tuple[bool, str]:
         return self.watcher.synced()
@@ -263,6 +283,17 @@ class Agent:
         synced, why = self.source.synced()
         if not synced:
             return False, "discovery_not_synced", why
+        hidden = self.source.hidden()
+        if hidden:
+            names = sorted(hidden)
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            return (
+                False,
+                "pids_not_visible",
+                f"the processes of {', '.join(names[:3])}{more} are in a PID namespace this "
+                "agent does not see: their requests would count zero; run it with "
+                "hostPID: true (docs/daemonset.md)",
+            )
         return True, "ready", f"ready: {len(self.attached)} processes traced"
 
     def ready(self) -> tuple[bool, str]:

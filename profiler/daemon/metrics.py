@@ -121,6 +121,22 @@ SPECS: tuple[MetricSpec, ...] = (
         "CPU time of the app containers of pods with a sidecar, for the sidecar's share.",
     ),
     MetricSpec(
+        "smp_sidecar_socket_bytes_total",
+        "counter",
+        "bytes",
+        POD_LABELS,
+        "Bytes the sidecar read and wrote on the connections the probe traces.",
+    ),
+    MetricSpec(
+        "smp_sidecar_unparsed_bytes_total",
+        "counter",
+        "bytes",
+        POD_LABELS,
+        "Of those, bytes no request span explains (a protocol the probe does not parse, "
+        "HTTP/2 frames it lost its place in, local replies): requests on them are not in "
+        "smp_sidecar_requests_total. Watch the ratio to smp_sidecar_socket_bytes_total.",
+    ),
+    MetricSpec(
         "smp_probe_events_dropped_total",
         "counter",
         "",
@@ -137,7 +153,7 @@ SPECS: tuple[MetricSpec, ...] = (
         ("reason", NODE_LABEL),
         "1 when the agent is ready (reason=ready), else 0 with why: starting, "
         "capability_missing, probe_load_failed, no_snapshot, snapshot_stale, "
-        "discovery_not_synced.",
+        "discovery_not_synced, pids_not_visible.",
     ),
     MetricSpec(
         "smp_probe_load_failures_total",
@@ -228,12 +244,17 @@ class _Totals:
     requests: int = 0
     cpu_seconds: float = 0.0
     memory: int = 0
+    socket_bytes: int = 0
+    unparsed_bytes: int = 0
     legs: dict[str, np.ndarray] = field(default_factory=dict)  # [buckets..., count] cumulative
     leg_sums: dict[str, float] = field(default_factory=dict)
 
     def add(self, t: TargetLike, with_memory: bool) -> None:
         self.requests += int(t.requests)
         self.cpu_seconds += float(t.cpu_seconds)
+        # optional in snapshots built elsewhere (older replays): absent counts as 0
+        self.socket_bytes += int(getattr(t, "socket_bytes", 0))
+        self.unparsed_bytes += int(getattr(t, "unparsed_bytes", 0))
         if with_memory:
             self.memory += int(t.memory_working_set_bytes)
         for leg, h in t.legs.items():
@@ -244,6 +265,8 @@ class _Totals:
     def merge(self, o: _Totals) -> None:
         self.requests += o.requests
         self.cpu_seconds += o.cpu_seconds
+        self.socket_bytes += o.socket_bytes
+        self.unparsed_bytes += o.unparsed_bytes
         for leg, row in o.legs.items():
             self.legs[leg] = self.legs[leg] + row if leg in self.legs else row.copy()
             self.leg_sums[leg] = self.leg_sums.get(leg, 0.0) + o.leg_sums[leg]
@@ -347,6 +370,8 @@ class SnapshotCollector(Collector):
                 continue
             samples["smp_sidecar_requests_total"].append((labels, tot.requests))
             samples["smp_sidecar_cpu_seconds_total"].append((labels, tot.cpu_seconds))
+            samples["smp_sidecar_socket_bytes_total"].append((labels, tot.socket_bytes))
+            samples["smp_sidecar_unparsed_bytes_total"].append((labels, tot.unparsed_bytes))
             if (key, role) in live:
                 own = containers.get((key, role))
                 memory = tot.memory

@@ -63,6 +63,8 @@ class TargetSnapshot:
     legs: dict[str, LatencyHistogram] = field(default_factory=dict)
     cpu_seconds: float = 0.0
     memory_working_set_bytes: int = 0
+    socket_bytes: int = 0  # bytes the process read and wrote on its traced sockets
+    unparsed_bytes: int = 0  # of those, bytes no span explains (never silent)
 
 
 @dataclass

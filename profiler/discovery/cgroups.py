@@ -105,13 +105,32 @@ def _read_procs(d: Path) -> list[int]:
     return [int(x) for x in text.split()]
 
 
-def pids_in_cgroup(path: str, root: str | None = None) -> list[int]:
-    """Every process in the cgroup and its descendants, sorted (cgroup v2 puts processes only
-    in leaves, v1 anywhere: both are read)."""
+def cgroup_processes(path: str, root: str | None = None) -> tuple[list[int], int]:
+    """(PIDs, hidden): the processes of the cgroup and its descendants as this process's
+    PID namespace numbers them, sorted, and how many are in no namespace it sees.
+
+    ``cgroup.procs`` gives each process's PID in the reader's PID namespace, and 0 for a
+    process outside it (an agent without hostPID, or in a sibling namespace): such a process
+    cannot be traced by PID from here, and is counted instead of listed. cgroup v2 puts
+    processes only in leaves, v1 anywhere: both are read."""
     top = cgroup_dir(path, root)
     if not top.is_dir():
         raise TargetNotFound(f"no cgroup {top}")
-    return sorted({pid for d in _walk(top) for pid in _read_procs(d)})
+    seen: set[int] = set()
+    hidden = 0
+    for d in _walk(top):
+        for pid in _read_procs(d):
+            if pid == 0:
+                hidden += 1
+            else:
+                seen.add(pid)
+    return sorted(seen), hidden
+
+
+def pids_in_cgroup(path: str, root: str | None = None) -> list[int]:
+    """Every process in the cgroup and its descendants that this PID namespace sees, sorted
+    (:func:`cgroup_processes` without the count of the others)."""
+    return cgroup_processes(path, root)[0]
 
 
 def find_cgroups_by_container_id(

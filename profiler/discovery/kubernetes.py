@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from profiler.discovery.cgroups import PROC, pids_in_cgroup
+from profiler.discovery.cgroups import PROC, cgroup_processes
 from profiler.discovery.meshes import PodMesh, _containers, classify
 from profiler.discovery.processes import _non_pause, container_cgroups, proxy_kind
 from profiler.errors import TargetNotFound, TargetUnreachable
@@ -162,13 +162,20 @@ class PodSet:
 
 
 def resolve_targets(
-    desired: Iterable[DesiredContainer], cgroup_root: str | None = None, proc: str = PROC
+    desired: Iterable[DesiredContainer],
+    cgroup_root: str | None = None,
+    proc: str = PROC,
+    hidden: dict[str, int] | None = None,
 ) -> dict[int, Target]:
-    """PIDs of the desired containers, by container id through the cgroup tree.
+    """PIDs of the desired containers, by container id through the cgroup tree, as this
+    process's PID namespace numbers them (its ``/proc``: on a kind/k3d node, the node
+    container's namespace; the probe learns the kernel's PIDs itself).
 
     In a sidecar container only the proxy processes are targets (Istio's pilot-agent runs
     next to Envoy); when none is recognised, every process of the container is. Containers
-    whose cgroup is not there (yet, or any more) are skipped.
+    whose cgroup is not there (yet, or any more) are skipped. ``hidden`` (when given) gets,
+    per ``namespace/pod/container``, the number of its processes that are in a PID namespace
+    this process does not see (no hostPID): they cannot be traced.
     """
     index = container_cgroups(cgroup_root)
     targets: dict[int, Target] = {}
@@ -177,9 +184,12 @@ def resolve_targets(
         if cgroup is None:
             continue
         try:
-            pids = _non_pause(pids_in_cgroup(cgroup, root=cgroup), proc)
+            seen, invisible = cgroup_processes(cgroup, root=cgroup)
         except TargetNotFound:
             continue
+        if invisible and hidden is not None:
+            hidden[f"{c.namespace}/{c.pod}/{c.container}"] = invisible
+        pids = _non_pause(seen, proc)
         if c.role == "sidecar":
             pids = tuple(p for p in pids if proxy_kind(p, proc) is not None) or pids
         for pid in pids:

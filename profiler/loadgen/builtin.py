@@ -104,6 +104,16 @@ def _fail(p: subprocess.Popen[str], what: str) -> str:
 
 
 def run(spec: LoadSpec) -> LoadResult:
+    from profiler.loadgen.protocols import protocol_of
+
+    protocol = protocol_of(spec)
+    if protocol != "http1":  # HTTP/2 and gRPC: profiler.loadgen.h2 / .grpc
+        if protocol == "http2":
+            from profiler.loadgen import h2 as mod
+        else:
+            from profiler.loadgen import grpc as mod  # type: ignore[no-redef]
+        result: LoadResult = mod.run(spec)
+        return result
     if spec.rate is not None and spec.rate <= 0:
         raise UsageError(f"rate must be > 0 req/s, not {spec.rate}")
     if spec.connections < 1 or spec.duration_s <= 0:

@@ -280,3 +280,4 @@ class LoadSpec:
     workers: int | None = None  # processes (builtin; None = as many as the rate needs)
     run_id: str | None = None  # x-request-id prefix part: smp-<run_id>-<n> (builtin)
     keep_request_ids: int = 10_000  # at most this many ids in the result (builtin)
+    protocol: str = "http1"  # builtin: "http1" | "http2" (h2c) | "grpc" (loadgen.protocols)

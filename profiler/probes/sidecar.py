@@ -43,6 +43,10 @@ MODE_SELF = HEADER.const("SMP_MODE_SELF")
 ROLE_DS, ROLE_US = HEADER.const("SMP_ROLE_DS"), HEADER.const("SMP_ROLE_US")
 PHASE_RESPONSE = HEADER.const("SMP_PHASE_RESPONSE")
 KIND_PROXY, KIND_SERVER = HEADER.const("SMP_SPAN_PROXY"), HEADER.const("SMP_SPAN_SERVER")
+KIND_UNPARSED = HEADER.const("SMP_SPAN_UNPARSED")
+F_DS_H2, F_US_H2, F_MATCH_RESP, F_US_TLS = (
+    HEADER.const(f"SMP_F_{n}") for n in ("DS_H2", "US_H2", "MATCH_RESP", "US_TLS")
+)
 F_DS_TLS, F_MATCH_RID, F_MATCH_THREAD, F_DRAINED = (
     HEADER.const(f"SMP_F_{n}") for n in ("DS_TLS", "MATCH_RID", "MATCH_THREAD", "DRAINED")
 )
@@ -137,6 +141,17 @@ def existing_connection_roles(pid: int) -> dict[int, int]:
     return roles
 
 
+def _set_h2_walk(bpf: Any, path: Path_) -> None:
+    """The HTTP/2 frame walk is a chain of tail calls of one program (smp_h2_step, one frame
+    header each, so each program stays small for the verifier); it must have the type of the
+    path's programs. BCC loads it on demand; it goes into the program array here."""
+    from bcc import BPF
+
+    fn = bpf.load_func("smp_h2_step", BPF.RAW_TRACEPOINT if path == "sock" else BPF.TRACEPOINT)
+    progs = bpf["smp_h2_progs"]
+    progs[ctypes.c_int(0)] = ctypes.c_int(fn.fd)
+
+
 class SidecarProbe:
     """The loaded probe. Not thread-safe: one owner polls it.
 
@@ -175,6 +190,7 @@ class SidecarProbe:
                 "SMP_XMIT_STAMPS": int(self.xmit),
             },
         )
+        _set_h2_walk(self._bpf, path)
         self._on_batch = on_batch
         self._targets: dict[int, Mode] = {}
         self._ns_slots: dict[tuple[int, int], int] = {}
@@ -224,10 +240,7 @@ class SidecarProbe:
             raise TargetNotFound(f"no process with PID {pid}")
         slot = self._ns_slots.get(ns)
         if slot is None:
-            slot = len(self._ns_slots)
-            limit = int(self._bpf["smp_ns"].max_entries)
-            if slot >= limit:
-                raise CapabilityMissing(f"targets in more than {limit} PID namespaces (SMP_MAX_NS)")
+            slot = self._free_ns_slot()
             table = self._bpf["smp_ns"]
             leaf = table.Leaf()
             leaf.dev, leaf.ino = ns
@@ -239,6 +252,29 @@ class SidecarProbe:
             pending[key] = target
             learning = self._bpf["smp_learning"]
             learning[learning.Key(0)] = learning.Leaf(learning[learning.Key(0)].value + 1)
+
+    def _free_ns_slot(self) -> int:
+        """A slot of ``smp_ns`` for one more PID namespace. A slot is needed only while a
+        target of its namespace is still pending: once every one is learned (or removed) the
+        slot is emptied and reused, so pods coming and going on a kind node (every container
+        its own namespace) do not use the table up; only more than ``SMP_MAX_NS`` namespaces
+        with targets not yet learned at once are refused."""
+        limit = int(self._bpf["smp_ns"].max_entries)
+        used = set(self._ns_slots.values())
+        if len(used) >= limit:
+            pending = {k.value >> 32 for k in self._bpf["smp_ns_pending"]}
+            table = self._bpf["smp_ns"]
+            for ns, slot in list(self._ns_slots.items()):
+                if slot not in pending:
+                    table[table.Key(slot)] = table.Leaf()  # ino 0: BPF skips the slot
+                    del self._ns_slots[ns]
+                    used.discard(slot)
+        for slot in range(limit):
+            if slot not in used:
+                return slot
+        raise CapabilityMissing(
+            f"targets in more than {limit} PID namespaces not yet learned (SMP_MAX_NS)"
+        )
 
     def remove_target(self, pid: int) -> None:
         b = self._bpf
@@ -257,10 +293,11 @@ class SidecarProbe:
             learning[learning.Key(0)] = learning.Leaf(left)
         self._targets.pop(pid, None)
         # per-thread state of the detached process: its request order and saved arguments
-        fifo = b["smp_thread_fifo"]
-        for key in [k for k, v in fifo.items() if v.upid == pid]:
-            with contextlib.suppress(KeyError):
-                del fifo[key]
+        for name in ("smp_thread_fifo", "smp_ans_queue", "smp_tls_last"):
+            table = b[name]
+            for key in [k for k, v in table.items() if v.upid == pid]:
+                with contextlib.suppress(KeyError):
+                    del table[key]
         args = b["smp_args_map"]
         for key in [k for k, v in args.items() if v.upid == pid]:
             with contextlib.suppress(KeyError):
@@ -323,13 +360,36 @@ class SidecarProbe:
 
     def drain_pending(self) -> np.ndarray:
         """Requests whose response is written but that no later request or close emitted
-        yet, read from the connection table (flag DRAINED)."""
+        yet, and the unparsed bytes of connections still open (SMP_SPAN_UNPARSED records,
+        their counts then zeroed so a next window starts afresh), read from the connection
+        table (flag DRAINED)."""
         rows = []
         size = self.dtype.itemsize
-        for _key, c in self._bpf["smp_conns"].items():
-            if c.role == ROLE_DS and c.phase == PHASE_RESPONSE and c.upid in self._targets:
+        conns = self._bpf["smp_conns"]
+        now = time.monotonic_ns()
+        unparsed: list[tuple[int, int, int, int, int]] = []
+        for key, c in conns.items():
+            if c.upid not in self._targets:
+                continue
+            if c.role == ROLE_DS and c.phase == PHASE_RESPONSE:
                 rows.append(ctypes.string_at(ctypes.addressof(c.span), size))
+            if c.unparsed_rx or c.unparsed_tx:
+                unparsed.append((c.upid, c.role, c.fd, c.unparsed_rx, c.unparsed_tx))
+                c.unparsed_rx = c.unparsed_tx = 0
+                with contextlib.suppress(KeyError):
+                    conns[key] = c
         spans: Any = np.frombuffer(b"".join(rows), dtype=self.dtype).copy()
+        if unparsed:
+            extra = np.zeros(len(unparsed), dtype=self.dtype)
+            for i, (upid, role, fd, rx, tx) in enumerate(unparsed):
+                extra[i]["kind"] = KIND_UNPARSED
+                extra[i]["tgid"] = upid
+                extra[i]["ds_rx_beg"] = now
+                extra[i]["ds_fd"] = -1 if role == ROLE_US else fd
+                extra[i]["us_fd"] = fd if role == ROLE_US else -1
+                extra[i]["req_bytes"] = min(rx, 0xFFFFFFFF)
+                extra[i]["resp_bytes"] = min(tx, 0xFFFFFFFF)
+            spans = np.concatenate([spans, extra])
         spans["flags"] |= F_DRAINED
         out: np.ndarray = spans
         return out
@@ -361,6 +421,16 @@ class SidecarProbe:
         "smp_fifo_init",
         "smp_scratch",
         "smp_conn_init",
+        "smp_h2_streams",
+        "smp_h2_handles",
+        "smp_h2_conns",
+        "smp_h2_stream_init",
+        "smp_h2_scratch",
+        "smp_ans_queue",
+        "smp_ans_entries",
+        "smp_ans_init",
+        "smp_ans_out",
+        "smp_tls_last",
     )
 
     def map_bytes(self) -> Iterator[tuple[str, bytes]]:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from profiler import stats
+from profiler.capture.document import UNPARSED_WARN_SHARE
 from profiler.histogram import LatencyHistogram
 from profiler.report.source import Source
 from profiler.smp.details import LEGS, N_BOOT, arrays, merge_histograms
@@ -72,6 +73,8 @@ class SidecarView:
     cpu_seconds: float | None
     mem_rss_mb: float | None
     exited: bool
+    unparsed_bytes: int = 0  # socket bytes no span explains
+    unparsed_share: float = 0.0
 
 
 @dataclass
@@ -310,6 +313,8 @@ def _process(p: dict[str, Any], role: str, rng: np.random.Generator) -> SidecarV
         cpu_seconds=_f(p.get("cpu_seconds")),
         mem_rss_mb=_f(mem.get("rss")) if isinstance(mem, dict) else _f(mem),
         exited=bool(p.get("exited", False)),
+        unparsed_bytes=int((p.get("unparsed") or {}).get("bytes") or 0),
+        unparsed_share=float((p.get("unparsed") or {}).get("share") or 0.0),
     )
 
 
@@ -337,7 +342,7 @@ def capture_view(src: Source) -> CaptureView:
             drops=int(cap.get("drops") or 0),
             processes=procs,
             facts=facts,
-            notes=list(src.notes),
+            notes=[*src.notes, *(f"WARNING: {w}" for w in cap.get("warnings") or [])],
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BadInputFile(f"{src.path}: malformed capture: {type(e).__name__}: {e}") from None
@@ -366,10 +371,16 @@ def sentence(v: RunView | CaptureView) -> str:
         state = "" if v.complete else f"; INCOMPLETE: {v.incomplete_reason or 'see the file'}"
         p50 = tot.get("p50_ms")
         lat = f"spent {p50:.2f} ms at p50{ci_s} in the sidecar per request" if p50 else "no spans"
+        unparsed = ""
+        if p.unparsed_share > UNPARSED_WARN_SHARE:
+            unparsed = (
+                f"; {p.unparsed_bytes:,} bytes ({100 * p.unparsed_share:.0f}% of its traffic) "
+                "were not parsed as HTTP: those requests are not counted"
+            )
         return (
             f"over {v.duration_s:.1f} s, {p.comm} (pid {p.pid}) handled {p.requests:,} requests, "
             f"{lat}, and used {(p.cpu_mcores or 0) / 1000:.2f} cores; {v.drops} events "
-            f"dropped{state}"
+            f"dropped{unparsed}{state}"
         )
     if not v.steps:
         return "no rate step"

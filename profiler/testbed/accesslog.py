@@ -30,6 +30,7 @@ class AccessLogEntry:
     bytes_sent: int | None = None
     upstream_host: str | None = None
     downstream_remote: str | None = None
+    grpc_status: int | None = None  # %GRPC_STATUS_NUMBER% (gRPC calls only)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +71,7 @@ def parse_line(line: str) -> AccessLogEntry:
         bytes_sent=_int(obj.get("bytes_sent")),
         upstream_host=_str(obj.get("upstream_host")),
         downstream_remote=_str(obj.get("downstream_remote")),
+        grpc_status=_int(obj.get("grpc_status")),
     )
 
 

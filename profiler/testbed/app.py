@@ -4,8 +4,9 @@
 ``--delay`` (a timer, not CPU) and carries ``--size`` bytes and the request's x-request-id.
 ``GET /__stats`` returns the counters as JSON and is not itself counted. The process's comm is
 ``smp-app``. ``--h2c-port`` adds an HTTP/2 cleartext port (prior knowledge, as gRPC uses)
-with the same behaviour. When listening it prints one line ``ready <port> [<h2c port>]`` on
-stdout (the bound ports: 0 picks a free one).
+with the same behaviour; ``--grpc-port`` a real gRPC server (profiler.testbed.grpc_app);
+``--echo-port`` a raw TCP echo (bytes no HTTP parser explains). When listening it prints one
+line ``ready <port> [<other ports>...]`` on stdout (the bound ports: 0 picks a free one).
 
 A request header ``x-smp-delay-ms: N`` adds N ms to that request's wait (a known delay in
 the upstream leg, for the accuracy tests).
@@ -143,7 +144,19 @@ def set_comm(name: str) -> None:
         pass
 
 
-async def serve(host: str, port: int, delay: float, size: int, h2c_port: int | None) -> None:
+class EchoProtocol(asyncio.Protocol):
+    """Raw TCP: every byte read is written back."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+async def serve(host: str, port: int, delay: float, size: int, h2c_port: int | None,
+                grpc_port: int | None = None, echo_port: int | None = None) -> None:  # fmt: skip
     stats = Stats()
     body = (b"smp-profiler testbed app\n" * (size // 25 + 1))[:size]
     loop = asyncio.get_running_loop()
@@ -159,6 +172,16 @@ async def serve(host: str, port: int, delay: float, size: int, h2c_port: int | N
         )
         servers.append(h2)
         ports.append(h2.sockets[0].getsockname()[1])
+    grpc_server = None
+    if grpc_port is not None:
+        from profiler.testbed import grpc_app
+
+        grpc_server, bound = grpc_app.serve(host, grpc_port, stats, delay, body)
+        ports.append(bound)
+    if echo_port is not None:
+        echo = await loop.create_server(EchoProtocol, host, echo_port, reuse_address=True)
+        servers.append(echo)
+        ports.append(echo.sockets[0].getsockname()[1])
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -166,6 +189,8 @@ async def serve(host: str, port: int, delay: float, size: int, h2c_port: int | N
     await stop.wait()
     for s in servers:
         s.close()
+    if grpc_server is not None:
+        grpc_server.stop(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay", default="0", help="service time per request, e.g. 1ms")
     p.add_argument("--size", default="128", help="response body size, e.g. 128, 4k")
     p.add_argument("--h2c-port", type=int, default=None, help="also serve HTTP/2 cleartext here")
+    p.add_argument("--grpc-port", type=int, default=None, help="also serve gRPC here")
+    p.add_argument("--echo-port", type=int, default=None, help="also echo raw TCP here")
     args = p.parse_args(argv)
     try:
         delay, size = parse_duration(args.delay), parse_size(args.size)
@@ -185,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     set_comm("smp-app")
     try:
-        asyncio.run(serve(args.host, args.port, delay, size, args.h2c_port))
+        asyncio.run(serve(args.host, args.port, delay, size, args.h2c_port, args.grpc_port,
+                          args.echo_port))  # fmt: skip
     except OSError as e:
         print(f"smp-app: cannot listen on {args.host}: {e}", file=sys.stderr)
         return 1

@@ -94,6 +94,8 @@ class TestbedConfig:
     state_dir: Path | None = None
     app_port: int = 8080
     h2c_port: int | None = 8081  # the app's HTTP/2 cleartext port; None: none
+    grpc_port: int | None = 8082  # the app's gRPC server (grpcio); None: none
+    echo_port: int | None = 8083  # a raw TCP echo, through Envoy's tcp_proxy; None: none
     subnet: str | None = None  # default: derived from name
     envoy_patch: dict[str, Any] = field(default_factory=dict)  # deep-merged into both bootstraps
     ready_timeout_s: float = 20.0
@@ -119,6 +121,9 @@ class TestbedConfig:
             1 <= self.h2c_port <= 65535 and self.h2c_port != self.app_port
         ):
             raise UsageError(f"bad h2c port {self.h2c_port}: 1..65535, not the app's port")
+        extra = [p for p in (self.h2c_port, self.grpc_port, self.echo_port) if p is not None]
+        if len(set(extra)) != len(extra) or any(not 1 <= p <= 65535 for p in extra):
+            raise UsageError(f"bad app ports {extra}: 1..65535, all different")
         if self.subnet is not None:
             try:
                 net = ipaddress.IPv4Network(self.subnet)

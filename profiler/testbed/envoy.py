@@ -29,6 +29,7 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "bytes_sent": "%BYTES_SENT%",
     "upstream_host": "%UPSTREAM_HOST%",
     "downstream_remote": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "grpc_status": "%GRPC_STATUS_NUMBER%",
 }
 
 
@@ -112,6 +113,18 @@ def _hcm(direction: str, cluster: str, fault_delay_s: float = 0.0) -> dict[str, 
                     },
                 }
             ],
+        },
+    }
+
+
+def _tcp_proxy(direction: str, cluster: str) -> dict[str, Any]:
+    """Envoy's TCP proxy: bytes passed through, no HTTP (the probe cannot parse them)."""
+    return {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": _T + "filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": f"{direction}_tcp",
+            "cluster": cluster,
         },
     }
 
@@ -209,16 +222,21 @@ def bootstrap(
     inbound: bool,
     app_port: int,
     h2c_port: int | None = None,
+    grpc_port: int | None = None,
+    echo_port: int | None = None,
     tls: dict[str, str] | None = None,
     patch: dict[str, Any] | None = None,
     fault_delay_s: float = 0.0,
 ) -> dict[str, Any]:
     """An Istio-shaped sidecar: virtualOutbound on 15001 (original destination, the
     downstream's HTTP version upstream), and with ``inbound`` virtualInbound on 15006 to the
-    app on 127.0.0.1 (``h2c_port`` as HTTP/2). ``tls`` (PEM strings ``ca``, ``cert``, ``key``)
+    app on 127.0.0.1 (``h2c_port`` and ``grpc_port`` as HTTP/2, ``echo_port`` through the TCP
+    proxy, outbound too). ``tls`` (PEM strings ``ca``, ``cert``, ``key``)
     makes sidecar-to-sidecar traffic mutual TLS. ``fault_delay_s`` delays every inbound
     request in Envoy's fault filter."""
     out_chain: list[tuple[int | None, dict[str, Any]]] = [(None, _hcm("outbound", "passthrough"))]
+    if echo_port is not None:
+        out_chain.insert(0, (echo_port, _tcp_proxy("outbound", "passthrough")))
     listeners = [_listener("virtualOutbound", OUTBOUND_PORT, out_chain, None)]
     both: dict[str, Any] = {"http_protocol_options": {}, "http2_protocol_options": {}}
     same = {"use_downstream_protocol_config": both}
@@ -247,6 +265,12 @@ def bootstrap(
         if h2c_port is not None:
             chains.insert(0, (h2c_port, _hcm("inbound", "app-h2c")))
             clusters.append(_local_cluster("app-h2c", h2c_port, http2=True))
+        if grpc_port is not None:
+            chains.insert(0, (grpc_port, _hcm("inbound", "app-grpc")))
+            clusters.append(_local_cluster("app-grpc", grpc_port, http2=True))
+        if echo_port is not None:
+            chains.insert(0, (echo_port, _tcp_proxy("inbound", "app-echo")))
+            clusters.append(_local_cluster("app-echo", echo_port, http2=False))
         listeners.insert(0, _listener("virtualInbound", INBOUND_PORT, chains, tls))
     doc: dict[str, Any] = {
         "node": {

@@ -134,7 +134,8 @@ class Testbed:
         for pod, inbound in ((st.server, True), (st.client, False)):
             if pod.envoy_pid is None and "istio-proxy" in pod.cgroups and binary is not None:
                 config = envoy.bootstrap(pod.name, pod.ip, inbound=inbound, app_port=cfg.app_port,
-                                         h2c_port=cfg.h2c_port,
+                                         h2c_port=cfg.h2c_port, grpc_port=cfg.grpc_port,
+                                         echo_port=cfg.echo_port,
                                          tls=tls.get(pod.name), patch=cfg.envoy_patch,
                                          fault_delay_s=cfg.fault_delay_s)  # fmt: skip
                 self._start_envoy(pod, binary, config, cfg)
@@ -170,6 +171,10 @@ class Testbed:
         if cfg.h2c_port is not None:
             argv += ["--h2c-port", str(cfg.h2c_port)]
             ports.append(cfg.h2c_port)
+        for flag, port in (("--grpc-port", cfg.grpc_port), ("--echo-port", cfg.echo_port)):
+            if port is not None:
+                argv += [flag, str(port)]
+                ports.append(port)
         p = self._spawn(pod, "app", argv, log, log)
         pod.app_pid = p.pid
         self.state.write()
@@ -414,6 +419,9 @@ def _initial_state(cfg: TestbedConfig, state_dir: Path) -> TestbedState:
     if cfg.h2c_port is not None:
         pods["server"].h2c_url = f"http://{pods['server'].ip}:{cfg.h2c_port}/"
         ports["h2c"] = cfg.h2c_port
+    for what, port in (("grpc", cfg.grpc_port), ("echo", cfg.echo_port)):
+        if port is not None:
+            ports[what] = port
     for p in pods.values():
         if p.access_log:
             Path(p.access_log).write_bytes(b"")  # a fresh log per up

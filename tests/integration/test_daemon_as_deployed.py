@@ -16,6 +16,7 @@ without CAP_PERFMON it must stay up, alive, and say why it is not ready.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import shlex
@@ -62,11 +63,17 @@ def rendered_pod_spec() -> dict[str, Any]:
 
 
 def container_script(
-    spec: dict[str, Any], newroot: Path, kubeconfig: Path, argv: list[str], drop: set[str]
+    spec: dict[str, Any],
+    newroot: Path,
+    kubeconfig: Path,
+    argv: list[str],
+    drop: set[str],
+    own_proc: bool = False,
 ) -> str:
     """A shell script (run under ``unshare --mount``) that lays the container out as the
     manifest mounts it, then runs ``argv`` chrooted with only the manifest's capabilities
-    (minus ``drop``)."""
+    (minus ``drop``). ``own_proc``: /proc is a fresh procfs of the PID namespace the script
+    runs in (hostPID on a node that is itself a container), not the host's."""
     (c,) = spec["containers"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     r = shlex.quote(str(newroot))
@@ -92,7 +99,10 @@ def container_script(
     bind(str(pyenv), str(pyenv))
     bind(str(ROOT), str(ROOT))
     # what every container gets: /proc (hostPID: the host's), /sys read-only, /dev
-    bind("/proc", "/proc", ro=False)
+    if own_proc:
+        lines.append(f"mkdir -p {r}/proc && mount -t proc proc {r}/proc")
+    else:
+        bind("/proc", "/proc", ro=False)
     bind("/proc/sys", "/proc/sys")
     bind("/sys", "/sys")
     bind("/dev", "/dev", ro=False)
@@ -134,16 +144,29 @@ def container_script(
 
 @contextmanager
 def deployed_agent(
-    tmp_path: Path, kubeconfig: Path, drop: set[str] = frozenset()
+    tmp_path: Path,
+    kubeconfig: Path,
+    drop: set[str] = frozenset(),
+    pidns: int | None = None,
+    prelude: str = "",
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path, Callable[[], str]]]:
+    """The agent as deployed; ``pidns``: the PID (here) of a process whose PID namespace the
+    agent runs in, with that namespace's /proc (a kind/k3d node is such a namespace);
+    ``prelude``: Python run in the agent's interpreter before the CLI (a fault to inject)."""
     spec = rendered_pod_spec()
     (c,) = spec["containers"]
     newroot = Path(tempfile.mkdtemp(prefix="smp-pod-root-"))
-    argv = [sys.executable, "-m", "profiler.cli", *c["args"]]
+    cli = ["-m", "profiler.cli"]
+    if prelude:
+        cli = [
+            "-c",
+            f"{prelude}\nimport runpy; runpy.run_module('profiler.cli', run_name='__main__')",
+        ]
+    argv = [sys.executable, *cli, *c["args"]]
     argv = [a for a in argv if not a.startswith("--metrics-port")]
     argv += ["--metrics-port", "0", "--metrics-address", "127.0.0.1", "--interval", "0.5"]
     argv += ["--kubeconfig", f"/kube/{kubeconfig.name}"]
-    script = container_script(spec, newroot, kubeconfig, argv, set(drop))
+    script = container_script(spec, newroot, kubeconfig, argv, set(drop), pidns is not None)
     log = tmp_path / "agent.log"
     # The agent's own pod cgroup (unified hierarchy), entered before a private cgroup
     # namespace is made, as runtimes do on cgroup v2: the sidecars' /proc/<pid>/cgroup then
@@ -152,8 +175,13 @@ def deployed_agent(
     own.mkdir()
     unshare = ["unshare", "--mount", "--cgroup", "--propagation", "private", "sh", "-c", script]
     enter = f"echo $$ > {shlex.quote(str(own / 'cgroup.procs'))} && exec " + shlex.join(unshare)
+    # nsenter forks the shell into the namespace and waits for it: the agent is found (and
+    # signalled) by its cgroup, where this process sees its PID
+    nsenter = [] if pidns is None else ["nsenter", f"--target={pidns}", "--pid", "--"]
     with log.open("w") as err:
-        proc = subprocess.Popen(["sh", "-c", enter], stdout=subprocess.DEVNULL, stderr=err, cwd="/")
+        proc = subprocess.Popen(
+            [*nsenter, "sh", "-c", enter], stdout=subprocess.DEVNULL, stderr=err, cwd="/"
+        )
     try:
         deadline = time.monotonic() + 60
         m = None
@@ -165,7 +193,10 @@ def deployed_agent(
         yield proc, log, lambda: f"http://127.0.0.1:{m.group(1)}"
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            for pid in (own / "cgroup.procs").read_text().split() if pidns else []:
+                os.kill(int(pid), signal.SIGTERM)  # the agent itself, not nsenter
+            if pidns is None:
+                proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -211,16 +242,16 @@ def _reviews(tb: Any) -> dict[str, Any]:
     )
 
 
-def test_ready_in_30_s_and_counts_requests(
-    testbed_factory: Callable[..., Any], tmp_path: Path
-) -> None:
-    tb = testbed_factory()
+def _ready_and_counts(
+    tb: Any, tmp_path: Path, pidns: int | None = None, n: int = 23
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Start the agent as deployed; Ready within 30 s; exactly ``n`` requests counted."""
     with api_server() as api:
         api.put(_reviews(tb))
         (tmp_path / "kube").mkdir()
         kubeconfig = api.kubeconfig(tmp_path / "kube" / "config")
         t0 = time.monotonic()
-        with deployed_agent(tmp_path, kubeconfig) as (proc, log, url):
+        with deployed_agent(tmp_path, kubeconfig, pidns=pidns) as (proc, log, url):
             while get(url() + "/readyz")[0] != 200:
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() - t0 < 30, (get(url() + "/readyz"), log.read_text())
@@ -243,15 +274,97 @@ def test_ready_in_30_s_and_counts_requests(
             while key not in metrics(url()):
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-            assert [r["status"] for r in send_requests(tb, 23, "k23")] == [200] * 23
-            while metrics(url()).get(key) != 23:
+            assert [r["status"] for r in send_requests(tb, n, f"k{n}")] == [200] * n
+            while metrics(url()).get(key) != n:
                 assert time.monotonic() < deadline, (metrics(url()).get(key), log.read_text())
                 time.sleep(0.2)
+            time.sleep(1.0)  # two more snapshots: nothing counted twice
             m = metrics(url())
+            assert m[key] == n
             assert m["smp_agent_up", (("k8s_node_name", "node-a"), ("reason", "ready"))] == 1
             assert m["smp_probe_events_dropped_total", (("k8s_node_name", "node-a"),)] == 0
         assert proc.returncode == 0, log.read_text()
         assert "Traceback" not in log.read_text()
+        return m
+
+
+def test_ready_in_30_s_and_counts_requests(
+    testbed_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    _ready_and_counts(testbed_factory(), tmp_path)
+
+
+@contextmanager
+def pid_namespace() -> Iterator[int]:
+    """A PID namespace below the initial one, as a kind/k3d/minikube node container is:
+    ``unshare --pid --fork --mount-proc``; yields the PID (here) of its init process. Killing
+    unshare kills that init (``--kill-child``), and with it every process of the namespace."""
+    holder = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sleep", "600"]
+    )
+    children = Path(f"/proc/{holder.pid}/task/{holder.pid}/children")
+    deadline = time.monotonic() + 10
+    while not children.read_text().split():
+        assert time.monotonic() < deadline, "unshare never forked"
+        time.sleep(0.01)
+    try:
+        yield int(children.read_text().split()[0])
+    finally:
+        holder.kill()  # unshare --fork waits out a SIGTERM
+        holder.wait(timeout=10)
+
+
+@pytest.fixture
+def child_pid_namespace() -> Iterator[int]:
+    with pid_namespace() as init:
+        yield init
+
+
+def test_node_is_a_container_counts_requests_in_its_pid_namespace(
+    testbed_factory: Callable[..., Any],
+    tmp_path: Path,
+    child_pid_namespace: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kind/k3d/minikube: the node is a container, so the agent (hostPID: the node's PID
+    namespace) and the pods live in a child PID namespace; each container (Envoy, the app)
+    has its own namespace below that one, as runc makes it, its process PID 1 there. The
+    agent's /proc and the cgroups' process lists give PIDs of the node's namespace; BPF sees
+    the kernel's. Every request is counted (before the probe's namespace translation: 0,
+    and Ready)."""
+    from profiler.testbed import netns
+    from profiler.testbed.node import Testbed
+
+    def spawn(self: Testbed, pod: Any, container: str, argv: list[str], out: Path,
+              err: Path, mode: str = "wb") -> subprocess.Popen[bytes]:  # fmt: skip
+        # the testbed's own spawn, in a container's PID namespace under the node's: nsenter
+        # and unshare fork into them and stay outside the pod's cgroup; the shell enters it
+        procs = Path(pod.cgroups[container]) / "cgroup.procs"
+        into = ["nsenter", f"--target={child_pid_namespace}", "--pid", "--"]
+        into += ["unshare", "--pid", "--fork", "--kill-child", "--"]
+        wrapper = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs)]
+        with open(out, mode) as o, open(err, mode) if err != out else o as e:
+            p = subprocess.Popen([*into, *wrapper, *netns.exec_prefix(pod.netns), *argv],
+                                 stdin=subprocess.DEVNULL, stdout=o, stderr=e,
+                                 start_new_session=True)  # fmt: skip
+        self._procs.append(p)
+        return p
+
+    monkeypatch.setattr(Testbed, "_spawn", spawn)
+    tb = testbed_factory()
+    server = tb.state.server
+    node_ns = os.stat(f"/proc/{child_pid_namespace}/ns/pid").st_ino
+    seen = set()
+    for container in ("istio-proxy", "app"):  # really there: PID 1 of its own namespace
+        (pid,) = [
+            int(x) for x in (Path(server.cgroups[container]) / "cgroup.procs").read_text().split()
+        ]
+        seen.add(os.stat(f"/proc/{pid}/ns/pid").st_ino)
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        nstgid = next(ln for ln in status if ln.startswith("NStgid:")).split()
+        assert len(nstgid) == 4 and nstgid[-1] == "1", nstgid  # kernel, node, container
+    assert len(seen) == 2 and node_ns not in seen
+    _ready_and_counts(tb, tmp_path, pidns=child_pid_namespace, n=23)
 
 
 def test_without_cap_perfmon_it_stays_up_and_says_why(
@@ -280,5 +393,83 @@ def test_without_cap_perfmon_it_stays_up_and_says_why(
             assert proc.poll() is None, log.read_text()
             assert get(url() + "/healthz")[0] == 200
             assert get(url() + "/readyz")[0] == 503
+        assert proc.returncode == 0, log.read_text()
+        assert "Traceback" not in log.read_text()
+
+
+def test_without_the_nodes_pid_namespace_it_says_why_instead_of_counting_zero(
+    testbed_factory: Callable[..., Any],
+    tmp_path: Path,
+    child_pid_namespace: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No hostPID (or a namespace beside the node's): the pods' cgroups list their processes
+    as 0, /proc has none of them. The agent must not be Ready counting zero: /readyz 503 and
+    ``smp_agent_up{reason="pids_not_visible"}`` naming the container and hostPID."""
+    from profiler.testbed.node import Testbed
+
+    original = Testbed._spawn
+
+    def spawn(self: Testbed, pod: Any, container: str, argv: list[str], out: Path,
+              err: Path, mode: str = "wb") -> subprocess.Popen[bytes]:  # fmt: skip
+        into = ["nsenter", f"--target={child_pid_namespace}", "--pid", "--"]
+        return original(self, pod, container, [*into, *argv], out, err, mode)
+
+    monkeypatch.setattr(Testbed, "_spawn", spawn)
+    tb = testbed_factory()
+    # the agent's own namespace, a sibling of the pods'
+    with pid_namespace() as agent_ns, api_server() as api:
+        api.put(_reviews(tb))
+        (tmp_path / "kube").mkdir()
+        kubeconfig = api.kubeconfig(tmp_path / "kube" / "config")
+        with deployed_agent(tmp_path, kubeconfig, pidns=agent_ns) as (proc, log, url):
+            up = ("k8s_node_name", "node-a"), ("reason", "pids_not_visible")
+            deadline = time.monotonic() + 30
+            while ("smp_agent_up", up) not in metrics(url()):
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, (get(url() + "/readyz"), log.read_text())
+                time.sleep(0.1)
+            code, why = get(url() + "/readyz")
+            assert code == 503, why
+            assert "shop/reviews-1/istio-proxy" in why and "hostPID" in why, why
+            assert metrics(url())["smp_agent_up", up] == 0
+        assert proc.returncode == 0, log.read_text()
+        assert "Traceback" not in log.read_text()
+        assert "cannot trace PID 0" not in log.read_text()
+
+
+def test_a_blind_probe_is_not_ready_and_says_why(
+    testbed_factory: Callable[..., Any],
+    tmp_path: Path,
+    child_pid_namespace: int,
+) -> None:
+    """The probe's start-up self-test fails (here: the agent wrongly believes its PID
+    namespace is the kernel's, so it would filter on PIDs BPF never sees): the agent stays
+    up, not Ready, with the self-test's sentence, instead of Ready counting zero."""
+    tb = testbed_factory()
+    wrong = (
+        "import os, profiler.probes.sidecar as s\n"
+        "s.INIT_PID_NS_INO = os.stat('/proc/self/ns/pid').st_ino"
+    )
+    with api_server() as api:
+        api.put(_reviews(tb))
+        (tmp_path / "kube").mkdir()
+        kubeconfig = api.kubeconfig(tmp_path / "kube" / "config")
+        with deployed_agent(tmp_path, kubeconfig, pidns=child_pid_namespace, prelude=wrong) as (
+            proc,
+            log,
+            url,
+        ):
+            deadline = time.monotonic() + 30
+            up = ("k8s_node_name", "node-a"), ("reason", "probe_load_failed")
+            while ("smp_agent_up", up) not in metrics(url()):
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, (get(url() + "/readyz"), log.read_text())
+                time.sleep(0.1)
+            code, why = get(url() + "/readyz")
+            assert code == 503, why
+            assert "did not see this process's own socket traffic" in why, why
+            assert get(url() + "/healthz")[0] == 200
+            assert metrics(url())["smp_probe_load_failures_total", ()] >= 1
         assert proc.returncode == 0, log.read_text()
         assert "Traceback" not in log.read_text()

@@ -22,6 +22,7 @@ from profiler.probes.sidecar import (
     F_MATCH_THREAD,
     KIND_PROXY,
     KIND_SERVER,
+    KIND_UNPARSED,
     SidecarProbe,
     request_ids,
 )
@@ -121,12 +122,13 @@ class Traced:
         self.pid = peer.pid
 
     def spans(self) -> np.ndarray:
-        """Everything emitted so far plus the answered requests still in the table."""
+        """Everything emitted so far plus the answered requests still in the table (request
+        records: a connection's unparsed-bytes record is not a span)."""
         time.sleep(0.05)
         self.probe.consume()
         rows = [*self.batches, self.probe.drain_pending()]
         out: np.ndarray = np.concatenate(rows) if rows else np.empty(0, self.probe.dtype)
-        return out
+        return out[out["kind"] != KIND_UNPARSED]
 
     def stats(self) -> dict[str, int]:
         return self.probe.proc_stats(self.pid)

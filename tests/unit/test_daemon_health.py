@@ -50,6 +50,9 @@ class Source:
     def skipped(self) -> dict[str, int]:
         return {"ambient": 2}
 
+    def hidden(self) -> dict[str, int]:
+        return {}
+
 
 class FlakyLoader:
     """Fails ``n`` times (as on a node without headers or CAP_PERFMON), then loads."""

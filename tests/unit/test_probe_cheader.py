@@ -19,18 +19,26 @@ from profiler.probes.sidecar import (
 
 
 def test_span_record_layout_is_the_c_one() -> None:
-    """128 bytes, 8-aligned; the offsets a C compiler gives (u8 rid_len then u8 pad[3] then
-    char rid[48] at 80): a field added or reordered in sidecar.h shows up here."""
-    assert SPAN_DTYPE.itemsize == 128
+    """160 bytes, 8-aligned; the offsets a C compiler gives (u8 rid_len then u8 pad[3] then
+    char rid[48] at 96; the arrival stamps after ds_tx_end; the HTTP/2 fields last): a field
+    added or reordered in sidecar.h shows up here."""
+    assert SPAN_DTYPE.itemsize == 160
     fields = SPAN_DTYPE.fields
     assert fields is not None
-    assert {n: fields[n][1] for n in ("ds_rx_beg", "tgid", "kind", "rid_len", "pad", "rid")} == {
+    names = ("ds_rx_beg", "ds_rx_arr", "us_rx_arr", "tgid", "kind", "rid_len", "pad", "rid",
+             "ds_tx_data", "ds_sid", "us_sid")  # fmt: skip
+    assert {n: fields[n][1] for n in names} == {
         "ds_rx_beg": 0,
-        "tgid": 48,
-        "kind": 72,
-        "rid_len": 76,
-        "pad": 77,
-        "rid": 80,
+        "ds_rx_arr": 40,
+        "us_rx_arr": 48,
+        "tgid": 64,
+        "kind": 88,
+        "rid_len": 92,
+        "pad": 93,
+        "rid": 96,
+        "ds_tx_data": 144,
+        "ds_sid": 152,
+        "us_sid": 156,
     }
     assert SPAN_DTYPE["rid"].shape == (48,)
 
@@ -84,12 +92,14 @@ def test_header_outside_the_subset_fails_loudly(text: str) -> None:
 
 def test_records_decode_from_raw_bytes() -> None:
     """A record written as C would (little-endian bytes at the C offsets) reads back."""
-    raw = bytearray(128)
+    raw = bytearray(160)
     raw[0:8] = (123456789).to_bytes(8, "little")
-    raw[48:52] = (4242).to_bytes(4, "little")
-    raw[76] = 3
-    raw[80:83] = b"abc"
+    raw[64:68] = (4242).to_bytes(4, "little")
+    raw[92] = 3
+    raw[96:99] = b"abc"
+    raw[152:156] = (31).to_bytes(4, "little")
     rec = np.frombuffer(bytes(raw), dtype=SPAN_DTYPE)[0]
     assert int(rec["ds_rx_beg"]) == 123456789
     assert int(rec["tgid"]) == 4242
+    assert int(rec["ds_sid"]) == 31
     assert bytes(rec["rid"][: rec["rid_len"]].tobytes()) == b"abc"
