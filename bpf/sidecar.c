@@ -1105,32 +1105,50 @@ SMP_INLINE void smp_arrival_learn(u32 tid, u64 key, u64 since) {}
  * writer's own context (net:net_dev_queue, the current task a traced thread). Without one (the
  * data was held back by TCP, or the hook is absent) the call's own instant. */
 #if SMP_XMIT_STAMPS
-/* Per CPU: the first data packet queued since the slot was last taken, and by which thread.
- * A write's packet is queued in the writer's context, on its CPU, just before the write
- * returns there: an array slot (no hash insert and delete per packet, no PID filter for the
- * node's other packets: they only overwrite a slot a traced thread's write would check by
- * tid). A thread moved to another CPU in between finds no stamp: its call's own instant. */
-struct smp_xmit_slot { u32 tid; u32 pad; u64 ts; };
-BPF_PERCPU_ARRAY(smp_xmit, struct smp_xmit_slot, 1);
+/* Per CPU: for the last few threads that queued a data packet there, the first since their
+ * slot was last taken. A write's packet is queued in the writer's context, on its CPU, just
+ * before the write returns there: array slots (no hash insert and delete per packet, no PID
+ * filter for the node's other packets: they only take a slot a traced thread's write looks up
+ * by tid). SMP_XMIT_WAYS threads per CPU, so that a thread woken by the write and run before
+ * it returns (a preemption) does not take the writer's stamp. A thread moved to another CPU
+ * in between finds no stamp: its call's own instant. */
+#define SMP_XMIT_WAYS 4
+struct smp_xmit_cpu {
+    u64 ts[SMP_XMIT_WAYS];
+    u32 tid[SMP_XMIT_WAYS];
+    u32 next;
+    u32 pad;
+};
+BPF_PERCPU_ARRAY(smp_xmit, struct smp_xmit_cpu, 1);
 
 /* The write's instant: its first packet if queued within [since, until], else ``fallback``. */
 SMP_INLINE u64 smp_xmit_take(u32 tid, u64 since, u64 until, u64 fallback)
 {
     int zero = 0;
-    struct smp_xmit_slot *x = smp_xmit.lookup(&zero);
-    if (!x || x->tid != tid || !x->ts)
+    struct smp_xmit_cpu *x = smp_xmit.lookup(&zero);
+    if (!x)
         return fallback;
-    u64 t = x->ts;
-    x->ts = 0;
-    return t >= since && t <= until ? t : fallback;
+#pragma unroll
+    for (int i = 0; i < SMP_XMIT_WAYS; i++) {
+        if (x->tid[i] != tid || !x->ts[i])
+            continue;
+        u64 t = x->ts[i];
+        x->ts[i] = 0;
+        return t >= since && t <= until ? t : fallback;
+    }
+    return fallback;
 }
 
 SMP_INLINE void smp_xmit_forget(u32 tid)
 {
     int zero = 0;
-    struct smp_xmit_slot *x = smp_xmit.lookup(&zero);
-    if (x && x->tid == tid)
-        x->ts = 0;
+    struct smp_xmit_cpu *x = smp_xmit.lookup(&zero);
+    if (!x)
+        return;
+#pragma unroll
+    for (int i = 0; i < SMP_XMIT_WAYS; i++)
+        if (x->tid[i] == tid)
+            x->ts[i] = 0;
 }
 #else
 SMP_INLINE u64 smp_xmit_take(u32 tid, u64 since, u64 until, u64 fallback)
@@ -1808,14 +1826,22 @@ TRACEPOINT_PROBE(net, net_dev_queue)
     if (args->len <= SMP_XMIT_MIN_LEN)
         return 0;
     int zero = 0;
-    struct smp_xmit_slot *x = smp_xmit.lookup(&zero);
+    struct smp_xmit_cpu *x = smp_xmit.lookup(&zero);
     if (!x)
         return 0;
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    if (x->tid == tid && x->ts)   /* not the first since the thread's last socket call */
+#pragma unroll
+    for (int i = 0; i < SMP_XMIT_WAYS; i++) {
+        if (x->tid[i] != tid)
+            continue;
+        if (!x->ts[i])  /* else not the first since the thread's last socket call */
+            x->ts[i] = bpf_ktime_get_ns();
         return 0;
-    x->tid = tid;
-    x->ts = bpf_ktime_get_ns();
+    }
+    u32 k = x->next & (SMP_XMIT_WAYS - 1);
+    x->next = k + 1;
+    x->tid[k] = tid;
+    x->ts[k] = bpf_ktime_get_ns();
     return 0;
 }
 #endif
