@@ -154,15 +154,6 @@ class RunBundle:
             "notes": list(self.notes),
         }
 
-    def to_json(self) -> dict[str, Any]:
-        """The whole bundle: SMP documents, details and the raw run."""
-        from profiler.smp.build import build_documents
-
-        doc: dict[str, Any] = {"format_version": FORMAT_VERSION, "kind": KIND}
-        doc.update(build_documents(self))
-        doc["run"] = self.run_json()
-        return doc
-
     @classmethod
     def from_json(cls, d: Any) -> RunBundle:
         if not isinstance(d, dict) or d.get("kind") != KIND:
@@ -195,12 +186,6 @@ class RunBundle:
         if len(bundle.result_ids) != len(bundle.config.rates):
             raise BadInputFile("malformed run bundle: one result id per rate step is needed")
         return bundle
-
-    def write(self, path: Path, fmt: str | None = None) -> str:
-        """Write as JSON or YAML (by ``fmt``, else by the suffix); returns the format used."""
-        fmt = fmt or ("yaml" if path.suffix in (".yaml", ".yml") else "json")
-        path.write_text(dumps(self.to_json(), fmt))
-        return fmt
 
 
 def dumps(doc: dict[str, Any], fmt: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from profiler import __version__
+from profiler.discovery.environment import mesh_evidence
 from profiler.errors import SmpError, TargetNotFound, TargetUnreachable, UsageError
 from profiler.loadgen.result import GENERATORS, LoadResult, LoadSpec
 from profiler.model import MeshInfo, RunBundle, RunConfig, StepRecord
@@ -111,51 +112,8 @@ def _testbed_state(path: Path) -> Any:
     return Testbed.load(path).state
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def mesh_evidence(pid: int) -> tuple[str, str | None, str]:
-    """(SMP mesh type, proxy, why) of a sidecar PID, from what the node shows of it only.
-
-    Istio: an Envoy started by Istio's pilot-agent (or with Istio's bootstrap); Linkerd: the
-    linkerd2-proxy binary. A plain Envoy is a proxy without a known mesh: INVALID_MESH, SMP's
-    "unknown", never ISTIO by default.
-    """
-    comm, args = _comm(pid), _cmdline(pid)
-    exe = Path(args[0]).name if args and args[0] else comm
-    if "linkerd2-proxy" in (comm, exe) or comm.startswith("linkerd2"):
-        return "LINKERD", "linkerd2-proxy", f"PID {pid} is linkerd2-proxy"
-    if "envoy" in (comm, exe):
-        parent = _ppid(pid)
-        if parent and _comm(parent) == "pilot-agent":
-            return "ISTIO", "envoy", f"PID {pid} is an Envoy started by Istio's pilot-agent"
-        if any("/etc/istio/" in a for a in args):
-            return "ISTIO", "envoy", f"PID {pid} is an Envoy with Istio's bootstrap"
-        return "INVALID_MESH", "envoy", f"PID {pid} is a plain Envoy: no Istio or other mesh seen"
-    return "INVALID_MESH", None, f"PID {pid} ({comm or '?'}) is no known sidecar proxy"
-
-
 def _mesh_of(pids: list[int], **kw: Any) -> MeshInfo:
-    from profiler.smp.environment import envoy_binary_of, envoy_version, proxy_concurrency_of
+    from profiler.discovery.environment import envoy_binary_of, envoy_version, proxy_concurrency_of
 
     kind, proxy, why = mesh_evidence(pids[0])
     if proxy != "envoy":  # a testbed's Envoy facts do not describe another process
@@ -407,7 +365,7 @@ def _bundle(
     seed: int | None,
 ) -> RunBundle:
     """The bundle of ``records``: a partial run keeps only the steps it measured."""
-    from profiler.smp.environment import detect_environment
+    from profiler.discovery.environment import detect_environment
 
     steps = sorted({r.step for r in records})
     if steps != list(range(len(cfg.rates))):

@@ -30,11 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from profiler.units import PERCENTILES
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 Buckets = tuple[npt.ArrayLike, npt.ArrayLike]
 
-DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+DEFAULT_PERCENTILES = PERCENTILES
 CI_PERCENTILES = (50.0, 90.0, 99.0)
 
 

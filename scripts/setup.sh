@@ -16,6 +16,8 @@ DEB_PACKAGES=(
   chromium fonts-dejavu-core                       # the HTML report's browser test
   prometheus                                       # the DaemonSet's metrics, scraped for real
   kubectl                                          # `kubectl kustomize daemonset/` (kustomize v5)
+  openssl                                          # the testbed's mTLS certificates
+  curl git                                         # tests: HTTP/2 prior knowledge to the testbed; the tree check
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from profiler.capture.memory import memory_of
-from profiler.daemon.snapshot import Snapshot, TargetSnapshot
+from profiler.capture.snapshot import Snapshot, TargetSnapshot
 from profiler.histogram import LatencyHistogram
 from profiler.legs import APP_LEGS, PROXY_LEGS, arrivals_missing, proxy_instants, proxy_legs_ns
 from profiler.probes.sidecar import (

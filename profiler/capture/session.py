@@ -18,6 +18,7 @@ from profiler.capture import document
 from profiler.capture.engine import Engine, Target
 from profiler.capture.memory import memory_of
 from profiler.discovery.cgroups import cgroup_of
+from profiler.discovery.procfs import comm
 from profiler.errors import TargetNotFound
 from profiler.probes.sidecar import F_DS_H2
 
@@ -32,20 +33,6 @@ class CaptureConfig:
     ringbuf_pages: int | None = None  # None: the probe's one default (smp_common.h)
     spans_file: Path | None = None
     max_spans: int = 1_000_000
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _thread_comm(pid: int, tid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def _cgroup(pid: int) -> str | None:
@@ -76,7 +63,7 @@ class CaptureSession:
             engine.new_window(config.sidecar_pids, config.app_pids)
         self.engine = engine
         self._info: dict[int, dict[str, Any]] = {
-            pid: {"comm": _comm(pid), "cgroup": _cgroup(pid), "thread_comm": {}}
+            pid: {"comm": comm(pid), "cgroup": _cgroup(pid), "thread_comm": {}}
             for pid in [*config.sidecar_pids, *config.app_pids]
         }
         self._cpu0 = self.engine.cpu_ns()
@@ -113,7 +100,7 @@ class CaptureSession:
             names = info["thread_comm"]
             for tid in cpu.get(pid, {}):
                 if tid not in names:
-                    names[tid] = _thread_comm(pid, tid)
+                    names[tid] = comm(pid, tid)
 
     def during(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` (e.g. the load) in a thread while this thread consumes the events, so
@@ -216,7 +203,7 @@ class CaptureSession:
             threads.append(
                 {
                     "tid": tid,
-                    "comm": info["thread_comm"].get(tid) or _thread_comm(pid, tid),
+                    "comm": info["thread_comm"].get(tid) or comm(pid, tid),
                     "cpu_seconds": round(delta / 1e9, 6),
                 }
             )

@@ -10,10 +10,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
 
 from profiler import outputs
-from profiler.capture import targets as resolve_targets
+from profiler.commands import exits
+from profiler.discovery import targets as resolve_targets
 from profiler.errors import Interrupted, OutputNotWritable, UsageError
 
 if TYPE_CHECKING:
@@ -36,18 +39,42 @@ def testbed_targets(testbed: str) -> tuple[list[int], list[int]]:
 
 
 def main(
-    pids: list[int],
-    sidecar_pids: list[int],
-    cgroups: list[str],
-    container_ids: list[str],
-    sidecar: str,
-    duration: str,
-    output: Path,
-    spans: bool = True,
-    ringbuf_pages: int = 256,
-    quiet: bool = False,
-    testbed: str | None = None,
+    pid: Annotated[
+        list[int] | None,
+        typer.Option("--pid", help="PID to trace (repeatable); proxies by name are sidecars."),
+    ] = None,
+    sidecar_pid: Annotated[
+        list[int] | None, typer.Option("--sidecar-pid", help="Trace this PID as a sidecar.")
+    ] = None,
+    cgroup: Annotated[
+        list[str] | None, typer.Option("--cgroup", help="A pod or container cgroup (v2 path).")
+    ] = None,
+    container_id: Annotated[
+        list[str] | None, typer.Option("--container-id", help="A container of the pod.")
+    ] = None,
+    sidecar: Annotated[
+        str, typer.Option(help="auto: the proxy (envoy, linkerd2-proxy) must be among them.")
+    ] = "auto",
+    duration: Annotated[str, typer.Option(help="How long to capture, e.g. 10s.")] = "10s",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Capture file to write.")] = Path(
+        "capture.json"
+    ),
+    spans: Annotated[
+        bool, typer.Option(help="Also write the per-request spans file (<output>.spans.csv).")
+    ] = True,
+    ringbuf_pages: Annotated[int, typer.Option(help="Ring buffer size in pages.")] = 256,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    testbed: Annotated[
+        str | None,
+        typer.Option(help="A local testbed (state dir or name): its sidecars and app."),
+    ] = None,
 ) -> int:
+    """Trace sidecar (and app) processes: per-leg latency, CPU and memory -> a capture file.
+
+    Exit codes: 0 complete, 1 incomplete (a target exited), 130 interrupted (what was
+    measured is written), 73 the output could not be written (saved elsewhere, said where)."""
+    pids, sidecar_pids = list(pid or []), list(sidecar_pid or [])
+    cgroups, container_ids = list(cgroup or []), list(container_id or [])
     from profiler import capabilities
     from profiler.testbed.config import parse_duration
 
@@ -188,3 +215,6 @@ def _summary(doc: dict[str, object], output: Path) -> None:
             f"sidecar_total p50 {p50_text}, {s['cpu_mcores']:.0f} mcores",
             file=sys.stderr,
         )
+
+
+command = exits(main)

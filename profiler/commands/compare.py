@@ -5,13 +5,29 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
+import typer
+
+from profiler.commands import exits
+from profiler.commands.report import WIDTH
 from profiler.errors import UsageError
 
 FORMATS = ("terminal", "markdown", "json")
 
 
-def main(files: list[Path], fmt: str, output: Path | None, force: bool, width: int | None) -> int:
+def main(
+    files: Annotated[list[Path], typer.Argument(help="Two or more bundles or captures.")],
+    fmt: Annotated[str, typer.Option("--format", help="terminal|markdown|json.")] = "terminal",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="File to write [default: stdout].")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Compare even when CPU model or core count differ.")
+    ] = False,
+    width: Annotated[int | None, WIDTH] = None,
+) -> int:
+    """Put two or more results side by side, with the differences and their significance."""
     from profiler.commands.report import term_width, write
     from profiler.report import compare, load, markdown, terminal
 
@@ -32,3 +48,6 @@ def main(files: list[Path], fmt: str, output: Path | None, force: bool, width: i
             text = terminal.render_document(doc, width or term_width(), color)
     write(text, output)
     return 0
+
+
+command = exits(main)

@@ -14,7 +14,11 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Annotated
 
+import typer
+
+from profiler.commands import exits
 from profiler.errors import UsageError
 
 
@@ -26,15 +30,30 @@ def _sidecar_names(values: Sequence[str]) -> tuple[str, ...]:
 
 
 def main(
-    metrics_port: int = 9464,
-    metrics_address: str = "0.0.0.0",
-    node_name: str | None = None,
-    kubernetes: bool = True,
-    kubeconfig: str | None = None,
-    sidecar_names: Sequence[str] = ("istio-proxy", "linkerd-proxy"),
-    interval: float = 5.0,
-    cgroup_root: str | None = None,
+    metrics_port: Annotated[int, typer.Option(help="Port of /metrics, /healthz, /readyz.")] = 9464,
+    metrics_address: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    node_name: Annotated[
+        str | None, typer.Option(help="This node's name [default: $NODE_NAME].")
+    ] = None,
+    no_kubernetes: Annotated[
+        bool,
+        typer.Option("--no-kubernetes", help="Find sidecars by process name and cgroup only."),
+    ] = False,
+    kubeconfig: Annotated[
+        str | None, typer.Option(help="kubeconfig file [default: in-cluster, ~/.kube/config].")
+    ] = None,
+    sidecar_names: Annotated[
+        list[str] | None,
+        typer.Option(help="Sidecar container names (repeatable or comma-separated)."),
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between reconciles/snapshots.")] = 5.0,
+    cgroup_root: Annotated[
+        str | None, typer.Option(help="Only look for containers below this cgroup directory.")
+    ] = None,
 ) -> int:
+    """Run as the node agent of the DaemonSet: discover sidecars, probe, export metrics."""
+    kubernetes = not no_kubernetes
+    sidecar_names = sidecar_names or ["istio-proxy", "linkerd-proxy"]
     if not interval > 0:
         raise UsageError(f"--interval must be positive, not {interval}")
     if not 0 <= metrics_port <= 65535:
@@ -121,3 +140,6 @@ def _doctor() -> tuple[bool, str]:
     if missing:
         return False, "; ".join(f"{c.name}: {c.detail}" for c in missing)
     return True, "captures possible"
+
+
+command = exits(main)

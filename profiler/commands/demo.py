@@ -5,10 +5,12 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from profiler import capabilities, outputs
 from profiler.errors import OutputNotWritable, UsageError
-from profiler.model import RunConfig, dumps
 
 RATES = [100.0, 500.0, 1000.0]
 STEP_S = 10.0
@@ -25,7 +27,9 @@ def main(
     name: str | None = None,
 ) -> int:
     from profiler import runner
-    from profiler.commands.run import RichReporter, console, summary_table
+    from profiler.commands.console import RichReporter, console, summary_table
+    from profiler.model import RunConfig, dumps
+    from profiler.smp.bundle import bundle_json
     from profiler.testbed import Testbed, TestbedConfig
 
     capabilities.require_admin("demo (it builds a local testbed)")
@@ -68,7 +72,7 @@ def main(
                 tb.down()
             except Exception as e:  # keep tearing down the others; say what was left
                 out.print(f"[red]teardown of {tb.state.name} failed:[/] {e}")
-    doc = bundle.to_json()
+    doc = bundle_json(bundle)
     path = outputs.save_text(output_dir / "result.json", dumps(doc, "json"))
     saved = [path, outputs.save_text(output_dir / "result.yaml", dumps(doc, "yaml"))]
     out.print(summary_table(doc))
@@ -83,3 +87,10 @@ def main(
     print(f"HTML report: {saved[-1].resolve()}")
     moved = [p for p, file in zip(saved, FILES, strict=True) if p != output_dir / file]
     return OutputNotWritable.exit_code if moved else 0
+
+
+def command(
+    output_dir: Annotated[Path, typer.Option(help="Where results go.")] = Path("smp-results"),
+) -> None:
+    """Build the local node, run a short sweep with the profiler, write the results, tear down."""
+    raise typer.Exit(main(output_dir=output_dir))

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
+
+import typer
 
 from profiler import capabilities
+from profiler.commands import exits
 
 
-def main(json_out: bool = False) -> int:
+def main(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> int:
+    """Check what this node can do: privileges, BPF, BCC, tracepoints, uprobes, headers."""
     checks = capabilities.run_all()
     possible = capabilities.capture_possible(checks)
     method = _method(checks)
@@ -57,3 +64,6 @@ def _method(checks: list[capabilities.Check]) -> dict[str, str]:
     _, xmit_why = capabilities.xmit_stamps()
     return {"path": path, "why": why, "arrival": arrival, "arrival_why": arrival_why,
             "writes": xmit_why}  # fmt: skip
+
+
+command = exits(main)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+import typer
 
+from profiler.commands import exits
 from profiler.errors import TooManyErrors, UsageError
-from profiler.model import RunConfig, StepRecord, dumps
-from profiler.runner import Window, rate_label
 
 FORMATS = ("json", "yaml")
 
@@ -26,147 +22,50 @@ def _seconds(text: str, option: str) -> float:
         raise UsageError(f"bad {option} {text!r}: use e.g. 10s, 500ms, 1m") from None
 
 
-class RichReporter:
-    """The progress of the whole run: window, rate, phase, elapsed; a line per window."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[last]}"),
-            console=console,
-            transient=False,
-        )
-        self.task: Any = None
-        self.total = 0
-        self.t0 = 0.0
-
-    def begin(self, windows: list[Window], seconds: float) -> None:
-        self.total = len(windows)
-        self.t0 = time.monotonic()
-        self.progress.start()
-        self.task = self.progress.add_task("starting", total=len(windows), last="")
-        self.console.print(f"{len(windows)} windows, about {seconds:.0f} s of load")
-
-    def start(self, window: Window, phase: str) -> None:
-        rates = f"{rate_label(window.rate)} req/s"
-        done = self.progress.tasks[0].completed
-        self.progress.update(
-            self.task,
-            description=f"[{int(done) + 1}/{self.total}] step {window.step} {window.role} "
-            f"{rates} rep {window.repetition} {phase}",
-        )
-
-    def done(self, window: Window, record: StepRecord) -> None:
-        load = record.load
-        p99 = load.percentiles_ms.get(99.0)
-        p50 = load.percentiles_ms.get(50.0)
-        extra = ""
-        scs = (record.capture or {}).get("sidecars", [])
-        if record.capture and scs:
-            # over the load's own seconds: the capture window is longer (start-up, collection)
-            cpu = sum(float(s.get("cpu_seconds") or 0) for s in scs)
-            mc = cpu / load.duration_s * 1000 if load.duration_s > 0 else 0.0
-            extra = f" sidecar {mc:.0f} mcores, drops {record.capture.get('drops', 0)}"
-        line = (
-            f"step {window.step} {window.role:8} {rate_label(window.rate):>7} req/s"
-            f" rep {window.repetition}:"
-            f" achieved {load.rate_achieved:8.1f}  p50 {_ms(p50)}  p99 {_ms(p99)}"
-            f"  errors {load.error_rate:.1%}{extra}"
-        )
-        self.progress.console.print(line)
-        self.progress.update(self.task, advance=1, last=f"p99 {_ms(p99)}")
-
-    def end(self) -> None:
-        self.progress.stop()
-
-
-def console() -> Console:
-    """stderr; wide enough for the summary when it is not a terminal (logs, CI)."""
-    c = Console(stderr=True)
-    if not c.is_terminal:
-        c.width = max(c.width, 140)
-    return c
-
-
-def _ms(x: float | None) -> str:
-    return "   -    " if x is None else f"{x:7.3f}ms"
-
-
-def summary_table(doc: dict[str, Any]) -> Table:
-    """The terminal summary of a bundle's documents."""
-    t = Table(title="smp-profiler run", title_justify="left")
-    for col in (
-        "rate",
-        "achieved",
-        "errors",
-        "p50 ms",
-        "p99 ms",
-        "baseline p50",
-        "A/B delta p50 [95% CI]",
-        "eBPF sidecar p50",
-        "eBPF mesh-added p50",
-        "sidecar mcores",
-        "CPU-ms/1k req",
-        "mem MiB",
-    ):
-        t.add_column(col, justify="right")
-    for step in doc["details"]["steps"]:
-        lat = step["mesh"]["latency"]
-        base = step.get("baseline")
-        ov = step.get("overhead")
-        sc = step.get("sidecar") or {}
-        total = (sc.get("legs") or {}).get("sidecar_total") or {}
-        added = (sc.get("legs") or {}).get("mesh_added") or {}
-        t.add_row(
-            rate_label(step["rate_asked"]),
-            f"{step['mesh']['rate_achieved']:.1f}",
-            f"{step['mesh']['error_rate']:.1%}",
-            _f(lat.get("p50_ms")),
-            _f(lat.get("p99_ms")),
-            _f(base["latency"].get("p50_ms")) if base else "-",
-            f"{ov['p50']['delta_ms']:+.3f} [{ov['p50']['ci_ms'][0]:+.3f}, "
-            f"{ov['p50']['ci_ms'][1]:+.3f}]"
-            if ov
-            else "-",
-            _f(total.get("p50_ms")),
-            _f(added.get("p50_ms")),
-            "off path" if sc.get("error") else _f(sc.get("cpu_mcores"), 0),
-            _f(sc.get("cpu_ms_per_1k_requests"), 1),
-            _f((sc.get("mem_mb") or {}).get("rss"), 1),
-        )
-    mm = doc["details"]["meshmark"]
-    score = "n/a" if mm["score"] is None else f"{mm['score']:.1f}"
-    t.caption = f"MeshMark {score} (classes: {', '.join(mm['classes']) or 'none'})"
-    return t
-
-
-def _f(x: float | None, nd: int = 3) -> str:
-    return "-" if x is None else f"{x:.{nd}f}"
-
-
 def main(
-    *,
-    target: str | None,
-    rates: str,
-    step_duration: str,
-    warmup: str,
-    repeat: int,
-    load_generator: str,
-    connections: int,
-    sidecar_pid: list[int],
-    app_pid: list[int],
-    testbed: Path | None,
-    baseline_target: str | None,
-    baseline_testbed: Path | None,
-    output: Path,
-    fmt: str | None,
-    seed: int | None = None,
-    max_error_rate: float = 0.01,
+    target: Annotated[str | None, typer.Option(help="URL to load (http://host:port/path).")] = None,
+    rates: Annotated[str, typer.Option(help="Rate steps in req/s, e.g. 100,500,1000.")] = (
+        "100,500,1000"
+    ),
+    step_duration: Annotated[str, typer.Option(help="Measured time per step, e.g. 10s.")] = "10s",
+    warmup: Annotated[str, typer.Option(help="Load before each step, not measured.")] = "2s",
+    repeat: Annotated[int, typer.Option(help="Repetitions of every step.")] = 1,
+    load_generator: Annotated[
+        str, typer.Option(help="builtin|wrk|hey|fortio|nighthawk.")
+    ] = "builtin",
+    connections: Annotated[int, typer.Option(help="Connections of the load generator.")] = 16,
+    sidecar_pid: Annotated[
+        list[int] | None, typer.Option("--sidecar-pid", help="Sidecar PID to capture (repeatable).")
+    ] = None,
+    app_pid: Annotated[
+        list[int] | None, typer.Option("--app-pid", help="App PID to capture too (repeatable).")
+    ] = None,
+    testbed: Annotated[
+        Path | None, typer.Option(help="Testbed state dir: target, netns and PIDs from it.")
+    ] = None,
+    baseline_target: Annotated[
+        str | None, typer.Option(help="The same service without the sidecar (A/B).")
+    ] = None,
+    baseline_testbed: Annotated[
+        Path | None, typer.Option(help="Testbed state dir of the no-sidecar baseline.")
+    ] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Result bundle to write.")] = Path(
+        "result.json"
+    ),
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="json|yaml [default: by the suffix of -o].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the bootstrap.")] = None,
+    max_error_rate: Annotated[
+        float,
+        typer.Option(help="Exit 6 (results written) when a step fails more requests (0.01 = 1%)."),
+    ] = 0.01,
 ) -> int:
+    """Drive load at fixed rates, capture each step, and write SMP results."""
     from profiler import capabilities, outputs, runner
+    from profiler.commands.console import RichReporter, console, summary_table
+    from profiler.model import RunConfig, dumps
+    from profiler.smp.bundle import bundle_json
 
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"bad --format {fmt!r}: use json or yaml")
@@ -179,8 +78,8 @@ def main(
         generator=load_generator,
         connections=connections,
         baseline_target=baseline_target,
-        sidecar_pids=list(sidecar_pid),
-        app_pids=list(app_pid),
+        sidecar_pids=list(sidecar_pid or []),
+        app_pids=list(app_pid or []),
         testbed=str(testbed) if testbed else None,
         baseline_testbed=str(baseline_testbed) if baseline_testbed else None,
         max_error_rate=max_error_rate,
@@ -197,7 +96,7 @@ def main(
         bundle = runner.execute(cfg, mesh, reporter=RichReporter(out), seed=seed)
     except runner.RunInterrupted as stop:
         # what was measured is written before anything else is said
-        doc = stop.bundle.to_json()
+        doc = bundle_json(stop.bundle)
         written = outputs.save_text(output, dumps(doc, used))
         out.print(summary_table(doc))
         for note in doc["details"]["notes"]:
@@ -206,7 +105,7 @@ def main(
         if isinstance(stop.cause, KeyboardInterrupt):
             return 130
         raise stop.cause from None
-    doc = bundle.to_json()
+    doc = bundle_json(bundle)
     written = outputs.save_text(output, dumps(doc, used))  # never lost: a fallback if need be
     out.print(summary_table(doc))
     for note in doc["details"]["notes"]:
@@ -218,6 +117,8 @@ def main(
 
 def check_error_rate(doc: dict[str, Any], limit: float) -> None:
     """TooManyErrors (exit 6) when a step's mesh or baseline failed more than ``limit``."""
+    from profiler.runner import rate_label
+
     worst: tuple[float, str] | None = None
     for step in doc["details"]["steps"]:
         for role in ("mesh", "baseline"):
@@ -229,3 +130,6 @@ def check_error_rate(doc: dict[str, Any], limit: float) -> None:
             f"error rate {worst[0]:.2%} ({worst[1]}) is above --max-error-rate {limit:.2%}: "
             "the results are written, but their latency and rates are not the service's"
         )
+
+
+command = exits(main)

@@ -5,9 +5,22 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from profiler import capabilities
+from profiler.commands import exits
 from profiler.errors import BadInputFile, TargetUnreachable, TestbedError, UsageError
+
+app = typer.Typer(
+    help="Build a local node from real parts: pods, a real Envoy sidecar, Istio's capture.",
+    no_args_is_help=True,
+)
+NAME = typer.Option("--name", help="Testbed name: derives its netns, bridge and subnet.")
+STATE = typer.Option(
+    "--state-dir", help="Where testbed.json and logs go [default: /run/smp-profiler/testbed-NAME]."
+)
 
 
 def _state_dir(name: str, state_dir: Path | None) -> Path:
@@ -17,17 +30,23 @@ def _state_dir(name: str, state_dir: Path | None) -> Path:
 
 
 def up(
-    *,
-    name: str,
-    sidecar: str,
-    client_sidecar: bool,
-    mtls: bool,
-    concurrency: int,
-    app_delay: str,
-    response_size: str,
-    state_dir: Path | None,
-    json_out: bool,
+    name: Annotated[str, NAME] = "smp",
+    sidecar: Annotated[
+        str, typer.Option(help="envoy, or none for the no-mesh baseline.")
+    ] = "envoy",
+    client_sidecar: Annotated[
+        bool, typer.Option("--client-sidecar", help="Give the client pod an Envoy too.")
+    ] = False,
+    mtls: Annotated[bool, typer.Option("--mtls", help="Sidecar-to-sidecar mutual TLS.")] = False,
+    concurrency: Annotated[int, typer.Option(help="Envoy worker threads.")] = 1,
+    app_delay: Annotated[str, typer.Option(help="App service time, e.g. 1ms.")] = "0",
+    response_size: Annotated[str, typer.Option(help="App response body, e.g. 128, 4k.")] = "128",
+    state_dir: Annotated[Path | None, STATE] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the description as JSON.")
+    ] = False,
 ) -> int:
+    """Build the node: pods, an Envoy sidecar, iptables capture."""
     from profiler.testbed import Testbed, TestbedConfig, parse_duration, parse_size
 
     cfg = TestbedConfig(
@@ -61,7 +80,12 @@ def up(
     return 0
 
 
-def down(*, name: str, state_dir: Path | None, json_out: bool) -> int:
+def down(
+    name: Annotated[str, NAME] = "smp",
+    state_dir: Annotated[Path | None, STATE] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print what was removed.")] = False,
+) -> int:
+    """Remove everything the testbed made (safe to run twice or after a crash)."""
     from profiler.testbed import Testbed, teardown
 
     capabilities.require_admin("testbed down")
@@ -83,7 +107,12 @@ def down(*, name: str, state_dir: Path | None, json_out: bool) -> int:
     return 0
 
 
-def status(*, name: str, state_dir: Path | None, json_out: bool) -> int:
+def status(
+    name: Annotated[str, NAME] = "smp",
+    state_dir: Annotated[Path | None, STATE] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print state and checks.")] = False,
+) -> int:
+    """Re-read the testbed's description and check it is all there."""
     from profiler.testbed import Testbed, leftovers
 
     capabilities.require_admin("testbed status")
@@ -110,13 +139,13 @@ def status(*, name: str, state_dir: Path | None, json_out: bool) -> int:
 
 
 def load(
-    *,
-    name: str,
-    state_dir: Path | None,
-    rate: float,
-    duration: str,
-    connections: int,
+    name: Annotated[str, NAME] = "smp",
+    state_dir: Annotated[Path | None, STATE] = None,
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 100.0,
+    duration: Annotated[str, typer.Option(help="How long, e.g. 20s.")] = "10s",
+    connections: Annotated[int, typer.Option(help="Connections.")] = 4,
 ) -> int:
+    """Send requests from the client pod to the server pod (traffic for a capture)."""
     """Requests from the client pod to the server pod (the builtin generator), e.g. while a
     capture runs. Exit 0 when every request succeeded, 1 when some failed."""
     from profiler.loadgen import run_load
@@ -147,3 +176,7 @@ def load(
         f" ({res.rate_achieved:.1f} of {rate:g} req/s{lat}), {res.error_count} errors"
     )
     return 0 if res.error_count == 0 else 1
+
+
+for _name, _main in (("up", up), ("down", down), ("status", status), ("load", load)):
+    app.command(_name)(exits(_main))

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Protocol
 
 from profiler.capture.memory import CgroupUsage, cgroup_usage
+from profiler.capture.snapshot import SnapshotLike
 from profiler.daemon.metrics import ContainerUsage, Health, SnapshotCollector
-from profiler.daemon.snapshot import SnapshotLike
 from profiler.discovery.cgroups import pids_in_cgroup
 from profiler.discovery.kubernetes import PodSet, PodWatcher, Target, resolve_targets
 from profiler.discovery.processes import find_sidecars, pod_container_dirs

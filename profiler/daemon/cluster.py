@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from profiler import __version__, stats
@@ -29,10 +28,11 @@ from profiler.errors import UsageError
 from profiler.smp.build import duration_string, int32, mib_to_mb
 from profiler.smp.read import format_time
 from profiler.smp.schema import SMP_VERSION
+from profiler.units import PERCENTILES, pkey
 
 KIND = "smp-profiler/cluster-bundle"
 FORMAT_VERSION = 1
-PS = (50.0, 90.0, 95.0, 99.0, 99.9)
+PS = PERCENTILES
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _RELATIVE = re.compile(r"^now(?:\s*-\s*(\d+(?:\.\d+)?)\s*([smhd]))?$")
 
@@ -133,7 +133,7 @@ def leg_summary(w: WindowResult, leg: str) -> dict[str, Any]:
         "mean_ms": _r(total / count * 1000.0) if total is not None and count > 0 else None,
     }
     for p in PS:
-        out["p" + f"{p:g}".replace(".", "") + "_ms"] = _r(w.percentile(leg, p) * 1000.0)
+        out[pkey(p) + "_ms"] = _r(w.percentile(leg, p) * 1000.0)
     b50 = _bucket_of(0.5, buckets)
     out["p50_bucket_ms"] = None if b50 is None else [_r(b * 1000.0) for b in b50]
     out["buckets"] = [["+Inf" if math.isinf(le) else le, _r(c, 3)] for le, c in buckets]
@@ -260,59 +260,3 @@ def cluster_bundle(
     reporters = Reporters.from_answers({k: prom.query(q, at=end) for k, q in extra.items()})
     queries = window_queries(w.window_s, namespace) | extra
     return build_bundle(w, start, end, prom.url, namespace, reporters, queries)
-
-
-def write_bundle(doc: Mapping[str, Any], path: Path, fmt: str | None = None) -> str:
-    """Write as JSON or YAML (by ``fmt``, else by the suffix); returns the format used."""
-    from profiler.model import dumps
-
-    fmt = fmt or ("yaml" if path.suffix in (".yaml", ".yml") else "json")
-    try:
-        path.write_text(dumps(dict(doc), fmt))
-    except OSError as e:
-        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
-    return fmt
-
-
-def main(
-    prometheus: str | None,
-    start: str | None,
-    end: str = "now",
-    namespace: str | None = None,
-    output: Path | None = None,
-    fmt: str | None = None,
-    file: Path | None = None,
-    now: float | None = None,
-) -> int:
-    """``report --prometheus URL --start T [--end T] [--namespace NS] [-o FILE]``."""
-    import sys
-    import time
-
-    if prometheus is None:
-        if start is not None or namespace is not None:
-            raise UsageError("--start and --namespace go with --prometheus URL")
-        raise UsageError("report needs a FILE, or --prometheus URL --start T")
-    if file is not None:
-        raise UsageError("report reads a FILE or queries --prometheus, not both")
-    if start is None:
-        raise UsageError("--prometheus needs --start (e.g. --start now-15m)")
-    if not prometheus.startswith(("http://", "https://")):
-        raise UsageError(f"--prometheus needs an http(s) URL, not '{prometheus}'")
-    if fmt not in (None, "json", "yaml"):
-        raise UsageError(f"--format {fmt} with --prometheus: json or yaml")
-    output = output or Path("cluster.json")
-    t = time.time() if now is None else now
-    t0, t1 = parse_time(start, t), parse_time(end, t)
-    if t1 <= t0:
-        raise UsageError("--end must be after --start")
-    doc = cluster_bundle(Prometheus(prometheus), t0, t1, namespace)
-    write_bundle(doc, output, fmt)
-    sc = doc["details"]["sidecar"]
-    total = doc["details"]["legs"].get("sidecar_total", {})
-    print(
-        f"{output}: {sc['count']} sidecars, {sc['requests']:.0f} requests ({sc['rps']} req/s), "
-        f"{sc['cpu_mcores']} mcores, {sc['mem_mb']} MiB, "
-        f"sidecar_total p50 {total.get('p50_ms')} ms p99 {total.get('p99_ms')} ms",
-        file=sys.stderr,
-    )
-    return 0

@@ -27,7 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from profiler import __version__
-from profiler.daemon.snapshot import HistogramLike, SnapshotLike, TargetLike
+from profiler.capture.snapshot import HistogramLike, SnapshotLike, TargetLike
 from profiler.legs import APP_LEGS, PROXY_LEGS
 
 MetricType = Literal["counter", "gauge", "histogram"]

@@ -23,6 +23,7 @@ from profiler.discovery.containers import (
     is_pod_cgroup_name,
     parse_container_cgroup,
 )
+from profiler.discovery.procfs import comm
 from profiler.errors import TargetNotFound
 
 ProxyKind = Literal["envoy", "linkerd2-proxy"]
@@ -31,13 +32,6 @@ _PROXIES: dict[str, ProxyKind] = {"envoy": "envoy", "linkerd2-proxy": "linkerd2-
 _PAUSE = frozenset({"pause"})
 # v1 hierarchies a kubelet on a v1 or hybrid node puts containers in, in order of preference.
 _V1_HIERARCHIES = ("name=systemd", "memory", "cpu", "pids")
-
-
-def _comm(pid: int, proc: str = PROC) -> str:
-    try:
-        return Path(f"{proc}/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def _exited(pid: int, proc: str = PROC) -> bool:
@@ -56,7 +50,7 @@ def proxy_kind(pid: int, proc: str = PROC) -> ProxyKind | None:
         exe = os.path.basename(os.readlink(f"{proc}/{pid}/exe")).removesuffix(" (deleted)")
     except OSError:
         exe = ""
-    return _PROXIES.get(exe) or _PROXIES.get(_comm(pid, proc))
+    return _PROXIES.get(exe) or _PROXIES.get(comm(pid, proc=proc))
 
 
 @dataclass(frozen=True)
@@ -105,7 +99,7 @@ def _container_dir(fs_path: Path, container_id: str) -> Path:
 
 
 def _non_pause(pids: Sequence[int], proc: str) -> tuple[int, ...]:
-    return tuple(p for p in pids if _comm(p, proc) not in _PAUSE)
+    return tuple(p for p in pids if comm(p, proc=proc) not in _PAUSE)
 
 
 def pod_container_dirs(container_dir: Path) -> list[Path]:

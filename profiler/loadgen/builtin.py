@@ -19,34 +19,17 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from profiler import __version__
 from profiler.errors import TargetUnreachable, UsageError
 from profiler.histogram import LatencyHistogram
-from profiler.loadgen.common import LoadgenError, launch_prefix
+from profiler.loadgen.common import LoadgenError, launch_prefix, parse_target
 from profiler.loadgen.result import LoadResult, LoadSpec, percentiles_from_histogram, rate_reached
 from profiler.loadgen.worker import WorkerConfig
 
 RATE_PER_WORKER = 4000.0  # req/s one process holds with margin here (docs/loadgen.md)
 LAG_WARN_S = 0.010  # a worker this late on its schedule is CPU-bound
 READY_TIMEOUT_S = 15.0
-
-
-def parse_target(url: str) -> tuple[str, int, str, str]:
-    """(host, port, path with query, Host header) of an http:// URL."""
-    u = urlsplit(url)
-    if u.scheme != "http" or not u.hostname:
-        raise UsageError(
-            f"the built-in generator needs an http://host[:port]/path URL, not {url!r}"
-        )
-    try:
-        port = u.port or 80
-    except ValueError:
-        raise UsageError(f"bad port in {url!r}") from None
-    path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    host_header = u.netloc.rsplit("@", 1)[-1]
-    return u.hostname, port, path, host_header
 
 
 def worker_count(spec: LoadSpec) -> int:

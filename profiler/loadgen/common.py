@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from profiler.errors import BadInputFile, CapabilityMissing, SmpError, TargetNotFound, UsageError
 
@@ -85,3 +86,19 @@ def load_json(source: str | Path | dict[str, Any] | list[Any], what: str) -> Any
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise BadInputFile(f"{path} is not JSON ({e.msg} at line {e.lineno}): truncated?") from None
+
+
+def parse_target(url: str) -> tuple[str, int, str, str]:
+    """(host, port, path with query, Host header) of an http:// URL."""
+    u = urlsplit(url)
+    if u.scheme != "http" or not u.hostname:
+        raise UsageError(
+            f"the built-in generator needs an http://host[:port]/path URL, not {url!r}"
+        )
+    try:
+        port = u.port or 80
+    except ValueError:
+        raise UsageError(f"bad port in {url!r}") from None
+    path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+    host_header = u.netloc.rsplit("@", 1)[-1]
+    return u.hostname, port, path, host_header

@@ -27,8 +27,8 @@ from profiler.loadgen.result import (
     LoadResult,
     LoadSpec,
     percentiles_from_histogram,
-    pkey,
 )
+from profiler.units import pname
 
 _SPREAD_MAX = 1_000_000  # spread at most this many samples of a bucket; more go at its middle
 
@@ -131,7 +131,7 @@ def _stated(dh: dict[str, Any], hist: LatencyHistogram) -> tuple[dict[str, Any],
     for p in STANDARD_PERCENTILES:
         if p not in pct and hist.count:
             pct[p] = hist.percentile(p) / 1000.0
-            computed.append(pkey(p))
+            computed.append(pname(p))
     out = {
         "percentiles_ms": dict(sorted(pct.items())),
         "min_ms": float(dh["Min"]) * 1000,
@@ -151,7 +151,7 @@ def _computed(hist: LatencyHistogram) -> tuple[dict[str, Any], list[str]]:
         "mean_ms": hist.mean / 1000.0,
         "max_ms": hist.max / 1000.0,
     }
-    return out, ["min", "mean", "max", *(pkey(p) for p in STANDARD_PERCENTILES)]
+    return out, ["min", "mean", "max", *(pname(p) for p in STANDARD_PERCENTILES)]
 
 
 def _one(d: dict[str, Any], label: str | None) -> LoadResult:

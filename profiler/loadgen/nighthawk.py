@@ -22,9 +22,9 @@ from profiler.loadgen.result import (
     STANDARD_PERCENTILES,
     LoadResult,
     LoadSpec,
-    pkey,
     rate_reached,
 )
+from profiler.units import pname
 
 MAIN_STATISTIC = "benchmark_http_client.request_to_response"
 BLOCKING = "sequencer.blocking"
@@ -136,7 +136,7 @@ def _stated(stat: dict[str, Any], h: LatencyHistogram) -> tuple[dict[str, Any], 
     for want in STANDARD_PERCENTILES:
         if want not in pct and h.count:
             pct[want] = h.percentile(want) / 1000.0
-            computed.append(pkey(want))
+            computed.append(pname(want))
     return {
         "percentiles_ms": dict(sorted(pct.items())),
         "min_ms": seconds(stat["min"]) * 1000,

@@ -85,7 +85,7 @@ class Tally:
 
 def run_child(spec: LoadSpec, module: str, protocol: str) -> LoadResult:
     """Run ``python -m <module> <config>`` where the spec says and build the result."""
-    from profiler.loadgen.builtin import parse_target
+    from profiler.loadgen.common import parse_target
 
     if spec.rate is not None and spec.rate <= 0:
         raise UsageError(f"rate must be > 0 req/s, not {spec.rate}")

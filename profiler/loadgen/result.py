@@ -9,10 +9,11 @@ from typing import Any
 
 from profiler.errors import BadInputFile
 from profiler.histogram import LatencyHistogram
+from profiler.units import PERCENTILES
 
 GENERATORS = ("builtin", "wrk", "hey", "fortio", "nighthawk")
 MODES = ("open-loop", "closed-loop")
-STANDARD_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+STANDARD_PERCENTILES = PERCENTILES
 RATE_TOLERANCE = 0.01  # achieved within 1% of asked counts as reached
 ERROR_STATUS = 400  # a response with this status or above is an error response
 GRPC_OK = ("OK", "SERVING")  # gRPC statuses that are successes (a call, a health check)
@@ -242,11 +243,6 @@ class LoadResult:
 
 def _pkey(p: float) -> str:
     return f"{p:g}"
-
-
-def pkey(p: float) -> str:
-    """50 -> "p50", 99.9 -> "p99.9": a percentile's name in notes and ``computed``."""
-    return f"p{p:g}"
 
 
 def _opt_float(x: Any) -> float | None:

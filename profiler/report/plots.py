@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from profiler.analysis.details import arrays
 from profiler.histogram import LatencyHistogram
 from profiler.report.view import CaptureView, RunView, StepView
-from profiler.smp.details import arrays
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

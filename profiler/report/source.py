@@ -20,6 +20,7 @@ from profiler.errors import BadInputFile
 from profiler.loadgen.result import LoadResult
 from profiler.model import KIND as BUNDLE_KIND
 from profiler.model import Environment, MeshInfo, RunBundle, RunConfig, StepRecord
+from profiler.smp.bundle import bundle_json
 
 KINDS = ("bundle", "capture", "fortio", "nighthawk", "smp")
 SECONDS_SLIP_MS = 0.01  # a p50 below 10 us in latencies_ms is most likely seconds (Meshery)
@@ -114,7 +115,7 @@ def bundle_from_loads(loads: list[LoadResult], path: Path, raw: Any) -> RunBundl
 
 def converted_documents(b: RunBundle, kind: str) -> dict[str, Any]:
     """SMP documents of a converted load-test result: what the file cannot know stays empty."""
-    docs = b.to_json()
+    docs = bundle_json(b)
     for key in ("format_version", "kind", "run"):
         docs.pop(key, None)
     cfg = docs["performance_test_config"]
@@ -202,7 +203,7 @@ def load(path: Path) -> Source:
             bundle = RunBundle.from_json(raw)
         except BadInputFile as e:
             raise BadInputFile(f"{path}: {e}") from None
-        return Source(path, "bundle", raw, bundle=bundle, documents=bundle.to_json())
+        return Source(path, "bundle", raw, bundle=bundle, documents=bundle_json(bundle))
     if is_capture(raw):
         return Source(path, "capture", raw, capture=dict(raw))
     if isinstance(raw, dict | list) and list(fortio._runs(raw)):

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from profiler import stats
+from profiler.analysis.details import LEGS, N_BOOT, arrays, merge_histograms
 from profiler.capture.document import UNPARSED_WARN_SHARE
 from profiler.histogram import LatencyHistogram
 from profiler.report.source import Source
-from profiler.smp.details import LEGS, N_BOOT, arrays, merge_histograms
 
 Interval = tuple[float, float]
 PS = ("p50", "p90", "p99")
@@ -136,7 +136,7 @@ def _leg_hists(src: Source, step: int) -> dict[str, LatencyHistogram]:
 
 def _repetitions(src: Source, step: int) -> dict[str, list[float]]:
     """Per-repetition p50/p99, eBPF sidecar p50 and paired A/B p50 delta of one step (ms)."""
-    from profiler.smp.details import _rep_value
+    from profiler.analysis.details import _rep_value
 
     if src.bundle is None:
         return {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from profiler.analysis.details import build_details
 from profiler.model import RunBundle
-from profiler.smp.details import build_details
 from profiler.smp.read import format_time
 from profiler.smp.schema import INT32_MAX, SMP_VERSION, enum_value
 

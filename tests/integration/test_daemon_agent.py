@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from _kubepods import kubelet_pod, named_binary, node_root
 
+from profiler.capture.snapshot import Snapshot, TargetSnapshot
 from profiler.daemon.agent import Agent, NodeDiscovery
 from profiler.daemon.metrics import SnapshotCollector
-from profiler.daemon.snapshot import Snapshot, TargetSnapshot
 
 pytestmark = pytest.mark.testbed
 

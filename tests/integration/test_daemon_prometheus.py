@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from profiler.capture.snapshot import Snapshot, TargetSnapshot
 from profiler.daemon.metrics import ContainerUsage, SnapshotCollector
 from profiler.daemon.promql import Prometheus, quantile
 from profiler.daemon.server import MetricsServer
-from profiler.daemon.snapshot import Snapshot, TargetSnapshot
 from profiler.histogram import LatencyHistogram
 
 pytestmark = pytest.mark.prometheus

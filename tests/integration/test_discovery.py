@@ -153,7 +153,7 @@ def test_a_sidecar_container_id_names_its_whole_pod(runtime: str) -> None:
     whatever the driver calls the containers (with cgroupfs, a container's cgroup is a bare
     id, and the app was missed); never another pod's processes (the flat form puts every
     pod's containers side by side)."""
-    from profiler.capture.targets import resolve
+    from profiler.discovery.targets import resolve
 
     with (
         node_root() as root,

@@ -16,12 +16,12 @@ from typing import Any, ClassVar
 
 import pytest
 
+from profiler.commands.report import cluster_main
 from profiler.daemon.cluster import (
     KIND,
     Reporters,
     build_bundle,
     extra_queries,
-    main,
     parse_time,
 )
 from profiler.daemon.promql import build_window, parse_response, window_queries
@@ -227,7 +227,7 @@ def test_main_queries_prometheus_and_writes_the_bundle(
     prometheus_api: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cluster.json"
-    assert main(prometheus_api, "now-1m", "now", output=out, now=END) == 0
+    assert cluster_main(prometheus_api, "now-1m", "now", output=out, now=END) == 0
     doc = json.loads(out.read_text())
     assert validate(doc) == [] and doc["details"]["window"]["seconds"] == W
     assert doc["details"]["source"]["queries"]["leg_buckets"] in _Handler.seen
@@ -235,7 +235,7 @@ def test_main_queries_prometheus_and_writes_the_bundle(
     assert doc["service_mesh_config"]["sidecar"]["rps"] == 10
     assert "2 sidecars, 600 requests" in capsys.readouterr().err
     yml = tmp_path / "cluster.yaml"
-    assert main(prometheus_api, str(END - W), str(END), output=yml, now=END) == 0
+    assert cluster_main(prometheus_api, str(END - W), str(END), output=yml, now=END) == 0
     assert yml.read_text().startswith("format_version: 1")
 
 
@@ -262,17 +262,17 @@ def test_report_command_with_prometheus(
 def test_main_bad_input_is_one_clear_error(prometheus_api: str, tmp_path: Path) -> None:
     out = tmp_path / "x.json"
     with pytest.raises(UsageError, match="needs --start"):
-        main(prometheus_api, None, output=out)
+        cluster_main(prometheus_api, None, output=out)
     with pytest.raises(UsageError, match="needs a FILE"):
-        main(None, None, output=out)
+        cluster_main(None, None, output=out)
     with pytest.raises(UsageError, match="http"):
-        main("prom:9090", "now-1m", output=out)
+        cluster_main("prom:9090", "now-1m", output=out)
     with pytest.raises(UsageError, match="after --start"):
-        main(prometheus_api, "now", "now-1m", output=out)
+        cluster_main(prometheus_api, "now", "now-1m", output=out)
     with pytest.raises(UsageError, match="format"):
-        main(prometheus_api, "now-1m", output=out, fmt="xml")
+        cluster_main(prometheus_api, "now-1m", output=out, fmt="xml")
     with pytest.raises(TargetUnreachable):
-        main("http://127.0.0.1:9", "now-1m", output=out)
+        cluster_main("http://127.0.0.1:9", "now-1m", output=out)
     assert not out.exists()
 
 

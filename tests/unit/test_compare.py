@@ -11,6 +11,7 @@ import pytest
 from profiler.cli import main
 from profiler.errors import UsageError
 from profiler.report import compare, load
+from profiler.smp.bundle import write_bundle
 from tests.unit import smp_fixtures as fx
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "report"
@@ -69,7 +70,7 @@ def _runs(tmp_path: Path, **kw: object) -> list[Path]:
     for name, extra in (("a", {"seed": 11}), ("b", kw)):
         args = {"rates": (100.0, 200.0), "repeat": 4, "rep_noise_us": 40.0} | extra
         path = tmp_path / f"{name}.json"
-        fx.bundle(**args).write(path)  # type: ignore[arg-type]
+        write_bundle(fx.bundle(**args), path)  # type: ignore[arg-type]
         paths.append(path)
     return paths
 

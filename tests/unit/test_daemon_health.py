@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from test_daemon_server import get
 
+from profiler.capture.snapshot import Snapshot
 from profiler.daemon.agent import Agent, EngineLike
 from profiler.daemon.metrics import SnapshotCollector
 from profiler.daemon.server import MetricsServer
-from profiler.daemon.snapshot import Snapshot
 from profiler.discovery.kubernetes import Target
 
 

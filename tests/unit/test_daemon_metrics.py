@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from profiler import __version__
+from profiler.capture.snapshot import Snapshot, TargetSnapshot
 from profiler.daemon.metrics import (
     EXPORTED_LABELS,
     LEG_BUCKETS,
@@ -13,7 +14,6 @@ from profiler.daemon.metrics import (
     SnapshotCollector,
     prometheus_buckets,
 )
-from profiler.daemon.snapshot import Snapshot, TargetSnapshot
 from profiler.histogram import LatencyHistogram
 
 REVIEWS = {"namespace": "shop", "pod": "reviews-1", "container": "istio-proxy", "mesh": "ISTIO"}

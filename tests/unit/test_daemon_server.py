@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from profiler.capabilities import REQUIRED, Check
+from profiler.capture.snapshot import Snapshot, TargetSnapshot
 from profiler.daemon.metrics import SnapshotCollector
 from profiler.daemon.server import CachedReadiness, MetricsServer
-from profiler.daemon.snapshot import Snapshot, TargetSnapshot
 from profiler.errors import UsageError
 
 

@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from profiler.capture.memory import cgroup_usage
+from profiler.capture.snapshot import Snapshot, TargetSnapshot
 from profiler.daemon.metrics import ContainerUsage, SnapshotCollector
-from profiler.daemon.snapshot import Snapshot, TargetSnapshot
 
 MiB = 2**20
 REL = Path("kubepods/burstable/pod8a6a1b3e-4a43-4b3c-9a0e-5f2f43f6c7d1") / ("ab" * 32)

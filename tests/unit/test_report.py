@@ -25,6 +25,7 @@ from profiler.errors import BadInputFile, UsageError
 from profiler.loadgen import fortio
 from profiler.model import read_bundle
 from profiler.smp import validate
+from profiler.smp.bundle import bundle_json, write_bundle
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "report"
 BUNDLE, CAPTURE = FIX / "bundle.json", FIX / "capture.json"
@@ -63,7 +64,7 @@ def test_markdown_of_the_pinned_bundle_matches_golden() -> None:
 
 def test_terminal_numbers_come_from_the_bundle() -> None:
     """The view shows what the SMP builder derives from the raw records, not other numbers."""
-    doc = read_bundle(BUNDLE).to_json()
+    doc = bundle_json(read_bundle(BUNDLE))
     text = _render("terminal", BUNDLE, width=200)
     for step in doc["details"]["steps"]:
         assert f"{step['mesh']['latency']['p50_ms']:.3f}" in text
@@ -256,7 +257,7 @@ def test_every_format_renders_bundles_with_parts_missing(
 
     b = fx.bundle(rates=(100.0, 200.0), repeat=1, baseline=baseline, with_capture=with_capture)
     path = tmp_path / "b.json"
-    b.write(path)
+    write_bundle(b, path)
     text = _render(fmt, path)
     assert text
     if fmt == "markdown":
@@ -288,7 +289,7 @@ def test_html_plots_draw_the_bundles_numbers(tmp_path: Path) -> None:
     from tests.unit import smp_fixtures as fx
 
     path = tmp_path / "b.json"
-    fx.bundle(rates=(100.0, 200.0, 400.0), repeat=1, shift_us=400.0).write(path)
+    write_bundle(fx.bundle(rates=(100.0, 200.0, 400.0), repeat=1, shift_us=400.0), path)
     doc = json.loads(path.read_text())
     page = _render("html", path)
     steps = doc["details"]["steps"]

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from profiler.discovery.environment import mesh_evidence
 from profiler.errors import TargetUnreachable, UsageError
 from profiler.model import RunConfig
 from profiler.runner import (
     _mesh_of,
     check_reachable,
     check_url,
-    mesh_evidence,
     parse_rates,
     plan,
     rate_label,

@@ -15,13 +15,14 @@ from profiler.errors import BadInputFile
 from profiler.model import RunBundle, dumps, read_bundle
 from profiler.smp import read_documents, validate
 from profiler.smp.build import duration_string, int32
+from profiler.smp.bundle import bundle_json, write_bundle
 from profiler.smp.schema import DOCUMENTS, camel
 from tests.unit import smp_fixtures as fx
 
 
 @pytest.fixture(scope="module")
 def doc() -> dict[str, Any]:
-    return fx.bundle().to_json()
+    return bundle_json(fx.bundle())
 
 
 def _pointer(doc: dict[str, Any], uri: str) -> Any:
@@ -126,14 +127,14 @@ def test_baseline_deltas_with_intervals_and_significance(doc: dict[str, Any]) ->
 
 
 def test_no_difference_is_not_significant() -> None:
-    d = fx.bundle(rates=(100.0,), repeat=1, shift_us=0.0, with_capture=False).to_json()
+    d = bundle_json(fx.bundle(rates=(100.0,), repeat=1, shift_us=0.0, with_capture=False))
     ov = d["details"]["steps"][0]["overhead"]
     assert not ov["significance"]["significant"]
     assert ov["p50"]["ci_ms"][0] <= 0.0 <= ov["p50"]["ci_ms"][1]
 
 
 def test_without_capture_or_baseline() -> None:
-    d = fx.bundle(rates=(100.0,), repeat=1, baseline=False, with_capture=False).to_json()
+    d = bundle_json(fx.bundle(rates=(100.0,), repeat=1, baseline=False, with_capture=False))
     assert validate(d) == []
     # how many sidecars is known; their cost was not measured, so no number stands for it
     assert d["service_mesh_config"]["sidecar"] == {"count": 1}
@@ -153,13 +154,13 @@ def test_meshmark_reported_per_run(doc: dict[str, Any]) -> None:
 
 def test_bundle_round_trips_json_and_yaml(tmp_path: Path) -> None:
     b = fx.bundle(rates=(100.0,), repeat=1)
-    first = b.to_json()
+    first = bundle_json(b)
     again = RunBundle.from_json(json.loads(json.dumps(first)))
-    assert again.to_json() == first
+    assert bundle_json(again) == first
     for fmt, name in (("json", "r.json"), ("yaml", "r.yaml")):
         path = tmp_path / name
-        assert b.write(path, fmt) == fmt
-        assert read_bundle(path).to_json() == first
+        assert write_bundle(b, path, fmt) == fmt
+        assert bundle_json(read_bundle(path)) == first
     assert (tmp_path / "r.yaml").read_text().startswith("format_version: 1")
 
 
@@ -246,14 +247,14 @@ def test_helpers() -> None:
 
 def test_yaml_output_is_loadable_by_a_plain_yaml_reader(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
-    fx.bundle(rates=(100.0,), repeat=1, with_capture=False).write(path)
+    write_bundle(fx.bundle(rates=(100.0,), repeat=1, with_capture=False), path)
     code = "import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); print(d['smp_version'])"
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert r.stdout.strip() == "v0.6.1", r.stderr
 
 
 def test_envoy_version_string() -> None:
-    from profiler.smp.environment import parse_envoy_version
+    from profiler.discovery.environment import parse_envoy_version
 
     text = "envoy  version: 9e5580933739775e8bce696a57a2e1bc99368f23/1.40.0/Clean/RELEASE/BoringSSL"
     assert parse_envoy_version(text) == "1.40.0/Clean/RELEASE/BoringSSL"

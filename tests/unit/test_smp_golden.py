@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from profiler.smp import validate
+from profiler.smp.bundle import bundle_json
 from profiler.smp.schema import DOCUMENTS
 from tests.unit import smp_fixtures as fx
 
@@ -18,7 +19,7 @@ GOLDEN = Path(__file__).parent / "golden" / "smp_documents.json"
 
 
 def test_smp_documents_match_the_golden_file() -> None:
-    doc = fx.bundle(rates=(100.0, 200.0), repeat=2).to_json()
+    doc = bundle_json(fx.bundle(rates=(100.0, 200.0), repeat=2))
     smp = {k: doc[k] for k in DOCUMENTS}
     if os.environ.get("SMP_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps(smp, indent=2, sort_keys=True) + "\n")

@@ -22,6 +22,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from profiler.commands import report as report_cmd
 from profiler.daemon.cluster import build_bundle
+from profiler.smp.bundle import bundle_json, write_bundle
 from profiler.smp.schema import DOCUMENTS, ENUMS, MESSAGES, PROTO_DIR, PROTO_FILES
 from tests.unit import smp_fixtures as fx
 from tests.unit.test_cluster import ANSWERS, END, W, reporters_from, window_from
@@ -81,7 +82,7 @@ def parse_documents(parse: Parser, doc: dict[str, Any]) -> int:
 
 def test_the_parser_rejects_what_the_old_writer_wrote(parse: Parser) -> None:
     """The check can fail: the spellings issue 15 found are rejected."""
-    doc = fx.bundle(rates=(100.0,), repeat=1).to_json()
+    doc = bundle_json(fx.bundle(rates=(100.0,), repeat=1))
     client = json.loads(json.dumps(doc["performance_test_config"]))
     client["clients"][0]["protocol"] = "HTTP"
     with pytest.raises(json_format.ParseError, match="HTTP"):
@@ -109,7 +110,7 @@ def test_the_parser_rejects_what_the_old_writer_wrote(parse: Parser) -> None:
     ],
 )
 def test_run_bundles_parse(parse: Parser, kw: dict[str, Any]) -> None:
-    doc = fx.bundle(**kw).to_json()
+    doc = bundle_json(fx.bundle(**kw))
     assert parse_documents(parse, doc) == 3 + len(doc["performance_test_results"])
 
 
@@ -119,7 +120,7 @@ def test_a_run_without_any_success_parses_and_has_no_latency(parse: Parser) -> N
     load.status_counts = {503: load.requests}
     load.error_histogram, load.histogram = load.histogram, None
     load.percentiles_ms, load.min_ms, load.mean_ms, load.max_ms = {}, None, None, None
-    doc = b.to_json()
+    doc = bundle_json(b)
     parse_documents(parse, doc)
     result = doc["performance_test_results"][0]
     assert "latencies_ms" not in result  # no success: no latency, rather than zeros
@@ -130,7 +131,8 @@ def test_a_run_without_any_success_parses_and_has_no_latency(parse: Parser) -> N
     "make",
     [
         lambda tmp: (
-            fx.bundle(rates=(100.0, 200.0), repeat=2).write(tmp / "b.json") and tmp / "b.json"
+            write_bundle(fx.bundle(rates=(100.0, 200.0), repeat=2), tmp / "b.json")
+            and tmp / "b.json"
         ),
         lambda tmp: FIXTURES / "loadgen" / "meshery-fortio-results.json",
         lambda tmp: FIXTURES / "loadgen" / "nighthawk-output.json",

@@ -12,8 +12,8 @@ import pytest
 
 from profiler.capture import document
 from profiler.capture.engine import Engine
+from profiler.capture.snapshot import Snapshot, TargetSnapshot
 from profiler.daemon.metrics import SnapshotCollector
-from profiler.daemon.snapshot import Snapshot, TargetSnapshot
 from profiler.errors import UsageError
 from profiler.histogram import LatencyHistogram
 from profiler.loadgen.protocols import protocol_of

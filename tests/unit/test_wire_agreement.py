@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from profiler.smp.details import _why_not
+from profiler.analysis.details import _why_not
 
 
 def test_disagreement_names_size_side_and_repetitions() -> None:

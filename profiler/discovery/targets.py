@@ -9,6 +9,7 @@ from pathlib import Path
 from profiler.discovery.cgroups import find_cgroups_by_container_id, pids_in_cgroup
 from profiler.discovery.containers import parse_container_cgroup
 from profiler.discovery.processes import pod_container_dirs, proxy_kind
+from profiler.discovery.procfs import comm
 from profiler.errors import TargetNotFound, UsageError
 
 PROXY_NAMES = "envoy, linkerd2-proxy"
@@ -25,13 +26,6 @@ def _exists(pid: int) -> None:
         raise TargetNotFound(f"no process with PID {pid}")
 
 
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return "?"
-
-
 def _pod_processes(cgroup_dir: Path) -> list[int]:
     """Every process of the pod a cgroup belongs to (the sandbox's pause out): for a
     container's cgroup, every container of its pod, whatever the driver names them (with the
@@ -42,7 +36,7 @@ def _pod_processes(cgroup_dir: Path) -> list[int]:
     else:
         dirs = [cgroup_dir]
     pids = sorted({p for d in dirs for p in pids_in_cgroup(str(d), root=str(d))})
-    return [p for p in pids if _comm(p) != "pause"]
+    return [p for p in pids if comm(p) != "pause"]
 
 
 def resolve(
@@ -68,7 +62,7 @@ def resolve(
             t.sidecars.append(pid)
         elif sidecar == "auto" and not sidecar_pids and len(pids) == 1:
             raise TargetNotFound(
-                f"PID {pid} ({_comm(pid)}) is not a sidecar proxy "
+                f"PID {pid} ({comm(pid) or '?'}) is not a sidecar proxy "
                 f"({PROXY_NAMES}); use --sidecar-pid for another proxy"
             )
         else:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from profiler.discovery.procfs import cmdline, comm, ppid
 from profiler.model import Environment
 
 
@@ -116,3 +117,24 @@ def proxy_concurrency_of(pid: int) -> int | None:
         if a.startswith(b"--concurrency=") and a[14:].isdigit():
             return int(a[14:])
     return None
+
+
+def mesh_evidence(pid: int) -> tuple[str, str | None, str]:
+    """(SMP mesh type, proxy, why) of a sidecar PID, from what the node shows of it only.
+
+    Istio: an Envoy started by Istio's pilot-agent (or with Istio's bootstrap); Linkerd: the
+    linkerd2-proxy binary. A plain Envoy is a proxy without a known mesh: INVALID_MESH, SMP's
+    "unknown", never ISTIO by default.
+    """
+    name, args = comm(pid), cmdline(pid)
+    exe = Path(args[0]).name if args and args[0] else name
+    if "linkerd2-proxy" in (name, exe) or name.startswith("linkerd2"):
+        return "LINKERD", "linkerd2-proxy", f"PID {pid} is linkerd2-proxy"
+    if "envoy" in (name, exe):
+        parent = ppid(pid)
+        if parent and comm(parent) == "pilot-agent":
+            return "ISTIO", "envoy", f"PID {pid} is an Envoy started by Istio's pilot-agent"
+        if any("/etc/istio/" in a for a in args):
+            return "ISTIO", "envoy", f"PID {pid} is an Envoy with Istio's bootstrap"
+        return "INVALID_MESH", "envoy", f"PID {pid} is a plain Envoy: no Istio or other mesh seen"
+    return "INVALID_MESH", None, f"PID {pid} ({name or '?'}) is no known sidecar proxy"

@@ -20,17 +20,13 @@ from profiler.histogram import LatencyHistogram
 from profiler.legs import MAIN, SPLIT
 from profiler.loadgen.result import LoadResult
 from profiler.model import RunBundle, StepRecord
+from profiler.units import PERCENTILES, pkey
 
-PS = (50.0, 90.0, 95.0, 99.0, 99.9)
+PS = PERCENTILES
 N_BOOT = 1000
 LEVEL = 0.95
 AGREE_TOLERANCE_MS = 0.1  # eBPF and A/B medians may differ this much and still "agree"
 LEGS = (*MAIN, *SPLIT["request_proxy"], *SPLIT["response_proxy"], "sidecar_total")
-
-
-def pkey(p: float) -> str:
-    """50 -> "p50", 99.9 -> "p999" (the capture's spelling)."""
-    return "p" + f"{p:g}".replace(".", "")
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
