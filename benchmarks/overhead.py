@@ -67,13 +67,15 @@ FIXED_FRACTION = 0.25  # of the maximum rate: the issue's "a quarter of the maxi
 DAEMON_INTERVAL_S = 1.0  # snapshots (the daemon's default is 5 s; 1 s keeps the waits short)
 PATHS = ("sock", "syscalls")
 CONFIGS = ("capture", "daemon")
-TAX_CALLS = ("getppid", "read", "sockpair")
+TAX_CALLS = ("getppid", "read", "sockpair", "tcp")
 TAX_REPS, TAX_SCALE = 15, 0.3  # repetitions of ~10-15 ms each per call, ~0.6 s in all
 TAX_LABELS = {
     "getppid": "getppid()",
     "read": "read() of /dev/zero, 64 B",
     "sockpair": "unix socket write+read, 64 B",
+    "tcp": "TCP loopback write+read, 64 B",
 }
+PAIRS = ("sockpair", "tcp")  # calls that are two system calls (a write and a read)
 
 
 # -- goals ----------------------------------------------------------------------------------
@@ -108,6 +110,7 @@ GOALS = {
     "tax_getppid": Goal("getppid added", 20.0, "ns", False),
     "tax_read": Goal("read added", 20.0, "ns", False),
     "tax_sockpair": Goal("socket pair added", 150.0, "ns", False),
+    "tax_tcp": Goal("TCP loopback pair added", 150.0, "ns", False),
     "p50_added": Goal("p50 added", 10.0, "us added", False),
     "p99_added": Goal("p99 added", 50.0, "us added", False),
     "completeness": Goal("requests with a span", 0.995, "", True),
@@ -162,7 +165,7 @@ def parse_wrk(text: str) -> dict[str, float]:
 def tax_syscalls(call: dict[str, Any], name: str) -> int:
     """System calls one tax.c run made for a call: the warm-up (iters / 10 + 1) and every
     repetition; a socket pair is two (write and read)."""
-    per = 2 if name == "sockpair" else 1
+    per = 2 if name in PAIRS else 1
     return per * (call["iters"] // 10 + 1 + call["iters"] * len(call["runs"]))
 
 
@@ -549,7 +552,7 @@ class Bench:
                     a = loader.prog_stats(bpf)
                     one = self.tax(only=call)[call]
                     b = loader.prog_stats(bpf)
-                    n = tax_syscalls(one, call) // (2 if call == "sockpair" else 1)
+                    n = tax_syscalls(one, call) // (2 if call in PAIRS else 1)
                     per_call[call] = {
                         "calls": n,
                         "bpf_runs_per_call": sum(b[k][0] - a[k][0] for k in b) / n,

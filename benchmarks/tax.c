@@ -7,6 +7,9 @@
  *   getppid   getppid(), a syscall that touches nothing: only the syscall entry/exit path
  *   read      read(2) of 64 bytes from /dev/zero: a file read (no socket)
  *   sockpair  write(2) of 64 bytes into a unix socketpair, then read(2) of them on the other end
+ *   tcp       the same over a TCP connection on 127.0.0.1 (TCP_NODELAY): every packet goes
+ *             through the network stack, so hooks that run per packet of the node
+ *             (sock:sk_data_ready, net:net_dev_queue) run for it, traced or not
  * SCALE multiplies the iteration counts (1.0: about 0.1 s per repetition of each call here);
  * CALL runs that call only.
  * Prints one line per call: NAME ITERS best_ns median_ns ns_1 .. ns_REPS (nanoseconds per
@@ -16,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -30,7 +35,7 @@ static long long now_ns(void)
     return t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
-static int zero_fd, sv[2];
+static int zero_fd, sv[2], tv[2];
 static char buf[64];
 
 static int do_getppid(void)
@@ -49,6 +54,34 @@ static int do_sockpair(void)
     if (write(sv[0], buf, sizeof buf) != (ssize_t)sizeof buf)
         return -1;
     return read(sv[1], buf, sizeof buf) == (ssize_t)sizeof buf ? 0 : -1;
+}
+
+static int do_tcp(void)
+{
+    if (write(tv[0], buf, sizeof buf) != (ssize_t)sizeof buf)
+        return -1;
+    return read(tv[1], buf, sizeof buf) == (ssize_t)sizeof buf ? 0 : -1;
+}
+
+/* A connected TCP pair on loopback: tv[0] the client end, tv[1] the accepted one. */
+static int tcp_pair(int tv[2])
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    int one = 1, lst = socket(AF_INET, SOCK_STREAM, 0);
+    if (lst < 0 || bind(lst, (struct sockaddr *)&a, sizeof a) || listen(lst, 1) ||
+        getsockname(lst, (struct sockaddr *)&a, &alen))
+        return -1;
+    tv[0] = socket(AF_INET, SOCK_STREAM, 0);
+    if (tv[0] < 0 || connect(tv[0], (struct sockaddr *)&a, sizeof a))
+        return -1;
+    tv[1] = accept(lst, NULL, NULL);
+    close(lst);
+    if (tv[1] < 0)
+        return -1;
+    setsockopt(tv[0], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(tv[1], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return 0;
 }
 
 struct call {
@@ -78,7 +111,7 @@ int main(int argc, char **argv)
         return 2;
     }
     zero_fd = open("/dev/zero", O_RDONLY);
-    if (zero_fd < 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) {
+    if (zero_fd < 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || tcp_pair(tv)) {
         perror("tax");
         return 1;
     }
@@ -86,6 +119,7 @@ int main(int argc, char **argv)
         {"getppid", do_getppid, (long)(400000 * scale), {0}},
         {"read", do_read, (long)(300000 * scale), {0}},
         {"sockpair", do_sockpair, (long)(60000 * scale), {0}},
+        {"tcp", do_tcp, (long)(30000 * scale), {0}},
     };
     int n = sizeof calls / sizeof calls[0];
     if (only) { /* that call alone, moved to the front */
@@ -93,7 +127,7 @@ int main(int argc, char **argv)
         while (k < n && strcmp(calls[k].name, only))
             k++;
         if (k == n) {
-            fprintf(stderr, "tax: no call %s (getppid, read, sockpair)\n", only);
+            fprintf(stderr, "tax: no call %s (getppid, read, sockpair, tcp)\n", only);
             return 2;
         }
         if (k)

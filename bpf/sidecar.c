@@ -159,6 +159,28 @@ BPF_ARRAY(smp_learning, u32, 1);                                  /* targets sti
 BPF_PERCPU_ARRAY(smp_fifo_init, struct smp_fifo, 1);
 BPF_PERCPU_ARRAY(smp_scratch, struct smp_scan, 1);
 BPF_PERCPU_ARRAY(smp_conn_init, struct smp_conn, 1);
+/* The sock path's per-packet hook (sk_data_ready) runs for every socket of the node: before
+ * its smp_conns lookup, a counting filter of the sks in smp_conns (an array slot per hash of
+ * sk, +1 when an entry is made, -1 when the probe deletes it) turns the node's other sockets
+ * away with an array load. A slot shared by two sks, or left counted (an LRU eviction, an
+ * entry made twice), only sends them on to the lookup. */
+#define SMP_GATE_SLOTS (SMP_MAX_CONNS * 4)
+BPF_ARRAY(smp_gate, u32, SMP_GATE_SLOTS);
+
+SMP_INLINE u32 smp_gate_slot(u64 sk)
+{
+    return (u32)(((sk >> 6) * 0x9E3779B97F4A7C15ULL) >> 40) & (SMP_GATE_SLOTS - 1);
+}
+
+SMP_INLINE void smp_gate_add(u64 sk, s32 delta)
+{
+    if (SMP_PATH != SMP_PATH_SOCK)
+        return;
+    u32 slot = smp_gate_slot(sk);
+    u32 *g = smp_gate.lookup(&slot);
+    if (g)
+        __sync_fetch_and_add(g, delta);
+}
 
 /* -- helpers ------------------------------------------------------------------------------ */
 
@@ -236,6 +258,8 @@ SMP_INLINE struct smp_conn *smp_conn_new(u64 key, u8 role, u32 upid)
     init->sk = key;
     init->role = role;
     init->upid = upid;
+    if (!smp_conns.lookup(&key))
+        smp_gate_add(key, 1);
     smp_conns.update(&key, init);
     init->sk = 0;
     init->role = 0;
@@ -330,26 +354,45 @@ SMP_INLINE struct smp_scan *smp_find_rid(u64 buf, u32 len)
     s->rid_hash = 0;
     s->at = 0;
     u32 n = len < SMP_SCAN_LEN ? len : SMP_SCAN_LEN;
-    if (bpf_probe_read_user(s->buf, SMP_SCAN_LEN, (void *)buf)) {
-        if (bpf_probe_read_user(s->buf, n & SMP_SCAN_MASK, (void *)buf))
+    /* only the bytes the call moved (a GET is often under 100); the rest of the scratch is
+     * zero (cleared after every scan) */
+    if (n == SMP_SCAN_LEN) {
+        if (bpf_probe_read_user(s->buf, SMP_SCAN_LEN, (void *)buf))
             return s;
+    } else if (bpf_probe_read_user(s->buf, n & SMP_SCAN_MASK, (void *)buf)) {
+        return s;
     }
     s->n = n;
     const u64 want1 = 0x7365757165722d78ULL;   /* "x-reques" */
     const u64 want2 = 0x3a64692d74ULL;         /* "t-id:" */
-    for (u32 i = 0; i < SMP_SCAN_LEN - 16; i++) {
-        if (i + 15 >= n)
+    /* Eight bytes at a time: only a word holding a '\n' (the "has a zero byte" test on
+     * word ^ "\n\n\n\n\n\n\n\n") is looked at byte by byte. Positions as before:
+     * i + 15 < n, i < SMP_SCAN_LEN - 16. */
+    u8 found = 0;
+    for (u32 w = 0; w < SMP_SCAN_LEN / 8 - 2; w++) {
+        if (found || w * 8 + 15 >= n)
             break;
-        if (s->buf[i & SMP_SCAN_MASK] != '\n')
+        u64 v = 0;
+        __builtin_memcpy(&v, &s->buf[(w * 8) & SMP_SCAN_MASK], 8);
+        u64 x = v ^ 0x0a0a0a0a0a0a0a0aULL;
+        if (!((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL))
             continue;
-        u64 w1 = 0, w2 = 0;
-        __builtin_memcpy(&w1, &s->buf[(i + 1) & SMP_SCAN_MASK], 8);
-        __builtin_memcpy(&w2, &s->buf[(i + 9) & SMP_SCAN_MASK], 8);
-        w1 |= 0x2020202020202020ULL;
-        w2 = (w2 | 0x2020202020ULL) & 0xffffffffffULL;
-        if (w1 == want1 && w2 == want2) {
-            s->at = i + 14;
-            break;
+        for (u32 j = 0; j < 8; j++) {
+            u32 i = w * 8 + j;
+            if (i + 15 >= n)
+                break;
+            if (s->buf[i & SMP_SCAN_MASK] != '\n')
+                continue;
+            u64 w1 = 0, w2 = 0;
+            __builtin_memcpy(&w1, &s->buf[(i + 1) & SMP_SCAN_MASK], 8);
+            __builtin_memcpy(&w2, &s->buf[(i + 9) & SMP_SCAN_MASK], 8);
+            w1 |= 0x2020202020202020ULL;
+            w2 = (w2 | 0x2020202020ULL) & 0xffffffffffULL;
+            if (w1 == want1 && w2 == want2) {
+                s->at = i + 14;
+                found = 1;
+                break;
+            }
         }
     }
     /* Re-read from the map so the verifier checks the copy below once, not once per
@@ -1062,22 +1105,50 @@ SMP_INLINE void smp_arrival_learn(u32 tid, u64 key, u64 since) {}
  * writer's own context (net:net_dev_queue, the current task a traced thread). Without one (the
  * data was held back by TCP, or the hook is absent) the call's own instant. */
 #if SMP_XMIT_STAMPS
-BPF_TABLE("lru_hash", u32, u64, smp_xmit, SMP_MAX_THREADS);  /* tid -> first packet queued */
+/* Per CPU: for the last few threads that queued a data packet there, the first since their
+ * slot was last taken. A write's packet is queued in the writer's context, on its CPU, just
+ * before the write returns there: array slots (no hash insert and delete per packet, no PID
+ * filter for the node's other packets: they only take a slot a traced thread's write looks up
+ * by tid). SMP_XMIT_WAYS threads per CPU, so that a thread woken by the write and run before
+ * it returns (a preemption) does not take the writer's stamp. A thread moved to another CPU
+ * in between finds no stamp: its call's own instant. */
+#define SMP_XMIT_WAYS 4
+struct smp_xmit_cpu {
+    u64 ts[SMP_XMIT_WAYS];
+    u32 tid[SMP_XMIT_WAYS];
+    u32 next;
+    u32 pad;
+};
+BPF_PERCPU_ARRAY(smp_xmit, struct smp_xmit_cpu, 1);
 
 /* The write's instant: its first packet if queued within [since, until], else ``fallback``. */
 SMP_INLINE u64 smp_xmit_take(u32 tid, u64 since, u64 until, u64 fallback)
 {
-    u64 *x = smp_xmit.lookup(&tid);
+    int zero = 0;
+    struct smp_xmit_cpu *x = smp_xmit.lookup(&zero);
     if (!x)
         return fallback;
-    u64 t = *x;
-    smp_xmit.delete(&tid);
-    return t >= since && t <= until ? t : fallback;
+#pragma unroll
+    for (int i = 0; i < SMP_XMIT_WAYS; i++) {
+        if (x->tid[i] != tid || !x->ts[i])
+            continue;
+        u64 t = x->ts[i];
+        x->ts[i] = 0;
+        return t >= since && t <= until ? t : fallback;
+    }
+    return fallback;
 }
 
 SMP_INLINE void smp_xmit_forget(u32 tid)
 {
-    smp_xmit.delete(&tid);
+    int zero = 0;
+    struct smp_xmit_cpu *x = smp_xmit.lookup(&zero);
+    if (!x)
+        return;
+#pragma unroll
+    for (int i = 0; i < SMP_XMIT_WAYS; i++)
+        if (x->tid[i] == tid)
+            x->ts[i] = 0;
 }
 #else
 SMP_INLINE u64 smp_xmit_take(u32 tid, u64 since, u64 until, u64 fallback)
@@ -1474,7 +1545,8 @@ SMP_INLINE void smp_conn_close(u64 key, int remove)
         smp_emit_unparsed(c);
         if (c->proto == SMP_PROTO_H2)
             smp_h2_conns.delete(&key);
-        smp_conns.delete(&key);
+        if (!smp_conns.delete(&key))
+            smp_gate_add(key, -1);
     }
 }
 
@@ -1497,11 +1569,13 @@ SMP_INLINE void smp_conn_role(u64 key, u8 role, u32 tgid)
 
 SMP_INLINE int smp_sock_io(void *ctx, u64 sk, s32 ret, u32 flags, u8 is_read)
 {
+    /* before the PID filter: an event-loop proxy's every read is followed by one that
+     * returns EAGAIN */
+    if (ret <= 0 || (is_read && (flags & MSG_PEEK)))
+        return 0;
     u64 id = bpf_get_current_pid_tgid();
     struct smp_target *t = smp_target_of(id >> 32);
     if (!t)
-        return 0;
-    if (ret <= 0 || (is_read && (flags & MSG_PEEK)))
         return 0;
     struct smp_io io = {};
     io.upid = t->upid;
@@ -1701,6 +1775,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
  * context, so no PID filter: only sockets in smp_conns are stamped. */
 RAW_TRACEPOINT_PROBE(sk_data_ready)
 {
+    u32 slot = smp_gate_slot(ctx->args[0]);
+    u32 *g = smp_gate.lookup(&slot);
+    if (!g || !*g)
+        return 0;
     smp_arrival_mark(ctx->args[0]);
     return 0;
 }
@@ -1747,12 +1825,23 @@ TRACEPOINT_PROBE(net, net_dev_queue)
 {
     if (args->len <= SMP_XMIT_MIN_LEN)
         return 0;
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32, tid = (u32)id;
-    if (!smp_filter_pids.lookup(&tgid))
+    int zero = 0;
+    struct smp_xmit_cpu *x = smp_xmit.lookup(&zero);
+    if (!x)
         return 0;
-    u64 now = bpf_ktime_get_ns();
-    smp_xmit.insert(&tid, &now);
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+#pragma unroll
+    for (int i = 0; i < SMP_XMIT_WAYS; i++) {
+        if (x->tid[i] != tid)
+            continue;
+        if (!x->ts[i])  /* else not the first since the thread's last socket call */
+            x->ts[i] = bpf_ktime_get_ns();
+        return 0;
+    }
+    u32 k = x->next & (SMP_XMIT_WAYS - 1);
+    x->next = k + 1;
+    x->tid[k] = tid;
+    x->ts[k] = bpf_ktime_get_ns();
     return 0;
 }
 #endif

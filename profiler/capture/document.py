@@ -7,6 +7,7 @@ docs/capture.md. Milliseconds wherever a key ends in ``_ms``.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -129,33 +130,43 @@ def leg_stats(hist: LatencyHistogram) -> dict[str, Any]:
 def write_spans(path: Path, chunks: Iterable[tuple[str, np.ndarray]]) -> int:
     """One CSV row per request (role, ids, instants in ns, legs in us; see SPAN_COLUMNS).
     An unknown arrival stamp is written as its read's instant (queue 0), as the legs count
-    it; the capture document counts them (``arrival_missing``)."""
+    it; the capture document counts them (``arrival_missing``).
+
+    Formatted a batch at a time by one ``%`` over the whole batch (C, no per-row Python):
+    the capture writes up to a million rows when it stops. Legs are ns / 1000 to three
+    decimals (exact); ids are made of id characters only (``request_ids``), so nothing
+    needs CSV quoting."""
     n = 0
     with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(SPAN_COLUMNS)
+        f.write(",".join(SPAN_COLUMNS) + "\r\n")
         for role, s in chunks:
-            ids = request_ids(s)
-            head = [s[k].astype(np.int64).tolist() for k in ("tgid", "tid")]
-            tail = [s[k].astype(np.int64).tolist() for k in ("flags", "ds_fd", "us_fd")]
-            _, at = proxy_instants(s)
-            instants = [at[i].tolist() for i in INSTANTS]
-            if role == "sidecar":
-                legs_ns = proxy_legs_ns(at)
-                legs = [(legs_ns[k] / 1e3).tolist() for k in _PROXY_COLUMNS]
-                legs.append([""] * len(s))
-            else:
-                legs = [[""] * len(s) for _ in _PROXY_COLUMNS]
-                legs.append(((at["ds_tx_end"] - at["ds_rx_beg"]) / 1e3).tolist())
-                instants = [
-                    col if k in ("ds_rx_beg", "ds_tx_end") else [""] * len(s)
-                    for k, col in zip(INSTANTS, instants, strict=True)
-                ]
-            columns = [*head, ids, *instants, *legs, *tail]
-            for row in zip(*columns, strict=True):
-                w.writerow([role, *row])
-                n += 1
+            if not len(s):
+                continue
+            f.write(_span_rows(role, s))
+            n += len(s)
     return n
+
+
+def _span_rows(role: str, s: np.ndarray) -> str:
+    """``s``'s rows of the spans file, CSV text (csv.writer's dialect: CRLF line ends)."""
+    _, at = proxy_instants(s)
+    ints = [s["tgid"].astype(np.int64), s["tid"].astype(np.int64)]
+    if role == "sidecar":
+        legs_ns = proxy_legs_ns(at)
+        instants = [at[i] for i in INSTANTS]
+        legs = [legs_ns[k] / 1e3 for k in _PROXY_COLUMNS]
+        fmt = ["%d"] * len(INSTANTS) + ["%.3f"] * len(_PROXY_COLUMNS) + [""]
+    else:
+        instants = [at["ds_rx_beg"], at["ds_tx_end"]]
+        legs = [(at["ds_tx_end"] - at["ds_rx_beg"]) / 1e3]
+        fmt = ["%d" if k in ("ds_rx_beg", "ds_tx_end") else "" for k in INSTANTS]
+        fmt += [""] * len(_PROXY_COLUMNS) + ["%.3f"]
+    tail = [s[k].astype(np.int64) for k in ("flags", "ds_fd", "us_fd")]
+    row = ",".join([role.replace("%", "%%"), "%d", "%d", "%s", *fmt, "%d", "%d", "%d"])
+    columns: list[Any] = [*ints, request_ids(s), *instants, *legs, *tail]
+    values = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns]
+    flat = tuple(itertools.chain.from_iterable(zip(*values, strict=True)))
+    return ((row + "\r\n") * len(s)) % flat
 
 
 def read_spans(path: Path) -> list[dict[str, str]]:

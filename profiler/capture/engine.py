@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import numpy as np
 
@@ -41,7 +40,6 @@ from profiler.probes.sidecar import (
     SidecarProbe,
 )
 
-V = TypeVar("V")
 _JOIN_LIMIT = 65536  # unmatched spans kept for the app/sidecar join, oldest dropped first
 UNPARSED_CONNS_KEPT = 32  # connections with unparsed bytes listed per target (the largest)
 
@@ -170,10 +168,13 @@ class Engine:
         self._keep_spans = keep_spans
         self._max_spans = max_spans
         self._targets: dict[int, Target] = {}
-        self._app_by_rid: OrderedDict[int, tuple[int, int]] = OrderedDict()
-        self._upstream_by_rid: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
+        # spans with a request id waiting for the other side's: (pid, upstream, sidecar_total)
+        # of the sidecar's, (pid, app) of the app's, by rid_hash
+        self._pending_proxy = _Pending(3)
+        self._pending_app = _Pending(2)
+        self._new_proxy: list[tuple[np.ndarray, np.ndarray]] = []  # this batch's (hashes, cols)
+        self._new_app: list[tuple[np.ndarray, np.ndarray]] = []
         self._window_start_ns = 0
-        self._joined: list[tuple[int, int, int, int]] = []  # app, proxy, loopback, added
         if probe is None:
             pages = ringbuf_pages
 
@@ -221,8 +222,8 @@ class Engine:
                 self._targets[pid] = Target(pid, role, old.labels)
             else:
                 self.add_target(pid, role)
-        self._app_by_rid.clear()
-        self._upstream_by_rid.clear()
+        self._pending_proxy.clear()
+        self._pending_app.clear()
         self._window_start_ns = time.monotonic_ns()
 
     # -- events ---------------------------------------------------------------------------
@@ -255,7 +256,7 @@ class Engine:
                 self._proxy_spans(t, mine[mine["kind"] == KIND_PROXY])
             else:
                 self._app_spans(t, mine[mine["kind"] == KIND_SERVER])
-        self._record_joined()
+        self._join_batch()
 
     def _unparsed(self, t: Target, s: np.ndarray) -> None:
         """Per-connection records of bytes no span explains (never silent)."""
@@ -305,17 +306,10 @@ class Engine:
         t.tls_upstream += int(np.count_nonzero(flags & F_US_TLS))
         t.h2_upstream += int(np.count_nonzero(flags & F_US_H2))
         with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
-        for h, u, total in zip(
-            s["rid_hash"][with_id].tolist(),
-            up[with_id].tolist(),
-            sidecar[with_id].tolist(),
-            strict=True,
-        ):
-            app = self._app_by_rid.pop(h, None)
-            if app is None:
-                _bounded_put(self._upstream_by_rid, h, (t.pid, u, total))
-            else:
-                self._join(app, (t.pid, u, total))
+        if with_id.any():
+            cols = np.column_stack((np.full(int(with_id.sum()), t.pid), up[with_id],
+                                    sidecar[with_id]))  # fmt: skip
+            self._new_proxy.append((s["rid_hash"][with_id], cols.astype(np.int64)))
         self._keep(t, s)
 
     def _app_spans(self, t: Target, s: np.ndarray) -> None:
@@ -328,28 +322,47 @@ class Engine:
         t.legs["app"].record_many(_us(app))
         t.requests += len(s)
         with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
-        for h, a in zip(s["rid_hash"][with_id].tolist(), app[with_id].tolist(), strict=True):
-            proxy = self._upstream_by_rid.pop(h, None)
-            if proxy is None:
-                _bounded_put(self._app_by_rid, h, (t.pid, a))
-            else:
-                self._join((t.pid, a), proxy)
+        if with_id.any():
+            cols = np.column_stack((np.full(int(with_id.sum()), t.pid), app[with_id]))
+            self._new_app.append((s["rid_hash"][with_id], cols.astype(np.int64)))
         self._keep(t, s)
 
-    def _join(self, app: tuple[int, int], proxy: tuple[int, int, int]) -> None:
-        """The app's and the sidecar's records of one request: the loopback hop between
-        them (upstream - app, the app's ``loopback``) and what the mesh adds to the request
-        in all (sidecar_total + loopback, the sidecar's ``mesh_added``: the one-run estimate
-        of an A/B difference). Recorded with the rest of the batch."""
-        (app_pid, app_ns), (proxy_pid, upstream_ns, sidecar_ns) = app, proxy
-        loopback = max(upstream_ns - app_ns, 0)
-        self._joined.append((app_pid, proxy_pid, loopback, sidecar_ns + loopback))
-
-    def _record_joined(self) -> None:
-        if not self._joined:
+    def _join_batch(self) -> None:
+        """The app's and the sidecar's records of one request, joined by request id for the
+        whole batch at once: the loopback hop between them (upstream - app, the app's
+        ``loopback``) and what the mesh adds to the request in all (sidecar_total +
+        loopback, the sidecar's ``mesh_added``: the one-run estimate of an A/B difference).
+        A span whose other half has not come yet waits (bounded, oldest dropped first)."""
+        proxy_h, proxy = _stack(self._new_proxy, 3)
+        app_h, app = _stack(self._new_app, 2)
+        self._new_proxy.clear()
+        self._new_app.clear()
+        if not len(proxy_h) and not len(app_h):
             return
-        joined = np.array(self._joined, dtype=np.int64)
-        self._joined.clear()
+        pairs: list[tuple[np.ndarray, np.ndarray]] = []  # (app rows, proxy rows)
+        found = self._pending_app.take(proxy_h)
+        pairs.append((found[_hit(found)], proxy[_hit(found)]))
+        proxy_h, proxy = proxy_h[~_hit(found)], proxy[~_hit(found)]
+        found = self._pending_proxy.take(app_h)
+        pairs.append((app[_hit(found)], found[_hit(found)]))
+        app_h, app = app_h[~_hit(found)], app[~_hit(found)]
+        _, pi, ai = np.intersect1d(proxy_h, app_h, assume_unique=False, return_indices=True)
+        pairs.append((app[ai], proxy[pi]))
+        rest_p = np.ones(len(proxy_h), dtype=bool)
+        rest_p[pi] = False
+        rest_a = np.ones(len(app_h), dtype=bool)
+        rest_a[ai] = False
+        roles = {t.role for t in self._targets.values()}
+        if "app" in roles:  # a sidecar's span can only ever be joined to a traced app's
+            self._pending_proxy.put(proxy_h[rest_p], proxy[rest_p])
+        if "sidecar" in roles:
+            self._pending_app.put(app_h[rest_a], app[rest_a])
+        a = np.concatenate([p[0] for p in pairs]) if pairs else np.empty((0, 2), np.int64)
+        p = np.concatenate([q[1] for q in pairs]) if pairs else np.empty((0, 3), np.int64)
+        if not len(a):
+            return
+        loopback = np.maximum(p[:, 1] - a[:, 1], 0)
+        joined = np.column_stack((a[:, 0], p[:, 0], loopback, p[:, 2] + loopback))
         for column, leg, value in ((0, "loopback", 2), (1, "mesh_added", 3)):
             for pid in np.unique(joined[:, column]).tolist():
                 t = self._targets.get(pid)
@@ -402,7 +415,71 @@ class Engine:
         self._probe.close()
 
 
-def _bounded_put(d: OrderedDict[int, V], key: int, value: V) -> None:
-    d[key] = value
-    if len(d) > _JOIN_LIMIT:
-        d.popitem(last=False)
+def _stack(parts: list[tuple[np.ndarray, np.ndarray]], width: int) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.empty(0, dtype=np.uint64), np.empty((0, width), dtype=np.int64)
+    return (np.concatenate([h for h, _ in parts]).astype(np.uint64),
+            np.concatenate([c for _, c in parts]))  # fmt: skip
+
+
+def _hit(found: np.ndarray) -> np.ndarray:
+    """Rows of a ``_Pending.take`` result that were found (their pid column is set)."""
+    out: np.ndarray = found[:, 0] >= 0
+    return out
+
+
+class _Pending:
+    """Spans waiting for their other half, by request-id hash: sorted arrays, so a batch is
+    looked up with one searchsorted. At most ``limit``; the oldest go first (counted by
+    arrival order), a quarter at a time so that trimming is rare."""
+
+    def __init__(self, width: int, limit: int = _JOIN_LIMIT) -> None:
+        self.width, self.limit = width, limit
+        self.clear()
+
+    def clear(self) -> None:
+        self.h = np.empty(0, dtype=np.uint64)
+        self.cols = np.empty((0, self.width), dtype=np.int64)
+        self.seq = np.empty(0, dtype=np.int64)
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.h)
+
+    def take(self, hashes: np.ndarray) -> np.ndarray:
+        """The waiting rows for ``hashes`` (a row of -1 where none waits), removed."""
+        out = np.full((len(hashes), self.width), -1, dtype=np.int64)
+        if not len(self.h) or not len(hashes):
+            return out
+        i = np.searchsorted(self.h, hashes)
+        i[i >= len(self.h)] = 0
+        hit = self.h[i] == hashes
+        if hit.any():
+            idx = i[hit]
+            uniq, first = np.unique(idx, return_index=True)  # one taker per waiting row
+            rows = np.flatnonzero(hit)[first]
+            out[rows] = self.cols[uniq]
+            keep = np.ones(len(self.h), dtype=bool)
+            keep[uniq] = False
+            self.h, self.cols, self.seq = self.h[keep], self.cols[keep], self.seq[keep]
+        return out
+
+    def put(self, hashes: np.ndarray, cols: np.ndarray) -> None:
+        if not len(hashes):
+            return
+        seq = np.arange(self._next, self._next + len(hashes), dtype=np.int64)
+        self._next += len(hashes)
+        h = np.concatenate((self.h, hashes))
+        c = np.concatenate((self.cols, cols))
+        q = np.concatenate((self.seq, seq))
+        # the latest of one hash wins (as a dict's put), sorted by hash
+        order = np.lexsort((-q, h))
+        h, c, q = h[order], c[order], q[order]
+        first = np.ones(len(h), dtype=bool)
+        first[1:] = h[1:] != h[:-1]
+        h, c, q = h[first], c[first], q[first]
+        if len(h) > self.limit:
+            cut = np.sort(q)[len(h) - self.limit * 3 // 4]
+            keep = q >= cut
+            h, c, q = h[keep], c[keep], q[keep]
+        self.h, self.cols, self.seq = h, c, q

@@ -73,15 +73,20 @@ ARRIVAL_METHODS: dict[str, str] = {
 PROC_STATS = tuple(n for n in HEADER.structs["smp_proc_stats"].names or ())
 INIT_PID_NS_INO = 0xEFFFFFFC  # PROC_PID_INIT_INO: the kernel's initial PID namespace
 _RID_OK = re.compile(rb"^[A-Za-z0-9._:\-]+$")
+_RID_CHARS = np.zeros(256, dtype=bool)  # byte -> may appear in a request id (as _RID_OK)
+_RID_CHARS[[c for c in range(256) if _RID_OK.match(bytes([c]))]] = True
 
 
 def request_ids(spans: np.ndarray) -> list[str]:
-    """The x-request-id of each span ('' when none, or not made of id characters)."""
-    raw = np.ascontiguousarray(spans["rid"]).view(f"S{spans.dtype['rid'].shape[0]}")
-    out = []
-    for value, n in zip(raw.ravel().tolist(), spans["rid_len"].tolist(), strict=True):
-        b = value[:n]
-        out.append(b.decode() if b and _RID_OK.match(b) else "")
+    """The x-request-id of each span ('' when none, or not made of id characters).
+    Vectorised: checked and decoded for the whole batch at once."""
+    width = spans.dtype["rid"].shape[0]
+    raw = np.ascontiguousarray(spans["rid"]).view(np.uint8).reshape(len(spans), width)
+    n = np.minimum(spans["rid_len"].astype(np.int64), width)
+    inside = np.arange(width)[None, :] < n[:, None]
+    ok = ~np.any(inside & ~_RID_CHARS[raw], axis=1) & (n > 0)
+    kept = np.where(inside & ok[:, None], raw, 0).astype(np.uint8)
+    out: list[str] = kept.view(f"S{width}").ravel().astype(f"U{width}").tolist()
     return out
 
 

@@ -112,6 +112,7 @@ def test_parse_tax_and_its_syscall_count() -> None:
         "getppid 400000 70.5 71.0 72.0 70.5 71.0\n"
         "read 300000 175.0 176.0 175.0 176.0 180.0\n"
         "sockpair 60000 740.0 750.0 740.0 750.0 760.0\n"
+        "tcp 30000 2500.0 2600.0 2500.0 2600.0 2700.0\n"
     )
     t = overhead.parse_tax(text)
     assert t["read"] == {
@@ -122,9 +123,12 @@ def test_parse_tax_and_its_syscall_count() -> None:
     }
     # a socket pair is two syscalls; the warm-up is iters / 10 + 1
     assert overhead.tax_syscalls(t["sockpair"], "sockpair") == 2 * (6001 + 3 * 60000)
+    assert overhead.tax_syscalls(t["tcp"], "tcp") == 2 * (3001 + 3 * 30000)
     assert overhead.tax_syscalls(t["getppid"], "getppid") == 40001 + 3 * 400000
     with pytest.raises(ValueError, match="sockpair"):
         overhead.parse_tax(text.rsplit("sockpair", 1)[0])
+    with pytest.raises(ValueError, match="tcp"):
+        overhead.parse_tax(text.rsplit("tcp", 1)[0])
 
 
 def test_parse_wrk_summary() -> None:

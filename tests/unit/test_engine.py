@@ -266,3 +266,39 @@ def test_capture_document_from_synthetic_records(tmp_path: Path) -> None:
     assert doc["method"].startswith("scripted") and doc["probe_path"] == "sock"
     ids = [r["request_id"] for r in read_spans(tmp_path / "s.csv")]
     assert sorted(ids) == sorted(f"doc-{i}" for i in range(23))
+
+
+def test_join_in_one_batch_and_each_waiting_half_taken_once(
+    engine: tuple[Engine, ScriptedProbe],
+) -> None:
+    """Both halves of a request in the same batch join; a waiting half joins one request
+    only (a second app record with the same id waits instead of joining twice)."""
+    e, probe = engine
+    t = _now()
+    probe.queue.append(
+        spans(
+            [
+                app(t, 800, rid_hash=11, rid="r-1"),
+                proxy(t, 100, 1000, 50, rid_hash=11, rid="r-1", flags=F_MATCH_RID),
+                proxy(t, 100, 1900, 50, rid_hash=44, rid="r-4", flags=F_MATCH_RID),
+            ]
+        )
+    )
+    probe.queue.append(spans([app(t, 900, rid_hash=44, rid="r-4"), app(t, 5, rid_hash=44)]))
+    e.poll(0)
+    loop = e.targets[APP].legs["loopback"]
+    assert loop.count == 2 and (loop.min, loop.max) == (200, 1000)
+
+
+def test_pending_join_is_bounded_oldest_first() -> None:
+    from profiler.capture.engine import _Pending
+
+    p = _Pending(2, limit=8)
+    for i in range(20):  # one at a time: the oldest go when over the limit
+        p.put(np.array([100 + i], dtype=np.uint64), np.array([[1, i]], dtype=np.int64))
+    assert len(p) <= 8
+    got = p.take(np.array([119, 100, 999], dtype=np.uint64))
+    assert got[:, 1].tolist() == [19, -1, -1]  # the newest waits; the oldest went; 999 never
+    assert p.take(np.array([119], dtype=np.uint64))[0, 0] == -1  # taken once
+    p.put(np.array([7, 7], dtype=np.uint64), np.array([[1, 1], [1, 2]], dtype=np.int64))
+    assert p.take(np.array([7], dtype=np.uint64))[0, 1] == 2  # the latest of one id waits
