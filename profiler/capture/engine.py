@@ -24,7 +24,14 @@ import numpy as np
 from profiler.capture.memory import memory_of
 from profiler.capture.snapshot import Snapshot, TargetSnapshot
 from profiler.histogram import LatencyHistogram
-from profiler.legs import APP_LEGS, PROXY_LEGS, arrivals_missing, proxy_instants, proxy_legs_ns
+from profiler.legs import (
+    APP_LEGS,
+    PROXY_LEGS,
+    arrivals_missing,
+    proxy_instants,
+    proxy_legs_ns,
+    to_us,
+)
 from profiler.probes.sidecar import (
     F_DS_H2,
     F_DS_TLS,
@@ -146,12 +153,6 @@ def thread_runtime_ns(pid: int) -> dict[int, int]:
                 out[int(tid)] = int(f.read().split()[0])
         except (OSError, ValueError, IndexError):
             continue
-    return out
-
-
-def _us(ns: np.ndarray) -> np.ndarray:
-    """Nanoseconds to whole microseconds, as the histograms and the spans file round."""
-    out: np.ndarray = np.maximum((ns + 500) // 1000, 0)
     return out
 
 
@@ -291,7 +292,7 @@ class Engine:
             return
         legs_ns = proxy_legs_ns(at)
         for name, values in legs_ns.items():
-            t.legs[name].record_many(_us(values))
+            t.legs[name].record_many(to_us(values))
         up, sidecar = legs_ns["upstream"], legs_ns["sidecar_total"]
         missing = arrivals_missing(s)
         t.arrival_missing["request"] += missing[0]
@@ -319,7 +320,7 @@ class Engine:
         s, app = s[ok], (ds_tx - ds_rx)[ok]
         if not len(s):
             return
-        t.legs["app"].record_many(_us(app))
+        t.legs["app"].record_many(to_us(app))
         t.requests += len(s)
         with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
         if with_id.any():
@@ -367,7 +368,7 @@ class Engine:
             for pid in np.unique(joined[:, column]).tolist():
                 t = self._targets.get(pid)
                 if t is not None and leg in t.legs:
-                    t.legs[leg].record_many(_us(joined[joined[:, column] == pid, value]))
+                    t.legs[leg].record_many(to_us(joined[joined[:, column] == pid, value]))
 
     # -- counters -------------------------------------------------------------------------
     def cpu_ns(self) -> dict[int, dict[int, int]]:
