@@ -6,7 +6,7 @@ request ids. They arrive as the ring buffer delivers them: one bytes object per 
 (struct smp_span, the probe's own dtype), joined and decoded per batch of 4,096 by numpy, then
 through the engine's batch handler (``Engine._on_batch``: legs into histograms, the app/sidecar
 join by request id, rows kept as a capture keeps them), then the capture document's summaries
-(``proxy_leg_values`` + ``leg_stats``). Runs in a child process so that peak memory
+(``leg_stats`` of every leg's histogram). Runs in a child process so that peak memory
 (``ru_maxrss``) is its own.
 """
 
@@ -153,10 +153,9 @@ def child(n_spans: int) -> dict[str, Any]:
     held = rss_bytes() - rss0  # the rows, histograms and join tables the engine now holds
     t1 = time.perf_counter()
     sidecar = engine.targets[SIDECAR]
-    values = document.proxy_leg_values(sidecar.rows)
-    legs = {name: document.leg_stats(values.get(name), h) for name, h in sidecar.legs.items()}
     app_t = engine.targets[APP]
-    legs.update({name: document.leg_stats(None, h) for name, h in app_t.legs.items()})
+    # what a capture does at its end: every leg's summary from its histogram (one rule)
+    legs = {name: document.leg_stats(h) for t in (sidecar, app_t) for name, h in t.legs.items()}
     summarise = time.perf_counter() - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
@@ -194,7 +193,7 @@ def run(profile: Profile) -> dict[str, Any]:
         ["app/sidecar pairs joined by request id", r["joined"]],
         ["ingest: records as bytes -> numpy batches -> Engine._on_batch (s)", r["ingest_s"]],
         ["per span (us)", r["us_per_span"]],
-        ["summarise: proxy_leg_values + leg_stats (s)", r["summarise_s"]],
+        ["summarise: leg_stats (s)", r["summarise_s"]],
         ["total (s)", r["total_s"]],
         ["RSS before ingest, synthetic input included (MB)", r["rss_before_mb"]],
         ["held by the engine after ingest (MB)", r["held_mb"]],

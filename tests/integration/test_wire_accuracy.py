@@ -147,7 +147,10 @@ def test_fault_filter_delay_moves_only_request_work(
         assert abs(moved - applied) <= 0.10 * applied, (leg, moved, applied)
     wire_moved = _p50(fault, "wire", "request_proxy") - _p50(base, "wire", "request_proxy")
     assert abs(wire_moved - applied) <= 0.10 * applied, (wire_moved, applied)
+    # The other legs stay where they were, within 10% of the delay: two testbeds differ by
+    # more than 100 us on the app's 1 ms (upstream moved -142 us in a CI run), while a delay
+    # in the wrong leg would move it by the whole ~3 ms.
     for leg in ("request_proxy_queue", "upstream", "response_proxy", "response_proxy_queue",
                 "response_proxy_work"):  # fmt: skip
         moved = _p50(fault, "ours", leg) - _p50(base, "ours", leg)
-        assert abs(moved) <= 100.0, (leg, moved)
+        assert abs(moved) <= max(100.0, 0.10 * applied), (leg, moved, applied)
