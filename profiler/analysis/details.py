@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from profiler import meshmark, stats
 from profiler.errors import BadInputFile
@@ -31,11 +30,6 @@ LEGS = (*MAIN, *SPLIT["request_proxy"], *SPLIT["response_proxy"], "sidecar_total
 
 def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(float(x), nd)
-
-
-def arrays(h: LatencyHistogram) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """Bucket values (the midpoints the histogram reports percentiles at) and counts, in us."""
-    return h.midpoints() if hasattr(h, "midpoints") else h.buckets()
 
 
 def merge_histograms(hs: Iterable[LatencyHistogram | None]) -> LatencyHistogram | None:
@@ -71,7 +65,7 @@ def _latency_ms(loads: list[LoadResult], merged: LatencyHistogram | None) -> dic
         )
         return out
     if merged is not None:
-        s = stats.summarize(*arrays(merged), PS)
+        s = stats.summarize(*merged.midpoints(), PS)
         out = {pkey(p) + "_ms": _r(v / 1000.0) for p, v in s.percentiles.items()}
         n = sum(r.successes for r in stated)
         out.update(
@@ -120,7 +114,7 @@ def error_summary(loads: list[LoadResult]) -> dict[str, Any]:
         "latency": None,
     }
     if eh is not None and eh.count:
-        s = stats.summarize(*arrays(eh), (50.0, 99.0))
+        s = stats.summarize(*eh.midpoints(), (50.0, 99.0))
         out["latency"] = {
             "count": eh.count,
             "p50_ms": _r(s.percentiles[50.0] / 1000),
@@ -338,7 +332,7 @@ def repetition_spread(recs: list[StepRecord]) -> dict[str, Any]:
 def _overhead(
     mesh: LatencyHistogram, base: LatencyHistogram, rng: np.random.Generator
 ) -> dict[str, Any]:
-    ma, ba = arrays(mesh), arrays(base)
+    ma, ba = mesh.midpoints(), base.midpoints()
     deltas = stats.bootstrap_deltas(ma, ba, rng, stats.CI_PERCENTILES, N_BOOT, LEVEL)
     pm = stats.percentiles(*ma, stats.CI_PERCENTILES)
     pb = stats.percentiles(*ba, stats.CI_PERCENTILES)
@@ -379,7 +373,9 @@ def step_details(bundle: RunBundle, step: int, rng: np.random.Generator) -> dict
         "repetitions": len(mesh_recs),
         "mesh": load_summary(mesh_recs),
         "mesh_ci": _ci_json(
-            stats.bootstrap_percentiles(*arrays(mesh_h), rng, stats.CI_PERCENTILES, N_BOOT, LEVEL)
+            stats.bootstrap_percentiles(
+                *mesh_h.midpoints(), rng, stats.CI_PERCENTILES, N_BOOT, LEVEL
+            )
         )
         if mesh_h
         else None,
@@ -415,7 +411,7 @@ def _ebpf_vs_ab(
     ov = step.get("overhead")
     if total is None or ov is None:
         return None
-    ci = stats.bootstrap_percentiles(*arrays(total), rng, (50.0,), N_BOOT, LEVEL)[50.0]
+    ci = stats.bootstrap_percentiles(*total.midpoints(), rng, (50.0,), N_BOOT, LEVEL)[50.0]
     ab = ov["p50"]
     base = {r.repetition: r.load for r in bundle.records_of(step["index"], "baseline")}
     per_rep = []

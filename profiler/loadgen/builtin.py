@@ -16,15 +16,13 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from profiler import __version__
 from profiler.errors import TargetUnreachable, UsageError
 from profiler.histogram import LatencyHistogram
 from profiler.loadgen.common import LoadgenError, launch_prefix, parse_target
-from profiler.loadgen.result import LoadResult, LoadSpec, percentiles_from_histogram, rate_reached
+from profiler.loadgen.result import LoadResult, LoadSpec, builtin_result, rate_reached
 from profiler.loadgen.worker import WorkerConfig
 
 RATE_PER_WORKER = 4000.0  # req/s one process holds with margin here (docs/loadgen.md)
@@ -185,33 +183,21 @@ def _merge(
     reached = rate_reached(spec.rate, achieved)  # judge() then counts successes only
     if not reached:
         notes.append(f"target rate not reached: {achieved:.1f} of {spec.rate:g} req/s")
-    ms = (lambda x: x / 1000.0) if lat.count else (lambda x: None)
-    return LoadResult(
-        generator="builtin",
-        generator_version=__version__,
-        mode="closed-loop" if spec.rate is None else "open-loop",
-        target=spec.target,
-        connections=spec.connections,
-        rate_asked=spec.rate,
-        rate_achieved=achieved,
-        duration_s=spec.duration_s,
+    return builtin_result(
+        spec,
+        lat,
+        start=t0,
+        achieved=achieved,
+        reached=reached,
         requests=lat.count + err.count,
-        histogram=lat,
-        percentiles_ms=percentiles_from_histogram(lat),
-        min_ms=ms(lat.min),
-        mean_ms=ms(lat.mean),
-        max_ms=ms(lat.max),
         status_counts=status,
         errors=errors,
-        start_time=datetime.fromtimestamp(t0, UTC),
-        end_time=datetime.fromtimestamp(t0 + spec.duration_s, UTC),
         bytes_received=sum(d["bytes_received"] for d in parts),
-        target_reached=reached,
         request_ids=ids,
         requests_sent=sum(d["sent"] for d in parts),
-        workers=n,
         notes=notes,
         service_histogram=svc,
+        workers=n,
         max_send_lag_ms=lag * 1e3,
         cpu_s=sum(float(d.get("cpu_s", 0.0)) for d in parts),
         error_histogram=err,

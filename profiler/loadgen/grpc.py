@@ -12,13 +12,12 @@ call ``n`` intended at ``start + n / rate`` on channel ``n % C``. Every call sen
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
 from typing import Any
 
-from profiler.loadgen.protocols import ChildConfig, Tally, run_child
+from profiler.loadgen.protocols import ChildConfig, Tally, child_main, run_child
 
 IN_FLIGHT = 8  # calls per channel in the closed loop
 
@@ -127,11 +126,5 @@ def load(cfg: ChildConfig) -> dict[str, Any]:
     return tally.result(status, sent)
 
 
-def main() -> int:
-    cfg = ChildConfig(**json.loads(sys.argv[1]))
-    print(json.dumps(load(cfg)), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(child_main(load))

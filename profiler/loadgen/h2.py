@@ -17,14 +17,13 @@ HTTP/1.1 workers'. The child prints one JSON line (profiler.loadgen.protocols re
 from __future__ import annotations
 
 import contextlib
-import json
 import selectors
 import socket
 import sys
 import time
 from typing import Any
 
-from profiler.loadgen.protocols import ChildConfig, Tally, run_child
+from profiler.loadgen.protocols import ChildConfig, Tally, child_main, run_child
 
 STREAMS = 8  # concurrent streams per connection in the closed loop
 
@@ -137,14 +136,8 @@ def load(cfg: ChildConfig) -> dict[str, Any]:
     return tally.result(status, n)
 
 
-def main() -> int:
-    cfg = ChildConfig(**json.loads(sys.argv[1]))
-    print(json.dumps(load(cfg)), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(child_main(load))
 
 
 __all__ = ["STREAMS", "load", "run"]

@@ -15,16 +15,15 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from profiler import __version__
 from profiler.errors import TargetUnreachable, UsageError
 from profiler.histogram import LatencyHistogram
 from profiler.loadgen.common import LoadgenError, launch_prefix
-from profiler.loadgen.result import LoadResult, LoadSpec, percentiles_from_histogram, rate_reached
+from profiler.loadgen.result import LoadResult, LoadSpec, builtin_result, rate_reached
 
 PROTOCOLS = ("http1", "http2", "grpc")
 
@@ -119,6 +118,14 @@ def run_child(spec: LoadSpec, module: str, protocol: str) -> LoadResult:
     return _result(spec, protocol, d, t0, run_id)
 
 
+def child_main(load: Callable[[ChildConfig], dict[str, Any]]) -> int:
+    """A protocol child's entry point: its :class:`ChildConfig` as JSON in ``argv[1]``, its
+    tally printed as one JSON line (what :func:`run_child` reads)."""
+    cfg = ChildConfig(**json.loads(sys.argv[1]))
+    print(json.dumps(load(cfg)), flush=True)
+    return 0
+
+
 def _result(spec: LoadSpec, protocol: str, d: dict[str, Any], t0: float,
             run_id: str) -> LoadResult:  # fmt: skip
     lat = LatencyHistogram.from_json(d["latency"])
@@ -139,29 +146,16 @@ def _result(spec: LoadSpec, protocol: str, d: dict[str, Any], t0: float,
         notes.append(
             "grpc-status: " + ", ".join(f"{k} {v}" for k, v in sorted(grpc_status.items()))
         )
-    ms = (lambda x: x / 1000.0) if lat.count else (lambda x: None)
-    start = t0 + spec.warmup_s
-    res = LoadResult(
-        generator="builtin",
-        generator_version=__version__,
-        mode="closed-loop" if spec.rate is None else "open-loop",
-        target=spec.target,
-        connections=spec.connections,
-        rate_asked=spec.rate,
-        rate_achieved=achieved,
-        duration_s=spec.duration_s,
+    res = builtin_result(
+        spec,
+        lat,
+        start=t0 + spec.warmup_s,
+        achieved=achieved,
+        reached=reached,
         requests=lat.count,
-        histogram=lat,
-        percentiles_ms=percentiles_from_histogram(lat),
-        min_ms=ms(lat.min),
-        mean_ms=ms(lat.mean),
-        max_ms=ms(lat.max),
         status_counts=http_status,
         errors=dict(d["errors"]),
-        start_time=datetime.fromtimestamp(start, UTC),
-        end_time=datetime.fromtimestamp(start + spec.duration_s, UTC),
         bytes_received=int(d["bytes_received"]),
-        target_reached=reached,
         request_ids=list(d["ids"]),
         requests_sent=int(d["sent"]),
         notes=notes,

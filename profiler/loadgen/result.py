@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from profiler import __version__
 from profiler.errors import BadInputFile
 from profiler.histogram import LatencyHistogram
 from profiler.units import PERCENTILES
@@ -277,3 +278,57 @@ class LoadSpec:
     run_id: str | None = None  # x-request-id prefix part: smp-<run_id>-<n> (builtin)
     keep_request_ids: int = 10_000  # at most this many ids in the result (builtin)
     protocol: str = "http1"  # builtin: "http1" | "http2" (h2c) | "grpc" (loadgen.protocols)
+
+
+def builtin_result(
+    spec: LoadSpec,
+    lat: LatencyHistogram,
+    *,
+    start: float,
+    achieved: float,
+    reached: bool,
+    requests: int,
+    status_counts: dict[int, int],
+    errors: dict[str, int],
+    bytes_received: int,
+    request_ids: list[str],
+    requests_sent: int,
+    notes: list[str],
+    service_histogram: LatencyHistogram,
+    **extra: Any,
+) -> LoadResult:
+    """The :class:`LoadResult` of a built-in run (the HTTP/1.1 workers, the HTTP/2 or gRPC
+    child): the measured window starts at ``start`` (epoch seconds, warm-up over) and lasts
+    ``spec.duration_s``; min, mean, max and percentiles come from ``lat`` (microseconds).
+    ``extra``: the fields only one mode fills (workers, cpu_s, protocol, ...). Not judged."""
+
+    def ms(x: float) -> float | None:
+        return x / 1000.0 if lat.count else None
+
+    return LoadResult(
+        generator="builtin",
+        generator_version=__version__,
+        mode="closed-loop" if spec.rate is None else "open-loop",
+        target=spec.target,
+        connections=spec.connections,
+        rate_asked=spec.rate,
+        rate_achieved=achieved,
+        duration_s=spec.duration_s,
+        requests=requests,
+        histogram=lat,
+        percentiles_ms=percentiles_from_histogram(lat),
+        min_ms=ms(lat.min),
+        mean_ms=ms(lat.mean),
+        max_ms=ms(lat.max),
+        status_counts=status_counts,
+        errors=errors,
+        start_time=datetime.fromtimestamp(start, UTC),
+        end_time=datetime.fromtimestamp(start + spec.duration_s, UTC),
+        bytes_received=bytes_received,
+        target_reached=reached,
+        request_ids=request_ids,
+        requests_sent=requests_sent,
+        notes=notes,
+        service_histogram=service_histogram,
+        **extra,
+    )

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from profiler.analysis.details import arrays
 from profiler.histogram import LatencyHistogram
 from profiler.report.view import CaptureView, RunView, StepView
 
@@ -153,7 +152,7 @@ def queue_work(v: RunView) -> str | None:
 
 
 def _cdf(ax: Axes, h: LatencyHistogram, label: str, style: str, color: str) -> None:
-    v, c = arrays(h)
+    v, c = h.midpoints()
     y = np.cumsum(c) / c.sum()
     ax.step(v / 1000.0, y, where="post", label=label, ls=style, color=color)
 

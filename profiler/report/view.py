@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from profiler import stats
-from profiler.analysis.details import LEGS, N_BOOT, arrays, merge_histograms
+from profiler.analysis.details import LEGS, N_BOOT, merge_histograms
 from profiler.capture.document import UNPARSED_WARN_SHARE
 from profiler.histogram import LatencyHistogram
 from profiler.report.source import Source
@@ -113,7 +113,7 @@ def _pair(x: Any) -> Interval | None:
 def _ci50(h: LatencyHistogram | None, rng: np.random.Generator) -> Interval | None:
     if h is None or not h.count:
         return None
-    i = stats.bootstrap_percentiles(*arrays(h), rng, (50.0,), N_BOOT)[50.0]
+    i = stats.bootstrap_percentiles(*h.midpoints(), rng, (50.0,), N_BOOT)[50.0]
     return (i.low / 1000.0, i.high / 1000.0)
 
 
