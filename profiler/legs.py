@@ -33,30 +33,32 @@ class Leg:
     parent: str | None = None  # the leg this one is a part of (queue / work)
     parts: tuple[str, ...] = ()  # the legs it is the sum of
     joined: bool = False  # needs the app's span of the same request
+    color: str | None = None  # in the plots (the report's stacked bars)
+    hatch: str = ""  # in the plots: queue (bytes waiting) hatched, work plain
 
 
 PROXY: tuple[Leg, ...] = (
     Leg("request_proxy", "request proxy",
         "first request bytes arrive at the sidecar's socket -> request handed upstream",
-        "ds_rx_arr", "us_tx_end"),
+        "ds_rx_arr", "us_tx_end", color="#4c78a8"),
     Leg("request_proxy_queue", "request queue",
         "request bytes wait in the sidecar's downstream socket until it reads them",
-        "ds_rx_arr", "ds_rx_beg", parent="request_proxy"),
+        "ds_rx_arr", "ds_rx_beg", parent="request_proxy", color="#9ecae9", hatch="\\\\"),
     Leg("request_proxy_work", "request work",
         "the sidecar reads the request -> hands it to the kernel upstream",
-        "ds_rx_beg", "us_tx_end", parent="request_proxy"),
+        "ds_rx_beg", "us_tx_end", parent="request_proxy", color="#4c78a8"),
     Leg("upstream", "upstream",
         "request handed upstream -> first response bytes arrive at the sidecar's socket",
-        "us_tx_end", "us_rx_arr"),
+        "us_tx_end", "us_rx_arr", color="#f5c48f", hatch="//"),
     Leg("response_proxy", "response proxy",
         "first response bytes arrive at the sidecar's socket -> response handed downstream",
-        "us_rx_arr", "ds_tx_end"),
+        "us_rx_arr", "ds_tx_end", color="#54a24b"),
     Leg("response_proxy_queue", "response queue",
         "response bytes wait in the sidecar's upstream socket until it reads them",
-        "us_rx_arr", "us_rx_beg", parent="response_proxy"),
+        "us_rx_arr", "us_rx_beg", parent="response_proxy", color="#88d27a", hatch="\\\\"),
     Leg("response_proxy_work", "response work",
         "the sidecar reads the response -> hands it to the kernel downstream",
-        "us_rx_beg", "ds_tx_end", parent="response_proxy"),
+        "us_rx_beg", "ds_tx_end", parent="response_proxy", color="#54a24b"),
     Leg("sidecar_total", "sidecar total", "request_proxy + response_proxy",
         parts=("request_proxy", "response_proxy")),
     Leg("mesh_added", "mesh added",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from profiler.histogram import LatencyHistogram
+from profiler.legs import BY_NAME
 from profiler.report.view import CaptureView, RunView, StepView
 
 if TYPE_CHECKING:
@@ -22,11 +23,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 # the sidecar's own time (request + response legs), then the wait for the app on top
-STACK = (
-    ("request_proxy", "#4c78a8", ""),
-    ("response_proxy", "#54a24b", ""),
-    ("upstream", "#f5c48f", "//"),
-)
+# (colours and hatches: the legs table, profiler.legs)
+STACK = ("request_proxy", "response_proxy", "upstream")
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d")
 RC: dict[str, Any] = {
     "svg.hashsalt": "smp-profiler",  # stable ids: the same file renders the same SVG
@@ -103,10 +101,11 @@ def legs_stacked(v: RunView | CaptureView) -> str | None:
     with _figure() as (fig, (ax,)):
         x = np.arange(len(bars))
         bottom = np.zeros(len(bars))
-        for leg, color, hatch in STACK:
+        for leg in STACK:
             vals = np.array([float(b[1].get(leg) or 0.0) for b in bars])
             label = "upstream (waiting for the app)" if leg == "upstream" else leg
-            ax.bar(x, vals, 0.6, bottom=bottom, label=label, color=color, hatch=hatch)
+            look = BY_NAME[leg]
+            ax.bar(x, vals, 0.6, bottom=bottom, label=label, color=look.color, hatch=look.hatch)
             bottom += vals
         totals = [b[1].get("sidecar_total") for b in bars]
         for xi, t in zip(x, totals, strict=True):
@@ -120,29 +119,25 @@ def legs_stacked(v: RunView | CaptureView) -> str | None:
 
 
 # queue (bytes waiting in the sidecar's sockets) under work (the sidecar handling them)
-QUEUE_WORK = (
-    ("request_proxy_queue", "#9ecae9", "\\\\"),
-    ("response_proxy_queue", "#88d27a", "\\\\"),
-    ("request_proxy_work", "#4c78a8", ""),
-    ("response_proxy_work", "#54a24b", ""),
-)
+QUEUE_WORK = ("request_proxy_queue", "response_proxy_queue", "request_proxy_work",
+              "response_proxy_work")  # fmt: skip
 
 
 def queue_work(v: RunView) -> str | None:
     """Per rate step, the sidecar's own time as queue vs work (p50 of each part, stacked):
     queue growing with the rate is the sidecar saturating."""
     bars = [(f"{_label(s)} req/s", s.legs) for s in v.steps
-            if any(s.legs.get(k) is not None for k, _, _ in QUEUE_WORK)]  # fmt: skip
+            if any(s.legs.get(k) is not None for k in QUEUE_WORK)]  # fmt: skip
     if not bars:
         return None
-    from profiler.legs import title
-
     with _figure() as (fig, (ax,)):
         x = np.arange(len(bars))
         bottom = np.zeros(len(bars))
-        for leg, color, hatch in QUEUE_WORK:
+        for leg in QUEUE_WORK:
             vals = np.array([float(b[1].get(leg) or 0.0) for b in bars])
-            ax.bar(x, vals, 0.6, bottom=bottom, label=title(leg), color=color, hatch=hatch)
+            look = BY_NAME[leg]
+            ax.bar(x, vals, 0.6, bottom=bottom, label=look.title, color=look.color,
+                   hatch=look.hatch)  # fmt: skip
             bottom += vals
         ax.set_xticks(x, [b[0] for b in bars])
         ax.set_ylabel("ms (p50 of each part)")
