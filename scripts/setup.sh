@@ -64,15 +64,22 @@ fi
 
 # `smp-profiler` on the PATH, also under sudo (whose secure_path drops the venv): a link to
 # this venv's script, which runs with the venv's Python wherever it is called from. Only a
-# link (or nothing) is replaced, never a file someone else installed there.
+# link (or nothing) is replaced, never a file someone else installed there; and a link to
+# another checkout's live script is left as it is (several checkouts share a machine: the
+# last `make setup` would silently take over the others' command) unless SMP_RELINK=1.
 script="$(cd "$VENV/bin" && pwd)/smp-profiler"
 link=/usr/local/bin/smp-profiler
-if [ "$(id -u)" = 0 ] && { [ -L "$link" ] || [ ! -e "$link" ]; }; then
-  if [ "$(readlink "$link" || true)" != "$script" ]; then
-    ln -sfn "$script" "$link"
-    log "linked $link -> $script"
-  fi
-elif [ "$(readlink -f "$link" 2>/dev/null || true)" != "$script" ]; then
+current=$(readlink "$link" 2>/dev/null || true)
+if [ "$current" = "$script" ]; then
+  :
+elif [ "$(id -u)" != 0 ]; then
   log "smp-profiler is $script (not linked from $link: run make setup as root)"
+elif [ -e "$link" ] && [ ! -L "$link" ]; then
+  log "smp-profiler is $script ($link is a file someone installed: left as it is)"
+elif [ -L "$link" ] && [ -x "$link" ] && [ "${SMP_RELINK:-0}" != 1 ]; then
+  log "$link -> $current (another checkout), left as it is: SMP_RELINK=1 make setup points it here"
+else
+  ln -sfn "$script" "$link"
+  log "linked $link -> $script"
 fi
 log "ready ($VENV)"
