@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from profiler.daemon.promql import Prometheus
 
 CLI = [sys.executable, "-m", "profiler.cli"]
@@ -37,6 +39,38 @@ def http_get(url: str) -> tuple[int, str]:
         return e.code, e.read().decode()
     except OSError as e:
         return 0, str(e)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    """Prometheus exposition text -> {(name, sorted labels): value}."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def scrape(url: str) -> Samples:
+    """The samples of ``url``/metrics (a daemon's metrics URL); fails unless it answers 200."""
+    code, text = http_get(url + "/metrics")
+    assert code == 200, (code, text)
+    return samples(text)
+
+
+def metrics_url(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> str:
+    """The metrics URL a daemon started with ``--metrics-port 0 --metrics-address 127.0.0.1``
+    logs (``metrics on 127.0.0.1:PORT``); fails when it exits first or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = re.search(r"metrics on 127\.0\.0\.1:(\d+)", log.read_text(errors="replace"))
+        if m:
+            return f"http://127.0.0.1:{m.group(1)}"
+        assert proc.poll() is None, log.read_text(errors="replace")
+        assert time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.05)
 
 
 def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
@@ -107,9 +141,7 @@ def daemon_process(log: Path, *args: str, timeout: float = 90.0) -> Iterator[Dae
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
     code = None
     try:
-        d = Daemon(proc, log, "")
-        port = d.wait_log(r"metrics on 127\.0\.0\.1:(\d+)", timeout).group(1)
-        d.url = f"http://127.0.0.1:{port}"
+        d = Daemon(proc, log, metrics_url(proc, log, timeout))
         deadline = time.monotonic() + timeout
         while http_get(d.url + "/readyz")[0] != 200:
             assert proc.poll() is None, d.text()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import shlex
 import shutil
@@ -26,8 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,8 +33,8 @@ from typing import Any
 import pytest
 import yaml
 from _apiserver import api_server, pod_json
+from _prom import http_get, metrics_url, scrape
 from _testbed import send_requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from profiler.discovery.cgroups import cgroup2_mount
 from profiler.discovery.containers import container_id_of_name
@@ -183,14 +180,8 @@ def deployed_agent(
             [*nsenter, "sh", "-c", enter], stdout=subprocess.DEVNULL, stderr=err, cwd="/"
         )
     try:
-        deadline = time.monotonic() + 60
-        m = None
-        while m is None:
-            assert proc.poll() is None, log.read_text()
-            m = re.search(r"metrics on 127\.0\.0\.1:(\d+)", log.read_text())
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        yield proc, log, lambda: f"http://127.0.0.1:{m.group(1)}"
+        url = metrics_url(proc, log)
+        yield proc, log, lambda: url
     finally:
         if proc.poll() is None:
             for pid in (own / "cgroup.procs").read_text().split() if pidns else []:
@@ -209,25 +200,6 @@ def deployed_agent(
                 break
             except OSError:
                 time.sleep(0.05)
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except (urllib.error.URLError, OSError) as e:
-        return 0, str(e)
-
-
-def metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    _, text = get(url + "/metrics")
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
 
 
 def _reviews(tb: Any) -> dict[str, Any]:
@@ -252,9 +224,9 @@ def _ready_and_counts(
         kubeconfig = api.kubeconfig(tmp_path / "kube" / "config")
         t0 = time.monotonic()
         with deployed_agent(tmp_path, kubeconfig, pidns=pidns) as (proc, log, url):
-            while get(url() + "/readyz")[0] != 200:
+            while http_get(url() + "/readyz")[0] != 200:
                 assert proc.poll() is None, log.read_text()
-                assert time.monotonic() - t0 < 30, (get(url() + "/readyz"), log.read_text())
+                assert time.monotonic() - t0 < 30, (http_get(url() + "/readyz"), log.read_text())
                 time.sleep(0.1)
             ready_s = time.monotonic() - t0
             print(f"ready after {ready_s:.1f} s")
@@ -271,15 +243,15 @@ def _ready_and_counts(
                 ),
             )
             deadline = time.monotonic() + 30
-            while key not in metrics(url()):
+            while key not in scrape(url()):
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
             assert [r["status"] for r in send_requests(tb, n, f"k{n}")] == [200] * n
-            while metrics(url()).get(key) != n:
-                assert time.monotonic() < deadline, (metrics(url()).get(key), log.read_text())
+            while scrape(url()).get(key) != n:
+                assert time.monotonic() < deadline, (scrape(url()).get(key), log.read_text())
                 time.sleep(0.2)
             time.sleep(1.0)  # two more snapshots: nothing counted twice
-            m = metrics(url())
+            m = scrape(url())
             assert m[key] == n
             assert m["smp_agent_up", (("k8s_node_name", "node-a"), ("reason", "ready"))] == 1
             assert m["smp_probe_events_dropped_total", (("k8s_node_name", "node-a"),)] == 0
@@ -376,23 +348,23 @@ def test_without_cap_perfmon_it_stays_up_and_says_why(
         (tmp_path / "kube").mkdir()
         kubeconfig = api.kubeconfig(tmp_path / "kube" / "config")
         with deployed_agent(tmp_path, kubeconfig, drop={"PERFMON"}) as (proc, log, url):
-            assert get(url() + "/healthz")[0] == 200  # at once
+            assert http_get(url() + "/healthz")[0] == 200  # at once
             deadline = time.monotonic() + 30
             up = ("k8s_node_name", "node-a"), ("reason", "capability_missing")
-            while ("smp_agent_up", up) not in metrics(url()):  # the sample, not its HELP
+            while ("smp_agent_up", up) not in scrape(url()):  # the sample, not its HELP
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-            code, why = get(url() + "/readyz")
+            code, why = http_get(url() + "/readyz")
             assert code == 503 and "cannot load the probes" in why, why
             assert "CAP_PERFMON" in why  # the capability check's own words
-            m = metrics(url())
+            m = scrape(url())
             assert m["smp_agent_up", up] == 0
             assert m["smp_probe_load_failures_total", ()] >= 1
             time.sleep(3)  # it stays up, alive, and keeps saying so
             assert proc.poll() is None, log.read_text()
-            assert get(url() + "/healthz")[0] == 200
-            assert get(url() + "/readyz")[0] == 503
+            assert http_get(url() + "/healthz")[0] == 200
+            assert http_get(url() + "/readyz")[0] == 503
         assert proc.returncode == 0, log.read_text()
         assert "Traceback" not in log.read_text()
 
@@ -425,14 +397,14 @@ def test_without_the_nodes_pid_namespace_it_says_why_instead_of_counting_zero(
         with deployed_agent(tmp_path, kubeconfig, pidns=agent_ns) as (proc, log, url):
             up = ("k8s_node_name", "node-a"), ("reason", "pids_not_visible")
             deadline = time.monotonic() + 30
-            while ("smp_agent_up", up) not in metrics(url()):
+            while ("smp_agent_up", up) not in scrape(url()):
                 assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, (get(url() + "/readyz"), log.read_text())
+                assert time.monotonic() < deadline, (http_get(url() + "/readyz"), log.read_text())
                 time.sleep(0.1)
-            code, why = get(url() + "/readyz")
+            code, why = http_get(url() + "/readyz")
             assert code == 503, why
             assert "shop/reviews-1/istio-proxy" in why and "hostPID" in why, why
-            assert metrics(url())["smp_agent_up", up] == 0
+            assert scrape(url())["smp_agent_up", up] == 0
         assert proc.returncode == 0, log.read_text()
         assert "Traceback" not in log.read_text()
         assert "cannot trace PID 0" not in log.read_text()
@@ -462,14 +434,14 @@ def test_a_blind_probe_is_not_ready_and_says_why(
         ):
             deadline = time.monotonic() + 30
             up = ("k8s_node_name", "node-a"), ("reason", "probe_load_failed")
-            while ("smp_agent_up", up) not in metrics(url()):
+            while ("smp_agent_up", up) not in scrape(url()):
                 assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, (get(url() + "/readyz"), log.read_text())
+                assert time.monotonic() < deadline, (http_get(url() + "/readyz"), log.read_text())
                 time.sleep(0.1)
-            code, why = get(url() + "/readyz")
+            code, why = http_get(url() + "/readyz")
             assert code == 503, why
             assert "did not see this process's own socket traffic" in why, why
-            assert get(url() + "/healthz")[0] == 200
-            assert metrics(url())["smp_probe_load_failures_total", ()] >= 1
+            assert http_get(url() + "/healthz")[0] == 200
+            assert scrape(url())["smp_probe_load_failures_total", ()] >= 1
         assert proc.returncode == 0, log.read_text()
         assert "Traceback" not in log.read_text()

@@ -6,45 +6,24 @@ their Kubernetes names, and stops tracing when the pod is deleted."""
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _apiserver import api_server, pod_json
+from _prom import http_get, metrics_url, scrape
 from _testbed import send_requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from profiler.discovery.containers import container_id_of_name
 
 pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
 CLI = [sys.executable, "-m", "profiler.cli"]
 ISTIO = {"sidecar.istio.io/status": json.dumps({"containers": ["istio-proxy"]})}
-
-
-def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def test_daemon_kubernetes_mode(testbed_factory: Callable[..., Any], tmp_path: Path) -> None:
@@ -68,14 +47,8 @@ def test_daemon_kubernetes_mode(testbed_factory: Callable[..., Any], tmp_path: P
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
         try:
             deadline = time.monotonic() + 60
-            m = None
-            while m is None:
-                assert proc.poll() is None, log.read_text()
-                m = re.search(r"metrics on 127\.0\.0\.1:(\d+)", log.read_text())
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-            url = f"http://127.0.0.1:{m.group(1)}"
-            while not _ready(url):
+            url = metrics_url(proc, log)
+            while http_get(url + "/readyz")[0] != 200:
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
             pod_labels = (("k8s_namespace_name", "shop"), ("k8s_pod_name", "reviews-1"))
@@ -86,14 +59,14 @@ def test_daemon_kubernetes_mode(testbed_factory: Callable[..., Any], tmp_path: P
             )
             app = (("k8s_container_name", "app"), *pod_labels, ("smp_mesh_type", "ISTIO"))
             key = ("smp_sidecar_requests_total", labels)
-            while key not in _metrics(url):
+            while key not in scrape(url):
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
             assert [r["status"] for r in send_requests(tb, 23, "k23")] == [200] * 23
-            while _metrics(url).get(key) != 23:
-                assert time.monotonic() < deadline, _metrics(url).get(key)
+            while scrape(url).get(key) != 23:
+                assert time.monotonic() < deadline, scrape(url).get(key)
                 time.sleep(0.2)
-            got = _metrics(url)
+            got = scrape(url)
             assert got["smp_attached_sidecars", (("k8s_node_name", "node-a"),)] == 1
             assert ("smp_app_cpu_seconds_total", app) in got
             pids = ", ".join(str(p) for p in sorted([server.app_pid, server.envoy_pid]))
@@ -102,10 +75,10 @@ def test_daemon_kubernetes_mode(testbed_factory: Callable[..., Any], tmp_path: P
 
             # the pod is deleted: its processes are no longer traced
             api.delete(server.uid)
-            while _metrics(url).get(("smp_attached_sidecars", (("k8s_node_name", "node-a"),))) != 0:
+            while scrape(url).get(("smp_attached_sidecars", (("k8s_node_name", "node-a"),))) != 0:
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-            assert _metrics(url)[key] == 23  # kept (retired) for a while, still monotonic
+            assert scrape(url)[key] == 23  # kept (retired) for a while, still monotonic
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -5,40 +5,21 @@ a sidecar restart to the new PID, and exits 0 on SIGTERM."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _kubepods import named_binary
+from _prom import http_get, metrics_url, scrape
 from _testbed import send_requests
-from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
 CLI = [sys.executable, "-m", "profiler.cli"]
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
 
 
 def test_daemon_node_only_on_the_testbed(
@@ -55,18 +36,11 @@ def test_daemon_node_only_on_the_testbed(
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 60
-        port = None
-        while port is None:
-            assert proc.poll() is None, log.read_text()
-            m = re.search(r"metrics on 127\.0\.0\.1:(\d+)", log.read_text())
-            port = int(m.group(1)) if m else None
-            assert time.monotonic() < deadline, log.read_text()
+        url = metrics_url(proc, log)
+        while http_get(url + "/readyz")[0] != 200:
+            assert time.monotonic() < deadline, http_get(url + "/readyz")
             time.sleep(0.1)
-        url = f"http://127.0.0.1:{port}"
-        while _get(url + "/readyz")[0] != 200:
-            assert time.monotonic() < deadline, _get(url + "/readyz")
-            time.sleep(0.1)
-        assert _get(url + "/healthz")[0] == 200
+        assert http_get(url + "/healthz")[0] == 200
 
         sidecar = (
             ("k8s_container_name", "envoy"),
@@ -80,13 +54,13 @@ def test_daemon_node_only_on_the_testbed(
             ("k8s_pod_name", server.uid),
             ("smp_mesh_type", ""),
         )
-        while ("smp_sidecar_requests_total", sidecar) not in _samples(_get(url + "/metrics")[1]):
-            assert time.monotonic() < deadline, _get(url + "/metrics")[1]
+        while ("smp_sidecar_requests_total", sidecar) not in scrape(url):
+            assert time.monotonic() < deadline, http_get(url + "/metrics")[1]
             time.sleep(0.1)
         replies = send_requests(tb, 23, "d23")
         assert [r["status"] for r in replies] == [200] * 23
         while True:
-            m = _samples(_get(url + "/metrics")[1])
+            m = scrape(url)
             if m.get(("smp_sidecar_requests_total", sidecar)) == 23:
                 break
             assert time.monotonic() < deadline, m.get(("smp_sidecar_requests_total", sidecar))
@@ -109,7 +83,7 @@ def test_daemon_node_only_on_the_testbed(
         while f"+[{new.pid}] -[{old}]" not in log.read_text():
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        m = _samples(_get(url + "/metrics")[1])
+        m = scrape(url)
         assert m["smp_attached_sidecars", (("k8s_node_name", os.uname().nodename),)] == 1
         assert m["smp_sidecar_requests_total", sidecar] == 23
     finally:
