@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from typing import Any
+
+
+def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``smp-profiler ARGS`` in a child Python: its exit code, stdout and stderr."""
+    code = "import sys; from profiler.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout
+    )
+
 
 # Sends N sequential GETs over one keep-alive connection, ids "<prefix>-<i>"; prints a summary.
 _CLIENT = r"""

@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,40 +67,13 @@ def test_console_errors_are_caught(tmp_path: Path) -> None:
     assert any("smp-boom" in m for m in console_messages(r.stderr)), r.stderr[-2000:]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from profiler.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=180
-    )
-
-
 @pytest.mark.browser
 @pytest.mark.testbed
 @pytest.mark.envoy
 @pytest.mark.bpf
-@pytest.mark.slow  # ~40 s: two testbeds, the probes' attach, 4 windows, two Chromium runs
-def test_html_report_of_a_real_run_in_chromium(tmp_path: Path, testbed_factory: Any) -> None:
-    mesh = testbed_factory(sidecar="envoy")
-    base = testbed_factory(sidecar="none")
-    result = tmp_path / "result.json"
-    r = _cli(
-        "run",
-        "--testbed",
-        str(mesh.state.state_dir),
-        "--baseline-testbed",
-        str(base.state.state_dir),
-        "--rates",
-        "100,200",
-        "--step-duration",
-        "2s",
-        "--warmup",
-        "0.5s",
-        "--connections",
-        "4",
-        "-o",
-        str(result),
-    )
-    assert r.returncode == 0, r.stderr
+@pytest.mark.slow  # two Chromium runs, and the shared sweep when it runs first (~30 s)
+def test_html_report_of_a_real_run_in_chromium(tmp_path: Path, swept: dict[str, Any]) -> None:
+    result = swept["path"]  # the shared real sweep (conftest.py): mesh + baseline, 2 rates
     html = tmp_path / "report.html"
     assert main(["report", str(result), "-o", str(html)]) == 0
     text = html.read_text()

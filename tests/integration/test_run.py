@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _testbed import cli
 
 from profiler.model import read_bundle
 from profiler.smp import validate
@@ -17,75 +18,8 @@ from profiler.smp.bundle import bundle_json
 
 pytestmark = [pytest.mark.testbed, pytest.mark.envoy]
 
-RATE = 200
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from profiler.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
-    )
-
-
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One short sweep (2 rates x 2 s, with baseline) shared by the tests of this module."""
-    from profiler.testbed import Testbed, TestbedConfig
-
-    tmp = tmp_path_factory.mktemp("run")
-    tag = uuid.uuid4().hex[:5]
-    beds: list[Testbed] = []
-    try:
-        mesh = Testbed.up(TestbedConfig(name=f"r{tag}-m", state_dir=tmp / "m", sidecar="envoy"))
-        beds.append(mesh)
-        base = Testbed.up(TestbedConfig(name=f"r{tag}-b", state_dir=tmp / "b", sidecar="none"))
-        beds.append(base)
-        out = tmp / "result.json"
-        r = _cli(
-            "run",
-            "--testbed",
-            str(tmp / "m"),
-            "--baseline-testbed",
-            str(tmp / "b"),
-            "--rates",
-            f"{RATE},{2 * RATE}",
-            "--step-duration",
-            "2s",
-            "--warmup",
-            "0.5s",
-            "--connections",
-            "4",
-            "-o",
-            str(out),
-        )
-        assert r.returncode == 0, r.stderr
-        yaml_out = tmp / "result.yaml"
-        r2 = _cli(
-            "run",
-            "--testbed",
-            str(tmp / "m"),
-            "--rates",
-            "100",
-            "--step-duration",
-            "1s",
-            "--warmup",
-            "0",
-            "--format",
-            "yaml",
-            "-o",
-            str(yaml_out),
-        )
-        assert r2.returncode == 0, r2.stderr
-        return {
-            "doc": json.loads(out.read_text()),
-            "path": out,
-            "yaml": yaml_out,
-            "stderr": r.stderr,
-            "envoy_pid": mesh.state.server.envoy_pid,
-        }
-    finally:
-        for tb in beds:
-            tb.down()
+# ``swept`` (tests/integration/conftest.py): one real sweep with a baseline, shared with
+# test_report_html
 
 
 def test_bundle_has_only_smp_fields_with_right_types_and_linked_ids(swept: dict[str, Any]) -> None:
@@ -119,7 +53,7 @@ def test_latencies_are_ms_and_match_the_load_histograms(swept: dict[str, Any]) -
         assert r["latencies_ms"]["p50"] == pytest.approx(p50_us / 1000, rel=1e-3)
         # A local request through Envoy: well above 10 us and well below a second.
         assert 0.01 < r["latencies_ms"]["p50"] < 1000
-        assert r["actual_qps"] == pytest.approx((i + 1) * RATE, rel=0.02)
+        assert r["actual_qps"] == pytest.approx((i + 1) * swept["rate"], rel=0.02)
         step = doc["details"]["steps"][i]
         assert step["baseline"]["requests"] > 0 and step["overhead"] is not None
         assert step["mesh"]["errors"] == {} and step["mesh"]["error_rate"] == 0
@@ -175,7 +109,7 @@ def test_progress_shows_every_window(swept: dict[str, Any]) -> None:
 
 
 def test_unreachable_target_is_one_line(tmp_path: Path) -> None:
-    r = _cli(
+    r = cli(
         "run",
         "--target",
         "http://127.0.0.1:9/",
@@ -192,7 +126,7 @@ def test_unreachable_target_is_one_line(tmp_path: Path) -> None:
 
 
 def test_bad_testbed_dir_is_bad_input(tmp_path: Path) -> None:
-    r = _cli("run", "--testbed", str(tmp_path / "none"), "-o", str(tmp_path / "x.json"))
+    r = cli("run", "--testbed", str(tmp_path / "none"), "-o", str(tmp_path / "x.json"))
     assert r.returncode == 65 and "Traceback" not in r.stderr
 
 
@@ -207,7 +141,7 @@ def test_a_sidecar_whose_app_is_gone_fails_the_run_and_writes_everything(
     mesh = testbed_factory(sidecar="envoy")
     os.kill(mesh.state.server.app_pid, signal.SIGKILL)
     out = tmp_path / "r.json"
-    r = _cli(
+    r = cli(
         "run", "--testbed", str(mesh.state.state_dir), "--rates", "50", "--step-duration", "1s",
         "--warmup", "0", "--connections", "2", "-o", str(out),
     )  # fmt: skip
@@ -233,7 +167,7 @@ def test_a_sidecar_pid_off_the_path_is_an_error_not_a_number(
     idle = subprocess.Popen(["sleep", "120"])
     try:
         out = tmp_path / "r.json"
-        r = _cli(
+        r = cli(
             "run", "--testbed", str(mesh.state.state_dir), "--sidecar-pid", str(idle.pid),
             "--rates", "50,100", "--step-duration", "1s", "--warmup", "0", "--connections", "2",
             "-o", str(out),
@@ -297,7 +231,7 @@ def test_grpc_run_through_the_testbed_is_protocol_grpc_and_proxied(tmp_path: Pat
     tb = Testbed.up(TestbedConfig(name=f"g{uuid.uuid4().hex[:5]}", state_dir=tmp_path / "tb"))
     try:
         out = tmp_path / "grpc.json"
-        r = _cli(
+        r = cli(
             "run", "--testbed", str(tmp_path / "tb"), "--protocol", "grpc",
             "--rates", "53", "--step-duration", "2s", "--warmup", "0", "--connections", "2",
             "-o", str(out),
@@ -320,10 +254,10 @@ def test_grpc_run_through_the_testbed_is_protocol_grpc_and_proxied(tmp_path: Pat
 
 
 def test_protocol_needs_the_builtin_generator(tmp_path: Path) -> None:
-    r = _cli("run", "--target", "http://127.0.0.1:9/", "--protocol", "grpc",
+    r = cli("run", "--target", "http://127.0.0.1:9/", "--protocol", "grpc",
              "--load-generator", "wrk", "-o", str(tmp_path / "x.json"))  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "--protocol grpc needs --load-generator builtin" in r.stderr
-    r = _cli("run", "--target", "http://127.0.0.1:9/", "--protocol", "spdy",
+    r = cli("run", "--target", "http://127.0.0.1:9/", "--protocol", "spdy",
              "-o", str(tmp_path / "x.json"))  # fmt: skip
     assert r.returncode == 2 and "bad --protocol 'spdy'" in r.stderr
