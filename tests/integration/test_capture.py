@@ -293,22 +293,9 @@ def test_capture_bad_input(args: list[str], code: int, message: str) -> None:
 
 
 def test_capture_without_privileges_or_bcc() -> None:
-    r = subprocess.run(
-        [
-            "setpriv",
-            "--bounding-set=-all",
-            "--inh-caps=-all",
-            *CLI,
-            "capture",
-            "--sidecar-pid",
-            str(os.getpid()),
-            "--duration",
-            "1s",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    args = ["capture", "--sidecar-pid", str(os.getpid()), "--duration", "1s"]
+    no_caps = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    r = subprocess.run([*no_caps, *CLI, *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 77, r.stderr
     assert "root" in r.stderr and "Traceback" not in r.stderr
     code = (
@@ -316,19 +303,7 @@ def test_capture_without_privileges_or_bcc() -> None:
         "sys.exit(main(sys.argv[1:]))"
     )
     r = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "capture",
-            "--sidecar-pid",
-            str(os.getpid()),
-            "--duration",
-            "1s",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 69, r.stderr
     assert "bcc" in r.stderr and "Traceback" not in r.stderr

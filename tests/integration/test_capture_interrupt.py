@@ -66,16 +66,21 @@ def test_ctrl_c_during_start_up_stops_at_once_with_130(idle: int, tmp_path: Path
     pytest.fail("start-up finished before the signal three times: no start-up was interrupted")
 
 
+def _wait_attached(cap: subprocess.Popen[str]) -> None:
+    """Until the capture says it is attached (or its stderr ends)."""
+    assert cap.stderr is not None
+    for line in cap.stderr:
+        if "attached to" in line:
+            break
+
+
 @pytest.mark.bpf
 def test_ctrl_c_in_the_window_writes_the_partial_capture_and_exits_130(
     idle: int, tmp_path: Path
 ) -> None:
     out = tmp_path / "c.json"
     cap = _capture(idle, out, "60s")
-    assert cap.stderr is not None
-    for line in cap.stderr:
-        if "attached to" in line:
-            break
+    _wait_attached(cap)
     time.sleep(2.0)
     cap.send_signal(signal.SIGINT)
     rc = cap.wait(timeout=60)
@@ -91,10 +96,7 @@ def test_ctrl_c_in_the_window_writes_the_partial_capture_and_exits_130(
 def test_sigterm_is_the_same_as_ctrl_c(idle: int, tmp_path: Path) -> None:
     out = tmp_path / "c.json"
     cap = _capture(idle, out, "60s")
-    assert cap.stderr is not None
-    for line in cap.stderr:
-        if "attached to" in line:
-            break
+    _wait_attached(cap)
     cap.send_signal(signal.SIGTERM)
     assert cap.wait(timeout=60) == 130
     assert json.loads(out.read_text())["incomplete_reason"] == "interrupted"
@@ -109,10 +111,7 @@ def test_a_capture_that_cannot_be_written_is_saved_elsewhere(idle: int, tmp_path
     spare.mkdir()
     env = {**os.environ, "TMPDIR": str(spare)}
     cap = _capture(idle, gone / "c.json", "3s", env=env)
-    assert cap.stderr is not None
-    for line in cap.stderr:
-        if "attached to" in line:
-            break
+    _wait_attached(cap)
     shutil.rmtree(gone)
     rc = cap.wait(timeout=60)
     err = cap.stderr.read()
