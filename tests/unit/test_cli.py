@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -21,14 +22,22 @@ def _cli(*args: str, hide_bcc: bool = False) -> subprocess.CompletedProcess[str]
     )
 
 
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def test_help_lists_every_command_fast_and_without_bcc() -> None:
-    start = time.monotonic()
+    # CPU seconds of the child, not wall time: the unit tests run on both cores at once and
+    # the machine may be busy. --help costs ~0.27 s here; importing numpy and matplotlib
+    # (or BCC, kubernetes) at start-up would make it ~0.9 s.
+    start = _children_cpu_s()
     r = _cli("--help", hide_bcc=True)
-    elapsed = time.monotonic() - start
+    cpu = _children_cpu_s() - start
     assert r.returncode == 0, r.stderr
     for command in COMMANDS:
         assert command in r.stdout
-    assert elapsed < 1.0, f"--help took {elapsed:.2f}s"
+    assert cpu < 0.6, f"--help took {cpu:.2f} s of CPU"
 
 
 @pytest.mark.parametrize("command", COMMANDS)
