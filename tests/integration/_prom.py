@@ -73,7 +73,8 @@ def metrics_url(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0)
         time.sleep(0.05)
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    """Signal ``proc`` (SIGTERM) and its exit code; killed after 20 s (code -9)."""
     if proc.poll() is None:
         proc.send_signal(sig)
     try:
@@ -109,7 +110,7 @@ def prometheus_server(
             time.sleep(0.1)
         yield Prometheus(url)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @dataclass
@@ -149,5 +150,5 @@ def daemon_process(log: Path, *args: str, timeout: float = 90.0) -> Iterator[Dae
             time.sleep(0.1)
         yield d
     finally:
-        code = _stop(proc)
+        code = stop(proc)
     assert code == 0, log.read_text()

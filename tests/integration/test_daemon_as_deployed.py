@@ -260,6 +260,16 @@ def _ready_and_counts(
         return m
 
 
+def _wait_for_sample(
+    proc: subprocess.Popen[bytes], log: Path, url: str, key: Any, deadline: float
+) -> None:
+    """Until /metrics has the sample ``key`` (name, labels); fails if the agent exits first."""
+    while key not in scrape(url):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, (http_get(url + "/readyz"), log.read_text())
+        time.sleep(0.1)
+
+
 def test_ready_in_30_s_and_counts_requests(
     testbed_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -397,10 +407,7 @@ def test_without_the_nodes_pid_namespace_it_says_why_instead_of_counting_zero(
         with deployed_agent(tmp_path, kubeconfig, pidns=agent_ns) as (proc, log, url):
             up = ("k8s_node_name", "node-a"), ("reason", "pids_not_visible")
             deadline = time.monotonic() + 30
-            while ("smp_agent_up", up) not in scrape(url()):
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, (http_get(url() + "/readyz"), log.read_text())
-                time.sleep(0.1)
+            _wait_for_sample(proc, log, url(), ("smp_agent_up", up), deadline)
             code, why = http_get(url() + "/readyz")
             assert code == 503, why
             assert "shop/reviews-1/istio-proxy" in why and "hostPID" in why, why
@@ -434,10 +441,7 @@ def test_a_blind_probe_is_not_ready_and_says_why(
         ):
             deadline = time.monotonic() + 30
             up = ("k8s_node_name", "node-a"), ("reason", "probe_load_failed")
-            while ("smp_agent_up", up) not in scrape(url()):
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, (http_get(url() + "/readyz"), log.read_text())
-                time.sleep(0.1)
+            _wait_for_sample(proc, log, url(), ("smp_agent_up", up), deadline)
             code, why = http_get(url() + "/readyz")
             assert code == 503, why
             assert "did not see this process's own socket traffic" in why, why

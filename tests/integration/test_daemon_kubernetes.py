@@ -6,7 +6,6 @@ their Kubernetes names, and stops tracing when the pod is deleted."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 from _apiserver import api_server, pod_json
-from _prom import http_get, metrics_url, scrape
+from _prom import http_get, metrics_url, scrape, stop
 from _testbed import send_requests
 
 from profiler.discovery.containers import container_id_of_name
@@ -80,13 +79,7 @@ def test_daemon_kubernetes_mode(testbed_factory: Callable[..., Any], tmp_path: P
                 time.sleep(0.1)
             assert scrape(url)[key] == 23  # kept (retired) for a while, still monotonic
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise
+            code = stop(proc)  # SIGTERM; killed (and failed) after 20 s
     text = log.read_text()
     assert code == 0, text
     assert "Traceback" not in text

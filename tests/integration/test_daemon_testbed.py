@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from _kubepods import named_binary
-from _prom import http_get, metrics_url, scrape
+from _prom import http_get, metrics_url, scrape, stop
 from _testbed import send_requests
 
 pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
@@ -90,13 +90,7 @@ def test_daemon_node_only_on_the_testbed(
         for p in extra:
             p.kill()
             p.wait()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
+        code = stop(proc)  # SIGTERM; killed (and failed) after 20 s
     text = log.read_text()
     assert code == 0, text
     assert "Traceback" not in text and "detaching" in text
