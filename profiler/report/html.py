@@ -60,7 +60,7 @@ def _plots_html(v: RunView | CaptureView) -> list[str]:
     out = ["<h2>Plots</h2>", '<div class="plots">']
     for key, title, fn in PLOTS:
         svg = None
-        if isinstance(v, RunView) or fn in (plots.legs_stacked, plots.cdfs):
+        if isinstance(v, RunView) or fn in (plots.legs_stacked, plots.queue_work, plots.cdfs):
             svg = fn(v)  # type: ignore[arg-type]
         body = (
             svg if svg is not None else f'<p class="missing">{escape(title)}: not in this file</p>'

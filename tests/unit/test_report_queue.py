@@ -282,3 +282,38 @@ def test_older_file_without_queue_fields_renders_dashes_and_a_note(path: Path, f
         assert OLD_FILE_NOTE in doc["notes"]
         qws = [q for s in doc.get("steps", doc.get("processes", [])) for q in s["queue_work"]]
         assert qws and all(q["state"] == "not in file" and q["queue_ms"] is None for q in qws)
+
+
+def _bar_heights(fig: str, name: str) -> dict[int, float]:
+    """Drawn height (SVG units) of each bar of series ``name``, by bar index."""
+    out = {}
+    for j, d in re.findall(rf'<g id="series-{name}-(\d+)">\s*<path d="([^"]*)"', fig):
+        ys = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", d)][1::2]
+        out[int(j)] = max(ys) - min(ys)
+    return out
+
+
+@pytest.mark.parametrize("path", [QBUNDLE, QCAPTURE])
+def test_queue_plot_draws_the_known_numbers(path: Path) -> None:
+    """The stacked bars hold the known p50s (ms) and are drawn at heights proportional to them,
+    one scale for all; a queue without arrival stamps has no bar (not a 0 bar) and is named.
+    Catches queue and work swapped, bars of one leg drawn from another, a 0 drawn for unknown."""
+    from tests import html_series as hs
+
+    fig = hs.figure(_render("html", path), "queue")
+    data = hs.series(fig)
+    if path == QBUNDLE:
+        want = {name: [(float(j), s[i] / 1000) for j, s in enumerate(STEPS)]
+                for i, name in enumerate(x for parts in SPLIT.values() for x in parts)}  # fmt: skip
+    else:
+        want = {
+            "request_proxy_queue": [(0.0, 0.509)],
+            "request_proxy_work": [(0.0, 0.239), (1.0, 0.251)],
+            "response_proxy_queue": [(0.0, 0.503)],
+            "response_proxy_work": [(0.0, 0.191), (1.0, 0.181)],
+        }
+        assert f"{NO_STAMPS}:" in fig and "request queue, response queue" in fig
+    assert data == want
+    scale = [_bar_heights(fig, name)[int(j)] / v for name, pts in want.items() for j, v in pts]
+    assert len(scale) == sum(len(p) for p in want.values())
+    assert max(scale) / min(scale) < 1.01
