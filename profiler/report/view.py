@@ -92,13 +92,13 @@ def stamps_note(where: str, qw: list[QueueWork]) -> str | None:
     for q in qw:
         what = q.leg.removesuffix("_proxy") + "s"
         if q.state == NO_STAMPS:
-            parts.append(f"none of the {q.requests:,} {what} (queue unknown)")
+            parts.append(f"none of the {q.requests:,} {what} had an arrival stamp (queue unknown)")
         elif q.state == "partial":
             parts.append(
-                f"{q.missing:,} of {q.requests:,} {what} (their queue counts as 0: "
-                f"the {what[:-1]} queue figure is low)"
+                f"{q.missing:,} of {q.requests:,} {what} had no arrival stamp (their queue "
+                "counted as 0)"
             )
-    return f"{where}: no arrival stamp for " + "; ".join(parts) if parts else None
+    return f"{where}: " + "; ".join(parts) if parts else None
 
 
 def _missing_sum(sidecars: list[dict[str, Any]]) -> dict[str, int] | None:
