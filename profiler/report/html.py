@@ -31,7 +31,7 @@ pre { background: #f7f7f7; padding: 1em; overflow: auto; font-size: 12px; }
 
 PLOTS = (
     ("legs", "Latency breakdown per leg", plots.legs_stacked),
-    ("queue", "Sidecar queue vs work per rate step", plots.queue_work),
+    ("queue", "Sidecar queue vs work per rate step (per sidecar in a capture)", plots.queue_work),
     ("cdf", "Latency CDFs, mesh vs baseline", plots.cdfs),
     ("cost", "Sidecar CPU and memory vs request rate", plots.cost),
     ("overhead", "Overhead vs rate, with confidence bands", plots.overhead),
