@@ -317,3 +317,21 @@ def test_queue_plot_draws_the_known_numbers(path: Path) -> None:
     scale = [_bar_heights(fig, name)[int(j)] / v for name, pts in want.items() for j, v in pts]
     assert len(scale) == sum(len(p) for p in want.values())
     assert max(scale) / min(scale) < 1.01
+
+
+REAL = FIX / "capture-wire.json"  # a real capture (testbed, 200 req/s, sk_data_ready stamps)
+
+
+def test_real_capture_queue_table_is_its_legs() -> None:
+    """A real capture with arrival stamps: the queue table's cells are the file's own p50s of
+    each SPLIT leg in ms, and its missing stamps (4 of 769 requests) are noted, not hidden."""
+    doc = json.loads(REAL.read_text())
+    sc = doc["sidecars"][0]
+    text = _render("terminal", REAL, width=100)
+    want = [f"{sc['legs'][x]['p50_ms']:.3f}" for parts in SPLIT.values() for x in parts]
+    assert _rows(text, QUEUE) == [[f"{sc['comm']} ({sc['pid']})", *want]]
+    assert want == ["0.058", "0.152", "0.028", "0.101"]  # pinned: this file's numbers
+    m = sc["arrival_missing"]
+    assert (m["request"], m["response"], sc["requests"]) == (4, 0, 769)
+    assert "4 of 769 requests had no arrival stamp" in text.replace("\n", " ")
+    assert "responses had no arrival stamp" not in text.replace("\n", " ")
