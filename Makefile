@@ -14,16 +14,8 @@ setup:  ## Install Debian packages, the venv with Debian's BCC, and the Python d
 demo: setup  ## Build the local node, run a short load sweep with the profiler, write ./smp-results/.
 	$(BIN)/smp-profiler demo --output-dir smp-results
 
-# The whole suite: the unit tests on both cores (pytest-xdist), then the rest one at a time
-# (they time real traffic); --durations names the slowest in every log. With PYTEST_ARGS
-# (paths, -k, -m) one plain run of what they select.
 test: setup  ## Run the whole test suite (real BPF, real Envoy; needs root).
-ifeq ($(strip $(PYTEST_ARGS)),)
-	$(BIN)/pytest -n 2 --durations=10 tests/unit
-	$(BIN)/pytest --durations=25 --ignore=tests/unit
-else
 	$(BIN)/pytest --durations=25 $(PYTEST_ARGS)
-endif
 
 unit: setup  ## Run only the unit tests (no root needed).
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
