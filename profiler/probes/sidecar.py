@@ -50,6 +50,7 @@ F_DS_H2, F_US_H2, F_MATCH_RESP, F_US_TLS = (
 F_DS_TLS, F_MATCH_RID, F_MATCH_THREAD, F_DRAINED = (
     HEADER.const(f"SMP_F_{n}") for n in ("DS_TLS", "MATCH_RID", "MATCH_THREAD", "DRAINED")
 )
+F_DS_BURST = HEADER.const("SMP_F_DS_BURST")  # HTTP/2 inside TLS downstream, per upstream stream
 _PATHS: dict[str, int] = {
     "sock": HEADER.const("SMP_PATH_SOCK"),
     "syscalls": HEADER.const("SMP_PATH_SYSCALLS"),
