@@ -476,7 +476,7 @@ BPF_TABLE("lru_hash", u64, struct smp_h2_skey, smp_h2_handles, SMP_MAX_STREAMS);
 BPF_TABLE("lru_hash", u64, struct smp_h2_conn, smp_h2_conns, SMP_MAX_CONNS);
 BPF_PERCPU_ARRAY(smp_h2_stream_init, struct smp_h2_stream, 1);
 BPF_PERCPU_ARRAY(smp_h2_scratch, struct smp_h2_call, 1);
-BPF_PROG_ARRAY(smp_h2_progs, 1);   /* [0]: smp_h2_step, put there by user space */
+BPF_PROG_ARRAY(smp_h2_progs, 2);   /* [0]: smp_h2_step, [1]: smp_h2_hpack_step (user space) */
 
 SMP_INLINE int smp_emit_span(struct smp_span *s)
 {
@@ -1020,6 +1020,10 @@ SMP_INLINE void smp_h2_frame(struct smp_h2_ctx *x, struct smp_proc_stats *ps, u8
                 s->flags = SMP_F_DS_TLS | SMP_F_DS_BURST | SMP_F_US_H2;
                 init->state = H2_US_BURST;
                 smp_h2_streams.update(&sk, init);
+                u64 ukey = x->key;
+                struct smp_h2_conn *uc = smp_h2_conns.lookup(&ukey);
+                if (uc)
+                    uc->rx.hp.on = 1;  /* the answers' statuses are the spans' */
                 __builtin_memset(init, 0, sizeof(*init));
                 return;
             }
@@ -1088,6 +1092,91 @@ SMP_INLINE void smp_h2_frame(struct smp_h2_ctx *x, struct smp_proc_stats *ps, u8
     smp_h2_streams.delete(&sk);
 }
 
+/* -- statuses (HPACK) ------------------------------------------------------------------------
+ * The header blocks of responses: those the proxy writes downstream (spans and local
+ * replies alike), and on an upstream connection whose streams are spans themselves (HTTP/2
+ * inside TLS downstream) those it reads. Counted per process: :status, grpc-status, and the
+ * blocks whose status could not be decoded (a head without a :status it could read, an
+ * end-of-stream block with fields it could not resolve and no grpc-status), never guessed. */
+#define SMP_ST_HTTP 1
+#define SMP_ST_GRPC 2
+#define SMP_ST_UNKNOWN 3
+struct smp_status_key {
+    u32 upid;
+    u16 kind;   /* SMP_ST_* */
+    u16 code;
+};
+BPF_HASH(smp_h2_status, struct smp_status_key, u64, 1024);
+
+SMP_INLINE void smp_status_add(u32 upid, u16 kind, u16 code, u64 n)
+{
+    struct smp_status_key sk = {};
+    sk.upid = upid;
+    sk.kind = kind;
+    sk.code = code;
+    u64 zero = 0;
+    smp_h2_status.insert(&sk, &zero);
+    u64 *v = smp_h2_status.lookup(&sk);
+    if (v)
+        __sync_fetch_and_add(v, n);
+}
+
+/* A queued header block (q): decode the part of it in its buffer, count its statuses. */
+SMP_INLINE void smp_h2_hpack(struct smp_h2_call *k, struct smp_h2_dir *d, struct smp_hq *q)
+{
+    u64 n = q->n;
+    if (n > SMP_HP_BUF - 1)
+        n = SMP_HP_BUF - 1;
+    asm volatile("%0 &= 255" : "+r"(n));
+    if (n && bpf_probe_read_user(k->hp, n, (void *)q->at))
+        n = 0;
+    struct smp_hp_out o = {};
+    u8 fl = q->fl;
+    smp_hp_parse(&d->hp, k->hp, (u32)n, fl, n == q->flen, &o, &k->hp_w);
+    u64 *w = (u64 *)k->hp;
+    for (int i = 0; i < SMP_HP_BUF / 8; i++)
+        w[i] = 0;  /* no payload bytes stay in a map */
+    u32 upid = k->x.upid;
+    if (k->x.is_read) {
+        /* an upstream answer: counted only when its stream is the span */
+        struct smp_h2_skey sk = {};
+        sk.conn = k->x.key;
+        sk.sid = q->sid;
+        sk.gen = k->x.gen;
+        struct smp_h2_stream *st = smp_h2_streams.lookup(&sk);
+        if (!st || st->state != H2_US_BURST)
+            return;
+    }
+    if (o.status)
+        smp_status_add(upid, SMP_ST_HTTP, o.status, 1);
+    if (o.grpc != HP_NONE)
+        smp_status_add(upid, SMP_ST_GRPC, o.grpc, 1);
+    u8 end = fl & H2_END_STREAM;
+    if ((!end && !o.status) || (end && o.grpc == HP_NONE && o.unresolved))
+        smp_status_add(upid, SMP_ST_UNKNOWN, 0, 1);
+}
+
+/* Header blocks queued but not decoded (the chain of tail calls ran out, or the queue
+ * was full): unknown, and the shadow lost count of the encoder's table. */
+SMP_INLINE void smp_hq_give_up(struct smp_h2_call *k, struct smp_h2_dir *d)
+{
+    u32 left = k->hq_n > k->hq_i ? k->hq_n - k->hq_i : 0;
+    if (!left)
+        return;
+    k->hq_i = k->hq_n;
+    d->hp.lost = 1;
+    smp_status_add(k->x.upid, SMP_ST_UNKNOWN, 0, left);
+}
+
+/* The walk is done (or lost its place): the queued header blocks to the decoder. */
+SMP_INLINE void smp_hq_decode(void *ctx, struct smp_h2_call *k, struct smp_h2_dir *d)
+{
+    if (k->hq_i >= k->hq_n)
+        return;
+    smp_h2_progs.call(ctx, 1);
+    smp_hq_give_up(k, d);
+}
+
 /* The call's bytes from the cursor on are lost to the walk: counted, resynchronised later. */
 SMP_INLINE void smp_h2_lost(struct smp_h2_call *k, struct smp_h2_dir *d, struct smp_proc_stats *ps)
 {
@@ -1126,11 +1215,13 @@ int smp_h2_step(void *ctx)
         int r = smp_h2_next(k, d, f);
         if (r < 0) {
             smp_h2_lost(k, d, ps);
+            smp_hq_decode(ctx, k, d);
             return 0;
         }
         if (r == 0) {
             if (k->total < k->ret)
                 smp_h2_lost(k, d, ps);  /* more iovecs than followed: the rest, and the place */
+            smp_hq_decode(ctx, k, d);
             return 0;
         }
         u32 flen = smp_h2_len(f);
@@ -1139,14 +1230,61 @@ int smp_h2_step(void *ctx)
         struct smp_h2_ctx x = k->x;
         smp_h2_frame(&x, ps, f[3], f[4], smp_h2_sid(f), flen);
         k->x.arr = x.arr;
+        if (f[3] == H2_HEADERS && d->hp.on) {
+            /* its block is decoded when the walk is done (a program of its own) */
+            u32 qn = k->hq_n;
+            if (qn < SMP_HQ) {
+                struct smp_hq *q = &k->hq[qn & (SMP_HQ - 1)];
+                u32 j = k->seg;
+                u64 l = j < SMP_H2_SEGS ? k->len[j & (SMP_H2_SEGS - 1)] : 0;
+                u64 avail = l > k->off ? l - k->off : 0;
+                q->at = j < SMP_H2_SEGS ? k->base[j & (SMP_H2_SEGS - 1)] + k->off : 0;
+                q->n = avail < flen ? avail : flen;
+                q->flen = flen;
+                q->sid = smp_h2_sid(f);
+                q->fl = f[4];
+                k->hq_n = qn + 1;
+            } else {
+                k->hq_i = k->hq_n;  /* (counted as not decoded below) */
+                d->hp.lost = 1;
+                smp_status_add(upid, SMP_ST_UNKNOWN, 0, 1);
+            }
+        }
     }
     smp_h2_progs.call(ctx, 0);
     /* the chain's length limit: fine if what is left is this frame's payload */
-    if (k->ret - k->done <= d->skip) {
+    if (k->ret - k->done <= d->skip)
         d->skip -= k->ret - k->done;
+    else
+        smp_h2_lost(k, d, ps);
+    smp_hq_give_up(k, d);  /* no tail call left to decode them */
+    return 0;
+}
+
+/* The walk's queued header blocks, SMP_HP_PER_CALL per program, in order (the shadow
+ * follows the encoder's insertions in order), then on to the next (a tail call). */
+#ifndef SMP_HP_PER_CALL
+#define SMP_HP_PER_CALL 2
+#endif
+int smp_h2_hpack_step(void *ctx)
+{
+    int zero = 0;
+    struct smp_h2_call *k = smp_h2_scratch.lookup(&zero);
+    if (!k)
         return 0;
+    u64 key = k->x.key;
+    struct smp_h2_conn *hc = smp_h2_conns.lookup(&key);
+    if (!hc)
+        return 0;
+    struct smp_h2_dir *d = k->x.is_read ? &hc->rx : &hc->tx;
+    for (int i = 0; i < SMP_HP_PER_CALL; i++) {
+        u32 qi = k->hq_i;
+        if (qi >= k->hq_n || qi >= SMP_HQ)
+            return 0;
+        k->hq_i = qi + 1;
+        smp_h2_hpack(k, d, &k->hq[qi & (SMP_HQ - 1)]);
     }
-    smp_h2_lost(k, d, ps);
+    smp_hq_decode(ctx, k, d);
     return 0;
 }
 
@@ -1172,6 +1310,7 @@ SMP_INLINE int smp_h2_begin(struct smp_conn *c, struct smp_io *io, u8 cls, struc
             return -1;
         struct smp_h2_conn fresh = {};
         fresh.gen = (u32)bpf_ktime_get_ns() | 1;
+        fresh.tx.hp.on = c->role == SMP_ROLE_DS;  /* the responses' statuses */
         smp_h2_conns.update(&key, &fresh);
         hc = smp_h2_conns.lookup(&key);
         if (!hc)
@@ -1192,6 +1331,8 @@ SMP_INLINE int smp_h2_begin(struct smp_conn *c, struct smp_io *io, u8 cls, struc
         pos = k->len[0];
     k->off = pos;
     k->done = pos;
+    k->hq_n = 0;
+    k->hq_i = 0;
     k->x.key = key;
     k->x.ts = io->ts;
     k->x.ts_call = io->ts_call;

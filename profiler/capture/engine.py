@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -389,6 +389,11 @@ class Engine:
 
     def proc_stats(self, pid: int) -> dict[str, int]:
         return self._probe.proc_stats(pid)
+
+    def statuses(self, pid: int) -> dict[str, Any] | None:
+        """HTTP/2 response statuses decoded in the kernel (a probe without them: None)."""
+        fn = getattr(self._probe, "statuses", None)
+        return fn(pid) if fn is not None else None
 
     def drops(self) -> int:
         return self._probe.drops()

@@ -245,6 +245,11 @@ class CaptureSession:
                 entry["http2_streams"] = document.stream_times(t.rows, F_DS_H2)
             entry["tls_downstream_spans"] = t.tls_downstream
             entry["tls_burst_downstream_spans"] = t.tls_burst_downstream
+            statuses = self.engine.statuses(pid)
+            if statuses is not None:
+                # HTTP/2 responses (spans and local replies), decoded in the kernel (HPACK):
+                # :status, grpc-status, and the blocks it could not decode (never guessed)
+                entry["http2_statuses"] = statuses
             entry["arrival_missing"] = dict(t.arrival_missing)
         return entry
 

@@ -79,6 +79,15 @@ def test_grpc_unary_and_streaming_one_span_per_call_on_both_sidecars(
         assert doc["warnings"] == [] and doc["drops"] == 0
         codes = {e.grpc_status for e in grpc_entries}
         assert codes == {0, 5}, codes
+        # statuses decoded in the kernel (HPACK: :status static-indexed, grpc-status a
+        # literal once, then through the dynamic-table shadow), exactly Envoy's
+        ok = sum(1 for e in grpc_entries if e.grpc_status == 0)
+        assert s["http2_statuses"] == {
+            "http": {"200": n},
+            "grpc": {"0": ok, "5": n - ok},
+            "unknown": 0,
+        }, (pod, s["http2_statuses"], ok, n)
+        assert n - ok == failed.requests_sent
     # the app sends its response headers first and its first message after 1 ms: the
     # upstream leg ends at the headers' arrival, the first DATA frame leaves >= 1 ms after the
     # request came in, after the upstream leg
