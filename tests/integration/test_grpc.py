@@ -135,19 +135,32 @@ def test_grpc_over_mtls_one_span_per_call_on_both_sidecars(
     session = _both_sidecars(tb)
     unary = session.during(lambda: _grpc_load(tb, "Unary", 1.5))
     stream = session.during(lambda: _grpc_load(tb, "Stream", 1.0))
+    failed = session.during(lambda: _grpc_load(tb, "Unary", 0.5, {"x-smp-grpc-status": "14"}))
     time.sleep(0.3)
     session.poll(0)
     doc = session.stop()
-    calls = unary.requests_sent + stream.requests_sent
+    calls = unary.requests_sent + stream.requests_sent + failed.requests_sent
     for r in (unary, stream):
         assert r.requests > 50 and not r.errors, r
+    assert set(failed.grpc_status_counts) == {"UNAVAILABLE"}, failed.grpc_status_counts
     sc = _by_pid(doc)
     for pod in ("server", "client"):
         entries = tb.wait_access_log(calls, pod=pod, timeout=5)
-        n = len([e for e in entries if (e.path or "").startswith("/smp.Testbed/")])
+        grpc_entries = [e for e in entries if (e.path or "").startswith("/smp.Testbed/")]
+        n = len(grpc_entries)
         assert n == calls, (pod, n, calls)
         s = sc[getattr(tb.state, pod).envoy_pid]
         assert 0.98 * n <= s["requests"] <= n, (pod, s["requests"], n)
+        # statuses decoded in the kernel: the client sidecar from Envoy's encoder on its
+        # plaintext downstream, the server sidecar from the app's (grpcio's) encoder on its
+        # upstream streams (its downstream is TLS); Envoy's log says the same
+        ok = sum(1 for e in grpc_entries if e.grpc_status == 0)
+        assert n - ok == failed.requests_sent, (pod, n, ok)
+        assert s["http2_statuses"] == {
+            "http": {"200": n},
+            "grpc": {"0": ok, "14": n - ok},
+            "unknown": 0,
+        }, (pod, s["http2_statuses"], ok, n)
     client, server = sc[tb.state.client.envoy_pid], sc[tb.state.server.envoy_pid]
     assert client["http2_spans"]["downstream"] == client["requests"]
     assert client["tls_upstream_spans"] == client["requests"]
