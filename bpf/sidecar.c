@@ -1160,20 +1160,20 @@ SMP_INLINE void smp_h2_hpack(struct smp_h2_call *k, struct smp_h2_dir *d, struct
  * was full): unknown, and the shadow lost count of the encoder's table. */
 SMP_INLINE void smp_hq_give_up(struct smp_h2_call *k, struct smp_h2_dir *d)
 {
-    u32 left = k->hq_n > k->hq_i ? k->hq_n - k->hq_i : 0;
+    u32 left = (k->hq_n > k->hq_i ? k->hq_n - k->hq_i : 0) + k->hq_over;
     if (!left)
         return;
     k->hq_i = k->hq_n;
-    d->hp.lost = 1;
+    k->hq_over = 0;
+    d->hp.floor = d->hp.ins;  /* their insertions are not counted (see smp_hpack) */
     smp_status_add(k->x.upid, SMP_ST_UNKNOWN, 0, left);
 }
 
 /* The walk is done (or lost its place): the queued header blocks to the decoder. */
 SMP_INLINE void smp_hq_decode(void *ctx, struct smp_h2_call *k, struct smp_h2_dir *d)
 {
-    if (k->hq_i >= k->hq_n)
-        return;
-    smp_h2_progs.call(ctx, 1);
+    if (k->hq_i < k->hq_n)
+        smp_h2_progs.call(ctx, 1);
     smp_hq_give_up(k, d);
 }
 
@@ -1245,9 +1245,7 @@ int smp_h2_step(void *ctx)
                 q->fl = f[4];
                 k->hq_n = qn + 1;
             } else {
-                k->hq_i = k->hq_n;  /* (counted as not decoded below) */
-                d->hp.lost = 1;
-                smp_status_add(upid, SMP_ST_UNKNOWN, 0, 1);
+                k->hq_over++;  /* not decoded: counted after the queued ones */
             }
         }
     }
@@ -1279,8 +1277,10 @@ int smp_h2_hpack_step(void *ctx)
     struct smp_h2_dir *d = k->x.is_read ? &hc->rx : &hc->tx;
     for (int i = 0; i < SMP_HP_PER_CALL; i++) {
         u32 qi = k->hq_i;
-        if (qi >= k->hq_n || qi >= SMP_HQ)
+        if (qi >= k->hq_n || qi >= SMP_HQ) {
+            smp_hq_give_up(k, d);  /* the blocks the queue had no room for, if any */
             return 0;
+        }
         k->hq_i = qi + 1;
         smp_h2_hpack(k, d, &k->hq[qi & (SMP_HQ - 1)]);
     }
@@ -1333,6 +1333,7 @@ SMP_INLINE int smp_h2_begin(struct smp_conn *c, struct smp_io *io, u8 cls, struc
     k->done = pos;
     k->hq_n = 0;
     k->hq_i = 0;
+    k->hq_over = 0;
     k->x.key = key;
     k->x.ts = io->ts;
     k->x.ts_call = io->ts_call;

@@ -40,8 +40,11 @@
  * number in SMP_HP_SLOTS slots. Dynamic index 62 + j is insertion number ins - 1 - j
  * (evictions drop the oldest, which the encoder then never refers to): a status slot, else
  * a header that is no status, unless it was inserted before the shadow began (a connection
- * open before the capture), before a reused slot's entry (floor), or the shadow lost count
- * (a header block it could not follow to its end): then unknown, never guessed. */
+ * open before the capture) or before floor: a reused slot's entry, or a header block it could
+ * not follow to its end (X insertions not counted). Then unknown, never guessed. After such
+ * a block both counts differ by X for every later insertion, so index 62 + j still names
+ * insertion ins - 1 - j of ours when that is >= floor (later entries resolve again); older
+ * ones land below floor. */
 #define SMP_HP_SLOTS 4
 #define SMP_HP_BUF 256             /* bytes of a header block decoded */
 #define SMP_HP_FIELDS 12           /* header fields decoded per block */
@@ -58,8 +61,7 @@ struct smp_hpack {
     u32 seq[SMP_HP_SLOTS];
     u16 kc[SMP_HP_SLOTS];  /* kind << 12 | code; 0: an empty slot */
     u8 on;        /* this direction's header blocks are decoded */
-    u8 lost;      /* it lost count: dynamic indexes are unknown until a size update to 0 */
-    u8 pad[2];
+    u8 pad[3];
 };
 
 struct smp_h2_dir {
@@ -138,6 +140,8 @@ struct smp_h2_call {
     /* the HEADERS frames whose blocks are decoded once the walk is done (smp_h2_hpack_step) */
     u32 hq_n;
     u32 hq_i;
+    u32 hq_over;   /* HEADERS frames the queue had no room for */
+    u32 hq_pad;
     struct smp_hq hq[SMP_HQ];
     struct smp_hp_work hp_w;
     u8 hp[SMP_HP_BUF + 16];  /* a header block's first bytes, being decoded */
@@ -441,7 +445,7 @@ static inline __attribute__((always_inline)) u8 smp_hp_name(const u8 *b, u32 pos
  * other header, HP_K_UNKNOWN << 12 when it cannot be told. */
 static inline __attribute__((always_inline)) u32 smp_hp_dyn(struct smp_hpack *h, u32 j)
 {
-    if (h->lost || j >= h->ins)
+    if (j >= h->ins)
         return HP_K_UNKNOWN << 12;
     u32 t = h->ins - 1 - j;
     if (t < h->floor)
@@ -518,7 +522,6 @@ static inline __attribute__((always_inline)) void smp_hp_field(struct smp_hpack 
         w->at = pos;
         if (!idx) {                     /* emptied: the shadow is exact again */
             h->floor = h->ins;
-            h->lost = 0;
         }
         return;
     }
@@ -613,7 +616,7 @@ static inline __attribute__((always_inline)) void smp_hp_parse(struct smp_hpack 
         /* not followed to its end (cut off, more fields, CONTINUATION frames): its
          * insertions are not all counted */
         o->unresolved = 1;
-        h->lost = 1;
+        h->floor = h->ins;
     }
 }
 
