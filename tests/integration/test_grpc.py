@@ -181,3 +181,10 @@ def test_grpc_over_mtls_one_span_per_call_on_both_sidecars(
     # the request burst is the one just before the stream's upstream write (a stale burst
     # would put earlier calls' 1 ms answers into request_proxy)
     assert server["legs"]["request_proxy"]["p50_ms"] < 1.0, server["legs"]["request_proxy"]
+    # the upstream leg is each stream's own (HEADERS written -> first frame read): inside
+    # Envoy's upstream timer (20 us slack); TLS bursts would not be
+    entries = tb.wait_access_log(calls, pod="server", timeout=5)
+    envoy_up = sorted(e.upstream_us for e in entries if e.upstream_us is not None)
+    assert len(envoy_up) >= 0.98 * calls
+    envoy_up_ms = envoy_up[len(envoy_up) // 2] / 1000.0
+    assert server["legs"]["upstream"]["p50_ms"] <= envoy_up_ms + 0.02, (server["legs"], envoy_up_ms)
