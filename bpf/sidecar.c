@@ -151,6 +151,16 @@ BPF_TABLE("lru_hash", u32, struct smp_fifo, smp_thread_fifo, SMP_MAX_THREADS);
 BPF_HASH(smp_args_map, u64, struct smp_args, SMP_ARGS_ENTRIES);
 /* Roles of connections open before the probe attached: upid << 32 | fd -> enum smp_role. */
 BPF_HASH(smp_seed, u64, u8, SMP_MAX_CONNS);
+/* The syscalls path sees every fd: the traced processes' sockets (accepted, connected, or
+ * open when the probe attached: seeded by user space), upid << 32 | fd -> 1, so that their
+ * bytes count as on the sock path when no connection entry explains them (an app's
+ * non-HTTP bytes). Unused on the sock path (every byte it sees is a socket's). */
+#if SMP_PATH == SMP_PATH_SOCK
+#define SMP_SOCKFD_ENTRIES 1
+#else
+#define SMP_SOCKFD_ENTRIES SMP_MAX_CONNS
+#endif
+BPF_TABLE("lru_hash", u64, u8, smp_sockfd, SMP_SOCKFD_ENTRIES);
 /* PID namespaces: targets given by their PID in a namespace that is not the kernel's
  * initial one are learned the first time they do socket I/O (smp_target_of). */
 BPF_ARRAY(smp_ns, struct smp_pidns, SMP_MAX_NS);
@@ -1482,8 +1492,15 @@ SMP_INLINE int smp_on_io(struct smp_io *io)
     if (!c) {
         c = smp_conn_join(io, cls);
         if (!c) {
-            if (SMP_PATH == SMP_PATH_SOCK)
+            if (SMP_PATH == SMP_PATH_SOCK) {
                 smp_count_unparsed(ps, io->ret);
+            } else {
+                u64 sfd = ((u64)io->upid << 32) | (u32)io->fd;
+                if (smp_sockfd.lookup(&sfd)) {  /* a socket: its bytes, as on the sock path */
+                    smp_count_bytes(ps, io);
+                    smp_count_unparsed(ps, io->ret);
+                }
+            }
             return 0;
         }
         if (SMP_PATH != SMP_PATH_SOCK)
@@ -1747,12 +1764,21 @@ TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return smp_exit(args, args->ret, 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return smp_enter(args->fd, (u64)args->mmsg, IO_MMSG, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return smp_exit(args, args->ret, 0); }
 
-/* connection roles: accepted sockets are downstream, connected ones upstream */
+/* connection roles: accepted sockets are downstream, connected ones upstream; both are
+ * sockets of the process whatever its mode (smp_sockfd) */
 SMP_INLINE int smp_fd_role(s64 fd, u8 role)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (fd >= 0)
-        smp_conn_role((id & 0xffffffff00000000ULL) | (u32)fd, role, id >> 32);
+    if (fd < 0)
+        return 0;
+    struct smp_target *t = smp_target_of(id >> 32);
+    if (!t)
+        return 0;
+    u64 sfd = ((u64)t->upid << 32) | (u32)fd;
+    u8 one = 1;
+    smp_sockfd.update(&sfd, &one);
+    if (t->mode == SMP_MODE_PROXY)
+        smp_conn_new((id & 0xffffffff00000000ULL) | (u32)fd, role, t->upid);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return smp_fd_role(args->ret, SMP_ROLE_DS); }
@@ -1762,8 +1788,11 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    if (!smp_filter_pids.lookup(&tgid))
+    struct smp_target *t = smp_filter_pids.lookup(&tgid);
+    if (!t)
         return 0;
+    u64 sfd = ((u64)t->upid << 32) | (u32)args->fd;
+    smp_sockfd.delete(&sfd);
     smp_conn_close((id & 0xffffffff00000000ULL) | (u32)args->fd, 1);
     return 0;
 }
