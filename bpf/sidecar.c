@@ -1097,23 +1097,28 @@ SMP_INLINE void smp_arrival_mark(u64 key)
 }
 
 #if SMP_ARRIVAL == SMP_ARRIVAL_TCP_PROBE && SMP_PATH == SMP_PATH_SYSCALLS
-/* The syscalls path keys connections by tgid << 32 | fd: a traced thread's socket read names
- * its sk in tcp:tcp_rcv_space_adjust (inside tcp_recvmsg, the reader's context); the read's
- * exit then maps that sk to the connection's key. */
-struct smp_read_sk_val { u64 sk; u64 ts; };
-BPF_TABLE("lru_hash", u32, struct smp_read_sk_val, smp_read_sk, SMP_MAX_THREADS); /* tid -> */
+/* The syscalls path keys connections by tgid << 32 | fd: a thread's socket read names its sk
+ * in tcp:tcp_rcv_space_adjust (inside tcp_recvmsg, the reader's context, on its CPU); the
+ * read's exit, on that CPU, then maps that sk to the connection's key. Per CPU, the last
+ * reader's sk (an array slot: no PID filter, no hash insert and delete per read); a thread
+ * moved to another CPU in between, or another reader run there before the exit, leaves the
+ * join to a later read of the connection. */
+struct smp_read_sk_val { u64 sk; u64 ts; u32 tid; u32 pad; };
+BPF_PERCPU_ARRAY(smp_read_sk, struct smp_read_sk_val, 1);
 BPF_TABLE("lru_hash", u64, u64, smp_sk_key, SMP_MAX_CONNS);       /* sk -> connection key */
 
 /* A read syscall that started at ``since`` returned bytes on ``key``: the sk named during
  * it (never one named before it started: a read of a pipe must not take a socket's) */
 SMP_INLINE void smp_arrival_learn(u32 tid, u64 key, u64 since)
 {
-    struct smp_read_sk_val *v = smp_read_sk.lookup(&tid);
-    if (!v)
+    int zero = 0;
+    struct smp_read_sk_val *v = smp_read_sk.lookup(&zero);
+    if (!v || v->tid != tid || v->ts < since)
         return;
-    u64 s = v->sk, ts = v->ts;
-    smp_read_sk.delete(&tid);
-    if (ts >= since)
+    u64 s = v->sk;
+    v->tid = 0;
+    u64 *known = smp_sk_key.lookup(&s);
+    if (!known || *known != key)  /* an LRU update replaces the entry: only when it changes */
         smp_sk_key.update(&s, &key);
 }
 #else
@@ -1841,14 +1846,13 @@ TRACEPOINT_PROBE(tcp, tcp_probe)
 #if SMP_PATH == SMP_PATH_SYSCALLS
 TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32, tid = (u32)id;
-    if (!smp_filter_pids.lookup(&tgid))
+    int zero = 0;
+    struct smp_read_sk_val *v = smp_read_sk.lookup(&zero);
+    if (!v)
         return 0;
-    struct smp_read_sk_val v = {};
-    v.sk = (u64)args->skaddr;
-    v.ts = bpf_ktime_get_ns();
-    smp_read_sk.update(&tid, &v);
+    v->sk = (u64)args->skaddr;
+    v->ts = bpf_ktime_get_ns();
+    v->tid = (u32)bpf_get_current_pid_tgid();
     return 0;
 }
 #endif
