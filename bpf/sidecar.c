@@ -93,7 +93,6 @@ struct smp_io {
     u32 ret;        /* bytes moved */
     u32 tid;
     u32 upid;
-    u32 slot;       /* the process's row of smp_proc */
     s32 fd;
     u8 mode;
     u8 is_read;
@@ -131,8 +130,7 @@ struct smp_args {
     u8 io;
     u8 skip;
     u8 mode;
-    u8 pad;
-    u32 slot;
+    u8 pad[5];
 };
 #include "sidecar_h2.h"
 
@@ -146,7 +144,7 @@ struct smp_args {
 BPF_HASH(smp_filter_pids, u32, struct smp_target, SMP_MAX_PIDS);
 BPF_PERCPU_ARRAY(smp_drops, u64, 1);
 BPF_RINGBUF_OUTPUT(smp_spans, SMP_RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(smp_proc, struct smp_proc_stats, SMP_MAX_PIDS);  /* row: smp_target.slot */
+BPF_HASH(smp_proc, u32, struct smp_proc_stats, SMP_MAX_PIDS);
 BPF_TABLE("lru_hash", u64, struct smp_conn, smp_conns, SMP_MAX_CONNS);
 BPF_TABLE("lru_hash", u64, u64, smp_rid_index, SMP_MAX_CONNS);
 BPF_TABLE("lru_hash", u32, struct smp_fifo, smp_thread_fifo, SMP_MAX_THREADS);
@@ -202,12 +200,6 @@ SMP_INLINE void smp_count_drop(void)
     u64 *d = smp_drops.lookup(&zero);
     if (d)
         (*d)++;
-}
-
-/* A process's counters: its row of smp_proc on this CPU. */
-SMP_INLINE struct smp_proc_stats *smp_proc_of(u32 slot)
-{
-    return smp_proc.lookup(&slot);
 }
 
 SMP_INLINE void smp_count_unparsed(struct smp_proc_stats *ps, u32 bytes)
@@ -267,7 +259,7 @@ SMP_INLINE void smp_copy_rid(struct smp_span *span, u8 n, u64 hash, const char *
 }
 
 /* A new connection entry (zeroed) with its role, or the existing one re-initialised. */
-SMP_INLINE struct smp_conn *smp_conn_new(u64 key, u8 role, u32 upid, u32 slot)
+SMP_INLINE struct smp_conn *smp_conn_new(u64 key, u8 role, u32 upid)
 {
     int zero = 0;
     struct smp_conn *init = smp_conn_init.lookup(&zero);
@@ -276,14 +268,12 @@ SMP_INLINE struct smp_conn *smp_conn_new(u64 key, u8 role, u32 upid, u32 slot)
     init->sk = key;
     init->role = role;
     init->upid = upid;
-    init->slot = slot;
     if (!smp_conns.lookup(&key))
         smp_gate_add(key, 1);
     smp_conns.update(&key, init);
     init->sk = 0;
     init->role = 0;
     init->upid = 0;
-    init->slot = 0;
     return smp_conns.lookup(&key);
 }
 
@@ -458,7 +448,8 @@ SMP_INLINE void smp_emit(struct smp_conn *c)
     }
     __builtin_memcpy(e, &c->span, sizeof(struct smp_span));
     smp_spans.ringbuf_submit(e, SMP_RB_SUBMIT_FLAGS);
-    struct smp_proc_stats *ps = smp_proc_of(c->slot);
+    u32 upid = c->upid;
+    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
     if (ps)
         __sync_fetch_and_add(&ps->spans, 1);
 }
@@ -978,13 +969,12 @@ int smp_h2_step(void *ctx)
     if (!k)
         return 0;
     u64 key = k->x.key;
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;  /* the caller's context: its process */
-    struct smp_target *t = smp_filter_pids.lookup(&tgid);
+    u32 upid = k->x.upid;
     struct smp_h2_conn *hc = smp_h2_conns.lookup(&key);
     if (!hc)
         return 0;
     struct smp_h2_dir *d = k->x.is_read ? &hc->rx : &hc->tx;
-    struct smp_proc_stats *ps = t ? smp_proc_of(t->slot) : 0;
+    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
     u8 f[16] = {};
     for (int i = 0; i < SMP_H2_PER_STEP; i++) {
         int r = smp_h2_next(k, d, f);
@@ -1216,7 +1206,7 @@ SMP_INLINE struct smp_conn *smp_conn_join(struct smp_io *io, u8 cls)
 #endif
     if (role == SMP_ROLE_NONE || (io->mode == SMP_MODE_APP && role != SMP_ROLE_DS))
         return 0;
-    struct smp_conn *c = smp_conn_new(io->key, role, io->upid, io->slot);
+    struct smp_conn *c = smp_conn_new(io->key, role, io->upid);
     if (c && cls == CLS_RESP) { /* joined mid-exchange: wait for the next request */
         c->phase = role == SMP_ROLE_US ? SMP_PHASE_RESPONSE : SMP_PHASE_IDLE;
         c->proto = SMP_PROTO_H1;
@@ -1494,7 +1484,8 @@ SMP_INLINE void smp_count_bytes(struct smp_proc_stats *ps, struct smp_io *io)
  * same as an unknown socket). */
 SMP_INLINE int smp_on_io(struct smp_io *io)
 {
-    struct smp_proc_stats *ps = smp_proc_of(io->slot);
+    u32 upid = io->upid;
+    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
     if (SMP_PATH == SMP_PATH_SOCK || io->mode == SMP_MODE_SELF)
         smp_count_bytes(ps, io);
     if (io->mode == SMP_MODE_SELF)
@@ -1566,7 +1557,8 @@ SMP_INLINE void smp_conn_close(u64 key, int remove)
         c->phase = SMP_PHASE_IDLE;
     } else if (c->role == SMP_ROLE_DS && c->phase == SMP_PHASE_REQUEST) {
         /* closed before any response: no span, counted */
-        struct smp_proc_stats *ps = smp_proc_of(c->slot);
+        u32 upid = c->upid;
+        struct smp_proc_stats *ps = smp_proc.lookup(&upid);
         if (ps)
             __sync_fetch_and_add(&ps->aborted, 1);
         c->phase = SMP_PHASE_IDLE;
@@ -1584,7 +1576,7 @@ SMP_INLINE void smp_conn_role(u64 key, u8 role, u32 tgid)
 {
     struct smp_target *t = smp_target_of(tgid);
     if (t && t->mode == SMP_MODE_PROXY)
-        smp_conn_new(key, role, t->upid, t->slot);
+        smp_conn_new(key, role, t->upid);
 }
 
 #if SMP_PATH == SMP_PATH_SOCK
@@ -1609,7 +1601,6 @@ SMP_INLINE int smp_sock_io(void *ctx, u64 sk, s32 ret, u32 flags, u8 is_read)
         return 0;
     struct smp_io io = {};
     io.upid = t->upid;
-    io.slot = t->slot;
     io.mode = t->mode;
     struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
     u64 nr = regs->orig_ax;
@@ -1632,7 +1623,8 @@ SMP_INLINE int smp_sock_io(void *ctx, u64 sk, s32 ret, u32 flags, u8 is_read)
         kind = IO_MSG;
         break;
     default: {  /* sendfile, splice, io_uring ...: counted, never parsed */
-        struct smp_proc_stats *ps = smp_proc_of(t->slot);
+        u32 upid = t->upid;
+        struct smp_proc_stats *ps = smp_proc.lookup(&upid);
         if (ps) {
             __sync_fetch_and_add(&ps->unattributed, 1);
             __sync_fetch_and_add(is_read ? &ps->rx_bytes : &ps->tx_bytes, ret);
@@ -1704,7 +1696,6 @@ SMP_INLINE int smp_enter(u32 fd, u64 ptr, u8 io, u8 skip)
     a.io = io;
     a.skip = skip;
     a.upid = t->upid;
-    a.slot = t->slot;
     a.mode = t->mode;
     smp_args_map.update(&id, &a);
     return 0;
@@ -1732,7 +1723,6 @@ SMP_INLINE int smp_exit(void *ctx, s64 ret, u8 is_read)
     io.key = (id & 0xffffffff00000000ULL) | args.fd;
     io.tid = (u32)id;
     io.upid = args.upid;
-    io.slot = args.slot;
     io.mode = args.mode;
     io.fd = args.fd;
     io.is_read = is_read;
@@ -1793,7 +1783,7 @@ SMP_INLINE int smp_fd_role(s64 fd, u8 role)
     u8 one = 1;
     smp_sockfd.update(&sfd, &one);
     if (t->mode == SMP_MODE_PROXY)
-        smp_conn_new((id & 0xffffffff00000000ULL) | (u32)fd, role, t->upid, t->slot);
+        smp_conn_new((id & 0xffffffff00000000ULL) | (u32)fd, role, t->upid);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return smp_fd_role(args->ret, SMP_ROLE_DS); }

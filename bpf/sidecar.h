@@ -138,19 +138,17 @@ struct smp_conn {
     u64 unparsed_rx;        /* bytes on this connection no span explains */
     u64 unparsed_tx;
     s32 fd;                 /* its fd, once it has unparsed bytes */
-    u32 slot;               /* the owning process's row of smp_proc */
+    u32 pad2;
 };
 
 /* The value of smp_filter_pids (key: the kernel's init-namespace tgid). */
 struct smp_target {
     u32 upid;               /* the PID the profiler was given (its own namespace) */
     u8 mode;                /* enum smp_mode */
-    u8 pad;
-    u16 slot;               /* its row of smp_proc (given by user space) */
+    u8 pad[3];
 };
 
-/* Per-process byte and request counters: smp_proc, a per-CPU array, row struct smp_target's
- * slot (an array row is a load, a hash key a helper call); user space sums the CPUs. */
+/* Per-process byte and request counters (key: upid). */
 struct smp_proc_stats {
     u64 rx_bytes;
     u64 tx_bytes;

@@ -194,7 +194,6 @@ class SidecarProbe:
         self._on_batch = on_batch
         self._targets: dict[int, Mode] = {}
         self._ns_slots: dict[tuple[int, int], int] = {}
-        self._proc_rows: dict[int, int] = {}  # target PID -> its row of smp_proc
         self.dtype = SPAN_DTYPE
         self._ring = RingReader(self._bpf["smp_spans"].map_fd, pages, self.dtype)
         self._own_ns = _pid_ns(os.getpid())
@@ -217,7 +216,8 @@ class SidecarProbe:
         and its tgid there: bpf_get_ns_current_pid_tgid)."""
         b = self._bpf
         code = _MODES[mode] if isinstance(mode, str) else mode
-        row = self._proc_row(pid)
+        procs = b["smp_proc"]
+        procs[procs.Key(pid)] = procs.Leaf()
         if code == _MODES["proxy"]:
             seed = b["smp_seed"]
             for fd, role in existing_connection_roles(pid).items():
@@ -229,7 +229,6 @@ class SidecarProbe:
         target = b["smp_filter_pids"].Leaf()
         target.upid = pid
         target.mode = code
-        target.slot = row
         if self._own_ns == INIT_PID_NS_INO:
             filt = b["smp_filter_pids"]
             filt[filt.Key(pid)] = target
@@ -316,13 +315,9 @@ class SidecarProbe:
             for key in [k for k in table if k.value >> 32 == pid]:
                 with contextlib.suppress(KeyError):
                     del table[key]
-        row = self._proc_rows.pop(pid, None)
         procs = b["smp_proc"]
-        if not _per_cpu(procs):
-            with contextlib.suppress(KeyError):
-                del procs[procs.Key(pid)]
-        elif row is not None:
-            procs[procs.Key(row)] = procs.Leaf()
+        with contextlib.suppress(KeyError):
+            del procs[procs.Key(pid)]
 
     @property
     def targets(self) -> dict[int, Mode]:
@@ -404,36 +399,13 @@ class SidecarProbe:
         out: np.ndarray = spans
         return out
 
-    def _proc_row(self, pid: int) -> int:
-        """``pid``'s row of ``smp_proc`` (a per-CPU array: the probe adds to its CPU's copy
-        of the row without a hash lookup), zeroed; its own again when it is added again."""
-        procs = self._bpf["smp_proc"]
-        if not _per_cpu(procs):  # bpf/ from before the per-CPU rows (the A/B benchmark's base)
-            procs[procs.Key(pid)] = procs.Leaf()
-            return 0
-        row = self._proc_rows.get(pid)
-        if row is None:
-            used = set(self._proc_rows.values())
-            free = [r for r in range(int(procs.max_entries)) if r not in used]
-            if not free:
-                raise CapabilityMissing(f"more than {procs.max_entries} targets (SMP_MAX_PIDS)")
-            row = self._proc_rows[pid] = free[0]
-        procs[procs.Key(row)] = procs.Leaf()
-        return row
-
     def proc_stats(self, pid: int) -> dict[str, int]:
-        """``pid``'s counters, summed over the CPUs."""
         procs = self._bpf["smp_proc"]
-        if not _per_cpu(procs):
-            try:
-                return {name: int(getattr(procs[procs.Key(pid)], name)) for name in PROC_STATS}
-            except KeyError:
-                return dict.fromkeys(PROC_STATS, 0)
-        row = self._proc_rows.get(pid)
-        if row is None:
+        try:
+            s = procs[procs.Key(pid)]
+        except KeyError:
             return dict.fromkeys(PROC_STATS, 0)
-        cpus = procs[procs.Key(row)]
-        return {name: sum(int(getattr(c, name)) for c in cpus) for name in PROC_STATS}
+        return {name: int(getattr(s, name)) for name in PROC_STATS}
 
     def drops(self) -> int:
         """Spans lost: ring-buffer reservations that failed (the ring was full)."""
@@ -486,11 +458,6 @@ class SidecarProbe:
     def close(self) -> None:
         self._ring.close()
         self._bpf.cleanup()
-
-
-def _per_cpu(table: Any) -> bool:
-    """Whether a BCC table is per-CPU (its values one per possible CPU)."""
-    return hasattr(table, "sLeaf")
 
 
 def _loopback_exchange(payload: bytes) -> None:

@@ -40,7 +40,6 @@ def test_span_record_dtype_equals_bccs(bpf: Any) -> None:
     [("smp_conn", "smp_conns"), ("smp_proc_stats", "smp_proc"), ("smp_target", "smp_filter_pids")],
 )
 def test_shared_structs_equal_bccs(bpf: Any, struct: str, table: str) -> None:
-    t = bpf[table]
-    ours, theirs = HEADER.structs[struct], np.dtype(getattr(t, "sLeaf", t.Leaf))  # per-CPU: one
+    ours, theirs = HEADER.structs[struct], np.dtype(bpf[table].Leaf)
     assert ours.itemsize == theirs.itemsize
     assert _layout(ours) == _layout(theirs)
