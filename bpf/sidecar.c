@@ -131,6 +131,7 @@ struct smp_args {
     u8 skip;
     u8 mode;
     u8 pad[5];
+    u64 sk;         /* a TCP read: the socket tcp_rcv_space_adjust named during it (else 0) */
 };
 #include "sidecar_h2.h"
 
@@ -1087,32 +1088,24 @@ SMP_INLINE void smp_arrival_mark(u64 key)
 }
 
 #if SMP_ARRIVAL == SMP_ARRIVAL_TCP_PROBE && SMP_PATH == SMP_PATH_SYSCALLS
-/* The syscalls path keys connections by tgid << 32 | fd: a thread's socket read names its sk
- * in tcp:tcp_rcv_space_adjust (inside tcp_recvmsg, the reader's context, on its CPU); the
- * read's exit, on that CPU, then maps that sk to the connection's key. Per CPU, the last
- * reader's sk (an array slot: no PID filter, no hash insert and delete per read); a thread
- * moved to another CPU in between, or another reader run there before the exit, leaves the
- * join to a later read of the connection. */
-struct smp_read_sk_val { u64 sk; u64 ts; u32 tid; u32 pad; };
-BPF_PERCPU_ARRAY(smp_read_sk, struct smp_read_sk_val, 1);
+/* The syscalls path keys connections by tgid << 32 | fd: a traced thread's socket read names
+ * its sk in tcp:tcp_rcv_space_adjust (inside tcp_recvmsg, the reader's context), which puts
+ * it in the read's own saved arguments (smp_args.sk: the untraced reads of the node find no
+ * entry, the one lookup they pay); the read's exit maps that sk to the connection's key. */
 BPF_TABLE("lru_hash", u64, u64, smp_sk_key, SMP_MAX_CONNS);       /* sk -> connection key */
 
-/* A read syscall that started at ``since`` returned bytes on ``key``: the sk named during
- * it (never one named before it started: a read of a pipe must not take a socket's) */
-SMP_INLINE void smp_arrival_learn(u32 tid, u64 key, u64 since)
+/* A read returned bytes on ``key``; ``sk`` is the socket named during it (0: none, e.g. a
+ * pipe). An LRU update replaces the entry: only when the mapping changes. */
+SMP_INLINE void smp_arrival_learn(u64 sk, u64 key)
 {
-    int zero = 0;
-    struct smp_read_sk_val *v = smp_read_sk.lookup(&zero);
-    if (!v || v->tid != tid || v->ts < since)
+    if (!sk)
         return;
-    u64 s = v->sk;
-    v->tid = 0;
-    u64 *known = smp_sk_key.lookup(&s);
-    if (!known || *known != key)  /* an LRU update replaces the entry: only when it changes */
-        smp_sk_key.update(&s, &key);
+    u64 *known = smp_sk_key.lookup(&sk);
+    if (!known || *known != key)
+        smp_sk_key.update(&sk, &key);
 }
 #else
-SMP_INLINE void smp_arrival_learn(u32 tid, u64 key, u64 since) {}
+SMP_INLINE void smp_arrival_learn(u64 sk, u64 key) {}
 #endif
 
 /* -- write stamps --------------------------------------------------------------------------
@@ -1732,7 +1725,7 @@ SMP_INLINE int smp_exit(void *ctx, s64 ret, u8 is_read)
     io.kind = args.io;
     io.ctx = ctx;
     if (is_read)
-        smp_arrival_learn(io.tid, io.key, args.ts);
+        smp_arrival_learn(args.sk, io.key);
     return smp_on_io(&io);
 }
 
@@ -1836,13 +1829,10 @@ TRACEPOINT_PROBE(tcp, tcp_probe)
 #if SMP_PATH == SMP_PATH_SYSCALLS
 TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust)
 {
-    int zero = 0;
-    struct smp_read_sk_val *v = smp_read_sk.lookup(&zero);
-    if (!v)
-        return 0;
-    v->sk = (u64)args->skaddr;
-    v->ts = bpf_ktime_get_ns();
-    v->tid = (u32)bpf_get_current_pid_tgid();
+    u64 id = bpf_get_current_pid_tgid();
+    struct smp_args *a = smp_args_map.lookup(&id);  /* a traced thread's read in progress */
+    if (a)
+        a->sk = (u64)args->skaddr;
     return 0;
 }
 #endif
