@@ -31,7 +31,7 @@ pre { background: #f7f7f7; padding: 1em; overflow: auto; font-size: 12px; }
 
 PLOTS = (
     ("legs", "Latency breakdown per leg", plots.legs_stacked),
-    ("queue", "Sidecar queue vs work per rate step", plots.queue_work),
+    ("queue", "Sidecar queue vs work per rate step (per sidecar in a capture)", plots.queue_work),
     ("cdf", "Latency CDFs, mesh vs baseline", plots.cdfs),
     ("cost", "Sidecar CPU and memory vs request rate", plots.cost),
     ("overhead", "Overhead vs rate, with confidence bands", plots.overhead),
@@ -60,7 +60,7 @@ def _plots_html(v: RunView | CaptureView) -> list[str]:
     out = ["<h2>Plots</h2>", '<div class="plots">']
     for key, title, fn in PLOTS:
         svg = None
-        if isinstance(v, RunView) or fn in (plots.legs_stacked, plots.cdfs):
+        if isinstance(v, RunView) or fn in (plots.legs_stacked, plots.queue_work, plots.cdfs):
             svg = fn(v)  # type: ignore[arg-type]
         body = (
             svg if svg is not None else f'<p class="missing">{escape(title)}: not in this file</p>'

@@ -16,7 +16,7 @@ import numpy as np
 
 from profiler.analysis.details import arrays
 from profiler.histogram import LatencyHistogram
-from profiler.report.view import CaptureView, RunView, StepView
+from profiler.report.view import NO_STAMPS, CaptureView, QueueWork, RunView, StepView
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -120,36 +120,58 @@ def legs_stacked(v: RunView | CaptureView) -> str | None:
         return _svg(fig)
 
 
-# queue (bytes waiting in the sidecar's sockets) under work (the sidecar handling them)
-QUEUE_WORK = (
-    ("request_proxy_queue", "#9ecae9", "\\\\"),
-    ("response_proxy_queue", "#88d27a", "\\\\"),
-    ("request_proxy_work", "#4c78a8", ""),
-    ("response_proxy_work", "#54a24b", ""),
-)
+# per proxy leg of legs.SPLIT: (queue colour, work colour); queues are hatched
+QUEUE_WORK_COLORS = (("#9ecae9", "#4c78a8"), ("#88d27a", "#54a24b"))
+QUEUE_HATCH = "\\\\"
 
 
-def queue_work(v: RunView) -> str | None:
-    """Per rate step, the sidecar's own time as queue vs work (p50 of each part, stacked):
-    queue growing with the rate is the sidecar saturating."""
-    bars = [(f"{_label(s)} req/s", s.legs) for s in v.steps
-            if any(s.legs.get(k) is not None for k, _, _ in QUEUE_WORK)]  # fmt: skip
+def _queue_bars(v: RunView | CaptureView) -> list[tuple[str, list[QueueWork]]]:
+    if isinstance(v, CaptureView):
+        bars = [(f"{p.comm} {p.pid}", p.queue_work) for p in v.processes if p.role == "sidecar"]
+    else:
+        bars = [(f"{_label(s)} req/s", s.queue_work) for s in v.steps]
+    return [(name, qw) for name, qw in bars
+            if any(q.queue_ms is not None or q.work_ms is not None for q in qw)]  # fmt: skip
+
+
+def queue_work(v: RunView | CaptureView) -> str | None:
+    """Per rate step (per sidecar of a capture), the sidecar's own time as queue vs work (p50
+    of each part, stacked, queues hatched at the bottom): queue growing with the rate is the
+    sidecar saturating. A queue without arrival stamps is not drawn (never a 0 bar) and says so.
+    Each part's bars are the series ``<leg>`` (x = bar index, y = ms) of ``data-series``."""
+    bars = _queue_bars(v)
     if not bars:
         return None
-    from profiler.legs import title
+    from profiler.legs import SPLIT, title
 
+    parts = [(i, k) for k in (0, 1) for i in range(len(SPLIT))]  # queues first, then works
+    series: dict[str, list[tuple[float, float]]] = {}
     with _figure() as (fig, (ax,)):
         x = np.arange(len(bars))
         bottom = np.zeros(len(bars))
-        for leg, color, hatch in QUEUE_WORK:
-            vals = np.array([float(b[1].get(leg) or 0.0) for b in bars])
-            ax.bar(x, vals, 0.6, bottom=bottom, label=title(leg), color=color, hatch=hatch)
-            bottom += vals
+        for i, k in parts:
+            parent, name = list(SPLIT)[i], list(SPLIT.values())[i][k]
+            qws = [{q.leg: q for q in qw}.get(parent) for _, qw in bars]
+            vals = [None if q is None else (q.queue_ms if k == 0 else q.work_ms) for q in qws]
+            h = np.array([float(y or 0.0) for y in vals])
+            color, hatch = QUEUE_WORK_COLORS[i][k], QUEUE_HATCH if k == 0 else ""
+            rects = ax.bar(x, h, 0.6, bottom=bottom, label=title(name), color=color, hatch=hatch)
+            for j, (r, y) in enumerate(zip(rects, vals, strict=True)):
+                if y is not None:
+                    r.set_gid(f"series-{name}-{j}")
+            series[name] = [(float(j), float(y)) for j, y in enumerate(vals) if y is not None]
+            bottom += h
+        for j, (_, qw) in enumerate(bars):
+            unknown = [title(SPLIT[q.leg][0]) for q in qw if q.state == NO_STAMPS]
+            if unknown:
+                note = f"{NO_STAMPS}:\n{', '.join(unknown)}"
+                ax.annotate(note, (x[j], bottom[j]), ha="center", va="bottom", fontsize=7)
         ax.set_xticks(x, [b[0] for b in bars])
         ax.set_ylabel("ms (p50 of each part)")
+        ax.set_ylim(0, float(bottom.max()) * 1.3 or 1.0)
         ax.set_title("Sidecar time: waiting in its sockets (hatched) vs working")
         ax.legend(loc="upper left", fontsize=8)
-        return _svg(fig)
+        return _svg(fig, series)
 
 
 def _cdf(ax: Axes, h: LatencyHistogram, label: str, style: str, color: str) -> None:

@@ -20,6 +20,7 @@ def _step(s: StepView) -> dict[str, Any]:
         }
     out["latency_ci"] = {p: list(ci) if ci else None for p, ci in s.latency_ci.items()}
     out["sidecar_ci"] = list(s.sidecar_ci) if s.sidecar_ci else None
+    out["queue_work"] = [asdict(q) for q in s.queue_work]
     return out
 
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from profiler.report.view import PS, CaptureView, Interval, RunView, StepView, sentence
+from profiler.legs import SPLIT, title
+from profiler.report.view import (
+    NO_STAMPS,
+    PS,
+    CaptureView,
+    Interval,
+    QueueWork,
+    RunView,
+    StepView,
+    sentence,
+)
 
 DASH = "-"
 
@@ -115,6 +125,34 @@ def _ebpf(steps: list[StepView]) -> Table | None:
     return Table(title, headers, rows)
 
 
+QUEUE_TITLE = "Sidecar queue vs work (ms, p50): queue = bytes waiting in its socket"
+QUEUE_HEADERS = [title(x) for parts in SPLIT.values() for x in parts]
+
+
+def _queue_cells(qw: list[QueueWork]) -> list[str]:
+    """Queue and work of each proxy leg, in the order of ``legs.SPLIT`` (the notes say how
+    many requests had no arrival stamp)."""
+    by_leg = {q.leg: q for q in qw}
+    cells = []
+    for parent in SPLIT:
+        q = by_leg.get(parent)
+        if q is None:
+            cells += [DASH, DASH]
+            continue
+        cells.append(NO_STAMPS if q.state == NO_STAMPS else ms(q.queue_ms))
+        cells.append(ms(q.work_ms))
+    return cells
+
+
+def _queue(steps: list[StepView]) -> Table | None:
+    """Per rate step, queue vs work of each proxy leg: queue rising with the rate while work
+    stays is the sidecar saturating (its worker is busy, requests wait in its sockets)."""
+    if not any(s.queue_work for s in steps):
+        return None
+    rows = [[rate(s.rate_asked), *_queue_cells(s.queue_work)] for s in steps if s.queue_work]
+    return Table(QUEUE_TITLE, ["rate", *QUEUE_HEADERS], rows)
+
+
 def _agreement(steps: list[StepView]) -> Table | None:
     """eBPF's one-run estimate next to the A/B delta: do they agree, and by how much not."""
     if not any(s.ebpf_vs_ab for s in steps):
@@ -189,7 +227,14 @@ def _meshmark(v: RunView) -> list[str]:
 
 
 def run_document(v: RunView) -> Document:
-    parts = (_e2e(v.steps), _ab(v.steps), _ebpf(v.steps), _agreement(v.steps), _cost(v.steps))
+    parts = (
+        _e2e(v.steps),
+        _ab(v.steps),
+        _ebpf(v.steps),
+        _queue(v.steps),
+        _agreement(v.steps),
+        _cost(v.steps),
+    )
     tables = [t for t in parts if t is not None]
     footer = _meshmark(v) + [f"note: {n}" for n in v.notes]
     return Document(v.title, v.facts, tables, sentence(v), footer)
@@ -198,8 +243,13 @@ def run_document(v: RunView) -> Document:
 def capture_document(v: CaptureView) -> Document:
     legs = Table("Legs (eBPF, ms)", ["process", "leg", "count", "p50 [95% CI]", "p90", "p99"], [])
     for p in v.processes:
+        unknown = {SPLIT[q.leg][0] for q in p.queue_work if q.state == NO_STAMPS}
         for leg, d in p.legs.items():
             if not d.get("count"):
+                continue
+            name, count = f"{p.comm} ({p.pid})", f"{d['count']:,}"
+            if leg in unknown:  # every queue counted as 0: not a figure to print
+                legs.rows.append([name, leg, count, NO_STAMPS, DASH, DASH])
                 continue
             legs.rows.append(
                 [
@@ -211,6 +261,10 @@ def capture_document(v: CaptureView) -> Document:
                     ms(d.get("p99_ms")),
                 ]
             )
+    queue = Table(QUEUE_TITLE, ["process", *QUEUE_HEADERS], [])
+    for p in v.processes:
+        if p.queue_work:
+            queue.rows.append([f"{p.comm} ({p.pid})", *_queue_cells(p.queue_work)])
     cost = Table("Cost", ["process", "role", "requests", "CPU mcores", "CPU s", "RSS MiB"], [])
     for p in v.processes:
         cost.rows.append(
@@ -226,7 +280,8 @@ def capture_document(v: CaptureView) -> Document:
     state = "complete" if v.complete else f"INCOMPLETE ({v.incomplete_reason or 'no reason'})"
     facts = [*v.facts, ("state", f"{state}, {v.duration_s:.1f} s, {v.drops} events dropped")]
     footer = [f"note: {n}" for n in v.notes]
-    return Document(v.title, facts, [legs, cost], sentence(v), footer)
+    tables = [legs, queue, cost] if queue.rows else [legs, cost]
+    return Document(v.title, facts, tables, sentence(v), footer)
 
 
 def document(v: RunView | CaptureView) -> Document:

@@ -18,10 +18,99 @@ from profiler import stats
 from profiler.analysis.details import LEGS, N_BOOT, arrays, merge_histograms
 from profiler.capture.document import UNPARSED_WARN_SHARE
 from profiler.histogram import LatencyHistogram
+from profiler.legs import SPLIT
 from profiler.report.source import Source
 
 Interval = tuple[float, float]
 PS = ("p50", "p90", "p99")
+NO_STAMPS = "no arrival stamps"
+OLD_FILE_NOTE = (
+    "this file has no queue/work split of the proxy legs (written before arrival stamps): "
+    "queue and work are shown as -, not 0"
+)
+
+
+@dataclass
+class QueueWork:
+    """One proxy leg (request_proxy, response_proxy) split in queue (its bytes wait in the
+    sidecar's socket) and work (the sidecar handles them), p50 and p99 in ms.
+
+    ``state`` says what the queue figure is worth: "measured"; "partial" (some requests had
+    no arrival stamp: their queue counts as 0, so the figure is low); NO_STAMPS (none had
+    one: the queue is unknown, never 0); "not in file" (a file from before the split)."""
+
+    leg: str
+    queue_ms: float | None
+    work_ms: float | None
+    queue_p99_ms: float | None
+    work_p99_ms: float | None
+    requests: int | None  # requests measured on the leg
+    missing: int | None  # of them, without an arrival stamp (None: the file does not say)
+    state: str
+
+
+def split_legs(
+    p50: dict[str, float | None],
+    p99: dict[str, float | None],
+    counts: dict[str, int | None],
+    missing: dict[str, int] | None,
+) -> list[QueueWork]:
+    """Queue vs work of each proxy leg, from the legs table (``legs.SPLIT``)."""
+    out = []
+    for parent, (queue, work) in SPLIT.items():
+        n = counts.get(queue) or counts.get(parent)
+        gone = None if missing is None else missing.get(parent.removesuffix("_proxy"))
+        if p50.get(queue) is None and p50.get(parent) is None:
+            continue  # no span of this leg at all: nothing to split
+        if p50.get(queue) is None:
+            state = "not in file"
+        elif n and gone is not None and gone >= n:
+            state = NO_STAMPS
+        elif gone:
+            state = "partial"
+        else:
+            state = "measured"
+        unknown = state in (NO_STAMPS, "not in file")
+        out.append(
+            QueueWork(
+                leg=parent,
+                queue_ms=None if unknown else p50.get(queue),
+                work_ms=p50.get(work),
+                queue_p99_ms=None if unknown else p99.get(queue),
+                work_p99_ms=p99.get(work),
+                requests=n,
+                missing=gone,
+                state=state,
+            )
+        )
+    return out
+
+
+def stamps_note(where: str, qw: list[QueueWork]) -> str | None:
+    """One note on the requests (responses) of a step or sidecar that had no arrival stamp."""
+    parts = []
+    for q in qw:
+        what = q.leg.removesuffix("_proxy") + "s"
+        if q.state == NO_STAMPS:
+            parts.append(f"none of the {q.requests:,} {what} had an arrival stamp (queue unknown)")
+        elif q.state == "partial":
+            parts.append(
+                f"{q.missing:,} of {q.requests:,} {what} had no arrival stamp (their queue "
+                "counted as 0)"
+            )
+    return f"{where}: " + "; ".join(parts) if parts else None
+
+
+def _missing_sum(sidecars: list[dict[str, Any]]) -> dict[str, int] | None:
+    """``arrival_missing`` of the sidecars, summed; None when any of them does not say."""
+    out = {"request": 0, "response": 0}
+    for sc in sidecars:
+        m = sc.get("arrival_missing")
+        if not isinstance(m, dict):
+            return None
+        for k in out:
+            out[k] += int(m.get(k) or 0)
+    return out if sidecars else None
 
 
 @dataclass
@@ -57,6 +146,9 @@ class StepView:
     errors_in_latency: int = 0  # error responses the generator could not keep apart
     ebpf_vs_ab: dict[str, Any] | None = None  # details.steps[i].ebpf_vs_ab
     sidecar_error: str | None = None  # the sidecar saw none (or few) of the step's requests
+    leg_counts: dict[str, int | None] = field(default_factory=dict)
+    arrival_missing: dict[str, int] | None = None  # requests/responses without arrival stamp
+    queue_work: list[QueueWork] = field(default_factory=list)  # per proxy leg
 
 
 @dataclass
@@ -75,6 +167,8 @@ class SidecarView:
     exited: bool
     unparsed_bytes: int = 0  # socket bytes no span explains
     unparsed_share: float = 0.0
+    arrival_missing: dict[str, int] | None = None
+    queue_work: list[QueueWork] = field(default_factory=list)
 
 
 @dataclass
@@ -200,6 +294,7 @@ def _step_from_details(src: Source, d: dict[str, Any], rng: np.random.Generator)
         legs = sc.get("legs") or {}
         v.legs = {leg: _f((legs.get(leg) or {}).get("p50_ms")) for leg in LEGS}
         v.legs_p99 = {leg: _f((legs.get(leg) or {}).get("p99_ms")) for leg in LEGS}
+        v.leg_counts = {leg: (legs.get(leg) or {}).get("count") for leg in LEGS}
         v.cpu_mcores = _f(sc.get("cpu_mcores"))
         v.cpu_ms_per_1k = _f(sc.get("cpu_ms_per_1k_requests"))
         v.cores_per_1k_rps = _f(sc.get("cores_per_1k_rps"))
@@ -215,6 +310,10 @@ def _step_from_details(src: Source, d: dict[str, Any], rng: np.random.Generator)
         v.baseline_hist = merge_histograms(r.load.histogram for r in base) if base else None
         v.leg_hists = _leg_hists(src, step)
         v.reps = _repetitions(src, step)
+        caps = [r.capture for r in src.bundle.records_of(step, "mesh") if r.capture]
+        v.arrival_missing = _missing_sum([sc for c in caps for sc in c.get("sidecars") or []])
+    if sc:
+        v.queue_work = split_legs(v.legs, v.legs_p99, v.leg_counts, v.arrival_missing)
     ab = d.get("ebpf_vs_ab") or {}
     if ab.get("ebpf_ci_ms") and ab.get("ebpf_basis", "sidecar_total") == "sidecar_total":
         v.sidecar_ci = _pair(ab["ebpf_ci_ms"])  # the interval the SMP details carry
@@ -289,6 +388,12 @@ def run_view(src: Source) -> RunView:
         "nighthawk": "Nighthawk result",
         "smp": "SMP result",
     }.get(src.kind, src.kind)
+    if any(q.state == "not in file" for s in steps for q in s.queue_work):
+        notes.append(OLD_FILE_NOTE)
+    for i, s in enumerate(steps):
+        r = "max" if not s.rate_asked else f"{s.rate_asked:g}"
+        note = stamps_note(f"step {i} ({r} req/s)", s.queue_work)
+        notes += [note] if note else []
     notes = list(dict.fromkeys(notes + src.notes))
     return RunView(src.kind, f"{title}: {src.name}", steps, mark, _run_facts(src), notes)
 
@@ -302,6 +407,22 @@ def _process(p: dict[str, Any], role: str, rng: np.random.Generator) -> SidecarV
         if c is not None:
             ci[leg] = c
     mem = p.get("mem_mb")
+    missing = p.get("arrival_missing") if role == "sidecar" else None
+    missing = (
+        {k: int(missing.get(k) or 0) for k in ("request", "response")}
+        if isinstance(missing, dict)
+        else None
+    )
+    queue_work = (
+        split_legs(
+            {k: _f(d.get("p50_ms")) for k, d in legs.items()},
+            {k: _f(d.get("p99_ms")) for k, d in legs.items()},
+            {k: d.get("count") for k, d in legs.items()},
+            missing,
+        )
+        if role == "sidecar"
+        else []
+    )
     return SidecarView(
         pid=int(p.get("pid", 0)),
         comm=str(p.get("comm", "?")),
@@ -315,6 +436,8 @@ def _process(p: dict[str, Any], role: str, rng: np.random.Generator) -> SidecarV
         exited=bool(p.get("exited", False)),
         unparsed_bytes=int((p.get("unparsed") or {}).get("bytes") or 0),
         unparsed_share=float((p.get("unparsed") or {}).get("share") or 0.0),
+        arrival_missing=missing,
+        queue_work=queue_work,
     )
 
 
@@ -333,6 +456,12 @@ def capture_view(src: Source) -> CaptureView:
             ("host", f"kernel {host.get('kernel', '?')}, {host.get('cpus', '?')} CPUs"),
             ("method", str(cap.get("method", "?"))),
         ]
+        notes = [*src.notes, *(f"WARNING: {w}" for w in cap.get("warnings") or [])]
+        if any(q.state == "not in file" for p in procs for q in p.queue_work):
+            notes.append(OLD_FILE_NOTE)
+        for p in procs:
+            note = stamps_note(f"{p.comm} ({p.pid})", p.queue_work)
+            notes += [note] if note else []
         return CaptureView(
             kind="capture",
             title=f"capture: {src.name}",
@@ -342,7 +471,7 @@ def capture_view(src: Source) -> CaptureView:
             drops=int(cap.get("drops") or 0),
             processes=procs,
             facts=facts,
-            notes=[*src.notes, *(f"WARNING: {w}" for w in cap.get("warnings") or [])],
+            notes=notes,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BadInputFile(f"{src.path}: malformed capture: {type(e).__name__}: {e}") from None

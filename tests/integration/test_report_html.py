@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from profiler.cli import main
+from profiler.legs import SPLIT
 from tests import html_series as hs
 
 CHROMIUM = "/usr/bin/chromium"
-PLOTS = ("legs", "cdf", "cost", "overhead")
+PLOTS = ("legs", "queue", "cdf", "cost", "overhead")
 CONSOLE = re.compile(r":CONSOLE[:(]\d*\)?\]? ?(.*)")
 
 
@@ -126,6 +127,20 @@ def test_html_report_of_a_real_run_in_chromium(tmp_path: Path, testbed_factory: 
     over = hs.figure(dom.stdout, "overhead")
     hs.check_drawn(over, "ab-p50", pts(lambda s: s["overhead"]["p50"]["delta_ms"]))
     hs.check_drawn(over, "ebpf-p50", pts(lambda s: s["sidecar"]["legs"]["sidecar_total"]["p50_ms"]))
+    # queue vs work: each part's bars are the details' p50 of that leg, at one scale
+    queue = hs.figure(dom.stdout, "queue")
+    drawn = hs.series(queue)
+    scale = []
+    for parts in SPLIT.values():
+        for name in parts:
+            want = [(float(i), s["sidecar"]["legs"][name]["p50_ms"]) for i, s in enumerate(steps)]
+            if name in parts[1:] or name in drawn:  # a queue without any stamp is not drawn
+                assert drawn[name] == want, (name, drawn.get(name), want)
+            for j, d in re.findall(rf'<g id="series-{name}-(\d+)">\s*<path d="([^"]*)"', queue):
+                ys = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", d)][1::2]
+                if want[int(j)][1] > 0.005:  # a bar tall enough to measure
+                    scale.append((max(ys) - min(ys)) / want[int(j)][1])
+    assert scale and max(scale) / min(scale) < 1.02, scale
     assert 'id="smp-documents"' in dom.stdout
     assert "the sidecar adds" in dom.stdout
 
