@@ -713,7 +713,7 @@ SMP_INLINE void smp_ans_push(u32 tid, u32 upid, struct smp_span *s, u64 ts, u64 
 
 /* A downstream response starts at now on downstream fd ds_fd: its upstream answer (in a
  * per-CPU buffer), or 0: the one whose request thread order gave ds_fd, else the oldest;
- * never one written upstream before ``since`` (the request's read). */
+ * one written upstream before ``since`` (the request's read) only when there is no other. */
 SMP_INLINE struct smp_ans *smp_ans_take(u32 tid, u64 now, s32 ds_fd, u64 since,
                                         struct smp_proc_stats *ps)
 {
@@ -725,7 +725,7 @@ SMP_INLINE struct smp_ans *smp_ans_take(u32 tid, u64 now, s32 ds_fd, u64 since,
     if (!out)
         return 0;
     u32 head = q->head, tail = q->tail;
-    u32 pick = tail, first = tail;
+    u32 pick = tail, first = tail, early = tail;
     for (u32 i = 0; i < SMP_ANS_SCAN; i++) {
         u32 h = head + i;
         if (h == tail)
@@ -745,8 +745,11 @@ SMP_INLINE struct smp_ans *smp_ans_take(u32 tid, u64 now, s32 ds_fd, u64 since,
                 __sync_fetch_and_add(&ps->stale_answers, 1);
             continue;
         }
-        if (a->us_tx_end < since)
+        if (a->us_tx_end < since) {
+            if (early == tail)
+                early = h;
             continue;  /* sent upstream before the request was read: not its answer */
+        }
         if (first == tail)
             first = h;
         if (a->ds_fd == ds_fd) {
@@ -756,6 +759,10 @@ SMP_INLINE struct smp_ans *smp_ans_take(u32 tid, u64 now, s32 ds_fd, u64 since,
     }
     if (pick == tail)
         pick = first;
+    if (pick == tail)
+        pick = early;  /* none after it: the oldest still goes (its span will be counted as
+                        * incomplete), or answers no response takes would pile up ahead of
+                        * the scan and every later response would find none */
     if (pick == tail)
         return 0;
     struct smp_ans_key k = {tid, pick};
