@@ -465,13 +465,14 @@ struct smp_h2_stream {
 #define H2_DS_OPEN 0
 #define H2_DS_ANSWERED 1        /* its response started with an upstream answer */
 #define H2_DS_LOCAL 2           /* its response started without one: a local reply */
+#define H2_US_BURST 3           /* US: the span itself, its downstream HTTP/2 inside TLS */
 
 BPF_TABLE("lru_hash", struct smp_h2_skey, struct smp_h2_stream, smp_h2_streams, SMP_MAX_STREAMS);
 BPF_TABLE("lru_hash", u64, struct smp_h2_skey, smp_h2_handles, SMP_MAX_STREAMS);
 BPF_TABLE("lru_hash", u64, struct smp_h2_conn, smp_h2_conns, SMP_MAX_CONNS);
 BPF_PERCPU_ARRAY(smp_h2_stream_init, struct smp_h2_stream, 1);
 BPF_PERCPU_ARRAY(smp_h2_scratch, struct smp_h2_call, 1);
-BPF_PROG_ARRAY(smp_h2_progs, 1);   /* [0]: smp_h2_step, put there by user space */
+BPF_PROG_ARRAY(smp_h2_progs, 2);   /* [0]: smp_h2_step, [1]: smp_h2_hpack_step (user space) */
 
 SMP_INLINE int smp_emit_span(struct smp_span *s)
 {
@@ -583,32 +584,114 @@ SMP_INLINE struct smp_span *smp_fifo_pop(u32 tid, u64 *handle)
  * Streams multiplexed inside TLS cannot be told apart: a worker thread's last TLS upstream
  * write and read are kept, and an HTTP/2 downstream stream whose upstream was TLS takes them
  * as its upstream instants (flag SMP_F_US_TLS: per burst, not per stream). */
+#define SMP_BURST_PEND 16   /* upstream-driven streams answered, waiting for a downstream write */
+#define SMP_BURST_MAX_AGE_NS 50000000ULL
 struct smp_tls_seen {
     u64 us_tx;      /* the thread's last write to a TLS upstream */
     u64 us_rx;      /* ... and read */
     s32 us_fd;
     u32 upid;       /* so user space can drop a detached process's threads */
+    /* HTTP/2 inside a TLS downstream (the server sidecar under mTLS): the thread's current
+     * read burst on such a downstream (from its first read), and the upstream streams whose
+     * response ended, waiting for the thread's next write on it */
+    u64 ds_rx;      /* the burst's first read */
+    u64 ds_rx_arr;
+    s32 ds_fd;
+    u8 ds_open;     /* a burst is open: later reads belong to it */
+    u8 pad[3];
+    u32 phead;
+    u32 ptail;
+    struct smp_h2_skey pend[SMP_BURST_PEND];
 };
 BPF_TABLE("lru_hash", u32, struct smp_tls_seen, smp_tls_last, SMP_MAX_THREADS);
+BPF_PERCPU_ARRAY(smp_tls_init, struct smp_tls_seen, 1);  /* zeroes, off the stack */
+
+SMP_INLINE struct smp_tls_seen *smp_tls_thread(u32 tid, u32 upid)
+{
+    struct smp_tls_seen *t = smp_tls_last.lookup(&tid);
+    if (t)
+        return t;
+    int zero = 0;
+    struct smp_tls_seen *fresh = smp_tls_init.lookup(&zero);
+    if (!fresh)
+        return 0;
+    fresh->upid = upid;
+    smp_tls_last.update(&tid, fresh);
+    fresh->upid = 0;
+    return smp_tls_last.lookup(&tid);
+}
 
 SMP_INLINE void smp_tls_burst(struct smp_io *io)
 {
-    u32 tid = io->tid;
-    struct smp_tls_seen *t = smp_tls_last.lookup(&tid);
-    if (!t) {
-        struct smp_tls_seen fresh = {};
-        fresh.upid = io->upid;
-        smp_tls_last.update(&tid, &fresh);
-        t = smp_tls_last.lookup(&tid);
-        if (!t)
-            return;
-    }
+    struct smp_tls_seen *t = smp_tls_thread(io->tid, io->upid);
+    if (!t)
+        return;
     if (io->is_read) {
         t->us_rx = io->ts;
     } else {
         t->us_tx = io->ts;
         t->us_fd = io->fd;
     }
+}
+
+/* A read on a downstream connection known to carry HTTP/2 inside TLS (smp_conn.tls == 2):
+ * the first read of a burst starts it; the burst closes at the thread's next write. */
+SMP_INLINE void smp_burst_ds_read(struct smp_io *io)
+{
+    struct smp_tls_seen *t = smp_tls_thread(io->tid, io->upid);
+    if (!t || t->ds_open)
+        return;
+    t->ds_rx = io->ts;
+    t->ds_rx_arr = io->arr;
+    t->ds_fd = io->fd;
+    t->ds_open = 1;
+}
+
+/* A write on such a downstream: the upstream-driven streams this thread read the end of
+ * are answered by it (ds_tx_end), emitted. */
+SMP_INLINE void smp_burst_ds_write(struct smp_io *io, struct smp_proc_stats *ps)
+{
+    u32 tid = io->tid;
+    struct smp_tls_seen *t = smp_tls_last.lookup(&tid);
+    if (!t)
+        return;
+    t->ds_open = 0;
+    for (int i = 0; i < SMP_BURST_PEND; i++) {
+        u32 h = t->phead;
+        if (h == t->ptail)
+            break;
+        struct smp_h2_skey sk = t->pend[h & (SMP_BURST_PEND - 1)];
+        t->phead = h + 1;
+        struct smp_h2_stream *st = smp_h2_streams.lookup(&sk);
+        if (!st)
+            continue;
+        st->span.ds_tx_end = io->ts;
+        if (st->span.ds_fd < 0)
+            st->span.ds_fd = io->fd;
+        if (!smp_emit_span(&st->span) && ps)
+            __sync_fetch_and_add(&ps->spans, 1);
+        smp_h2_streams.delete(&sk);
+    }
+}
+
+/* An upstream-driven stream's response ended: it waits for the thread's next downstream
+ * write. A full queue loses its oldest (counted as a drop, never silently). */
+SMP_INLINE void smp_burst_pend(u32 tid, struct smp_h2_skey *sk)
+{
+    struct smp_tls_seen *t = smp_tls_last.lookup(&tid);
+    if (!t) {
+        smp_h2_streams.delete(sk);
+        return;
+    }
+    u32 tl = t->ptail;
+    if (tl - t->phead >= SMP_BURST_PEND) {
+        struct smp_h2_skey old = t->pend[t->phead & (SMP_BURST_PEND - 1)];
+        smp_h2_streams.delete(&old);
+        smp_count_drop();
+        t->phead++;
+    }
+    t->pend[tl & (SMP_BURST_PEND - 1)] = *sk;
+    t->ptail = tl + 1;
 }
 
 /* An HTTP/2 downstream response starts at now with no upstream answer: if the thread wrote
@@ -904,6 +987,58 @@ SMP_INLINE void smp_h2_frame(struct smp_h2_ctx *x, struct smp_proc_stats *ps, u8
             u64 h = 0;
             struct smp_span *d = smp_fifo_pop(x->tid, &h);
             s32 ds_fd = -1;
+            struct smp_tls_seen *t = 0;
+            if (d && (d->flags & SMP_F_DS_TLS) && !SMP_IS_H2_HANDLE(h)) {
+                /* the request came inside TLS and goes on as an HTTP/2 stream: HTTP/2 inside
+                 * TLS downstream. From now on the connection is followed per upstream stream
+                 * (smp_conn.tls = 2), its reads and writes as the thread's bursts */
+                struct smp_conn *dc = smp_conns.lookup(&h);
+                t = smp_tls_thread(x->tid, x->upid);
+                if (dc && t) {
+                    dc->tls = 2;
+                    dc->phase = SMP_PHASE_IDLE;
+                    t->ds_rx = d->ds_rx_beg;
+                    t->ds_rx_arr = d->ds_rx_arr;
+                    t->ds_fd = d->ds_fd;
+                } else {
+                    t = 0;
+                }
+                d = 0;
+            } else if (!d) {
+                u32 tid = x->tid;
+                t = smp_tls_last.lookup(&tid);
+                if (t && (!t->ds_rx || x->ts > t->ds_rx + SMP_BURST_MAX_AGE_NS))
+                    t = 0;
+            }
+            if (t) {
+                /* one span per upstream stream: the downstream legs from the thread's TLS
+                 * bursts on the downstream (SMP_F_DS_BURST), the upstream leg its own */
+                t->ds_open = 0;
+                struct smp_h2_stream *init = smp_h2_stream_init.lookup(&zero);
+                if (!init)
+                    return;
+                struct smp_span *s = &init->span;
+                s->kind = SMP_SPAN_PROXY;
+                s->tgid = x->upid;
+                s->tid = x->tid;
+                s->ds_fd = t->ds_fd;
+                s->us_fd = x->fd;
+                s->us_sid = sid;
+                s->ds_rx_beg = t->ds_rx;
+                s->ds_rx_arr = t->ds_rx_arr;
+                t->ds_rx_arr = 0;  /* the burst's first bytes are the first stream's */
+                s->us_tx_beg = x->ts_call;
+                s->us_tx_end = x->ts;
+                s->flags = SMP_F_DS_TLS | SMP_F_DS_BURST | SMP_F_US_H2;
+                init->state = H2_US_BURST;
+                smp_h2_streams.update(&sk, init);
+                u64 ukey = x->key;
+                struct smp_h2_conn *uc = smp_h2_conns.lookup(&ukey);
+                if (uc)
+                    uc->rx.hp.on = 1;  /* the answers' statuses are the spans' */
+                __builtin_memset(init, 0, sizeof(*init));
+                return;
+            }
             if (d) {
                 /* thread order: kept for HTTP/1.1 downstreams; answers correct it */
                 d->us_fd = x->fd;
@@ -933,15 +1068,125 @@ SMP_INLINE void smp_h2_frame(struct smp_h2_ctx *x, struct smp_proc_stats *ps, u8
         }
         if (!st->span.us_rx_beg)
             st->span.us_tx_end = x->ts;  /* a later frame of the request (its body) */
+        if (type == H2_DATA && st->state == H2_US_BURST)
+            st->span.req_bytes += flen;
         return;
     }
     /* upstream frames read: the first one starts the answer */
     if (!st)
         return;
+    if (st->state == H2_US_BURST) {
+        /* an upstream-driven stream: its span waits for the end of the response, then
+         * for the thread's next write downstream */
+        if (type == H2_RST_STREAM) {
+            smp_h2_streams.delete(&sk);
+            if (ps)
+                __sync_fetch_and_add(&ps->h2_resets, 1);
+            return;
+        }
+        if (!st->span.us_rx_beg) {
+            st->span.us_rx_beg = x->ts;
+            st->span.us_rx_arr = x->arr;
+        }
+        x->arr = 0;
+        if (type == H2_DATA) {
+            st->span.resp_bytes += flen;
+            if (!st->span.ds_tx_data)
+                st->span.ds_tx_data = x->ts;  /* (read here; written with the next burst) */
+        }
+        if (end)
+            smp_burst_pend(x->tid, &sk);
+        return;
+    }
     if (type != H2_RST_STREAM)
         smp_ans_push(x->tid, x->upid, &st->span, x->ts, x->arr);
     x->arr = 0;  /* a later stream's bytes in this read may have arrived later: unknown */
     smp_h2_streams.delete(&sk);
+}
+
+/* -- statuses (HPACK) ------------------------------------------------------------------------
+ * The header blocks of responses: those the proxy writes downstream (spans and local
+ * replies alike), and on an upstream connection whose streams are spans themselves (HTTP/2
+ * inside TLS downstream) those it reads. Counted per process: :status, grpc-status, and the
+ * blocks whose status could not be decoded (a head without a :status it could read, an
+ * end-of-stream block with fields it could not resolve and no grpc-status), never guessed. */
+#define SMP_ST_HTTP 1
+#define SMP_ST_GRPC 2
+#define SMP_ST_UNKNOWN 3
+struct smp_status_key {
+    u32 upid;
+    u16 kind;   /* SMP_ST_* */
+    u16 code;
+};
+BPF_HASH(smp_h2_status, struct smp_status_key, u64, 1024);
+
+SMP_INLINE void smp_status_add(u32 upid, u16 kind, u16 code, u64 n)
+{
+    struct smp_status_key sk = {};
+    sk.upid = upid;
+    sk.kind = kind;
+    sk.code = code;
+    u64 zero = 0;
+    smp_h2_status.insert(&sk, &zero);
+    u64 *v = smp_h2_status.lookup(&sk);
+    if (v)
+        __sync_fetch_and_add(v, n);
+}
+
+/* A queued header block (q): decode the part of it in its buffer, count its statuses. */
+SMP_INLINE void smp_h2_hpack(struct smp_h2_call *k, struct smp_h2_dir *d, struct smp_hq *q)
+{
+    u64 n = q->n;
+    if (n > SMP_HP_BUF - 1)
+        n = SMP_HP_BUF - 1;
+    asm volatile("%0 &= 255" : "+r"(n));
+    if (n && bpf_probe_read_user(k->hp, n, (void *)q->at))
+        n = 0;
+    struct smp_hp_out o = {};
+    u8 fl = q->fl;
+    smp_hp_parse(&d->hp, k->hp, (u32)n, fl, n == q->flen, &o, &k->hp_w);
+    u64 *w = (u64 *)k->hp;
+    for (int i = 0; i < SMP_HP_BUF / 8; i++)
+        w[i] = 0;  /* no payload bytes stay in a map */
+    u32 upid = k->x.upid;
+    if (k->x.is_read) {
+        /* an upstream answer: counted only when its stream is the span */
+        struct smp_h2_skey sk = {};
+        sk.conn = k->x.key;
+        sk.sid = q->sid;
+        sk.gen = k->x.gen;
+        struct smp_h2_stream *st = smp_h2_streams.lookup(&sk);
+        if (!st || st->state != H2_US_BURST)
+            return;
+    }
+    if (o.status)
+        smp_status_add(upid, SMP_ST_HTTP, o.status, 1);
+    if (o.grpc != HP_NONE)
+        smp_status_add(upid, SMP_ST_GRPC, o.grpc, 1);
+    u8 end = fl & H2_END_STREAM;
+    if ((!end && !o.status) || (end && o.grpc == HP_NONE && o.unresolved))
+        smp_status_add(upid, SMP_ST_UNKNOWN, 0, 1);
+}
+
+/* Header blocks queued but not decoded (the chain of tail calls ran out, or the queue
+ * was full): unknown, and the shadow lost count of the encoder's table. */
+SMP_INLINE void smp_hq_give_up(struct smp_h2_call *k, struct smp_h2_dir *d)
+{
+    u32 left = (k->hq_n > k->hq_i ? k->hq_n - k->hq_i : 0) + k->hq_over;
+    if (!left)
+        return;
+    k->hq_i = k->hq_n;
+    k->hq_over = 0;
+    d->hp.floor = d->hp.ins;  /* their insertions are not counted (see smp_hpack) */
+    smp_status_add(k->x.upid, SMP_ST_UNKNOWN, 0, left);
+}
+
+/* The walk is done (or lost its place): the queued header blocks to the decoder. */
+SMP_INLINE void smp_hq_decode(void *ctx, struct smp_h2_call *k, struct smp_h2_dir *d)
+{
+    if (k->hq_i < k->hq_n)
+        smp_h2_progs.call(ctx, 1);
+    smp_hq_give_up(k, d);
 }
 
 /* The call's bytes from the cursor on are lost to the walk: counted, resynchronised later. */
@@ -982,11 +1227,13 @@ int smp_h2_step(void *ctx)
         int r = smp_h2_next(k, d, f);
         if (r < 0) {
             smp_h2_lost(k, d, ps);
+            smp_hq_decode(ctx, k, d);
             return 0;
         }
         if (r == 0) {
             if (k->total < k->ret)
                 smp_h2_lost(k, d, ps);  /* more iovecs than followed: the rest, and the place */
+            smp_hq_decode(ctx, k, d);
             return 0;
         }
         u32 flen = smp_h2_len(f);
@@ -995,14 +1242,61 @@ int smp_h2_step(void *ctx)
         struct smp_h2_ctx x = k->x;
         smp_h2_frame(&x, ps, f[3], f[4], smp_h2_sid(f), flen);
         k->x.arr = x.arr;
+        if (f[3] == H2_HEADERS && d->hp.on) {
+            /* its block is decoded when the walk is done (a program of its own) */
+            u32 qn = k->hq_n;
+            if (qn < SMP_HQ) {
+                struct smp_hq *q = &k->hq[qn & (SMP_HQ - 1)];
+                u32 j = k->seg;
+                u64 l = j < SMP_H2_SEGS ? k->len[j & (SMP_H2_SEGS - 1)] : 0;
+                u64 avail = l > k->off ? l - k->off : 0;
+                q->at = j < SMP_H2_SEGS ? k->base[j & (SMP_H2_SEGS - 1)] + k->off : 0;
+                q->n = avail < flen ? avail : flen;
+                q->flen = flen;
+                q->sid = smp_h2_sid(f);
+                q->fl = f[4];
+                k->hq_n = qn + 1;
+            } else {
+                k->hq_over++;  /* not decoded: counted after the queued ones */
+            }
+        }
     }
     smp_h2_progs.call(ctx, 0);
     /* the chain's length limit: fine if what is left is this frame's payload */
-    if (k->ret - k->done <= d->skip) {
+    if (k->ret - k->done <= d->skip)
         d->skip -= k->ret - k->done;
+    else
+        smp_h2_lost(k, d, ps);
+    smp_hq_give_up(k, d);  /* no tail call left to decode them */
+    return 0;
+}
+
+/* The walk's queued header blocks, SMP_HP_PER_CALL per program, in order (the shadow
+ * follows the encoder's insertions in order), then on to the next (a tail call). */
+#ifndef SMP_HP_PER_CALL
+#define SMP_HP_PER_CALL 2
+#endif
+int smp_h2_hpack_step(void *ctx)
+{
+    int zero = 0;
+    struct smp_h2_call *k = smp_h2_scratch.lookup(&zero);
+    if (!k)
         return 0;
+    u64 key = k->x.key;
+    struct smp_h2_conn *hc = smp_h2_conns.lookup(&key);
+    if (!hc)
+        return 0;
+    struct smp_h2_dir *d = k->x.is_read ? &hc->rx : &hc->tx;
+    for (int i = 0; i < SMP_HP_PER_CALL; i++) {
+        u32 qi = k->hq_i;
+        if (qi >= k->hq_n || qi >= SMP_HQ) {
+            smp_hq_give_up(k, d);  /* the blocks the queue had no room for, if any */
+            return 0;
+        }
+        k->hq_i = qi + 1;
+        smp_h2_hpack(k, d, &k->hq[qi & (SMP_HQ - 1)]);
     }
-    smp_h2_lost(k, d, ps);
+    smp_hq_decode(ctx, k, d);
     return 0;
 }
 
@@ -1028,6 +1322,7 @@ SMP_INLINE int smp_h2_begin(struct smp_conn *c, struct smp_io *io, u8 cls, struc
             return -1;
         struct smp_h2_conn fresh = {};
         fresh.gen = (u32)bpf_ktime_get_ns() | 1;
+        fresh.tx.hp.on = c->role == SMP_ROLE_DS;  /* the responses' statuses */
         smp_h2_conns.update(&key, &fresh);
         hc = smp_h2_conns.lookup(&key);
         if (!hc)
@@ -1048,6 +1343,9 @@ SMP_INLINE int smp_h2_begin(struct smp_conn *c, struct smp_io *io, u8 cls, struc
         pos = k->len[0];
     k->off = pos;
     k->done = pos;
+    k->hq_n = 0;
+    k->hq_i = 0;
+    k->hq_over = 0;
     k->x.key = key;
     k->x.ts = io->ts;
     k->x.ts_call = io->ts_call;
@@ -1251,6 +1549,10 @@ SMP_INLINE void smp_ds_read(struct smp_conn *c, struct smp_io *io, u8 cls, struc
         }
         return;
     }
+    if (c->tls == 2) {
+        smp_burst_ds_read(io);  /* HTTP/2 inside TLS: spans per upstream stream */
+        return;
+    }
     if (cls == CLS_TLS)
         c->tls = 1;
     if (c->tls || cls == CLS_REQ)
@@ -1263,6 +1565,10 @@ SMP_INLINE void smp_ds_read(struct smp_conn *c, struct smp_io *io, u8 cls, struc
 SMP_INLINE void smp_ds_write(struct smp_conn *c, struct smp_io *io, u8 cls,
                              struct smp_proc_stats *ps)
 {
+    if (c->tls == 2) {
+        smp_burst_ds_write(io, ps);  /* HTTP/2 inside TLS: spans per upstream stream */
+        return;
+    }
     if (c->phase == SMP_PHASE_REQUEST) {
         /* A plaintext HTTP/1.1 response to a request thread order matched to an upstream
          * write takes its upstream half from the answer queue: the answer to the upstream

@@ -92,6 +92,9 @@ enum smp_proto {
 #define SMP_F_MATCH_RESP 0x100  /* upstream leg paired by response order (see sidecar.c) */
 #define SMP_F_US_TLS 0x200      /* upstream leg is TLS (mTLS): its instants are the worker
                                  * thread's TLS read/write bursts, not this request's own */
+#define SMP_F_DS_BURST 0x8000   /* downstream is HTTP/2 inside TLS (mTLS): one span per upstream
+                                 * stream; ds_rx_beg/ds_tx_end are the worker thread's TLS
+                                 * read/write bursts on the downstream, not this stream's own */
 
 struct smp_span {
     u64 ds_rx_beg;

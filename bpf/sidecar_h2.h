@@ -34,11 +34,42 @@
 #define SMP_H2_SEGS 8              /* iovec entries followed in one readv/writev */
 #define SMP_H2_RESYNC_FRAMES 8     /* frame headers a resynchronisation checks */
 
+/* Statuses in header blocks (RFC 7541): a shadow of the encoder's dynamic table that keeps
+ * only what statuses need. Every insertion is counted (ins); the entries that were a
+ * :status or grpc-status (or whose name could not be told) are kept with their insertion
+ * number in SMP_HP_SLOTS slots. Dynamic index 62 + j is insertion number ins - 1 - j
+ * (evictions drop the oldest, which the encoder then never refers to): a status slot, else
+ * a header that is no status, unless it was inserted before the shadow began (a connection
+ * open before the capture) or before floor: a reused slot's entry, or a header block it could
+ * not follow to its end (X insertions not counted). Then unknown, never guessed. After such
+ * a block both counts differ by X for every later insertion, so index 62 + j still names
+ * insertion ins - 1 - j of ours when that is >= floor (later entries resolve again); older
+ * ones land below floor. */
+#define SMP_HP_SLOTS 4
+#define SMP_HP_BUF 256             /* bytes of a header block decoded */
+#define SMP_HP_FIELDS 12           /* header fields decoded per block */
+#define HP_K_OTHER 0
+#define HP_K_STATUS 1              /* :status */
+#define HP_K_GRPC 2                /* grpc-status */
+#define HP_K_UNKNOWN 3             /* a name that could not be resolved */
+#define HP_NOCODE 0xfff            /* a status whose value was not decoded */
+#define HP_NONE 0xffff
+
+struct smp_hpack {
+    u32 ins;      /* insertions seen since the shadow began */
+    u32 floor;    /* insertions numbered below this are unknown */
+    u32 seq[SMP_HP_SLOTS];
+    u16 kc[SMP_HP_SLOTS];  /* kind << 12 | code; 0: an empty slot */
+    u8 on;        /* this direction's header blocks are decoded */
+    u8 pad[3];
+};
+
 struct smp_h2_dir {
     u32 skip;     /* payload bytes of the current frame still to come */
     u8 synced;    /* the next byte is a frame header's (or the skip's end is) */
     u8 have;      /* bytes of a split frame header kept in hdr */
     u8 hdr[10];
+    struct smp_hpack hp;
 };
 
 struct smp_h2_conn {
@@ -66,6 +97,33 @@ struct smp_h2_ctx {
     u8 pad[5];
 };
 
+/* The decoder's working state, in the per-CPU scratch (not in registers: the verifier then
+ * sees alike states at each field and prunes): the cursor, and where the :status [0] and
+ * grpc-status [1] literal values are, decoded once after the walk over the fields. */
+struct smp_hp_work {
+    u32 at;
+    u32 vpos[2];
+    u32 vlen[2];
+    u8 vhuff[2];
+    u8 vseen[2];
+    s8 vslot[2];   /* the shadow slot the value was inserted in, or -1 */
+    u16 status;    /* from an indexed field */
+    u16 grpc;
+    u8 unresolved;
+    u8 bad;
+    u8 pad[2];
+};
+
+#define SMP_HQ 32                  /* header blocks queued for decoding per call */
+struct smp_hq {
+    u64 at;        /* the block's first byte in the user buffer */
+    u32 n;         /* its bytes there (the rest is in a later buffer or call) */
+    u32 flen;      /* the frame's payload length */
+    u32 sid;
+    u8 fl;         /* the frame's flags */
+    u8 pad[3];
+};
+
 /* One read's or write's walk, in a per-CPU map: the first SMP_H2_SEGS iovecs cut to the
  * bytes moved, and a cursor. The walk is a chain of tail calls of one program, one frame
  * header each (each program small enough for the verifier; at most 33 in a chain). */
@@ -79,6 +137,14 @@ struct smp_h2_call {
     u32 seg;
     u32 frames;
     struct smp_h2_ctx x;
+    /* the HEADERS frames whose blocks are decoded once the walk is done (smp_h2_hpack_step) */
+    u32 hq_n;
+    u32 hq_i;
+    u32 hq_over;   /* HEADERS frames the queue had no room for */
+    u32 hq_pad;
+    struct smp_hq hq[SMP_HQ];
+    struct smp_hp_work hp_w;
+    u8 hp[SMP_HP_BUF + 16];  /* a header block's first bytes, being decoded */
 };
 
 /* Gather the call's buffers. 0, or -1 when user memory could not be read. */
@@ -250,6 +316,308 @@ static inline __attribute__((always_inline)) int smp_h2_next(struct smp_h2_call 
         return 1;
     }
     return k->done >= k->total ? 0 : -1;
+}
+
+/* -- HPACK, as far as statuses go ------------------------------------------------------------ */
+struct smp_hp_out {
+    u16 status;      /* :status, 0 when none was seen */
+    u16 grpc;        /* grpc-status, HP_NONE when none was seen */
+    u8 unresolved;   /* a field could not be told (unknown dynamic entry, cut-off block) */
+    u8 pad[3];
+};
+
+#define HP_B(b, i) ((b)[(i) & (SMP_HP_BUF - 1)])
+
+/* An HPACK integer with an N-bit prefix (max = 2^N - 1) at *pos, at most 2 continuation
+ * bytes (values up to 2^14 + max): 0, or -1 (cut off, or larger). */
+static inline __attribute__((always_inline)) int smp_hp_int(const u8 *b, u32 *pos, u32 n, u32 max,
+                                                            u32 *out)
+{
+    u32 p = *pos;
+    u32 v = HP_B(b, p) & max;
+    p++;
+    if (v == max) {
+        u8 c = HP_B(b, p);
+        p++;
+        v += c & 0x7f;
+        if (c & 0x80) {
+            c = HP_B(b, p);
+            p++;
+            v += (u32)(c & 0x7f) << 7;
+            if (c & 0x80)
+                return -1;
+        }
+    }
+    if (p > n)
+        return -1;
+    *pos = p;
+    *out = v;
+    return 0;
+}
+
+/* A status value of 1 to 3 decimal digits, raw or Huffman coded (the digits' Huffman codes
+ * are '0'-'2' 5 bits 00000-00010, '3'-'9' 6 bits 011001-011111; the rest is EOS padding,
+ * fewer than 8 one bits): the number, or HP_NOCODE. */
+static inline __attribute__((always_inline)) u32 smp_hp_digits(const u8 *b, u32 pos, u32 len, u8 huff)
+{
+    if (!len || len > 3)
+        return HP_NOCODE;
+    u32 code = 0;
+    if (!huff) {
+        for (u32 i = 0; i < 3; i++) {
+            if (i >= len)
+                break;
+            u8 c = HP_B(b, pos + i);
+            if (c < '0' || c > '9')
+                return HP_NOCODE;
+            code = code * 10 + (c - '0');
+        }
+        return code;
+    }
+    u32 bits = 0, nb = 0, nd = 0;
+    for (u32 i = 0; i < 3; i++) {
+        if (i >= len)
+            break;
+        bits = bits << 8 | HP_B(b, pos + i);
+        nb += 8;
+    }
+    for (int i = 0; i < 4; i++) {
+        if (nb < 5 || nb > 24)
+            break;
+        u32 v5 = (bits >> (nb - 5)) & 0x1f;
+        if (v5 <= 2) {
+            code = code * 10 + v5;
+            nb -= 5;
+            nd++;
+            continue;
+        }
+        if (nb < 6)
+            break;
+        u32 v6 = (bits >> (nb - 6)) & 0x3f;
+        if (v6 < 0x19 || v6 > 0x1f)
+            break;
+        code = code * 10 + (v6 - 0x16);
+        nb -= 6;
+        nd++;
+    }
+    if (!nd || nb >= 8)
+        return HP_NOCODE;
+    u32 mask = (1u << nb) - 1;
+    return (bits & mask) == mask ? code : HP_NOCODE;
+}
+
+/* A literal name: :status or grpc-status (raw or Huffman), else another header. */
+static inline __attribute__((always_inline)) u8 smp_hp_name(const u8 *b, u32 pos, u32 len, u8 huff)
+{
+    if (huff && len == 8) {  /* Huffman "grpc-status": 9a ca c8 b2 12 34 da 8f */
+        return HP_B(b, pos) == 0x9a && HP_B(b, pos + 1) == 0xca && HP_B(b, pos + 2) == 0xc8 &&
+                       HP_B(b, pos + 3) == 0xb2 && HP_B(b, pos + 4) == 0x12 &&
+                       HP_B(b, pos + 5) == 0x34 && HP_B(b, pos + 6) == 0xda &&
+                       HP_B(b, pos + 7) == 0x8f
+                   ? HP_K_GRPC
+                   : HP_K_OTHER;
+    }
+    if (!huff && len == 11) {
+        return HP_B(b, pos) == 'g' && HP_B(b, pos + 1) == 'r' && HP_B(b, pos + 2) == 'p' &&
+                       HP_B(b, pos + 3) == 'c' && HP_B(b, pos + 4) == '-' &&
+                       HP_B(b, pos + 5) == 's' && HP_B(b, pos + 6) == 't' &&
+                       HP_B(b, pos + 7) == 'a' && HP_B(b, pos + 8) == 't' &&
+                       HP_B(b, pos + 9) == 'u' && HP_B(b, pos + 10) == 's'
+                   ? HP_K_GRPC
+                   : HP_K_OTHER;
+    }
+    if (huff && len == 5) {  /* Huffman ":status": b8 84 8d 36 a3 */
+        return HP_B(b, pos) == 0xb8 && HP_B(b, pos + 1) == 0x84 && HP_B(b, pos + 2) == 0x8d &&
+                       HP_B(b, pos + 3) == 0x36 && HP_B(b, pos + 4) == 0xa3
+                   ? HP_K_STATUS
+                   : HP_K_OTHER;
+    }
+    if (!huff && len == 7) {
+        return HP_B(b, pos) == ':' && HP_B(b, pos + 1) == 's' && HP_B(b, pos + 2) == 't' &&
+                       HP_B(b, pos + 6) == 's'
+                   ? HP_K_STATUS
+                   : HP_K_OTHER;
+    }
+    return HP_K_OTHER;
+}
+
+/* Dynamic index 62 + j: kind << 12 | code of a status entry, HP_K_OTHER << 12 for a known
+ * other header, HP_K_UNKNOWN << 12 when it cannot be told. */
+static inline __attribute__((always_inline)) u32 smp_hp_dyn(struct smp_hpack *h, u32 j)
+{
+    if (j >= h->ins)
+        return HP_K_UNKNOWN << 12;
+    u32 t = h->ins - 1 - j;
+    if (t < h->floor)
+        return HP_K_UNKNOWN << 12;
+    for (int i = 0; i < SMP_HP_SLOTS; i++)
+        if (h->kc[i] && h->seq[i] == t)
+            return h->kc[i];
+    return HP_K_OTHER << 12;
+}
+
+static inline __attribute__((always_inline)) int smp_hp_insert_slot(struct smp_hpack *h, u32 kc)
+{
+    u32 t = h->ins++;
+    if (!(kc >> 12))
+        return -1;  /* no status: the count is all it needs */
+    int pick = -1, oi = 0;
+    u32 oldest = 0xffffffff;
+    for (int i = 0; i < SMP_HP_SLOTS; i++) {
+        if (!h->kc[i]) {
+            if (pick < 0)
+                pick = i;
+        } else if (h->seq[i] < oldest) {
+            oldest = h->seq[i];
+            oi = i;
+        }
+    }
+    if (pick < 0) {
+        pick = oi;  /* a status entry forgotten: indexes as old as it become unknown */
+        if (oldest + 1 > h->floor)
+            h->floor = oldest + 1;
+    }
+    pick &= SMP_HP_SLOTS - 1;
+    h->seq[pick] = t;
+    h->kc[pick] = kc;
+    return pick;
+}
+
+/* One header field at w->at: the shadow follows it, statuses go to w. */
+static inline __attribute__((always_inline)) void smp_hp_field(struct smp_hpack *h, const u8 *b, u32 end,
+                                                               struct smp_hp_work *w)
+{
+    u32 pos = w->at, idx = 0;
+    u8 c = HP_B(b, pos);
+    if (c & 0x80) {                     /* indexed field */
+        if (smp_hp_int(b, &pos, end, 0x7f, &idx)) {
+            w->bad = 1;
+            return;
+        }
+        w->at = pos;
+        u32 kc = 0;
+        if (idx >= 8 && idx <= 14) {
+            u32 q = idx - 8;
+            w->status = q == 0 ? 200 : q == 1 ? 204 : q == 2 ? 206 : q == 3 ? 304 :
+                        q == 4 ? 400 : q == 5 ? 404 : 500;
+            return;
+        }
+        if (idx < 62)
+            return;
+        kc = smp_hp_dyn(h, idx - 62);
+        u32 kind = kc >> 12, code = kc & 0xfff;
+        if (kind == HP_K_UNKNOWN || code == HP_NOCODE)
+            w->unresolved = 1;
+        else if (kind == HP_K_STATUS)
+            w->status = code;
+        else if (kind == HP_K_GRPC)
+            w->grpc = code;
+        return;
+    }
+    if ((c & 0xe0) == 0x20) {           /* dynamic table size update */
+        if (smp_hp_int(b, &pos, end, 0x1f, &idx)) {
+            w->bad = 1;
+            return;
+        }
+        w->at = pos;
+        if (!idx) {                     /* emptied: the shadow is exact again */
+            h->floor = h->ins;
+        }
+        return;
+    }
+    u8 insert = (c & 0xc0) == 0x40;    /* a literal, with or without indexing */
+    if (smp_hp_int(b, &pos, end, insert ? 0x3f : 0x0f, &idx)) {
+        w->bad = 1;
+        return;
+    }
+    u32 kind = HP_K_OTHER, len = 0;
+    if (!idx) {
+        u8 huff = HP_B(b, pos) & 0x80;
+        if (smp_hp_int(b, &pos, end, 0x7f, &len) || pos + len > end) {
+            w->bad = 1;
+            return;
+        }
+        kind = smp_hp_name(b, pos, len, huff);
+        pos += len;
+    } else if (idx >= 8 && idx <= 14) {
+        kind = HP_K_STATUS;
+    } else if (idx >= 62) {
+        kind = smp_hp_dyn(h, idx - 62) >> 12;
+    }
+    u8 vh = HP_B(b, pos) & 0x80;
+    u32 vpos = pos;
+    if (smp_hp_int(b, &vpos, end, 0x7f, &len) || vpos + len > end) {
+        w->bad = 1;
+        return;
+    }
+    w->at = vpos + len;
+    int slot = -1;
+    if (insert)
+        slot = smp_hp_insert_slot(h, kind << 12 | HP_NOCODE);
+    if (kind == HP_K_UNKNOWN) {
+        w->unresolved = 1;
+    } else if (kind == HP_K_STATUS || kind == HP_K_GRPC) {
+        u32 v = kind - 1;
+        v &= 1;
+        w->vpos[v] = vpos;
+        w->vlen[v] = len;
+        w->vhuff[v] = vh;
+        w->vseen[v] = 1;
+        w->vslot[v] = slot;
+    }
+}
+
+/* Decode a header block's first n bytes (b), the frame's flags, and whether those n bytes
+ * are its whole payload: the statuses in it (o); the shadow follows its insertions. */
+static inline __attribute__((always_inline)) void smp_hp_parse(struct smp_hpack *h, const u8 *b, u32 n,
+                                                               u8 flags, int whole,
+                                                               struct smp_hp_out *o,
+                                                               struct smp_hp_work *w)
+{
+    u32 pos = 0, end = n;
+    if (flags & 0x08) {  /* PADDED */
+        u32 padlen = HP_B(b, 0);
+        pos = 1;
+        if (whole)
+            end = padlen < n ? n - padlen : 0;
+    }
+    if (flags & 0x20)    /* PRIORITY */
+        pos += 5;
+    __builtin_memset(w, 0, sizeof(*w));
+    w->at = pos;
+    w->grpc = HP_NONE;
+    w->vslot[0] = -1;
+    w->vslot[1] = -1;
+    for (int i = 0; i < SMP_HP_FIELDS; i++) {
+        asm volatile("" ::: "memory");
+        if (w->bad || w->at >= end)
+            break;
+        smp_hp_field(h, b, end, w);
+    }
+    asm volatile("" ::: "memory");
+    o->status = w->status;
+    o->grpc = w->grpc;
+    o->unresolved = w->unresolved;
+    for (int v = 0; v < 2; v++) {
+        if (!w->vseen[v])
+            continue;
+        u32 code = smp_hp_digits(b, w->vpos[v], w->vlen[v], w->vhuff[v]);
+        s8 slot = w->vslot[v];
+        if (slot >= 0)
+            h->kc[slot & (SMP_HP_SLOTS - 1)] = (u16)((v + 1) << 12 | code);
+        if (code == HP_NOCODE)
+            o->unresolved = 1;
+        else if (v == 0)
+            o->status = code;
+        else
+            o->grpc = code;
+    }
+    if (w->bad || w->at < end || !whole || !(flags & 0x04)) {
+        /* not followed to its end (cut off, more fields, CONTINUATION frames): its
+         * insertions are not all counted */
+        o->unresolved = 1;
+        h->floor = h->ins;
+    }
 }
 
 #endif

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from profiler.legs import (
     to_us,
 )
 from profiler.probes.sidecar import (
+    F_DS_BURST,
     F_DS_H2,
     F_DS_TLS,
     F_MATCH_RESP,
@@ -87,6 +88,9 @@ class Target:
     tls_upstream: int = 0  # spans whose upstream leg is a TLS burst (mTLS), not their own
     h2_downstream: int = 0  # spans whose downstream leg was an HTTP/2 stream
     h2_upstream: int = 0
+    # spans of HTTP/2 inside a TLS downstream (mTLS, server side): one per upstream stream,
+    # their downstream instants the worker thread's TLS read/write bursts
+    tls_burst_downstream: int = 0
     # connections that closed (or were open at the end) with bytes no span explains:
     # (fd, "downstream"|"upstream", bytes read, bytes written), the largest kept
     unparsed_conns: list[tuple[int, str, int, int]] = field(default_factory=list)
@@ -306,6 +310,7 @@ class Engine:
         t.h2_downstream += int(np.count_nonzero(flags & F_DS_H2))
         t.tls_upstream += int(np.count_nonzero(flags & F_US_TLS))
         t.h2_upstream += int(np.count_nonzero(flags & F_US_H2))
+        t.tls_burst_downstream += int(np.count_nonzero(flags & F_DS_BURST))
         with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
         if with_id.any():
             cols = np.column_stack((np.full(int(with_id.sum()), t.pid), up[with_id],
@@ -384,6 +389,11 @@ class Engine:
 
     def proc_stats(self, pid: int) -> dict[str, int]:
         return self._probe.proc_stats(pid)
+
+    def statuses(self, pid: int) -> dict[str, Any] | None:
+        """HTTP/2 response statuses decoded in the kernel (a probe without them: None)."""
+        fn = getattr(self._probe, "statuses", None)
+        return fn(pid) if fn is not None else None
 
     def drops(self) -> int:
         return self._probe.drops()

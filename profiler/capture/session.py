@@ -168,6 +168,7 @@ class CaptureSession:
         tls = sum(t.tls_downstream for t in self.engine.targets.values())
         h2 = sum(t.h2_downstream + t.h2_upstream for t in self.engine.targets.values())
         tls_up = sum(t.tls_upstream for t in self.engine.targets.values())
+        burst = sum(t.tls_burst_downstream for t in self.engine.targets.values())
         doc: dict[str, Any] = {
             "kind": document.KIND,
             "format_version": document.FORMAT_VERSION,
@@ -178,7 +179,7 @@ class CaptureSession:
             "end_time": end_wall.isoformat(),
             "duration_s": round(duration, 6),
             "drops": self.engine.drops(),
-            "method": _method(self.engine.method, tls, h2, tls_up),
+            "method": _method(self.engine.method, tls - burst, h2, tls_up, burst),
             "probe_path": self.engine.probe_path,
             "sidecars": sidecars,
             "apps": apps,
@@ -243,19 +244,35 @@ class CaptureSession:
             if t.h2_downstream:
                 entry["http2_streams"] = document.stream_times(t.rows, F_DS_H2)
             entry["tls_downstream_spans"] = t.tls_downstream
+            entry["tls_burst_downstream_spans"] = t.tls_burst_downstream
+            statuses = self.engine.statuses(pid)
+            if statuses is not None:
+                # HTTP/2 responses (spans and local replies), decoded in the kernel (HPACK):
+                # :status, grpc-status, and the blocks it could not decode (never guessed)
+                entry["http2_statuses"] = statuses
             entry["arrival_missing"] = dict(t.arrival_missing)
         return entry
 
 
-def _method(base: str, tls_spans: int, h2_spans: int = 0, tls_up: int = 0) -> str:
+def _method(
+    base: str, tls_spans: int, h2_spans: int = 0, tls_up: int = 0, tls_burst: int = 0
+) -> str:
     parts = [base]
+    if tls_burst:
+        parts.append(
+            "HTTP/2 inside TLS downstream (mTLS): one span per upstream stream (plaintext, "
+            "followed per stream: the upstream leg is the stream's own); request_proxy and "
+            "response_proxy per TLS burst: from the worker thread's first downstream read of "
+            "the burst before the stream's upstream write, to its first downstream write "
+            "after the stream's response ended upstream"
+        )
     if tls_spans:
         parts.append(
             "TLS downstream: per connection read burst, request_proxy from the first "
             "downstream read that precedes the plaintext upstream write, matched by worker "
             "thread; its arrival stamp is the first of that TLS read burst"
         )
-    else:
+    elif not tls_burst:
         parts.append("plaintext HTTP/1.1, matched by x-request-id")
     if h2_spans:
         parts.append(

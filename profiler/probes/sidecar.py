@@ -50,6 +50,10 @@ F_DS_H2, F_US_H2, F_MATCH_RESP, F_US_TLS = (
 F_DS_TLS, F_MATCH_RID, F_MATCH_THREAD, F_DRAINED = (
     HEADER.const(f"SMP_F_{n}") for n in ("DS_TLS", "MATCH_RID", "MATCH_THREAD", "DRAINED")
 )
+# the kinds of smp_h2_status's keys (bpf/sidecar.c, not the shared header)
+_ST_KINDS = {1: "http", 2: "grpc"}
+_ST_UNKNOWN = 3
+F_DS_BURST = HEADER.const("SMP_F_DS_BURST")  # HTTP/2 inside TLS downstream, per upstream stream
 _PATHS: dict[str, int] = {
     "sock": HEADER.const("SMP_PATH_SOCK"),
     "syscalls": HEADER.const("SMP_PATH_SYSCALLS"),
@@ -144,12 +148,14 @@ def existing_connection_roles(pid: int) -> dict[int, int]:
 def _set_h2_walk(bpf: Any, path: Path_) -> None:
     """The HTTP/2 frame walk is a chain of tail calls of one program (smp_h2_step, one frame
     header each, so each program stays small for the verifier); it must have the type of the
-    path's programs. BCC loads it on demand; it goes into the program array here."""
+    path's programs. BCC loads it on demand; it goes into the program array here, with the
+    header-block decoder (smp_h2_hpack_step, statuses) it hands a HEADERS frame to."""
     from bcc import BPF
 
-    fn = bpf.load_func("smp_h2_step", BPF.RAW_TRACEPOINT if path == "sock" else BPF.TRACEPOINT)
+    kind = BPF.RAW_TRACEPOINT if path == "sock" else BPF.TRACEPOINT
     progs = bpf["smp_h2_progs"]
-    progs[ctypes.c_int(0)] = ctypes.c_int(fn.fd)
+    for i, name in enumerate(("smp_h2_step", "smp_h2_hpack_step")):
+        progs[ctypes.c_int(i)] = ctypes.c_int(bpf.load_func(name, kind).fd)
 
 
 class SidecarProbe:
@@ -313,6 +319,10 @@ class SidecarProbe:
         procs = b["smp_proc"]
         with contextlib.suppress(KeyError):
             del procs[procs.Key(pid)]
+        statuses = b["smp_h2_status"]
+        for key in [k for k in statuses if k.upid == pid]:
+            with contextlib.suppress(KeyError):
+                del statuses[key]
 
     @property
     def targets(self) -> dict[int, Mode]:
@@ -402,6 +412,23 @@ class SidecarProbe:
             return dict.fromkeys(PROC_STATS, 0)
         return {name: int(getattr(s, name)) for name in PROC_STATS}
 
+    def statuses(self, pid: int) -> dict[str, Any]:
+        """The HTTP/2 response statuses the probe decoded in the kernel for ``pid``
+        (sidecar.c, "statuses (HPACK)"): ``{"http": {code: n}, "grpc": {code: n},
+        "unknown": n}``, codes as strings, as a JSON document keeps them."""
+        out: dict[str, Any] = {"http": {}, "grpc": {}, "unknown": 0}
+        for k, v in self._bpf["smp_h2_status"].items():
+            if k.upid != pid:
+                continue
+            if k.kind == _ST_UNKNOWN:
+                out["unknown"] += int(v.value)
+            elif k.kind in _ST_KINDS:
+                bucket = out[_ST_KINDS[k.kind]]
+                bucket[str(k.code)] = bucket.get(str(k.code), 0) + int(v.value)
+        for name in ("http", "grpc"):
+            out[name] = dict(sorted(out[name].items(), key=lambda kv: int(kv[0])))
+        return out
+
     def drops(self) -> int:
         """Spans lost: ring-buffer reservations that failed (the ring was full)."""
         return loader.drops(self._bpf) + self._ring.discarded
@@ -431,6 +458,8 @@ class SidecarProbe:
         "smp_ans_init",
         "smp_ans_out",
         "smp_tls_last",
+        "smp_tls_init",
+        "smp_h2_status",
     )
 
     def map_bytes(self) -> Iterator[tuple[str, bytes]]:

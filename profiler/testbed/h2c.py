@@ -1,7 +1,9 @@
 """The app's HTTP/2 cleartext (prior knowledge) port, gRPC-style traffic, with the ``h2`` package.
 
 Same behaviour as the HTTP/1.1 port: ``delay`` per request, ``body`` as the response, the
-request's x-request-id echoed, ``/__stats`` not counted; the counters are shared.
+request's x-request-id echoed, ``/__stats`` not counted; the counters are shared. A request
+header ``x-smp-status: NNN`` (100..599) makes the response that status (for tests that count
+statuses).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Protocol
+
+STATUS_KEY = "x-smp-status"
 
 
 class _Stats(Protocol):
@@ -79,7 +83,10 @@ class H2cProtocol(asyncio.Protocol):
     def _respond(self, stream_id: int, req: dict[str, str], body: bytes) -> None:
         if self.transport is None:
             return
-        out: list[tuple[str, str]] = [(":status", "200"), ("content-length", str(len(body)))]
+        status = req.get(STATUS_KEY, "200")
+        if not (status.isdigit() and 100 <= int(status) <= 599):
+            status = "200"
+        out: list[tuple[str, str]] = [(":status", status), ("content-length", str(len(body)))]
         if "x-request-id" in req:
             out.append(("x-request-id", req["x-request-id"]))
         try:
