@@ -39,12 +39,17 @@ COMPLETE = 0.99
 # of the same burst, before this change as after; their legs are those of a neighbour read
 # within the same ~100 us, so the per-request legs below still hold): not asserted there.
 SOCKET_UNKNOWABLE = {"bursts-10-conns-no-ids"}
-# Where the capture sees the Envoy -> app packet: tcpdump on lo has only the receiving side's
-# copy, after the loopback device's softirq, ~10 us after Envoy's write queued the packet (our
-# instant, as for eth0 packets, which tcpdump sees as they are queued). So the wire's
-# request_proxy is that much long and its upstream that much short (measured -11/+9 us per
-# request at the median, on both probe paths): the wire's legs are compared shifted by it.
-LO_CAPTURE_US = {"request_proxy": -10.0, "upstream": 10.0, "response_proxy": 0.0}
+# Where the capture looks vs where the probe does. (1) The Envoy -> app packet: tcpdump on lo
+# has only the receiving side's copy, after the loopback device's softirq, ~10 us after Envoy's
+# write queued the packet (our instant, as for eth0 packets, which tcpdump sees as they are
+# queued; measured -11/+9 us per request at the median, both probe paths). (2) The client's
+# request: tcpdump copies it as it comes off the pod's eth0, before IP, netfilter (the
+# REDIRECT) and TCP run; our arrival is the socket's sk_data_ready after them, 13 us later at
+# the median per request (helper H-B's trace of a failed run, lined up on the packets). The
+# request_proxy leg is defined from the socket (issue 12), so the wire's is shifted by both;
+# with (1) alone the one-connection and mTLS cases failed about 1 run in 3 (ours 22-42 us
+# under the wire's p50 against a 20-22 us bound, on the commit before as well).
+CAPTURE_POINT_US = {"request_proxy": -10.0 - 13.0, "upstream": 10.0, "response_proxy": 0.0}
 # The p99 bound of the issue, max(100 us, 25%), except with mTLS: there the downstream is
 # stamped per TLS read burst and, on a loaded node, the 5th-largest of 500 requests came out
 # 167 us short of the wire's (405 vs 572 us; it failed twice this way in this session's runs, ours
@@ -116,7 +121,7 @@ def test_legs_match_the_wire_request_by_request(
     both = _joined(cmp)
     assert both.sum() >= 0.99 * cmp.with_span  # Envoy logged the requests we have
     for leg in MAIN:
-        wire = cmp.wire[leg][both] + LO_CAPTURE_US[leg]
+        wire = cmp.wire[leg][both] + CAPTURE_POINT_US[leg]
         ours, envoy = cmp.ours[leg][both], cmp.envoy[leg][both]
         w50, w99 = np.median(wire), np.percentile(wire, 99)
         # the issue's tolerance, on the distributions ...
