@@ -55,7 +55,6 @@
 #ifndef SMP_FIFO
 #define SMP_FIFO 32                /* requests a worker thread may have read but not yet sent on */
 #endif
-#define SMP_RFIFO 16               /* upstream responses a thread read, for the repair */
 
 #define SMP_INLINE static inline __attribute__((always_inline))
 
@@ -112,9 +111,6 @@ struct smp_scan {
 };
 struct smp_fifo {
     u64 keys[SMP_FIFO];
-    u64 rsp[SMP_RFIFO];  /* upstream connections this thread read a response from, in order */
-    u32 rhead;
-    u32 rtail;
     u32 head;
     u32 tail;
     u32 upid;       /* so user space can drop a detached process's threads */
@@ -131,6 +127,7 @@ struct smp_args {
     u8 skip;
     u8 mode;
     u8 pad[5];
+    u64 sk;         /* a TCP read: the socket tcp_rcv_space_adjust named during it (else 0) */
 };
 #include "sidecar_h2.h"
 
@@ -151,6 +148,16 @@ BPF_TABLE("lru_hash", u32, struct smp_fifo, smp_thread_fifo, SMP_MAX_THREADS);
 BPF_HASH(smp_args_map, u64, struct smp_args, SMP_ARGS_ENTRIES);
 /* Roles of connections open before the probe attached: upid << 32 | fd -> enum smp_role. */
 BPF_HASH(smp_seed, u64, u8, SMP_MAX_CONNS);
+/* The syscalls path sees every fd: the traced processes' sockets (accepted, connected, or
+ * open when the probe attached: seeded by user space), upid << 32 | fd -> 1, so that their
+ * bytes count as on the sock path when no connection entry explains them (an app's
+ * non-HTTP bytes). Unused on the sock path (every byte it sees is a socket's). */
+#if SMP_PATH == SMP_PATH_SOCK
+#define SMP_SOCKFD_ENTRIES 1
+#else
+#define SMP_SOCKFD_ENTRIES SMP_MAX_CONNS
+#endif
+BPF_TABLE("lru_hash", u64, u8, smp_sockfd, SMP_SOCKFD_ENTRIES);
 /* PID namespaces: targets given by their PID in a namespace that is not the kernel's
  * initial one are learned the first time they do socket I/O (smp_target_of). */
 BPF_ARRAY(smp_ns, struct smp_pidns, SMP_MAX_NS);
@@ -799,8 +806,10 @@ SMP_INLINE void smp_ans_push(u32 tid, u32 upid, struct smp_span *s, u64 ts, u64 
 }
 
 /* A downstream response starts at now on downstream fd ds_fd: its upstream answer (in a
- * per-CPU buffer), or 0. */
-SMP_INLINE struct smp_ans *smp_ans_pop(u32 tid, u64 now, s32 ds_fd, struct smp_proc_stats *ps)
+ * per-CPU buffer), or 0: the one whose request thread order gave ds_fd, else the oldest;
+ * one written upstream before ``since`` (the request's read) only when there is no other. */
+SMP_INLINE struct smp_ans *smp_ans_take(u32 tid, u64 now, s32 ds_fd, u64 since,
+                                        struct smp_proc_stats *ps)
 {
     struct smp_ans_q *q = smp_ans_queue.lookup(&tid);
     if (!q)
@@ -810,7 +819,7 @@ SMP_INLINE struct smp_ans *smp_ans_pop(u32 tid, u64 now, s32 ds_fd, struct smp_p
     if (!out)
         return 0;
     u32 head = q->head, tail = q->tail;
-    u32 pick = tail, first = tail;
+    u32 pick = tail, first = tail, early = tail;
     for (u32 i = 0; i < SMP_ANS_SCAN; i++) {
         u32 h = head + i;
         if (h == tail)
@@ -830,6 +839,11 @@ SMP_INLINE struct smp_ans *smp_ans_pop(u32 tid, u64 now, s32 ds_fd, struct smp_p
                 __sync_fetch_and_add(&ps->stale_answers, 1);
             continue;
         }
+        if (a->us_tx_end < since) {
+            if (early == tail)
+                early = h;
+            continue;  /* sent upstream before the request was read: not its answer */
+        }
         if (first == tail)
             first = h;
         if (a->ds_fd == ds_fd) {
@@ -839,6 +853,10 @@ SMP_INLINE struct smp_ans *smp_ans_pop(u32 tid, u64 now, s32 ds_fd, struct smp_p
     }
     if (pick == tail)
         pick = first;
+    if (pick == tail)
+        pick = early;  /* none after it: the oldest still goes (its span will be counted as
+                        * incomplete), or answers no response takes would pile up ahead of
+                        * the scan and every later response would find none */
     if (pick == tail)
         return 0;
     struct smp_ans_key k = {tid, pick};
@@ -850,6 +868,11 @@ SMP_INLINE struct smp_ans *smp_ans_pop(u32 tid, u64 now, s32 ds_fd, struct smp_p
     if (pick == q->head)
         q->head = pick + 1;
     return out;
+}
+
+SMP_INLINE struct smp_ans *smp_ans_pop(u32 tid, u64 now, s32 ds_fd, struct smp_proc_stats *ps)
+{
+    return smp_ans_take(tid, now, ds_fd, 0, ps);
 }
 
 /* The upstream leg of an answer, onto a downstream span. */
@@ -1376,26 +1399,23 @@ SMP_INLINE void smp_arrival_mark(u64 key)
 
 #if SMP_ARRIVAL == SMP_ARRIVAL_TCP_PROBE && SMP_PATH == SMP_PATH_SYSCALLS
 /* The syscalls path keys connections by tgid << 32 | fd: a traced thread's socket read names
- * its sk in tcp:tcp_rcv_space_adjust (inside tcp_recvmsg, the reader's context); the read's
- * exit then maps that sk to the connection's key. */
-struct smp_read_sk_val { u64 sk; u64 ts; };
-BPF_TABLE("lru_hash", u32, struct smp_read_sk_val, smp_read_sk, SMP_MAX_THREADS); /* tid -> */
+ * its sk in tcp:tcp_rcv_space_adjust (inside tcp_recvmsg, the reader's context), which puts
+ * it in the read's own saved arguments (smp_args.sk: the untraced reads of the node find no
+ * entry, the one lookup they pay); the read's exit maps that sk to the connection's key. */
 BPF_TABLE("lru_hash", u64, u64, smp_sk_key, SMP_MAX_CONNS);       /* sk -> connection key */
 
-/* A read syscall that started at ``since`` returned bytes on ``key``: the sk named during
- * it (never one named before it started: a read of a pipe must not take a socket's) */
-SMP_INLINE void smp_arrival_learn(u32 tid, u64 key, u64 since)
+/* A read returned bytes on ``key``; ``sk`` is the socket named during it (0: none, e.g. a
+ * pipe). An LRU update replaces the entry: only when the mapping changes. */
+SMP_INLINE void smp_arrival_learn(u64 sk, u64 key)
 {
-    struct smp_read_sk_val *v = smp_read_sk.lookup(&tid);
-    if (!v)
+    if (!sk)
         return;
-    u64 s = v->sk, ts = v->ts;
-    smp_read_sk.delete(&tid);
-    if (ts >= since)
-        smp_sk_key.update(&s, &key);
+    u64 *known = smp_sk_key.lookup(&sk);
+    if (!known || *known != key)
+        smp_sk_key.update(&sk, &key);
 }
 #else
-SMP_INLINE void smp_arrival_learn(u32 tid, u64 key, u64 since) {}
+SMP_INLINE void smp_arrival_learn(u64 sk, u64 key) {}
 #endif
 
 /* -- write stamps --------------------------------------------------------------------------
@@ -1549,75 +1569,6 @@ SMP_INLINE void smp_ds_read(struct smp_conn *c, struct smp_io *io, u8 cls, struc
         smp_conn_unparsed(c, ps, io->fd, 1, io->ret);
 }
 
-/* A request matched by thread order to an upstream write that was another request's (the
- * proxy's connection pool sent them in another order than it read them) shows when its
- * response is written with no upstream answer although it went upstream. The answer being
- * written is the oldest upstream response this thread read whose request has not been
- * answered downstream yet (a proxy writes responses in the order it read them): that
- * response's request (A) and this one (B) swap their upstream halves (instants, fds, adopted
- * ids, the upstream connections' back links). */
-SMP_INLINE void smp_swap_upstream(struct smp_conn *a, u64 ak, struct smp_conn *b, u64 bk)
-{
-    struct smp_span t = {};
-    t.us_tx_beg = a->span.us_tx_beg;
-    t.us_tx_end = a->span.us_tx_end;
-    t.us_rx_beg = a->span.us_rx_beg;
-    t.us_fd = a->span.us_fd;
-    a->span.us_tx_beg = b->span.us_tx_beg;
-    a->span.us_tx_end = b->span.us_tx_end;
-    a->span.us_rx_beg = b->span.us_rx_beg;
-    a->span.us_fd = b->span.us_fd;
-    b->span.us_tx_beg = t.us_tx_beg;
-    b->span.us_tx_end = t.us_tx_end;
-    b->span.us_rx_beg = t.us_rx_beg;
-    b->span.us_fd = t.us_fd;
-    u64 xk = a->us_key, yk = b->us_key;
-    a->us_key = yk;
-    b->us_key = xk;
-    if ((a->span.flags & SMP_F_RID_ADOPTED) && (b->span.flags & SMP_F_RID_ADOPTED)) {
-        __builtin_memcpy(t.rid, a->span.rid, SMP_RID_LEN);
-        t.rid_len = a->span.rid_len;
-        t.rid_hash = a->span.rid_hash;
-        smp_copy_rid(&a->span, b->span.rid_len, b->span.rid_hash, b->span.rid);
-        smp_copy_rid(&b->span, t.rid_len, t.rid_hash, t.rid);
-    }
-    a->span.flags |= SMP_F_REPAIRED;
-    b->span.flags |= SMP_F_REPAIRED;
-    struct smp_conn *x = smp_conns.lookup(&xk);
-    if (x && x->ds_key == ak)
-        x->ds_key = bk;
-    struct smp_conn *y = smp_conns.lookup(&yk);
-    if (y && y->ds_key == bk)
-        y->ds_key = ak;
-}
-
-SMP_INLINE void smp_ds_repair(struct smp_conn *b, struct smp_io *io)
-{
-    u32 tid = io->tid;
-    struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
-    if (!q)
-        return;
-    for (int i = 0; i < SMP_RFIFO; i++) {
-        if (q->rhead == q->rtail)
-            return;
-        u64 xk = q->rsp[q->rhead & (SMP_RFIFO - 1)];
-        struct smp_conn *x = smp_conns.lookup(&xk);
-        if (!x || x->role != SMP_ROLE_US || x->ds_key == io->key) {
-            q->rhead++;
-            continue;
-        }
-        u64 ak = x->ds_key;
-        struct smp_conn *a = smp_conns.lookup(&ak);
-        if (!a || a->phase != SMP_PHASE_REQUEST || !a->span.us_rx_beg || a->us_key != xk) {
-            q->rhead++;  /* answered already: not a candidate any more */
-            continue;
-        }
-        q->rhead++;
-        smp_swap_upstream(a, ak, b, io->key);
-        return;
-    }
-}
-
 /* DS, REQUEST -> RESPONSE (or -> IDLE for a local reply); RESPONSE: more of the response. */
 SMP_INLINE void smp_ds_write(struct smp_conn *c, struct smp_io *io, u8 cls,
                              struct smp_proc_stats *ps)
@@ -1626,23 +1577,37 @@ SMP_INLINE void smp_ds_write(struct smp_conn *c, struct smp_io *io, u8 cls,
         smp_burst_ds_write(io, ps);  /* HTTP/2 inside TLS: spans per upstream stream */
         return;
     }
-    /* only a plaintext response head: a TLS record may be a handshake or session ticket */
-    if (c->phase == SMP_PHASE_REQUEST && io->mode == SMP_MODE_PROXY && !c->span.us_rx_beg &&
-        c->span.us_tx_end && (c->span.flags & SMP_F_MATCH_THREAD) && cls == CLS_RESP &&
-        !(c->span.flags & (SMP_F_US_H2 | SMP_F_US_TLS)))  /* HTTP/2: the answer queue's */
-        smp_ds_repair(c, io);
     if (c->phase == SMP_PHASE_REQUEST) {
+        /* A plaintext HTTP/1.1 response to a request thread order matched to an upstream
+         * write takes its upstream half from the answer queue: the answer to the upstream
+         * exchange thread order gave it if that was read, else the oldest answer not sent
+         * before the request was read. A worker writes neither upstream requests nor
+         * downstream responses strictly in the order it read them (Envoy, bursts from 10
+         * connections: ~50% of thread-order matches are another request's), so a request
+         * whose own exchange has not answered yet takes one that did, never none: no
+         * request that went upstream ends as a "local reply" for want of a match. (A TLS
+         * record may be a handshake or a session ticket: not a response head.) */
+        u8 by_order = io->mode == SMP_MODE_PROXY && cls == CLS_RESP && c->span.us_tx_end &&
+                      (c->span.flags & SMP_F_MATCH_THREAD) &&
+                      !(c->span.flags & (SMP_F_US_H2 | SMP_F_US_TLS));
         if (io->mode == SMP_MODE_PROXY && !(c->span.flags & SMP_F_US_TLS) &&
-            (c->span.us_rx_beg || (c->span.flags & SMP_F_US_H2))) {
+            (c->span.us_rx_beg || (c->span.flags & SMP_F_US_H2) || by_order)) {
             /* the response starts: take the thread's upstream answer (keeping the queue in
-             * step); it decides the upstream leg when HTTP/2 is on the upstream side (thread
-             * order is not reliable there) and no request id matched */
-            struct smp_ans *a = smp_ans_pop(io->tid, io->ts, io->fd, ps);
-            if (a && !(c->span.flags & SMP_F_MATCH_RID) &&
-                (a->us_sid || (c->span.flags & SMP_F_US_H2)))
+             * step); it decides the upstream leg when HTTP/2 is on the upstream side or the
+             * request was matched by thread order (above), not when a request id matched */
+            struct smp_ans *a = smp_ans_take(io->tid, io->ts, io->fd,
+                                             by_order ? c->span.ds_rx_beg : 0, ps);
+            if (a && by_order) {
+                if (a->us_fd != c->span.us_fd || a->us_tx_end != c->span.us_tx_end) {
+                    smp_ans_apply(&c->span, a);  /* thread order had it wrong */
+                    c->span.flags |= SMP_F_REPAIRED;
+                }
+            } else if (a && !(c->span.flags & SMP_F_MATCH_RID) &&
+                       (a->us_sid || (c->span.flags & SMP_F_US_H2))) {
                 smp_ans_apply(&c->span, a);
-            else if (!a && (c->span.flags & SMP_F_US_H2))
+            } else if (!a && (c->span.flags & SMP_F_US_H2)) {
                 c->span.us_rx_beg = 0;  /* no answer: a local reply */
+            }
         }
         if (io->mode == SMP_MODE_PROXY && !c->span.us_rx_beg) {
             /* no upstream answer yet: a local reply or TLS handshake, not a span */
@@ -1741,15 +1706,6 @@ SMP_INLINE void smp_us_read(struct smp_conn *c, struct smp_io *io)
 {
     if (c->phase != SMP_PHASE_REQUEST)
         return;
-    u32 tid = io->tid;
-    struct smp_fifo *q = smp_thread_fifo.lookup(&tid);
-    if (q) {
-        u32 t = q->rtail;
-        if (t - q->rhead >= SMP_RFIFO)
-            q->rhead++;
-        q->rsp[t & (SMP_RFIFO - 1)] = io->key;
-        q->rtail = t + 1;
-    }
     struct smp_span *d = smp_pending_span(c->ds_key);
     if (d && d->us_fd == io->fd && !d->us_rx_beg && !(d->flags & SMP_F_DS_H2)) {
         d->us_rx_beg = io->ts;
@@ -1788,8 +1744,15 @@ SMP_INLINE int smp_on_io(struct smp_io *io)
     if (!c) {
         c = smp_conn_join(io, cls);
         if (!c) {
-            if (SMP_PATH == SMP_PATH_SOCK)
+            if (SMP_PATH == SMP_PATH_SOCK) {
                 smp_count_unparsed(ps, io->ret);
+            } else {
+                u64 sfd = ((u64)io->upid << 32) | (u32)io->fd;
+                if (smp_sockfd.lookup(&sfd)) {  /* a socket: its bytes, as on the sock path */
+                    smp_count_bytes(ps, io);
+                    smp_count_unparsed(ps, io->ret);
+                }
+            }
             return 0;
         }
         if (SMP_PATH != SMP_PATH_SOCK)
@@ -2016,7 +1979,7 @@ SMP_INLINE int smp_exit(void *ctx, s64 ret, u8 is_read)
     io.kind = args.io;
     io.ctx = ctx;
     if (is_read)
-        smp_arrival_learn(io.tid, io.key, args.ts);
+        smp_arrival_learn(args.sk, io.key);
     return smp_on_io(&io);
 }
 
@@ -2053,12 +2016,21 @@ TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return smp_exit(args, args->ret, 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return smp_enter(args->fd, (u64)args->mmsg, IO_MMSG, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return smp_exit(args, args->ret, 0); }
 
-/* connection roles: accepted sockets are downstream, connected ones upstream */
+/* connection roles: accepted sockets are downstream, connected ones upstream; both are
+ * sockets of the process whatever its mode (smp_sockfd) */
 SMP_INLINE int smp_fd_role(s64 fd, u8 role)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (fd >= 0)
-        smp_conn_role((id & 0xffffffff00000000ULL) | (u32)fd, role, id >> 32);
+    if (fd < 0)
+        return 0;
+    struct smp_target *t = smp_target_of(id >> 32);
+    if (!t)
+        return 0;
+    u64 sfd = ((u64)t->upid << 32) | (u32)fd;
+    u8 one = 1;
+    smp_sockfd.update(&sfd, &one);
+    if (t->mode == SMP_MODE_PROXY)
+        smp_conn_new((id & 0xffffffff00000000ULL) | (u32)fd, role, t->upid);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return smp_fd_role(args->ret, SMP_ROLE_DS); }
@@ -2068,8 +2040,11 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    if (!smp_filter_pids.lookup(&tgid))
+    struct smp_target *t = smp_filter_pids.lookup(&tgid);
+    if (!t)
         return 0;
+    u64 sfd = ((u64)t->upid << 32) | (u32)args->fd;
+    smp_sockfd.delete(&sfd);
     smp_conn_close((id & 0xffffffff00000000ULL) | (u32)args->fd, 1);
     return 0;
 }
@@ -2109,13 +2084,9 @@ TRACEPOINT_PROBE(tcp, tcp_probe)
 TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust)
 {
     u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32, tid = (u32)id;
-    if (!smp_filter_pids.lookup(&tgid))
-        return 0;
-    struct smp_read_sk_val v = {};
-    v.sk = (u64)args->skaddr;
-    v.ts = bpf_ktime_get_ns();
-    smp_read_sk.update(&tid, &v);
+    struct smp_args *a = smp_args_map.lookup(&id);  /* a traced thread's read in progress */
+    if (a)
+        a->sk = (u64)args->skaddr;
     return 0;
 }
 #endif

@@ -228,6 +228,10 @@ class SidecarProbe:
             seed = b["smp_seed"]
             for fd, role in existing_connection_roles(pid).items():
                 seed[seed.Key((pid << 32) | fd)] = seed.Leaf(role)
+        if self.path == "syscalls":  # which of its fds are sockets (smp_sockfd)
+            sockfd = b["smp_sockfd"]
+            for fd in _socket_inodes(pid):
+                sockfd[sockfd.Key((pid << 32) | fd)] = sockfd.Leaf(1)
         target = b["smp_filter_pids"].Leaf()
         target.upid = pid
         target.mode = code
@@ -312,10 +316,11 @@ class SidecarProbe:
         for key in [k for k, v in conns.items() if v.upid == pid]:
             with contextlib.suppress(KeyError):
                 del conns[key]
-        seed = b["smp_seed"]
-        for key in [k for k in seed if k.value >> 32 == pid]:
-            with contextlib.suppress(KeyError):
-                del seed[key]
+        for name in ("smp_seed", "smp_sockfd"):
+            table = b[name]
+            for key in [k for k in table if k.value >> 32 == pid]:
+                with contextlib.suppress(KeyError):
+                    del table[key]
         procs = b["smp_proc"]
         with contextlib.suppress(KeyError):
             del procs[procs.Key(pid)]
@@ -441,6 +446,7 @@ class SidecarProbe:
         "smp_rid_index",
         "smp_thread_fifo",
         "smp_seed",
+        "smp_sockfd",
         "smp_ns",
         "smp_ns_pending",
         "smp_learning",

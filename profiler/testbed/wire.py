@@ -228,6 +228,9 @@ class WireRequest:
     us_resp_ns: int
     ds_resp_ns: int
     joined_by: str  # "request_id" | "time" (encrypted downstream)
+    # the client's connection (client address, port, server address, port): the requests of
+    # one connection are one downstream socket's in the sidecar, whatever order they went in
+    ds_conn: tuple[str, int, str, int] = ("", 0, "", 0)
 
     @property
     def request_proxy_us(self) -> float:
@@ -296,7 +299,7 @@ def join(exs: list[Exchange]) -> WireResult:
 
 def _request(rid: str | None, d: Exchange, u: Exchange, how: str) -> WireRequest:
     assert d.resp_ns is not None and u.resp_ns is not None
-    return WireRequest(rid, d.req_ns, u.req_ns, u.resp_ns, d.resp_ns, how)
+    return WireRequest(rid, d.req_ns, u.req_ns, u.resp_ns, d.resp_ns, how, d.conn)
 
 
 def analyse(path: Path, server_ports: Iterable[int], kernel_drops: int = 0) -> WireResult:

@@ -8,6 +8,8 @@ the request and response legs swapped."""
 
 from __future__ import annotations
 
+import csv
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,26 +19,46 @@ import pytest
 
 from profiler.legs import MAIN, SPLIT
 from profiler.testbed.accuracy import WireComparison, wire_case
+from profiler.testbed.wire import analyse
 
 pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
 ALL_LEGS = (*MAIN, *SPLIT["request_proxy"], *SPLIT["response_proxy"])
-# Requests on the wire that get a span. Without request ids from the client the probe pairs
-# a downstream request with the upstream write by worker-thread order; in bursts from 10
-# connections Envoy sends some upstream in another order (a new pooled connection, ...), and
-# 2-7% of requests (measured 93.6-97.7%) end as "local replies" with no span: counted in the
-# capture, never silent, asserted below. Left to the probe's matching (issue 11); the
-# issue's 99% holds wherever the client sends ids.
-COMPLETE = {"bursts-10-conns-no-ids": 0.90}
-# Where the capture sees the Envoy -> app packet: tcpdump on lo has only the receiving side's
-# copy, after the loopback device's softirq, ~10 us after Envoy's write queued the packet (our
-# instant, as for eth0 packets, which tcpdump sees as they are queued). So the wire's
-# request_proxy is that much long and its upstream that much short (measured -11/+9 us per
-# request at the median, on both probe paths): the wire's legs are compared shifted by it.
-LO_CAPTURE_US = {"request_proxy": -10.0, "upstream": 10.0, "response_proxy": 0.0}
+# Requests on the wire that get a span: >= 99% in every case. Without request ids from the
+# client the probe pairs a downstream request with an upstream write by worker-thread order,
+# which Envoy does not keep in bursts from 10 connections (it writes upstream requests and
+# downstream responses in neither the order it read them); a response whose thread-order
+# exchange has not answered takes the answer queue's (bpf/sidecar.c, smp_ds_write). The
+# repair it replaced swapped with a still-waiting request or left a "local reply" with no
+# span (93.6-97.7% with a span measured before the answer queue came; 100% in 10 runs of the
+# repair since; 100% in 14 runs with the answer queue, both paths, idle and CPU-loaded node).
+COMPLETE = 0.99
+# Which downstream socket a span names, per client connection (the wire's 4-tuple): with
+# request ids every request of a connection is on one socket. Without them, in bursts of
+# identical requests ("GET /" on 10 connections), which of the burst's requests an upstream
+# exchange carried cannot be told from order or bytes (~25-57% of spans name another socket
+# of the same burst, before this change as after; their legs are those of a neighbour read
+# within the same ~100 us, so the per-request legs below still hold): not asserted there.
+SOCKET_UNKNOWABLE = {"bursts-10-conns-no-ids"}
+# Where the capture looks vs where the probe does. (1) The Envoy -> app packet: tcpdump on lo
+# has only the receiving side's copy, after the loopback device's softirq, ~10 us after Envoy's
+# write queued the packet (our instant, as for eth0 packets, which tcpdump sees as they are
+# queued; measured -11/+9 us per request at the median, both probe paths). (2) The client's
+# request: tcpdump copies it as it comes off the pod's eth0, before IP, netfilter (the
+# REDIRECT) and TCP run; our arrival is the socket's sk_data_ready after them, 13 us later at
+# the median per request (helper H-B's trace of a failed run, lined up on the packets). The
+# request_proxy leg is defined from the socket (issue 12), so the wire's is shifted by both;
+# with (1) alone the one-connection and mTLS cases failed about 1 run in 3 (ours 22-42 us
+# under the wire's p50 against a 20-22 us bound, on the commit before as well).
+CAPTURE_POINT_US = {"request_proxy": -10.0 - 13.0, "upstream": 10.0, "response_proxy": 0.0}
 # The p99 bound of the issue, max(100 us, 25%), except with mTLS: there the downstream is
 # stamped per TLS read burst and, on a loaded node, the 5th-largest of 500 requests came out
 # 167 us short of the wire's (405 vs 572 us; it failed twice this way in this session's runs, ours
 # below the wire both times, medians within 11 us). Said in the closing note: max(200, 40%).
+# Not restored to the issue's bound: the cause was not found. In 3 runs since (sock path,
+# helper H-B's session) ours' mTLS p99 was 17-22 us from the wire's on every leg (request_proxy
+# 4738/4760, 3329/3349, 789/807 us), so the 167 us shortfall needs a loaded node to show and
+# was not caught in a trace. The downstream TLS arrival is the first sk_data_ready since the
+# previous read, taken by the read that starts the span, as for plaintext.
 P99_TOLERANCE = {"mtls": (200.0, 0.40)}
 CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "one-connection-200rps": ({}, {"conns": 1, "period_s": 0.005}),
@@ -48,6 +70,22 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 def _joined(cmp: WireComparison) -> np.ndarray:
     return ~np.isnan(cmp.ours["request_proxy"]) & ~np.isnan(cmp.envoy["request_proxy"])
+
+
+def _on_wrong_socket(tb: Any, tmp: Path, tag: str) -> tuple[int, int]:
+    """(requests whose span names another downstream socket than the rest of its client
+    connection's requests, requests with a span): a span given another request's downstream
+    half (thread order taken for the truth, ids off by one) lands on the wrong socket."""
+    wire = analyse(tmp / f"{tag}.pcap", [tb.state.ports["app"]])
+    with (tmp / f"{tag}.csv").open() as f:
+        fds = {r["request_id"]: int(r["ds_fd"]) for r in csv.DictReader(f)
+               if r["role"] == "sidecar" and r["request_id"]}  # fmt: skip
+    by_conn: dict[tuple[str, int, str, int], list[int]] = {}
+    for r in wire.requests:
+        if r.request_id in fds:
+            by_conn.setdefault(r.ds_conn, []).append(fds[r.request_id])
+    wrong = sum(len(v) - Counter(v).most_common(1)[0][1] for v in by_conn.values())
+    return wrong, sum(len(v) for v in by_conn.values())
 
 
 def _run(tb: Any, tmp: Path, tag: str, **load: Any) -> tuple[WireComparison, dict[str, Any]]:
@@ -67,9 +105,14 @@ def test_legs_match_the_wire_request_by_request(
     options, load = CASES[case]
     tb = testbed_factory(app_delay_s=0.001, h2c_port=None, **options)
     cmp, doc = _run(tb, tmp_path, "w", **load)
-    assert cmp.with_span >= COMPLETE.get(case, 0.99) * len(cmp.ids), (cmp.with_span, len(cmp.ids))
+    assert cmp.with_span >= COMPLETE * len(cmp.ids), (cmp.with_span, len(cmp.ids))
+    wrong, spans = _on_wrong_socket(tb, tmp_path, "w")
+    print("  spans on another socket than their connection's:", wrong, "of", spans)
+    if case not in SOCKET_UNKNOWABLE:
+        assert wrong <= 0.01 * spans, (wrong, spans)
     sidecar = doc["sidecars"][0]
-    assert cmp.with_span + sidecar["local_replies"] >= 0.999 * len(cmp.ids)  # none silent
+    counted = sidecar["local_replies"] + sidecar["incomplete_spans"]
+    assert cmp.with_span + counted >= 0.999 * len(cmp.ids)  # none silent
     # the first request of each connection comes before the probe knows the socket
     assert sidecar["arrival_missing"]["request"] <= load["conns"]
     assert "arrival stamps from" in doc["method"]
@@ -78,7 +121,7 @@ def test_legs_match_the_wire_request_by_request(
     both = _joined(cmp)
     assert both.sum() >= 0.99 * cmp.with_span  # Envoy logged the requests we have
     for leg in MAIN:
-        wire = cmp.wire[leg][both] + LO_CAPTURE_US[leg]
+        wire = cmp.wire[leg][both] + CAPTURE_POINT_US[leg]
         ours, envoy = cmp.ours[leg][both], cmp.envoy[leg][both]
         w50, w99 = np.median(wire), np.percentile(wire, 99)
         # the issue's tolerance, on the distributions ...
