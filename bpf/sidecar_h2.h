@@ -53,6 +53,7 @@
 #define HP_K_GRPC 2                /* grpc-status */
 #define HP_K_UNKNOWN 3             /* a name that could not be resolved */
 #define HP_NOCODE 0xfff            /* a status whose value was not decoded */
+#define HP_NOSLOT 0xff             /* no shadow slot */
 #define HP_NONE 0xffff
 
 struct smp_hpack {
@@ -106,7 +107,8 @@ struct smp_hp_work {
     u32 vlen[2];
     u8 vhuff[2];
     u8 vseen[2];
-    s8 vslot[2];   /* the shadow slot the value was inserted in, or -1 */
+    u8 vslot[2];   /* the shadow slot the value was inserted in, or HP_NOSLOT (BCC's Python
+                    * side has no ctype for a signed char: no s8 in a map's value) */
     u16 status;    /* from an indexed field */
     u16 grpc;
     u8 unresolved;
@@ -563,7 +565,7 @@ static inline __attribute__((always_inline)) void smp_hp_field(struct smp_hpack 
         w->vlen[v] = len;
         w->vhuff[v] = vh;
         w->vseen[v] = 1;
-        w->vslot[v] = slot;
+        w->vslot[v] = slot < 0 ? HP_NOSLOT : (u8)slot;
     }
 }
 
@@ -586,8 +588,8 @@ static inline __attribute__((always_inline)) void smp_hp_parse(struct smp_hpack 
     __builtin_memset(w, 0, sizeof(*w));
     w->at = pos;
     w->grpc = HP_NONE;
-    w->vslot[0] = -1;
-    w->vslot[1] = -1;
+    w->vslot[0] = HP_NOSLOT;
+    w->vslot[1] = HP_NOSLOT;
     for (int i = 0; i < SMP_HP_FIELDS; i++) {
         asm volatile("" ::: "memory");
         if (w->bad || w->at >= end)
@@ -602,8 +604,8 @@ static inline __attribute__((always_inline)) void smp_hp_parse(struct smp_hpack 
         if (!w->vseen[v])
             continue;
         u32 code = smp_hp_digits(b, w->vpos[v], w->vlen[v], w->vhuff[v]);
-        s8 slot = w->vslot[v];
-        if (slot >= 0)
+        u8 slot = w->vslot[v];
+        if (slot != HP_NOSLOT)
             h->kc[slot & (SMP_HP_SLOTS - 1)] = (u16)((v + 1) << 12 | code);
         if (code == HP_NOCODE)
             o->unresolved = 1;
