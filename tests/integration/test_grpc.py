@@ -45,6 +45,21 @@ def _by_pid(doc: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {s["pid"]: s for s in doc["sidecars"]}
 
 
+def _logged_calls(
+    tb: Any, pod: str, calls: int, sidecar: dict[str, Any]
+) -> tuple[int, int, set[int | None]]:
+    """(gRPC calls in the pod's Envoy access log, those with grpc-status OK, the grpc-status
+    codes it logged), after checking that Envoy logged every call sent and that the sidecar
+    has one span per call (a call still open at the end of the window may be missing)."""
+    entries = tb.wait_access_log(calls, pod=pod, timeout=5)
+    grpc_entries = [e for e in entries if (e.path or "").startswith("/smp.Testbed/")]
+    n = len(grpc_entries)
+    assert n == calls, (pod, n, calls)
+    assert 0.98 * n <= sidecar["requests"] <= n, (pod, sidecar["requests"], n)
+    ok = sum(1 for e in grpc_entries if e.grpc_status == 0)
+    return n, ok, {e.grpc_status for e in grpc_entries}
+
+
 def _check_statuses(pod: str, st: dict[str, Any], n: int, ok: int, code: str) -> None:
     """The kernel-decoded statuses of n calls, ok of them OK and the rest `code`, as Envoy
     logged them. Never guessed: no code that was not sent, no code counted more often than
@@ -82,22 +97,15 @@ def test_grpc_unary_and_streaming_one_span_per_call_on_both_sidecars(
     calls = unary.requests_sent + stream.requests_sent + failed.requests_sent
     sc = _by_pid(doc)
     for pod in ("server", "client"):
-        entries = tb.wait_access_log(calls, pod=pod, timeout=5)
-        grpc_entries = [e for e in entries if (e.path or "").startswith("/smp.Testbed/")]
-        n = len(grpc_entries)
-        assert n == calls, (pod, n, calls)
         s = sc[getattr(tb.state, pod).envoy_pid]
-        # one span per call (h2 -> h2 on both sidecars); a call still open at the end of
-        # the window may be missing
-        assert 0.98 * n <= s["requests"] <= n, (pod, s["requests"], n)
+        n, ok, codes = _logged_calls(tb, pod, calls, s)  # one span per call (h2 -> h2 on both)
         assert s["http2_spans"]["downstream"] == s["requests"]
         assert s["http2_spans"]["upstream"] == s["requests"]
         assert doc["warnings"] == [] and doc["drops"] == 0
-        codes = {e.grpc_status for e in grpc_entries}
-        assert codes == {0, 5}, codes
-        # statuses decoded in the kernel (HPACK: :status static-indexed, grpc-status a
-        # literal once, then through the dynamic-table shadow), against Envoy's log
-        ok = sum(1 for e in grpc_entries if e.grpc_status == 0)
+        assert codes == {0, 5}, codes  # Envoy logged the failed calls as NOT_FOUND, the rest OK
+        # statuses decoded in
+        # the kernel (HPACK: :status static-indexed, grpc-status a literal once, then through
+        # the dynamic-table shadow), against Envoy's log
         assert n - ok == failed.requests_sent
         _check_statuses(pod, s["http2_statuses"], n, ok, "5")
     # the app sends its response headers first and its first message after 1 ms: the
@@ -157,16 +165,12 @@ def test_grpc_over_mtls_one_span_per_call_on_both_sidecars(
     assert set(failed.grpc_status_counts) == {"UNAVAILABLE"}, failed.grpc_status_counts
     sc = _by_pid(doc)
     for pod in ("server", "client"):
-        entries = tb.wait_access_log(calls, pod=pod, timeout=5)
-        grpc_entries = [e for e in entries if (e.path or "").startswith("/smp.Testbed/")]
-        n = len(grpc_entries)
-        assert n == calls, (pod, n, calls)
         s = sc[getattr(tb.state, pod).envoy_pid]
-        assert 0.98 * n <= s["requests"] <= n, (pod, s["requests"], n)
+        n, ok, codes = _logged_calls(tb, pod, calls, s)
+        assert codes == {0, 14}, codes
         # statuses decoded in the kernel: the client sidecar from Envoy's encoder on its
         # plaintext downstream, the server sidecar from the app's (grpcio's) encoder on its
         # upstream streams (its downstream is TLS); Envoy's log says the same
-        ok = sum(1 for e in grpc_entries if e.grpc_status == 0)
         assert n - ok == failed.requests_sent, (pod, n, ok)
         _check_statuses(pod, s["http2_statuses"], n, ok, "14")
     client, server = sc[tb.state.client.envoy_pid], sc[tb.state.server.envoy_pid]
