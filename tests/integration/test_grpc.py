@@ -41,6 +41,19 @@ def _both_sidecars(tb: Any) -> Any:
     )
 
 
+def _unary_stream_failed(tb: Any, stream_s: float, code: str) -> tuple[Any, Any, Any, Any]:
+    """Unary calls, a streaming call's worth of load, then unary calls the app fails with
+    grpc-status ``code``, through both sidecars under one capture: (unary, stream, failed
+    load results, the capture document)."""
+    session = _both_sidecars(tb)
+    unary = session.during(lambda: _grpc_load(tb, "Unary", 1.5))
+    stream = session.during(lambda: _grpc_load(tb, "Stream", stream_s))
+    failed = session.during(lambda: _grpc_load(tb, "Unary", 0.5, {"x-smp-grpc-status": code}))
+    time.sleep(0.3)
+    session.poll(0)
+    return unary, stream, failed, session.stop()
+
+
 def _by_pid(doc: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {s["pid"]: s for s in doc["sidecars"]}
 
@@ -80,13 +93,7 @@ def test_grpc_unary_and_streaming_one_span_per_call_on_both_sidecars(
     testbed_factory: Callable[..., Any],
 ) -> None:
     tb = testbed_factory(client_sidecar=True, app_delay_s=0.001)
-    session = _both_sidecars(tb)
-    unary = session.during(lambda: _grpc_load(tb, "Unary", 1.5))
-    stream = session.during(lambda: _grpc_load(tb, "Stream", 1.5))
-    failed = session.during(lambda: _grpc_load(tb, "Unary", 0.5, {"x-smp-grpc-status": "5"}))
-    time.sleep(0.3)
-    session.poll(0)
-    doc = session.stop()
+    unary, stream, failed, doc = _unary_stream_failed(tb, 1.5, "5")
     for r in (unary, stream):
         assert r.requests > 50 and not r.errors, r
         assert r.status_counts == {}  # gRPC statuses are not HTTP statuses
@@ -152,13 +159,7 @@ def test_grpc_over_mtls_one_span_per_call_on_both_sidecars(
     the method). Both count exactly as many as Envoy logged (a call still open at the end of
     the window may be missing), never the per-burst count the server once gave."""
     tb = testbed_factory(client_sidecar=True, mtls=True, app_delay_s=0.001)
-    session = _both_sidecars(tb)
-    unary = session.during(lambda: _grpc_load(tb, "Unary", 1.5))
-    stream = session.during(lambda: _grpc_load(tb, "Stream", 1.0))
-    failed = session.during(lambda: _grpc_load(tb, "Unary", 0.5, {"x-smp-grpc-status": "14"}))
-    time.sleep(0.3)
-    session.poll(0)
-    doc = session.stop()
+    unary, stream, failed, doc = _unary_stream_failed(tb, 1.0, "14")
     calls = unary.requests_sent + stream.requests_sent + failed.requests_sent
     for r in (unary, stream):
         assert r.requests > 50 and not r.errors, r
