@@ -75,7 +75,9 @@ enum smp_io_kind {
 };
 
 #define MSG_PEEK 2
+#define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
 #define TCP_FIN_WAIT1 4
 #define TCP_CLOSE 7
 
@@ -149,9 +151,11 @@ BPF_HASH(smp_args_map, u64, struct smp_args, SMP_ARGS_ENTRIES);
 /* Roles of connections open before the probe attached: upid << 32 | fd -> enum smp_role. */
 BPF_HASH(smp_seed, u64, u8, SMP_MAX_CONNS);
 /* The syscalls path sees every fd: the traced processes' sockets (accepted, connected, or
- * open when the probe attached: seeded by user space), upid << 32 | fd -> 1, so that their
- * bytes count as on the sock path when no connection entry explains them (an app's
- * non-HTTP bytes). Unused on the sock path (every byte it sees is a socket's). */
+ * open when the probe attached: seeded by user space), upid << 32 | fd -> SMP_SOCKFD_*, so
+ * that their bytes count as on the sock path when no connection entry explains them (an
+ * app's non-HTTP bytes). Unused on the sock path (every byte it sees is a socket's). */
+#define SMP_SOCKFD_SOCKET 1      /* a socket (seeded, or connected) */
+#define SMP_SOCKFD_ACCEPTED 2    /* accepted: on a listener of the process (listeners, below) */
 #if SMP_PATH == SMP_PATH_SOCK
 #define SMP_SOCKFD_ENTRIES 1
 #else
@@ -165,7 +169,9 @@ BPF_HASH(smp_ns_pending, u64, struct smp_target, SMP_MAX_PIDS);   /* slot << 32 
 BPF_ARRAY(smp_learning, u32, 1);                                  /* targets still pending */
 BPF_PERCPU_ARRAY(smp_fifo_init, struct smp_fifo, 1);
 BPF_PERCPU_ARRAY(smp_scratch, struct smp_scan, 1);
-BPF_PERCPU_ARRAY(smp_conn_init, struct smp_conn, 1);
+/* zeroed connection entries to copy: slot 0 for the programs of a thread's socket calls, 1
+ * for inet_sock_set_state's (a softirq may interrupt the former on the same CPU) */
+BPF_PERCPU_ARRAY(smp_conn_init, struct smp_conn, 2);
 /* The sock path's per-packet hook (sk_data_ready) runs for every socket of the node: before
  * its smp_conns lookup, a counting filter of the sks in smp_conns (an array slot per hash of
  * sk, +1 when an entry is made, -1 when the probe deletes it) turns the node's other sockets
@@ -255,11 +261,11 @@ SMP_INLINE void smp_copy_rid(struct smp_span *span, u8 n, u64 hash, const char *
             span->rid[k] = 0;
 }
 
-/* A new connection entry (zeroed) with its role, or the existing one re-initialised. */
-SMP_INLINE struct smp_conn *smp_conn_new(u64 key, u8 role, u32 upid)
+/* A new connection entry (zeroed) with its role, or the existing one re-initialised; from
+ * scratch slot ``slot`` of smp_conn_init. */
+SMP_INLINE struct smp_conn *smp_conn_make(u64 key, u8 role, u32 upid, int slot)
 {
-    int zero = 0;
-    struct smp_conn *init = smp_conn_init.lookup(&zero);
+    struct smp_conn *init = smp_conn_init.lookup(&slot);
     if (!init)
         return 0;
     init->sk = key;
@@ -272,6 +278,11 @@ SMP_INLINE struct smp_conn *smp_conn_new(u64 key, u8 role, u32 upid)
     init->role = 0;
     init->upid = 0;
     return smp_conns.lookup(&key);
+}
+
+SMP_INLINE struct smp_conn *smp_conn_new(u64 key, u8 role, u32 upid)
+{
+    return smp_conn_make(key, role, upid, 0);
 }
 
 SMP_INLINE struct smp_fifo *smp_fifo_of(u32 tid, u32 upid)
@@ -1397,25 +1408,99 @@ SMP_INLINE void smp_arrival_mark(u64 key)
         c->arr = bpf_ktime_get_ns();
 }
 
+/* Listeners: a stamp for a connection's first request. A connection found at its first read
+ * has its entry made then, after its first request's bytes arrived: that request would have no
+ * arrival stamp. The local ports of a traced proxy's downstream connections, per network
+ * namespace, are learnt from those entries (smp_listeners); a socket that completes its
+ * handshake on one of them (SYN_RECV -> ESTABLISHED, in softirq, before its first bytes are
+ * queued) gets its entry then. Only the first connection of each listener since the probe
+ * started has no stamp (counted in arrival_missing). The probe is built without kernel
+ * headers: struct sock_common's first fields have kept these offsets since Linux 3.x
+ * (skc_num: the local port, host order; skc_net: the struct net pointer). */
+#define SMP_SKC_NUM_OFF 14
+#define SMP_SKC_NET_OFF 48
+#define SMP_MAX_LISTENERS 1024
+struct smp_listener {
+    u64 net;
+    u32 port;
+    u32 pad;
+};
+BPF_HASH(smp_listeners, struct smp_listener, u32, SMP_MAX_LISTENERS);   /* -> upid */
+
+SMP_INLINE int smp_listener_of(u64 sk, struct smp_listener *l)
+{
+    u16 port = 0;
+    u64 net = 0;
+    if (bpf_probe_read_kernel(&port, sizeof(port), (void *)(sk + SMP_SKC_NUM_OFF)) ||
+        bpf_probe_read_kernel(&net, sizeof(net), (void *)(sk + SMP_SKC_NET_OFF)))
+        return 0;
+    l->net = net;
+    l->port = port;
+    l->pad = 0;
+    return port != 0;
+}
+
+/* ``sk``, a downstream connection of traced process ``upid``: its listener is that process's */
+SMP_INLINE void smp_listener_learn(u64 sk, u32 upid)
+{
+    struct smp_listener l = {};
+    if (!smp_listener_of(sk, &l) || smp_listeners.lookup(&l))
+        return;
+    smp_listeners.update(&l, &upid);
+}
+
+/* ``sk`` completed a passive handshake: the upid whose listener it came to, else 0 */
+SMP_INLINE u32 smp_listener_upid(u64 sk)
+{
+    struct smp_listener l = {};
+    if (!smp_listener_of(sk, &l))
+        return 0;
+    u32 *upid = smp_listeners.lookup(&l);
+    return upid ? *upid : 0;
+}
+
 #if SMP_ARRIVAL == SMP_ARRIVAL_TCP_PROBE && SMP_PATH == SMP_PATH_SYSCALLS
 /* The syscalls path keys connections by tgid << 32 | fd: a traced thread's socket read names
  * its sk in tcp:tcp_rcv_space_adjust (inside tcp_recvmsg, the reader's context), which puts
  * it in the read's own saved arguments (smp_args.sk: the untraced reads of the node find no
  * entry, the one lookup they pay); the read's exit maps that sk to the connection's key. */
 BPF_TABLE("lru_hash", u64, u64, smp_sk_key, SMP_MAX_CONNS);       /* sk -> connection key */
+/* A socket accepted on a traced listener (listeners, above) before any read names it: its
+ * smp_sk_key entry is the sk itself (no tgid << 32 | fd is a kernel address) and its first
+ * arrival waits here for the read. */
+BPF_TABLE("lru_hash", u64, u64, smp_early_arr, SMP_MAX_CONNS);    /* sk -> first arrival */
+/* A traced thread's connect() in progress: its connection's key, for the sk its SYN_SENT
+ * names (inet_sock_set_state, in the same call), so that the first response is stamped. */
+BPF_TABLE("lru_hash", u32, u64, smp_connecting, SMP_MAX_PIDS);     /* tid -> connection key */
 
-/* A read returned bytes on ``key``; ``sk`` is the socket named during it (0: none, e.g. a
- * pipe). An LRU update replaces the entry: only when the mapping changes. */
-SMP_INLINE void smp_arrival_learn(u64 sk, u64 key)
+/* A read returned bytes on ``key`` (its fd ``sfd``: upid << 32 | fd); ``sk`` is the socket
+ * named during it (0: none, e.g. a pipe). An LRU update replaces the entry: only when the
+ * mapping changes. Returns the arrival stamped since the socket's handshake on a traced
+ * listener, for its first read (else 0). */
+SMP_INLINE u64 smp_arrival_learn(u64 sk, u64 key, u64 sfd)
 {
     if (!sk)
-        return;
+        return 0;
     u64 *known = smp_sk_key.lookup(&sk);
-    if (!known || *known != key)
-        smp_sk_key.update(&sk, &key);
+    if (known && *known == key)
+        return 0;
+    u64 first = 0;
+    if (known && *known == sk) {  /* accepted on a listener: its first bytes' stamp */
+        u64 *early = smp_early_arr.lookup(&sk);
+        if (early)
+            first = *early;
+        smp_early_arr.delete(&sk);
+    } else {  /* new to this sk; a downstream's: proxies' have an entry, apps' an accepted fd */
+        struct smp_conn *c = smp_conns.lookup(&key);
+        u8 *kind = c ? 0 : smp_sockfd.lookup(&sfd);
+        if (c ? c->role == SMP_ROLE_DS : kind && *kind == SMP_SOCKFD_ACCEPTED)
+            smp_listener_learn(sk, sfd >> 32);
+    }
+    smp_sk_key.update(&sk, &key);
+    return first;
 }
 #else
-SMP_INLINE void smp_arrival_learn(u64 sk, u64 key) {}
+SMP_INLINE u64 smp_arrival_learn(u64 sk, u64 key, u64 sfd) { return 0; }
 #endif
 
 /* -- write stamps --------------------------------------------------------------------------
@@ -1510,6 +1595,10 @@ SMP_INLINE struct smp_conn *smp_conn_join(struct smp_io *io, u8 cls)
     if (role == SMP_ROLE_NONE || (io->mode == SMP_MODE_APP && role != SMP_ROLE_DS))
         return 0;
     struct smp_conn *c = smp_conn_new(io->key, role, io->upid);
+#if SMP_PATH == SMP_PATH_SOCK
+    if (c && role == SMP_ROLE_DS)
+        smp_listener_learn(io->key, io->upid);
+#endif
     if (c && cls == CLS_RESP) { /* joined mid-exchange: wait for the next request */
         c->phase = role == SMP_ROLE_US ? SMP_PHASE_RESPONSE : SMP_PHASE_IDLE;
         c->proto = SMP_PROTO_H1;
@@ -1762,8 +1851,11 @@ SMP_INLINE int smp_on_io(struct smp_io *io)
     } else if (SMP_PATH != SMP_PATH_SOCK) {
         smp_count_bytes(ps, io);
     }
-    if (io->is_read)
-        io->arr = smp_arrival_take(c, io->ts);
+    if (io->is_read) {
+        u64 a = smp_arrival_take(c, io->ts);
+        if (!io->arr || io->arr > io->ts)  /* else the stamp since its handshake (learn) */
+            io->arr = a;
+    }
     if (c->proto == SMP_PROTO_H2 || cls == CLS_H2PRI ||
         (c->proto == SMP_PROTO_NONE && cls == CLS_OTHER)) {
         if (!smp_h2_begin(c, io, cls, ps))
@@ -1917,12 +2009,17 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 {
     int newstate = (int)ctx->args[2];
     u64 sk = ctx->args[0];
-    if (newstate == TCP_SYN_SENT)
+    if (newstate == TCP_SYN_SENT) {
         smp_conn_role(sk, SMP_ROLE_US, bpf_get_current_pid_tgid() >> 32);
-    else if (newstate == TCP_CLOSE)
+    } else if (newstate == TCP_ESTABLISHED && (int)ctx->args[1] == TCP_SYN_RECV) {
+        u32 upid = smp_listener_upid(sk);  /* an accepted socket (listeners, above) */
+        if (upid)
+            smp_conn_make(sk, SMP_ROLE_DS, upid, 1);
+    } else if (newstate == TCP_CLOSE) {
         smp_conn_close(sk, 1);
-    else if (newstate == TCP_FIN_WAIT1)  /* we closed: no more response bytes */
+    } else if (newstate == TCP_FIN_WAIT1) {  /* we closed: no more response bytes */
         smp_conn_close(sk, 0);
+    }
     return 0;
 }
 
@@ -1979,7 +2076,7 @@ SMP_INLINE int smp_exit(void *ctx, s64 ret, u8 is_read)
     io.kind = args.io;
     io.ctx = ctx;
     if (is_read)
-        smp_arrival_learn(args.sk, io.key);
+        io.arr = smp_arrival_learn(args.sk, io.key, ((u64)args.upid << 32) | (u32)args.fd);
     return smp_on_io(&io);
 }
 
@@ -2027,10 +2124,18 @@ SMP_INLINE int smp_fd_role(s64 fd, u8 role)
     if (!t)
         return 0;
     u64 sfd = ((u64)t->upid << 32) | (u32)fd;
-    u8 one = 1;
-    smp_sockfd.update(&sfd, &one);
-    if (t->mode == SMP_MODE_PROXY)
-        smp_conn_new((id & 0xffffffff00000000ULL) | (u32)fd, role, t->upid);
+    u8 kind = role == SMP_ROLE_DS ? SMP_SOCKFD_ACCEPTED : SMP_SOCKFD_SOCKET;
+    smp_sockfd.update(&sfd, &kind);
+    if (t->mode != SMP_MODE_PROXY)
+        return 0;
+    u64 key = (id & 0xffffffff00000000ULL) | (u32)fd;
+    smp_conn_new(key, role, t->upid);
+#if SMP_ARRIVAL == SMP_ARRIVAL_TCP_PROBE
+    if (role == SMP_ROLE_US) {
+        u32 tid = (u32)id;
+        smp_connecting.update(&tid, &key);
+    }
+#endif
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return smp_fd_role(args->ret, SMP_ROLE_DS); }
@@ -2073,14 +2178,52 @@ TRACEPOINT_PROBE(tcp, tcp_probe)
     u64 sk = (u64)args->skaddr;
 #if SMP_PATH == SMP_PATH_SYSCALLS
     u64 *key = smp_sk_key.lookup(&sk);
-    if (key)
+    if (!key)
+        return 0;
+    if (*key != sk) {
         smp_arrival_mark(*key);
+        return 0;
+    }
+    u64 *early = smp_early_arr.lookup(&sk);  /* accepted, not read yet */
+    if (early && !*early)
+        *early = bpf_ktime_get_ns();
 #else
     smp_arrival_mark(sk);
 #endif
     return 0;
 }
 #if SMP_PATH == SMP_PATH_SYSCALLS
+/* (const struct sock *sk, int oldstate, int newstate): a socket completed its handshake on
+ * a traced listener (softirq, before its first bytes are queued): it is stamped from then.
+ * A closed socket's mapping goes: its address may be a new socket's soon (a stale mapping
+ * would stamp another connection of the same key, and hide the new socket's listener). */
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+    u64 sk = ctx->args[0];
+    if ((int)ctx->args[2] == TCP_CLOSE) {
+        smp_sk_key.delete(&sk);
+        smp_early_arr.delete(&sk);
+        return 0;
+    }
+    if ((int)ctx->args[2] == TCP_SYN_SENT) {  /* in the connecting thread's connect() */
+        u32 tid = (u32)bpf_get_current_pid_tgid();
+        u64 *key = smp_connecting.lookup(&tid);
+        if (key) {
+            smp_sk_key.update(&sk, key);
+            smp_connecting.delete(&tid);
+        }
+        return 0;
+    }
+    if ((int)ctx->args[2] != TCP_ESTABLISHED || (int)ctx->args[1] != TCP_SYN_RECV)
+        return 0;
+    if (!smp_listener_upid(sk))
+        return 0;
+    u64 zero = 0;
+    smp_early_arr.update(&sk, &zero);
+    smp_sk_key.update(&sk, &sk);
+    return 0;
+}
+
 TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust)
 {
     u64 id = bpf_get_current_pid_tgid();

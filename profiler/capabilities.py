@@ -292,14 +292,17 @@ def arrival_hook(path: str) -> tuple[str, str]:
     """(hook, why): where the sidecar probe's arrival stamps (bytes reaching a socket before
     the sidecar reads them) come from on probe ``path``: ``sk_data_ready`` (raw tracepoint,
     keyed by the sk the sock path keys connections by), else ``tcp_probe`` data segments
-    (with ``tcp_rcv_space_adjust`` naming the sk a syscall reads, on the syscalls path), else
+    (with ``tcp_rcv_space_adjust`` naming the sk a syscall reads and ``inet_sock_set_state``
+    the sockets accepted on a traced listener, on the syscalls path), else
     ``none`` (queue legs are then not measured). By the kernel's tracepoint list."""
     events = kernel.TRACEFS / "events"
     if path == "sock" and (events / "sock" / "sk_data_ready").is_dir():
         return "sk_data_ready", "raw tracepoint sock:sk_data_ready"
-    need = ["tcp_probe"] + (["tcp_rcv_space_adjust"] if path != "sock" else [])
-    if all((events / "tcp" / n).is_dir() for n in need):
-        return "tcp_probe", "tracepoint " + " + ".join(f"tcp:{n}" for n in need)
+    need = ["tcp:tcp_probe"]
+    if path != "sock":  # the sock path has inet_sock_set_state already
+        need += ["tcp:tcp_rcv_space_adjust", "sock:inet_sock_set_state"]
+    if all((events / n.replace(":", "/")).is_dir() for n in need):
+        return "tcp_probe", "tracepoint " + " + ".join(need)
     return "none", "no sock:sk_data_ready or tcp:tcp_probe tracepoint: queue legs not measured"
 
 

@@ -328,6 +328,10 @@ class SidecarProbe:
         for key in [k for k in statuses if k.upid == pid]:
             with contextlib.suppress(KeyError):
                 del statuses[key]
+        listeners = b["smp_listeners"]  # its listening ports: the next process's may differ
+        for key in [k for k, v in listeners.items() if v.value == pid]:
+            with contextlib.suppress(KeyError):
+                del listeners[key]
 
     @property
     def targets(self) -> dict[int, Mode]:
@@ -466,6 +470,7 @@ class SidecarProbe:
         "smp_tls_last",
         "smp_tls_init",
         "smp_h2_status",
+        "smp_listeners",
     )
 
     def map_bytes(self) -> Iterator[tuple[str, bytes]]:

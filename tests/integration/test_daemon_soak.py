@@ -117,9 +117,11 @@ def _map_sizes(engine: Any, names: list[str]) -> dict[str, int]:
     from bcc import lib
 
     bpf = engine._probe._bpf  # the probe's own maps, read through the engine
-    # a map declared for the other probe path only (#if SMP_PATH ...) is not in this build
+    # a map declared for the other probe path only (#if SMP_PATH ...) is not in this build:
+    # on the sock path, the syscalls path's sk joins (smp_sk_key, smp_early_arr,
+    # smp_connecting)
     loaded = [n for n in names if lib.bpf_table_fd(bpf.module, n.encode()) >= 0]
-    assert "smp_conns" in loaded and len(loaded) >= len(names) - 2, (names, loaded)
+    assert "smp_conns" in loaded and len(loaded) >= len(names) - 3, (names, loaded)
     sizes = {name: len(bpf[name]) for name in loaded}
     assert sizes["smp_conns"] == engine.conns_in_use()
     return sizes
