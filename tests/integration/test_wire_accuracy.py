@@ -114,16 +114,28 @@ def test_legs_match_the_wire_request_by_request(
     counted = sidecar["local_replies"] + sidecar["incomplete_spans"]
     assert cmp.with_span + counted >= 0.999 * len(cmp.ids)  # none silent
     # the load's connections open at once, before the probe has seen their listener: their
-    # first requests have no stamp (later connections to it have, test_probe_arrival)
-    assert sidecar["arrival_missing"]["request"] <= load["conns"]
+    # first requests have no stamp (later connections to it have, test_probe_arrival); on the
+    # syscalls path the warm-up's upstream connections, open before the probe knew their sks,
+    # have none on their first responses
+    missing = sidecar["arrival_missing"]
+    assert missing["request"] <= load["conns"] and missing["response"] <= load["conns"]
     assert "arrival stamps from" in doc["method"]
     if options.get("mtls"):
         assert "TLS read burst" in doc["method"]
     both = _joined(cmp)
     assert both.sum() >= 0.99 * cmp.with_span  # Envoy logged the requests we have
+    # A leg that starts or ends at an arrival nobody stamped (counted above) is not what the
+    # wire measures: its queue is unknown (0 in the spans file). Those requests are left out
+    # of that leg's comparison. They are the first of their connections, often the slowest
+    # (pools, handshakes), so kept in they pull ours' p99 below the wire's: the likely cause
+    # of the syscalls path's p99 failures in CI (ours 1,564 vs the wire's 3,057 us).
+    stamped = {"request_proxy": cmp.ours["request_proxy_queue"] > 0}
+    stamped["upstream"] = stamped["response_proxy"] = cmp.ours["response_proxy_queue"] > 0
     for leg in MAIN:
-        wire = cmp.wire[leg][both] + CAPTURE_POINT_US[leg]
-        ours, envoy = cmp.ours[leg][both], cmp.envoy[leg][both]
+        keep = both & stamped[leg]
+        assert keep.sum() >= both.sum() - 2 * load["conns"], leg
+        wire = cmp.wire[leg][keep] + CAPTURE_POINT_US[leg]
+        ours, envoy = cmp.ours[leg][keep], cmp.envoy[leg][keep]
         w50, w99 = np.median(wire), np.percentile(wire, 99)
         # the issue's tolerance, on the distributions ...
         assert abs(np.median(ours) - w50) <= max(20.0, 0.10 * w50), (leg, np.median(ours), w50)
