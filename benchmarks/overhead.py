@@ -6,10 +6,12 @@ Variants, rotated round by round (round ``i`` starts with variant ``i mod n``):
   capture/<path>          ``smp-profiler capture --sidecar-pid <envoy>`` writing its spans file
   daemon/<path>           ``smp-profiler daemon --no-kubernetes`` on the server pod (its Envoy and
                           app), at its default snapshot interval
-with ``<path>`` the probe path forced by ``SMP_PROBE_PATH``: ``sock`` (raw socket tracepoints) and
-``syscalls`` (syscall tracepoints, the probe before issue 11), each where the node and the probe
-support it. The profiler runs as its own process, started for the variant's window and stopped
-after it, as a user would run it.
+and, asked for with ``SMP_BENCH_CONFIGS`` (e.g. ``daemon,daemon-nice0``), a daemon setting
+side by side with the default (``daemon-nice0``: ``--nice 0``, the daemon at the sidecars'
+priority); with ``<path>`` the probe path forced by ``SMP_PROBE_PATH``: ``sock`` (raw socket
+tracepoints) and ``syscalls`` (syscall tracepoints, the probe before issue 11), each where the
+node and the probe support it. The profiler runs as its own process, started for the variant's
+window and stopped after it, as a user would run it.
 
 Per variant window, in this order:
   node tax     (off, daemon) the C loop ``tax.c`` in a process nobody traces: ns per getppid(),
@@ -70,6 +72,9 @@ FIXED_FRACTION = 0.25  # of the maximum rate: the issue's "a quarter of the maxi
 DAEMON_INTERVAL_S = 5.0
 PATHS = ("sock", "syscalls")
 CONFIGS = ("capture", "daemon")
+# A daemon setting A/B'd side by side in the same run: SMP_BENCH_CONFIGS=daemon,daemon-nice0
+# (a configuration name -> the daemon's extra arguments)
+DAEMON_CONFIGS: dict[str, list[str]] = {"daemon": [], "daemon-nice0": ["--nice", "0"]}
 TAX_CALLS = ("getppid", "read", "sockpair", "tcp")
 TAX_REPS, TAX_SCALE = 15, 0.3  # repetitions of ~10-15 ms each per call, ~0.6 s in all
 TAX_LABELS = {
@@ -283,7 +288,7 @@ class ProfilerProc:
             pod_cgroup = str(Path(server.cgroups["istio-proxy"]).parent)
             argv = [*CLI, "daemon", "--no-kubernetes", "--metrics-port", "0"]
             argv += ["--metrics-address", "127.0.0.1", "--interval", str(DAEMON_INTERVAL_S)]
-            argv += ["--cgroup-root", pod_cgroup]
+            argv += ["--cgroup-root", pod_cgroup, *DAEMON_CONFIGS[config]]
         env = dict(os.environ, SMP_PROBE_PATH=path)
         with self.log.open("w") as err:
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
@@ -340,7 +345,7 @@ class ProfilerProc:
 
     def counted(self) -> tuple[float | None, float | None]:
         """(requests, drops) the profiler has reported so far (daemon only; else Nones)."""
-        if self.config != "daemon":
+        if self.config == "capture":
             return None, None
         return self._metric("smp_sidecar_requests_total"), self._metric(
             "smp_probe_events_dropped_total"
@@ -349,7 +354,7 @@ class ProfilerProc:
     def settle(self, quiet_s: float) -> tuple[float | None, float | None]:
         """The daemon's count once it has stopped moving for ``quiet_s`` (a snapshot interval
         and a half), at most 15 s."""
-        if self.config != "daemon":
+        if self.config == "capture":
             return None, None
         deadline = time.monotonic() + 15.0
         last, since = self.counted(), time.monotonic()
@@ -467,10 +472,10 @@ class Bench:
         try:
             if prof is not None:
                 out["attach_s"] = round(prof.attach_s, 1)
-            if config in ("off", "daemon"):
+            if config != "capture":
                 out["tax"] = self.tax()
             out["sat"] = self._saturation(prof)
-            if config in ("off", "daemon"):
+            if config != "capture":
                 out["fixed"] = self._fixed(prof)
         except BaseException:
             if prof is not None:
@@ -597,8 +602,8 @@ def _bpf_of(engine: Any) -> Any:
 
 
 # -- the run --------------------------------------------------------------------------------
-def variants(paths: Sequence[str]) -> list[str]:
-    return ["off"] + [f"{c}/{p}" for p in paths for c in CONFIGS]
+def variants(paths: Sequence[str], configs: Sequence[str] = CONFIGS) -> list[str]:
+    return ["off"] + [f"{c}/{p}" for p in paths for c in configs]
 
 
 def run(profile: Profile) -> dict[str, Any]:
@@ -606,7 +611,11 @@ def run(profile: Profile) -> dict[str, Any]:
     paths, why = probe_paths()
     if env_paths:
         paths = [p for p in env_paths.split(",") if p in paths]
-    names = variants(paths)
+    configs = os.environ.get("SMP_BENCH_CONFIGS", ",".join(CONFIGS)).split(",")
+    unknown = [c for c in configs if c != "capture" and c not in DAEMON_CONFIGS]
+    if unknown:
+        raise SystemExit(f"SMP_BENCH_CONFIGS: unknown configuration {unknown[0]!r}")
+    names = variants(paths, configs)
     load0 = [round(x, 2) for x in os.getloadavg()]
     with (
         tempfile.TemporaryDirectory(prefix="smp-overhead-") as tmp,
@@ -794,7 +803,7 @@ def report(
                 ", ".join(v["method"]) or "-",
             ]
         )
-    daemons = [n for n in names if n.startswith("daemon/")]
+    daemons = [n for n in names if n.startswith("daemon")]
     tax_rows = [
         [
             TAX_LABELS[c],
@@ -802,7 +811,7 @@ def report(
             *[
                 signed(summ["variants"][n][f"tax_{c}_best"])
                 for n in names
-                if n.startswith("daemon/")
+                if n.startswith("daemon")
             ],
             GOALS[f"tax_{c}"].text(),
         ]

@@ -14,6 +14,7 @@ the reason, ``smp_agent_up{reason=...}``) and retries with a jittered, doubling 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -146,6 +147,13 @@ class KubernetesDiscovery:
 
     def skipped(self) -> dict[str, int]:
         return self.podset.skipped()
+
+
+def renice(nice: int) -> None:
+    """Run the calling thread (and the threads it starts) at niceness ``nice``; 0 leaves it as
+    it was. Linux keeps niceness per thread: call it before starting any."""
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
 @dataclass

@@ -13,10 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from _kubepods import named_binary
 from _prom import http_get, metrics_url, scrape, stop
 from _testbed import send_requests
+
+from profiler.commands.daemon import NICE
 
 pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
 CLI = [sys.executable, "-m", "profiler.cli"]
@@ -41,6 +44,11 @@ def test_daemon_node_only_on_the_testbed(
             assert time.monotonic() < deadline, http_get(url + "/readyz")
             time.sleep(0.1)
         assert http_get(url + "/healthz")[0] == 200
+        # below the sidecars it measures, every thread (the default --nice)
+        nices = {psutil.Process(proc.pid).nice()}
+        nices |= {int(Path(f"/proc/{proc.pid}/task/{t.id}/stat").read_text().rsplit(")", 1)[1]
+                      .split()[16]) for t in psutil.Process(proc.pid).threads()}  # fmt: skip
+        assert nices == {NICE}, nices
 
         sidecar = (
             ("k8s_container_name", "envoy"),
