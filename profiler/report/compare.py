@@ -19,10 +19,10 @@ from typing import Any
 
 from profiler import stats
 from profiler.errors import UsageError
-from profiler.legs import MAIN
+from profiler.legs import MAIN, SPLIT
 from profiler.report.source import Source
 from profiler.report.tables import DASH, Document, Table, num, rate
-from profiler.report.view import CaptureView, RunView, StepView, view
+from profiler.report.view import CaptureView, QueueWork, RunView, StepView, view
 
 ALPHA = 0.05
 MIN_REPS = 2
@@ -145,6 +145,7 @@ def _run_rows(views: list[RunView]) -> list[Row]:
         if any(s is not None and s.legs.get("sidecar_total") is not None for s in steps):
             sc = val(lambda s: s.legs.get("sidecar_total"))
             rows.append(_row(label, "sidecar p50 (eBPF)", "ms", sc, reps("sidecar p50")))
+        rows += _queue_rows(label, [None if s is None else s.queue_work for s in steps])
         if any(s is not None and s.overhead for s in steps):
             ab = val(lambda s: s.overhead["p50"][0] if s.overhead else None)
             rows.append(_row(label, "A/B +p50", "ms", ab, reps("A/B +p50")))
@@ -153,6 +154,23 @@ def _run_rows(views: list[RunView]) -> list[Row]:
         if any(s is not None and s.cpu_mcores is not None for s in steps):
             rows.append(_row(label, "CPU / 1k req", "ms", val(lambda s: s.cpu_ms_per_1k)))
             rows.append(_row(label, "sidecar RSS", "MiB", val(lambda s: s.mem_rss_mb)))
+    return rows
+
+
+def _queue_rows(
+    step: str, splits: list[list[QueueWork] | None], untested: str = "one number"
+) -> list[Row]:
+    """p50 of each proxy leg's queue and work (``legs.SPLIT``) where any file has them: a
+    queue that grows from one file to the next while the work stays is the sidecar falling
+    behind. A queue without arrival stamps is an empty cell, never 0 (view.split_legs)."""
+    rows = []
+    for leg, parts in SPLIT.items():
+        found = [next((q for q in qs if q.leg == leg), None) if qs else None for qs in splits]
+        if not any(q is not None and q.queue_ms is not None for q in found):
+            continue
+        for part, name in zip(("queue", "work"), parts, strict=True):
+            vals = [None if q is None else getattr(q, f"{part}_ms") for q in found]
+            rows.append(_row(step, f"{name} p50", "ms", vals, untested=untested))
     return rows
 
 
@@ -171,6 +189,9 @@ def _capture_rows(views: list[CaptureView]) -> list[Row]:
         rows.append(
             _row("sidecar", f"{leg} p50", "ms", vals, untested="one capture: no repetitions")
         )
+    rows += _queue_rows(
+        "sidecar", [p.queue_work if p else None for p in firsts], "one capture: no repetitions"
+    )
     cpu = [p.cpu_mcores if p else None for p in firsts]
     rows.append(_row("sidecar", "CPU", "mcores", cpu))
     rows.append(_row("sidecar", "RSS", "MiB", [p.mem_rss_mb if p else None for p in firsts]))

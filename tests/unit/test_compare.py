@@ -17,6 +17,8 @@ from tests.unit import smp_fixtures as fx
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "report"
 ONE, TWO = FIX / "bundle.json", FIX / "bundle-concurrency2.json"
 CAPTURE = FIX / "capture.json"
+# known queue/work numbers per step (tests/unit/test_report_queue.py says how they were made)
+QBUNDLE, QCAPTURE = FIX / "bundle-queue.json", FIX / "capture-queue.json"
 
 
 def _rows(*paths: Path, force: bool = False) -> dict[tuple[str, str], compare.Row]:
@@ -179,3 +181,33 @@ def test_capture_against_run_and_single_file_are_refused(
     assert "cannot compare a capture with a run" in capsys.readouterr().err
     assert main(["compare", str(ONE)]) == 2
     assert "two or more" in capsys.readouterr().err
+
+
+def test_queue_and_work_compare_step_by_step_with_the_known_numbers() -> None:
+    """bundle-queue.json's request queue grows 37 -> 211 -> 509 us with the rate while its work
+    stays ~240 us: each step's row is that step's number (a row from another step, or queue
+    and work swapped, fails here)."""
+    rows, _ = compare.compare([load(QBUNDLE), load(QBUNDLE)])
+    got = {(r.metric, r.values[0]) for r in rows if "proxy_" in r.metric}
+    for rq, rw, sq, sw in ((37, 241, 13, 199), (211, 243, 97, 197), (509, 239, 503, 191)):
+        for metric, us in (("request_proxy_queue", rq), ("request_proxy_work", rw),
+                           ("response_proxy_queue", sq), ("response_proxy_work", sw)):  # fmt: skip
+            assert (f"{metric} p50", us / 1000) in got, (metric, us)
+    queue = [r for r in rows if r.metric == "request_proxy_queue p50"]
+    assert len(queue) == 3 and all(r.deltas[1] == 0 for r in queue)
+
+
+def test_capture_queue_is_empty_without_arrival_stamps_never_0(tmp_path: Path) -> None:
+    """capture-queue.json: envoy 7001 measured (request queue 509 us), 7002 without any
+    arrival stamp. Compared as the first sidecar, 7002's queue cells are empty, not 0."""
+    r = _rows(QCAPTURE, QCAPTURE)
+    assert r[("sidecar", "request_proxy_queue p50")].values == [0.509, 0.509]
+    assert r[("sidecar", "response_proxy_work p50")].values == [0.191, 0.191]
+    doc = json.loads(QCAPTURE.read_text())
+    doc["sidecars"].reverse()  # 7002 first
+    other = tmp_path / "unstamped-first.json"
+    other.write_text(json.dumps(doc))
+    r = _rows(other, QCAPTURE)
+    assert r[("sidecar", "request_proxy_queue p50")].values == [None, 0.509]
+    assert r[("sidecar", "request_proxy_queue p50")].deltas[1] is None
+    assert r[("sidecar", "request_proxy_work p50")].values == [0.251, 0.239]
