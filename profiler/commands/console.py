@@ -4,9 +4,10 @@ stderr and the summary table of a bundle's documents."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -129,6 +130,18 @@ def summary_table(doc: dict[str, Any]) -> Table:
     score = "n/a" if mm["score"] is None else f"{mm['score']:.1f}"
     t.caption = f"MeshMark {score} (classes: {', '.join(mm['classes']) or 'none'})"
     return t
+
+
+def queue_summary(path: Path) -> RenderableType | None:
+    """The run's "Sidecar queue vs work" table (its report's), read back from the file just
+    written; None when it has no proxy legs."""
+    from profiler import report
+    from profiler.report.tables import queue_table
+    from profiler.report.terminal import rich_table
+    from profiler.report.view import view
+
+    t = queue_table(view(report.load(path)))
+    return None if t is None else rich_table(t)
 
 
 def _f(x: float | None, nd: int = 3) -> str:

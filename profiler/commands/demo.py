@@ -27,7 +27,7 @@ def main(
     name: str | None = None,
 ) -> int:
     from profiler import runner
-    from profiler.commands.console import RichReporter, console, summary_table
+    from profiler.commands.console import RichReporter, console, queue_summary, summary_table
     from profiler.model import RunConfig, dumps
     from profiler.smp.bundle import bundle_json
     from profiler.testbed import Testbed, TestbedConfig
@@ -76,6 +76,8 @@ def main(
     path = outputs.save_text(output_dir / "result.json", dumps(doc, "json"))
     saved = [path, outputs.save_text(output_dir / "result.yaml", dumps(doc, "yaml"))]
     out.print(summary_table(doc))
+    if (queue := queue_summary(path)) is not None:
+        out.print(queue)
     for note in bundle.notes:
         out.print(f"[yellow]note:[/] {note}")
     from profiler import report

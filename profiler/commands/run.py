@@ -66,7 +66,7 @@ def main(
 ) -> int:
     """Drive load at fixed rates, capture each step, and write SMP results."""
     from profiler import capabilities, outputs, runner
-    from profiler.commands.console import RichReporter, console, summary_table
+    from profiler.commands.console import RichReporter, console, queue_summary, summary_table
     from profiler.model import RunConfig, dumps
     from profiler.smp.bundle import bundle_json
 
@@ -103,6 +103,8 @@ def main(
         doc = bundle_json(stop.bundle)
         written = outputs.save_text(output, dumps(doc, used))
         out.print(summary_table(doc))
+        if (queue := queue_summary(written)) is not None:
+            out.print(queue)
         for note in doc["details"]["notes"]:
             out.print(f"[yellow]note:[/] {note}")
         out.print(f"wrote {written} ({used}): PARTIAL, the run was interrupted")
@@ -112,6 +114,8 @@ def main(
     doc = bundle_json(bundle)
     written = outputs.save_text(output, dumps(doc, used))  # never lost: a fallback if need be
     out.print(summary_table(doc))
+    if (queue := queue_summary(written)) is not None:
+        out.print(queue)
     for note in doc["details"]["notes"]:
         out.print(f"[yellow]note:[/] {note}")
     out.print(f"wrote {written} ({used})")

@@ -153,6 +153,12 @@ def _queue(steps: list[StepView]) -> Table | None:
     return Table(QUEUE_TITLE, ["rate", *QUEUE_HEADERS], rows)
 
 
+def queue_table(v: RunView | CaptureView) -> Table | None:
+    """A run's "Sidecar queue vs work" table, as in its report (for the console summary of
+    ``run`` and ``demo``); None for a capture or a run without proxy legs."""
+    return _queue(v.steps) if isinstance(v, RunView) else None
+
+
 def _agreement(steps: list[StepView]) -> Table | None:
     """eBPF's one-run estimate next to the A/B delta: do they agree, and by how much not."""
     if not any(s.ebpf_vs_ab for s in steps):

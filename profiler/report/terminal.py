@@ -9,12 +9,23 @@ from rich.table import Table as RichTable
 
 from profiler.report.base import Renderer
 from profiler.report.source import Source
-from profiler.report.tables import Document, document
+from profiler.report.tables import Document, Table, document
 from profiler.report.view import view
 
 
 def _numeric(cell: str) -> bool:
     return cell[:1] in ("+", "-", ".") or cell[:1].isdigit()
+
+
+def rich_table(t: Table) -> RichTable:
+    """A report table for a rich console: numeric columns right-aligned."""
+    rt = RichTable(title=t.title, title_justify="left", header_style="bold")
+    for i, h in enumerate(t.headers):
+        numeric = all(_numeric(row[i]) for row in t.rows)
+        rt.add_column(h, justify="right" if numeric else "left")
+    for row in t.rows:
+        rt.add_row(*row)
+    return rt
 
 
 def render_document(doc: Document, width: int | None = None, color: bool = False) -> str:
@@ -32,13 +43,7 @@ def render_document(doc: Document, width: int | None = None, color: bool = False
     for label, value in doc.facts:
         out.print(f"  {label}: {value}", markup=False)
     for t in doc.tables:
-        rt = RichTable(title=t.title, title_justify="left", header_style="bold")
-        for i, h in enumerate(t.headers):
-            numeric = all(_numeric(row[i]) for row in t.rows)
-            rt.add_column(h, justify="right" if numeric else "left")
-        for row in t.rows:
-            rt.add_row(*row)
-        out.print(rt)
+        out.print(rich_table(t))
     out.print(f"[bold]{doc.meaning}[/]", markup=True)
     for line in doc.footer:
         out.print(line, markup=False)

@@ -335,3 +335,24 @@ def test_real_capture_queue_table_is_its_legs() -> None:
     assert (m["request"], m["response"], sc["requests"]) == (4, 0, 769)
     assert "4 of 769 requests had no arrival stamp" in text.replace("\n", " ")
     assert "responses had no arrival stamp" not in text.replace("\n", " ")
+
+
+def test_run_and_demo_console_print_the_queue_table() -> None:
+    """``run`` and ``demo`` print the report's queue table after their summary, read back from
+    the file they wrote: the known numbers per rate; none for a file without the split."""
+    import io
+
+    from rich.console import Console
+
+    from profiler.commands.console import queue_summary
+
+    table = queue_summary(QBUNDLE)
+    assert table is not None
+    buf = io.StringIO()
+    Console(file=buf, width=120, no_color=True).print(table)
+    lines = [ln for ln in buf.getvalue().splitlines() if re.search(r"\d\.\d{3}", ln)]
+    assert len(lines) == 3
+    for line, (rq, rw, sq, sw) in zip(lines, STEPS, strict=True):
+        cells = re.findall(r"\d+\.\d{3}", line)
+        assert cells == [f"{x / 1000:.3f}" for x in (rq, rw, sq, sw)], line
+    assert queue_summary(QCAPTURE) is None  # a capture: its report has its own
