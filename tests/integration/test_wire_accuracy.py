@@ -50,16 +50,13 @@ SOCKET_UNKNOWABLE = {"bursts-10-conns-no-ids"}
 # with (1) alone the one-connection and mTLS cases failed about 1 run in 3 (ours 22-42 us
 # under the wire's p50 against a 20-22 us bound, on the commit before as well).
 CAPTURE_POINT_US = {"request_proxy": -10.0 - 13.0, "upstream": 10.0, "response_proxy": 0.0}
-# The p99 bound of the issue, max(100 us, 25%), except with mTLS: there the downstream is
-# stamped per TLS read burst and, on a loaded node, the 5th-largest of 500 requests came out
-# 167 us short of the wire's (405 vs 572 us; it failed twice this way in this session's runs, ours
-# below the wire both times, medians within 11 us). Said in the closing note: max(200, 40%).
-# Not restored to the issue's bound: the cause was not found. In 3 runs since (sock path,
-# helper H-B's session) ours' mTLS p99 was 17-22 us from the wire's on every leg (request_proxy
-# 4738/4760, 3329/3349, 789/807 us), so the 167 us shortfall needs a loaded node to show and
-# was not caught in a trace. The downstream TLS arrival is the first sk_data_ready since the
-# previous read, taken by the read that starts the span, as for plaintext.
-P99_TOLERANCE = {"mtls": (200.0, 0.40)}
+# The p99 bound is the issue's, max(100 us, 25%), in every case. mTLS had it relaxed to
+# max(200 us, 40%) after two loaded-node failures (ours' p99 167 us under the wire's, medians
+# within 11 us): the likely cause was the load's first request, which has no arrival stamp
+# (its connection opens before the probe has seen the listener), is often the slowest, and
+# was compared as if stamped. Since unstamped legs are left out (below): 8 runs per probe
+# path, 2 of them with both cores busy, all within the issue's bound.
+P99_FLOOR_US, P99_SHARE = 100.0, 0.25
 CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "one-connection-200rps": ({}, {"conns": 1, "period_s": 0.005}),
     "bursts-10-conns-no-ids": ({}, {"conns": 10, "period_s": 0.02, "ids": False}),
@@ -139,8 +136,7 @@ def test_legs_match_the_wire_request_by_request(
         w50, w99 = np.median(wire), np.percentile(wire, 99)
         # the issue's tolerance, on the distributions ...
         assert abs(np.median(ours) - w50) <= max(20.0, 0.10 * w50), (leg, np.median(ours), w50)
-        floor, share = P99_TOLERANCE.get(case, (100.0, 0.25))
-        assert abs(np.percentile(ours, 99) - w99) <= max(floor, share * w99), (leg, w99)
+        assert abs(np.percentile(ours, 99) - w99) <= max(P99_FLOOR_US, P99_SHARE * w99), (leg, w99)
         # ... and on the pairs: swapped legs or ids off by one fail here
         assert np.median(np.abs(ours - wire)) <= max(20.0, 0.10 * w50), leg
         # Envoy stamps its proxy legs inside them (after the read, before the write)
