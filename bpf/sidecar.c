@@ -1410,13 +1410,14 @@ SMP_INLINE void smp_arrival_mark(u64 key)
 
 /* Listeners: a stamp for a connection's first request. A connection found at its first read
  * has its entry made then, after its first request's bytes arrived: that request would have no
- * arrival stamp. The local ports of a traced proxy's downstream connections, per network
- * namespace, are learnt from those entries (smp_listeners); a socket that completes its
- * handshake on one of them (SYN_RECV -> ESTABLISHED, in softirq, before its first bytes are
- * queued) gets its entry then. Only the first connection of each listener since the probe
- * started has no stamp (counted in arrival_missing). The probe is built without kernel
- * headers: struct sock_common's first fields have kept these offsets since Linux 3.x
- * (skc_num: the local port, host order; skc_net: the struct net pointer). */
+ * arrival stamp. The local ports of traced processes' downstream connections, per network
+ * namespace, are learnt from those entries (smp_listeners; the syscalls path learns them at
+ * the read that names the sk); a socket that completes its handshake on one of them (SYN_RECV
+ * -> ESTABLISHED, in softirq, before its first bytes are queued) gets its entry then. Only
+ * connections accepted before the probe had seen their listener (the first one, or a burst
+ * that connected at once) have no stamp on their first request (arrival_missing). The probe
+ * is built without kernel headers: struct sock_common's first fields have kept these offsets
+ * since Linux 3.x (skc_num: the local port, host order; skc_net: the struct net pointer). */
 #define SMP_SKC_NUM_OFF 14
 #define SMP_SKC_NET_OFF 48
 #define SMP_MAX_LISTENERS 1024
