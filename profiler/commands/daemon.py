@@ -21,8 +21,8 @@ import typer
 from profiler.commands import exits
 from profiler.errors import UsageError
 
-# The daemon's default niceness (docs/daemonset.md, "Overhead"): its polls and snapshots yield
-# to the sidecars on a busy core instead of delaying their requests.
+# The daemon's default niceness (docs/daemonset.md, "What the agent costs"): its polls and
+# snapshots yield to the sidecars on a busy core instead of delaying their requests.
 NICE = 10
 
 

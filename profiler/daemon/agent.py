@@ -151,9 +151,15 @@ class KubernetesDiscovery:
 
 def renice(nice: int) -> None:
     """Run the calling thread (and the threads it starts) at niceness ``nice``; 0 leaves it as
-    it was. Linux keeps niceness per thread: call it before starting any."""
-    if nice:
+    it was. Linux keeps niceness per thread: call it before starting any. Without the right to
+    (a niceness below the current one needs CAP_SYS_NICE) it says so and runs as it is."""
+    if not nice:
+        return
+    try:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as e:
+        now = os.getpriority(os.PRIO_PROCESS, 0)
+        log.warning("cannot set niceness %d (%s): running at %d", nice, e.strerror, now)
 
 
 @dataclass

@@ -31,3 +31,29 @@ def test_daemon_bad_input(
     err = capsys.readouterr().err
     assert text in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_renice_without_the_right_says_so_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A niceness below the current one needs CAP_SYS_NICE: the kernel's EPERM is a warning
+    with the niceness the agent keeps, never a crash (the real setting is checked on the
+    running daemon in test_daemon_testbed)."""
+    import errno
+    import os
+
+    from profiler.daemon import agent
+
+    calls: list[int] = []
+
+    def refuse(which: int, who: int, prio: int) -> None:
+        calls.append(prio)
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    agent.renice(0)
+    assert calls == []  # 0: left as it was
+    with caplog.at_level("WARNING"):
+        agent.renice(-5)
+    assert calls == [-5]
+    assert "cannot set niceness -5 (Operation not permitted): running at" in caplog.text
