@@ -78,7 +78,7 @@ def main(
 
     from profiler.daemon.agent import DiscoverySource, KubernetesDiscovery, NodeDiscovery, renice
 
-    renice(nice)  # before any thread starts: they inherit it
+    renice(nice)  # every thread so far; the ones started later inherit it
 
     source: DiscoverySource
     if kubernetes:

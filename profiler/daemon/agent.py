@@ -150,16 +150,25 @@ class KubernetesDiscovery:
 
 
 def renice(nice: int) -> None:
-    """Run the calling thread (and the threads it starts) at niceness ``nice``; 0 leaves it as
-    it was. Linux keeps niceness per thread: call it before starting any. Without the right to
-    (a niceness below the current one needs CAP_SYS_NICE) it says so and runs as it is."""
+    """Run every thread of this process at niceness ``nice``; 0 leaves them as they were.
+    Linux keeps niceness per thread (numpy's BLAS pool already runs at import), and threads
+    started later inherit their creator's. Without the right to (a niceness below the
+    current one needs CAP_SYS_NICE) it says so and runs as it is."""
     if not nice:
         return
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
-    except OSError as e:
-        now = os.getpriority(os.PRIO_PROCESS, 0)
-        log.warning("cannot set niceness %d (%s): running at %d", nice, e.strerror, now)
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]  # the calling thread
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except ProcessLookupError:
+            continue  # a thread that has just ended
+        except OSError as e:
+            now = os.getpriority(os.PRIO_PROCESS, 0)
+            log.warning("cannot set niceness %d (%s): running at %d", nice, e.strerror, now)
+            return
 
 
 @dataclass
