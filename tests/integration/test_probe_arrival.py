@@ -9,11 +9,13 @@ learnt (without that, its stamp is 0)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,53 +33,84 @@ MEASURED = 4
 RESPONSE = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
 
 
-def test_request_arrival_is_when_its_bytes_reached_the_socket() -> None:
-    peer = subprocess.Popen(
-        [sys.executable, str(PEER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert peer.stdin is not None and peer.stdout is not None
+class TracedPeer:
+    """The scripted peer (tests/helpers/scripted_peer.py) traced by the real probe in ``mode``:
+    ``do`` drives one socket call, ``spans(kind)`` is every record of that kind so far."""
 
-    def do(op: str, **kw: Any) -> dict[str, Any]:
-        assert peer.stdin is not None and peer.stdout is not None
-        peer.stdin.write(json.dumps({"op": op, **kw}) + "\n")
-        peer.stdin.flush()
-        out: dict[str, Any] = json.loads(peer.stdout.readline())
+    def __init__(self, mode: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(PEER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.batches: list[np.ndarray] = []
+        self.probe = SidecarProbe(self.batches.append, ringbuf_pages=16)
+        hello = self._line()
+        self.port = int(hello["port"])
+        self.probe.add_target(int(hello["pid"]), mode)
+
+    def _line(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        out: dict[str, Any] = json.loads(self.proc.stdout.readline())
         return out
 
-    batches: list[np.ndarray] = []
-    probe = SidecarProbe(batches.append, ringbuf_pages=16)
+    def do(self, op: str, **kw: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
+        self.proc.stdin.flush()
+        return self._line()
+
+    def spans(self, kind: int) -> np.ndarray:
+        time.sleep(0.1)
+        self.probe.consume()
+        s = np.concatenate([*self.batches, self.probe.drain_pending()])
+        return s[s["kind"] == kind]
+
+    def close(self) -> None:
+        self.probe.close()
+        self.proc.kill()
+        self.proc.wait()
+
+
+@contextlib.contextmanager
+def traced_peer(mode: str) -> Iterator[TracedPeer]:
+    peer = TracedPeer(mode)
     try:
-        hello = json.loads(peer.stdout.readline())
-        assert probe.arrival != "none", probe.arrival_reason  # this kernel has both hooks
-        probe.add_target(int(hello["pid"]), "app")
+        yield peer
+    finally:
+        peer.close()
+
+
+def _recv_exactly(s: socket.socket, n: int) -> None:
+    got = b""
+    while len(got) < n:
+        got += s.recv(4096)
+
+
+def test_request_arrival_is_when_its_bytes_reached_the_socket() -> None:
+    with traced_peer("app") as peer:
+        assert peer.probe.arrival != "none", peer.probe.arrival_reason  # both hooks here
 
         def exchange(client: socket.socket, conn: str, i: int) -> None:
             req = f"GET /{i} HTTP/1.1\r\nhost: x\r\nx-request-id: arr-{i}\r\n\r\n".encode()
             client.sendall(req)
             time.sleep(HOLD_MS / 1000)
-            assert do("read", conn=conn, call="recv")["n"] == len(req)
-            do("write", conn=conn, call="send", data=RESPONSE)
-            got = b""
-            while len(got) < len(RESPONSE):
-                got += client.recv(4096)
+            assert peer.do("read", conn=conn, call="recv")["n"] == len(req)
+            peer.do("write", conn=conn, call="send", data=RESPONSE)
+            _recv_exactly(client, len(RESPONSE))
             time.sleep(PAUSE_S)
 
-        client = socket.create_connection(("127.0.0.1", int(hello["port"])))
-        do("accept")
+        client = socket.create_connection(("127.0.0.1", peer.port))
+        peer.do("accept")
         for i in range(WARMUP + MEASURED):
             exchange(client, "ds", i)
         # A new connection to the same listener: the probe knows the listener from the first
         # one, so the socket has its entry from the handshake and its very first request is
         # stamped (no read had named the socket before its bytes arrived).
-        client2 = socket.create_connection(("127.0.0.1", int(hello["port"])))
-        do("accept", conn="ds2")
+        client2 = socket.create_connection(("127.0.0.1", peer.port))
+        peer.do("accept", conn="ds2")
         exchange(client2, "ds2", WARMUP + MEASURED)
         client.close()
         client2.close()
-        time.sleep(0.1)
-        probe.consume()
-        s = np.concatenate([*batches, probe.drain_pending()])
-        s = s[s["kind"] == KIND_SERVER]
+        s = peer.spans(KIND_SERVER)
         assert len(s) == WARMUP + MEASURED + 1
         s = s[np.argsort(s["ds_rx_beg"])]
         assert len(set(s["ds_fd"][-2:])) == 2  # the last span is the second connection's
@@ -86,10 +119,6 @@ def test_request_arrival_is_when_its_bytes_reached_the_socket() -> None:
         waited_ms = (held["ds_rx_beg"] - held["ds_rx_arr"]) / 1e6
         assert (waited_ms >= HOLD_MS).all(), waited_ms
         assert (waited_ms < HOLD_MS + PAUSE_S * 1000 / 2).all(), waited_ms
-    finally:
-        probe.close()
-        peer.kill()
-        peer.wait()
 
 
 def test_first_response_on_a_new_upstream_connection_is_stamped() -> None:
@@ -97,56 +126,27 @@ def test_first_response_on_a_new_upstream_connection_is_stamped() -> None:
     is stamped (the sock path has the connection from its SYN_SENT; the syscalls path maps
     the sk that connect() names to the connection's fd), and, held HOLD_MS in the socket
     before the proxy reads it, it waited that long. Without the join the stamp is 0."""
-    peer = subprocess.Popen(
-        [sys.executable, str(PEER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert peer.stdin is not None and peer.stdout is not None
-
-    def do(op: str, **kw: Any) -> dict[str, Any]:
-        assert peer.stdin is not None and peer.stdout is not None
-        peer.stdin.write(json.dumps({"op": op, **kw}) + "\n")
-        peer.stdin.flush()
-        out: dict[str, Any] = json.loads(peer.stdout.readline())
-        return out
-
-    batches: list[np.ndarray] = []
-    probe = SidecarProbe(batches.append, ringbuf_pages=16)
-    up_listener = socket.socket()
-    try:
-        hello = json.loads(peer.stdout.readline())
-        probe.add_target(int(hello["pid"]), "proxy")
+    with traced_peer("proxy") as peer, socket.socket() as up_listener:
         up_listener.bind(("127.0.0.1", 0))
         up_listener.listen(1)
-        client = socket.create_connection(("127.0.0.1", int(hello["port"])))
-        do("accept")
-        do("connect", port=up_listener.getsockname()[1])
+        client = socket.create_connection(("127.0.0.1", peer.port))
+        peer.do("accept")
+        peer.do("connect", port=up_listener.getsockname()[1])
         upstream, _ = up_listener.accept()
         req = b"GET / HTTP/1.1\r\nhost: x\r\nx-request-id: arr-up\r\n\r\n"
         client.sendall(req)
-        assert do("read", conn="ds", call="recv")["n"] == len(req)
-        do("write", conn="us", call="send", data="forward")
-        got = b""
-        while len(got) < len(req):
-            got += upstream.recv(4096)
+        assert peer.do("read", conn="ds", call="recv")["n"] == len(req)
+        peer.do("write", conn="us", call="send", data="forward")
+        _recv_exactly(upstream, len(req))
         upstream.sendall(RESPONSE.encode())
         time.sleep(HOLD_MS / 1000)
-        assert do("read", conn="us", call="recv")["n"] == len(RESPONSE)
-        do("write", conn="ds", call="send", data="forward")
-        got = b""
-        while len(got) < len(RESPONSE):
-            got += client.recv(4096)
+        assert peer.do("read", conn="us", call="recv")["n"] == len(RESPONSE)
+        peer.do("write", conn="ds", call="send", data="forward")
+        _recv_exactly(client, len(RESPONSE))
         for sock in (client, upstream):
             sock.close()
-        time.sleep(0.1)
-        probe.consume()
-        s = np.concatenate([*batches, probe.drain_pending()])
-        s = s[s["kind"] == KIND_PROXY]
+        s = peer.spans(KIND_PROXY)
         assert len(s) == 1
         assert s["us_rx_arr"][0] > 0
         waited_ms = (int(s["us_rx_beg"][0]) - int(s["us_rx_arr"][0])) / 1e6
         assert HOLD_MS <= waited_ms < HOLD_MS + PAUSE_S * 1000 / 2, waited_ms
-    finally:
-        up_listener.close()
-        probe.close()
-        peer.kill()
-        peer.wait()
