@@ -2241,10 +2241,27 @@ TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust)
 /* A packet queued to a device; in the sender's context when a traced thread's write sends it
  * at once. Only packets longer than any bare TCP header (Ethernet 14 + IP 20 + TCP 60): an
  * ACK a timer sends while the thread runs is not its write. The first since the thread's last
- * socket call. A classic tracepoint: its format gives the length (a raw one has only skb). */
-TRACEPOINT_PROBE(net, net_dev_queue)
+ * socket call. A raw tracepoint where user space found skb->len's offset on this kernel in
+ * its BTF (SMP_SKB_LEN_OFF; struct sk_buff is no stable ABI): the classic tracepoint's
+ * format gives the length, but the kernel fills its record (the device's name too) for every
+ * packet of the node before the program runs. */
+#ifdef SMP_SKB_LEN_OFF
+SMP_INLINE u32 smp_xmit_len(struct bpf_raw_tracepoint_args *ctx)
 {
+    u32 len = 0;
+    bpf_probe_read_kernel(&len, sizeof(len), (void *)(ctx->args[0] + SMP_SKB_LEN_OFF));
+    return len;
+}
+RAW_TRACEPOINT_PROBE(net_dev_queue)
+#else
+TRACEPOINT_PROBE(net, net_dev_queue)
+#endif
+{
+#ifdef SMP_SKB_LEN_OFF
+    if (smp_xmit_len(ctx) <= SMP_XMIT_MIN_LEN)
+#else
     if (args->len <= SMP_XMIT_MIN_LEN)
+#endif
         return 0;
     int zero = 0;
     struct smp_xmit_cpu *x = smp_xmit.lookup(&zero);

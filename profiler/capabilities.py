@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from profiler import kernel
+from profiler import btf, kernel
 from profiler.errors import PermissionDenied
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 21, 38, 39
@@ -306,12 +306,25 @@ def arrival_hook(path: str) -> tuple[str, str]:
     return "none", "no sock:sk_data_ready or tcp:tcp_probe tracepoint: queue legs not measured"
 
 
-def xmit_stamps() -> tuple[bool, str]:
-    """Can writes be stamped when their first packet is queued to a device (raw tracepoint
-    net:net_dev_queue)? By the kernel's tracepoint list."""
-    if (kernel.TRACEFS / "events" / "net" / "net_dev_queue").is_dir():
-        return True, "write instants: first packet queued to a device (net:net_dev_queue)"
-    return False, "write instants: the socket call's own (no net:net_dev_queue tracepoint)"
+def xmit_stamps() -> tuple[bool, int | None, str]:
+    """(on, skb_len_offset, why): can writes be stamped when their first packet is queued to a
+    device (net:net_dev_queue)? By the kernel's tracepoint list. ``skb_len_offset`` is where
+    ``struct sk_buff``'s ``len`` lies on this kernel (BTF): the probe then takes the raw
+    tracepoint, which reads the length itself, not the classic one, whose record the kernel
+    fills for every packet of the node (device name included). None: the classic one."""
+    if not (kernel.TRACEFS / "events" / "net" / "net_dev_queue").is_dir():
+        return (
+            False,
+            None,
+            "write instants: the socket call's own (no net:net_dev_queue tracepoint)",
+        )
+    off = btf.member_offset("sk_buff", "len")
+    hook = (
+        f"raw tracepoint net:net_dev_queue, skb->len at byte {off} by BTF"
+        if off is not None
+        else "net:net_dev_queue"
+    )
+    return True, off, f"write instants: first packet queued to a device ({hook})"
 
 
 def import_bcc() -> tuple[type | None, str]:

@@ -61,7 +61,7 @@ def _method(checks: list[capabilities.Check]) -> dict[str, str]:
     if not capabilities.capture_possible(checks):
         return {"path": "none", "why": "captures are not possible here"}
     arrival, arrival_why = capabilities.arrival_hook(path)
-    _, xmit_why = capabilities.xmit_stamps()
+    _, _, xmit_why = capabilities.xmit_stamps()
     return {"path": path, "why": why, "arrival": arrival, "arrival_why": arrival_why,
             "writes": xmit_why}  # fmt: skip
 

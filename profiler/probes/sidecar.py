@@ -184,18 +184,18 @@ class SidecarProbe:
             self.path_reason = "chosen by the caller"
         self.path: Path_ = path
         self.arrival, self.arrival_reason = capabilities.arrival_hook(path)
-        self.xmit, self.xmit_reason = capabilities.xmit_stamps()
+        self.xmit, skb_len_off, self.xmit_reason = capabilities.xmit_stamps()
         pages = RINGBUF_PAGES if ringbuf_pages is None else ringbuf_pages
-        self._bpf = loader.load(
-            "sidecar",
-            {
-                "SMP_RINGBUF_PAGES": pages,
-                "SMP_MAX_CONNS": max_conns,
-                "SMP_PATH": _PATHS[path],
-                "SMP_ARRIVAL": _ARRIVALS[self.arrival],
-                "SMP_XMIT_STAMPS": int(self.xmit),
-            },
-        )
+        defines = {
+            "SMP_RINGBUF_PAGES": pages,
+            "SMP_MAX_CONNS": max_conns,
+            "SMP_PATH": _PATHS[path],
+            "SMP_ARRIVAL": _ARRIVALS[self.arrival],
+            "SMP_XMIT_STAMPS": int(self.xmit),
+        }
+        if skb_len_off is not None:  # the raw tracepoint (see capabilities.xmit_stamps)
+            defines["SMP_SKB_LEN_OFF"] = skb_len_off
+        self._bpf = loader.load("sidecar", defines)
         _set_h2_walk(self._bpf, path)
         self._on_batch = on_batch
         self._targets: dict[int, Mode] = {}
