@@ -202,3 +202,15 @@ def test_paste_replaces_only_the_marked_blocks() -> None:
     assert "load average 1.5 at start, 2.5 at end; nice -10; 300 s" in new
     assert new.startswith("intro\n") and "middle\n" in new and "kept\n" in new
     assert new.endswith("<!-- /bench:loadgens -->\nend\n")
+
+
+def test_floor_pairs_each_variant_with_its_own_rounds_off_window() -> None:
+    from benchmarks.floor import render
+
+    out = {
+        "off": [{"rps": 100.0}, {"rps": 200.0}],
+        "least": [{"rps": 90.0, "bpf_ns": 0.0}, {"rps": 200.0, "bpf_ns": 0.0}],
+    }
+    text = render(out, 5.0, stats=False)
+    # 90/100 and 200/200 (pairs crossed would give 0.45 and 2.0)
+    assert "| least | 145 | 0.950 [0.900..1.000] | - (--stats) |" in text
