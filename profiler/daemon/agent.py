@@ -32,6 +32,10 @@ from profiler.discovery.processes import find_sidecars, pod_container_dirs
 from profiler.errors import SmpError
 
 log = logging.getLogger(__name__)
+# The longest wait for the probe's records between two looks at the node. A poll returns
+# sooner when the ring is half full (SidecarProbe.poll); longer waits make bigger batches,
+# less CPU per request (docs/overhead.md). Also how late a stop or a pod event can be noticed.
+POLL_MS = 500
 
 
 class EngineLike(Protocol):
@@ -380,7 +384,9 @@ class Agent:
                     self.reconcile()
                     self.flush()
                     next_tick = now + self.interval
-                engine.poll(100)
+                # up to POLL_MS (bigger batches: less CPU per request), never past the tick
+                wait = min(POLL_MS / 1000, max(next_tick - self.clock(), 0.0))
+                engine.poll(max(int(wait * 1000), 1))
         finally:
             engine.poll(0)  # drain what is left in the ring buffer
             self.flush()

@@ -47,6 +47,10 @@ class RingReader:
         )
         self.discarded = 0
 
+    def filled(self) -> int:
+        """Bytes written and not yet read (records still being written included)."""
+        return int(self._prod_pos[0]) - int(self._cons_pos[0])
+
     def read(self) -> np.ndarray:
         """Every record committed since the last read, in order, as one array (a copy)."""
         cons = int(self._cons_pos[0])

@@ -32,6 +32,7 @@ HEADER = cheader.read(loader.bpf_dir() / "sidecar.h")
 COMMON = cheader.read(loader.bpf_dir() / "include" / "smp_common.h")
 RINGBUF_PAGES = COMMON.const("SMP_RINGBUF_PAGES")  # the one default ring size
 SPAN_DTYPE = HEADER.structs["smp_span"]
+POLL_CHECK_MS = 25  # how often a poll looks at the ring's fill level
 
 Mode = Literal["proxy", "app"]
 Path_ = Literal["sock", "syscalls"]
@@ -364,12 +365,17 @@ class SidecarProbe:
 
     # -- data ---------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 100) -> None:
-        """Wait ``timeout_ms``, then take every record that arrived, as one batch. The
-        kernel does not wake us per record (BPF_RB_NO_WAKEUP): batches are what keep the
-        cost per request low, and the ring holds 100 ms of records at tens of thousands of
-        requests per second (a full ring's losses are counted as drops)."""
-        if timeout_ms > 0:
-            time.sleep(timeout_ms / 1000)
+        """Wait ``timeout_ms``, or less once the ring is half full (looked at every
+        POLL_CHECK_MS), then take every record that arrived, as one batch. The kernel does not
+        wake us per record (BPF_RB_NO_WAKEUP): batches are what keep the cost per request low,
+        so a long timeout makes big batches at low rates and the fill level bounds them at
+        high rates, before the ring runs out (a full ring's losses are counted as drops)."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while self._ring.filled() < self._ring.size // 2:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, POLL_CHECK_MS / 1000))
         self.consume()
 
     def consume(self) -> None:
