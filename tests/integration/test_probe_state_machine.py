@@ -419,3 +419,36 @@ def test_pool_reordering_is_repaired(peer: Peer, traced: Traced) -> None:
     finally:
         for sock in (a, b, up1, up2):
             sock.close()
+
+
+def test_request_id_found_at_every_byte_offset_in_any_case(peer: Peer) -> None:
+    """The id scan (eight bytes at a time, bytes by shifts) finds the header whatever byte of
+    a word its line starts at, in any letter case, takes the value whole, and never reads past
+    the bytes the call moved: a header line that ends the head too close to its end (less
+    than the name and one byte of value) is no id. 16 requests put the id's line at 16
+    consecutive offsets (two words' worth); a slip of one byte in the shifts loses or clips
+    some of them."""
+    names = ["x-request-id", "X-Request-ID", "X-REQUEST-ID", "x-Request-Id"]
+    traced = Traced(peer, mode="app")
+    try:
+        peer.open(upstream=False)
+        assert peer.client is not None
+        sent = []
+        for k in range(16):
+            rid = f"off-{k}-{'abcdefghij'[: k % 7 + 1]}"
+            head = f"GET / HTTP/1.1\r\nhost: x\r\na: {'b' * k}\r\n{names[k % 4]}: {rid}\r\n\r\n"
+            sent.append(rid)
+            peer.client.sendall(head.encode())
+            peer.do("read", conn="ds", call="read")
+            peer.do("write", conn="ds", call="write", data=RESPONSE.decode())
+            _recv_exactly(peer.client, len(RESPONSE))
+        # the id's line is the last thing moved, cut after 14 bytes of "\nx-request-id:"
+        short = b"GET / HTTP/1.1\r\nhost: x\r\nx-request-id:"
+        peer.client.sendall(short)
+        peer.do("read", conn="ds", call="read")
+        peer.do("write", conn="ds", call="write", data=RESPONSE.decode())
+        _recv_exactly(peer.client, len(RESPONSE))
+        s = traced.spans()
+        assert request_ids(s) == [*sent, ""]
+    finally:
+        traced.probe.close()
