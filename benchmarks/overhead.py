@@ -74,7 +74,11 @@ PATHS = ("sock", "syscalls")
 CONFIGS = ("capture", "daemon")
 # A daemon setting A/B'd side by side in the same run: SMP_BENCH_CONFIGS=daemon,daemon-nice0
 # (a configuration name -> the daemon's extra arguments)
-DAEMON_CONFIGS: dict[str, list[str]] = {"daemon": [], "daemon-nice0": ["--nice", "0"]}
+DAEMON_CONFIGS: dict[str, list[str]] = {
+    "daemon": [],
+    "daemon-nice0": ["--nice", "0"],
+    "daemon-poll100": ["--poll-ms", "100"],  # the wait before it became 500 ms
+}
 TAX_CALLS = ("getppid", "read", "sockpair", "tcp")
 TAX_REPS, TAX_SCALE = 15, 0.3  # repetitions of ~10-15 ms each per call, ~0.6 s in all
 TAX_LABELS = {

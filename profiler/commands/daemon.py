@@ -19,11 +19,13 @@ from typing import Annotated
 import typer
 
 from profiler.commands import exits
+from profiler.daemon import POLL_MS
 from profiler.errors import UsageError
 
 # The daemon's default niceness (docs/daemonset.md, "What the agent costs"): its polls and
 # snapshots yield to the sidecars on a busy core instead of delaying their requests.
 NICE = 10
+POLL_MS_RANGE = (10, 5000)  # --poll-ms
 
 
 def _sidecar_names(values: Sequence[str]) -> tuple[str, ...]:
@@ -61,6 +63,14 @@ def main(
             "sidecars it measures, not they for it. 0 keeps the one it was started with."
         ),
     ] = NICE,
+    poll_ms: Annotated[
+        int,
+        typer.Option(
+            help="Longest wait in ms for the probe's records between two looks at the node "
+            "(sooner when its ring is half full): longer makes bigger batches, less CPU per "
+            "request, and a later reaction to a stop or a new pod."
+        ),
+    ] = POLL_MS,
 ) -> int:
     """Run as the node agent of the DaemonSet: discover sidecars, probe, export metrics."""
     kubernetes = not no_kubernetes
@@ -69,6 +79,9 @@ def main(
         raise UsageError(f"--interval must be positive, not {interval}")
     if not -20 <= nice <= 19:
         raise UsageError(f"--nice must be between -20 and 19, not {nice}")
+    if not POLL_MS_RANGE[0] <= poll_ms <= POLL_MS_RANGE[1]:
+        lo, hi = POLL_MS_RANGE
+        raise UsageError(f"--poll-ms must be between {lo} and {hi}, not {poll_ms}")
     if not 0 <= metrics_port <= 65535:
         raise UsageError(f"--metrics-port {metrics_port} is not a port number")
     if cgroup_root is not None and not os.path.isdir(cgroup_root):
@@ -123,7 +136,13 @@ def main(
     # The probes load in the agent's thread, with retries: the endpoints answer at once and
     # a node that cannot run BPF keeps a pod that says why (/readyz 503, smp_agent_up).
     agent = Agent(
-        None, source, collector, interval=interval, load_engine=load_engine, preflight=_doctor
+        None,
+        source,
+        collector,
+        interval=interval,
+        poll_ms=poll_ms,
+        load_engine=load_engine,
+        preflight=_doctor,
     )
     collector.health = agent.health
     registry.register(collector)

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from profiler.capture.memory import CgroupUsage, cgroup_usage
 from profiler.capture.snapshot import SnapshotLike
+from profiler.daemon import POLL_MS
 from profiler.daemon.metrics import ContainerUsage, Health, SnapshotCollector
 from profiler.discovery.cgroups import pids_in_cgroup
 from profiler.discovery.kubernetes import PodSet, PodWatcher, Target, resolve_targets
@@ -32,10 +33,6 @@ from profiler.discovery.processes import find_sidecars, pod_container_dirs
 from profiler.errors import SmpError
 
 log = logging.getLogger(__name__)
-# The longest wait for the probe's records between two looks at the node. A poll returns
-# sooner when the ring is half full (SidecarProbe.poll); longer waits make bigger batches,
-# less CPU per request (docs/overhead.md). Also how late a stop or a pod event can be noticed.
-POLL_MS = 500
 
 
 class EngineLike(Protocol):
@@ -185,6 +182,7 @@ class Agent:
     source: DiscoverySource
     collector: SnapshotCollector
     interval: float = 5.0
+    poll_ms: int = POLL_MS
     clock: Callable[[], float] = time.monotonic
     load_engine: Callable[[], EngineLike] | None = None
     preflight: Callable[[], tuple[bool, str]] | None = None
@@ -384,8 +382,8 @@ class Agent:
                     self.reconcile()
                     self.flush()
                     next_tick = now + self.interval
-                # up to POLL_MS (bigger batches: less CPU per request), never past the tick
-                wait = min(POLL_MS / 1000, max(next_tick - self.clock(), 0.0))
+                # up to poll_ms (bigger batches: less CPU per request), never past the tick
+                wait = min(self.poll_ms / 1000, max(next_tick - self.clock(), 0.0))
                 engine.poll(max(int(wait * 1000), 1))
         finally:
             engine.poll(0)  # drain what is left in the ring buffer

@@ -15,6 +15,7 @@ from profiler.cli import main
         (["--no-kubernetes", "--cgroup-root", "/nonexistent"], 2, "not a directory"),
         (["--no-kubernetes", "--sidecar-names", " , "], 2, "at least one container name"),
         (["--no-kubernetes", "--nice", "20"], 2, "--nice must be between -20 and 19"),
+        (["--no-kubernetes", "--poll-ms", "0"], 2, "--poll-ms must be between 10 and 5000"),
         ([], 2, "needs --node-name"),
         (["--node-name", "n1", "--kubeconfig", "/nonexistent"], 4, "no Kubernetes configuration"),
     ],
