@@ -20,7 +20,7 @@ def main(
     files: Annotated[list[Path], typer.Argument(help="Two or more bundles or captures.")],
     fmt: Annotated[str, typer.Option("--format", help="terminal|markdown|json.")] = "terminal",
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="File to write [default: stdout].")
+        Path | None, typer.Option("-o", "--output", help="File to write (default: stdout).")
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Compare even when CPU model or core count differ.")

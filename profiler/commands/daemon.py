@@ -39,14 +39,14 @@ def main(
     metrics_port: Annotated[int, typer.Option(help="Port of /metrics, /healthz, /readyz.")] = 9464,
     metrics_address: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
     node_name: Annotated[
-        str | None, typer.Option(help="This node's name [default: $NODE_NAME].")
+        str | None, typer.Option(help="This node's name (default: $NODE_NAME).")
     ] = None,
     no_kubernetes: Annotated[
         bool,
         typer.Option("--no-kubernetes", help="Find sidecars by process name and cgroup only."),
     ] = False,
     kubeconfig: Annotated[
-        str | None, typer.Option(help="kubeconfig file [default: in-cluster, ~/.kube/config].")
+        str | None, typer.Option(help="kubeconfig file (default: in-cluster, ~/.kube/config).")
     ] = None,
     sidecar_names: Annotated[
         list[str] | None,

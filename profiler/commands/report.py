@@ -39,11 +39,11 @@ def main(
     fmt: Annotated[
         str | None,
         typer.Option(
-            "--format", help="terminal|markdown|json|yaml|smp|html [default: by the -o suffix]."
+            "--format", help="terminal|markdown|json|yaml|smp|html (default: by the -o suffix)."
         ),
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="File to write [default: stdout].")
+        Path | None, typer.Option("-o", "--output", help="File to write (default: stdout).")
     ] = None,
     width: Annotated[int | None, WIDTH] = None,
     prometheus: Annotated[
@@ -122,7 +122,7 @@ def cluster_main(
     return 0
 
 
-WIDTH = typer.Option(help="Terminal width of the view [default: the terminal's].")
+WIDTH = typer.Option(help="Terminal width of the view (default: the terminal's).")
 
 
 command = exits(main)

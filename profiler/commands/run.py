@@ -56,7 +56,7 @@ def main(
         "result.json"
     ),
     fmt: Annotated[
-        str | None, typer.Option("--format", help="json|yaml [default: by the suffix of -o].")
+        str | None, typer.Option("--format", help="json|yaml (default: by the suffix of -o).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the bootstrap.")] = None,
     max_error_rate: Annotated[

@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 NAME = typer.Option("--name", help="Testbed name: derives its netns, bridge and subnet.")
 STATE = typer.Option(
-    "--state-dir", help="Where testbed.json and logs go [default: /run/smp-profiler/testbed-NAME]."
+    "--state-dir", help="Where testbed.json and logs go (default: /run/smp-profiler/testbed-NAME)."
 )
 
 

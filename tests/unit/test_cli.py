@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,3 +123,26 @@ def test_demo_refuses_a_missing_parent_before_building_anything(tmp_path: Path) 
         assert r.returncode == 77 and "run with sudo" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not out.parent.exists()
+
+
+def test_no_help_text_is_eaten_as_rich_markup() -> None:
+    """Typer renders help with rich markup: a "[default: stdout]" in a help text is taken for
+    a style tag and vanishes ("File to write ."). Every option and command help of the whole
+    tree is free of square brackets, and a rendered help keeps its parenthesised default."""
+    import typer
+
+    from profiler.cli import app
+
+    def walk(cmd: Any, path: str) -> list[str]:
+        bad = [f"{path}: {cmd.help}"] if cmd.help and "[" in cmd.help else []
+        for p in cmd.params:
+            text = getattr(p, "help", None) or ""
+            if "[" in text:
+                bad.append(f"{path} {p.name}: {text}")
+        for name, sub in getattr(cmd, "commands", {}).items():
+            bad += walk(sub, f"{path} {name}")
+        return bad
+
+    assert walk(typer.main.get_command(app), "smp-profiler") == []
+    r = _cli("report", "--help")
+    assert "(default: stdout)" in " ".join(r.stdout.split())
