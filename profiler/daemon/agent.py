@@ -384,7 +384,7 @@ class Agent:
                     next_tick = now + self.interval
                 # up to poll_ms (bigger batches: less CPU per request), never past the tick
                 wait = min(self.poll_ms / 1000, max(next_tick - self.clock(), 0.0))
-                engine.poll(max(int(wait * 1000), 1))
+                engine.poll(max(round(wait * 1000), 1))
         finally:
             engine.poll(0)  # drain what is left in the ring buffer
             self.flush()

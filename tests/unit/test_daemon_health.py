@@ -214,3 +214,29 @@ def test_the_full_capability_check_runs_once_and_only_when_loading_fails() -> No
     agent.engine = None
     h = agent.health()
     assert h.reason == "capability_missing" and "CAP_PERFMON" in h.detail
+
+
+@pytest.mark.parametrize(
+    ("poll_ms", "interval", "want"),
+    [(500, 5.0, 500), (200, 5.0, 200), (500, 0.05, 50)],
+)
+def test_the_loop_polls_up_to_poll_ms_and_never_past_its_tick(
+    poll_ms: int, interval: float, want: int
+) -> None:
+    """The agent waits up to --poll-ms for the probe's records (ms, not s), and less when its
+    next reconcile is due sooner: on a clock that stands still every wait is the smaller."""
+    stop = threading.Event()
+    waits: list[int] = []
+
+    class Recording(Engine):
+        def poll(self, timeout_ms: int = 100) -> None:
+            waits.append(timeout_ms)
+            if len(waits) == 3:
+                stop.set()
+
+    agent = Agent(
+        Recording(), Source(), SnapshotCollector(), interval=interval, poll_ms=poll_ms,
+        clock=lambda: 100.0,
+    )  # fmt: skip
+    agent.run(stop)
+    assert waits[:3] == [want] * 3 and waits[3:] == [0]  # then the last drain
