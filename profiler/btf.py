@@ -10,6 +10,7 @@ is ``None``: the caller then does without the field, never guesses.
 
 from __future__ import annotations
 
+import array
 import functools
 import struct
 from pathlib import Path
@@ -22,40 +23,43 @@ _FIXED = {1: 4, 2: 0, 3: 12, 7: 0, 8: 0, 9: 0, 10: 0, 11: 0, 12: 0, 14: 4, 16: 0
 _PER_MEMBER = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
 _QUALIFIERS = (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG)
 
-# one type: (name offset, kind, kind_flag, referenced type id, members or None)
-_Type = tuple[int, int, int, int, list[tuple[int, int, int]] | None]
-
 
 class _Btf:
+    """One BTF blob, decoded on demand: the walk keeps only where each type's record starts."""
+
     def __init__(self, data: bytes) -> None:
         magic, _ver, _flags, hdr_len, toff, tlen, soff, slen = struct.unpack_from("<HBBIIIII", data)
         if magic != MAGIC:
             raise ValueError("not BTF")
-        self.strings = data[hdr_len + soff : hdr_len + soff + slen]
-        self.types: list[_Type] = [(0, 0, 0, 0, None)]  # type id 0 is void
+        self.data = data
+        self.str_at = hdr_len + soff
+        self.str_end = self.str_at + slen
+        self.starts = array.array("Q", [0])  # type id 0 is void
         p, end = hdr_len + toff, hdr_len + toff + tlen
         while p < end:
-            name_off, info, size_or_type = struct.unpack_from("<III", data, p)
-            p += 12
-            kind, vlen, kflag = (info >> 24) & 0x1F, info & 0xFFFF, info >> 31
-            members = None
-            if kind in (STRUCT, UNION):
-                members = [struct.unpack_from("<III", data, p + 12 * i) for i in range(vlen)]
+            self.starts.append(p)
+            info = int.from_bytes(data[p + 4 : p + 8], "little")
+            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
             if kind in _FIXED:
-                p += _FIXED[kind]
+                p += 12 + _FIXED[kind]
             elif kind in _PER_MEMBER:
-                p += _PER_MEMBER[kind] * vlen
+                p += 12 + _PER_MEMBER[kind] * vlen
             else:
                 raise ValueError(f"BTF kind {kind} unknown")
-            self.types.append((name_off, kind, kflag, size_or_type, members))
+
+    def type(self, type_id: int) -> tuple[int, int, int, int, int]:
+        """(name offset, kind, vlen, kind_flag, size or referenced type id)."""
+        name_off, info, ref = struct.unpack_from("<III", self.data, self.starts[type_id])
+        return name_off, (info >> 24) & 0x1F, info & 0xFFFF, info >> 31, ref
 
     def name(self, off: int) -> str:
-        return self.strings[off : self.strings.index(b"\0", off)].decode()
+        at = self.str_at + off
+        return self.data[at : self.data.index(b"\0", at, self.str_end)].decode()
 
     def _aggregate(self, type_id: int) -> int | None:
         """The struct or union ``type_id`` names, through typedefs and qualifiers."""
         for _ in range(16):
-            _, kind, _, ref, _ = self.types[type_id]
+            _, kind, _, _, ref = self.type(type_id)
             if kind in (STRUCT, UNION):
                 return type_id
             if kind not in _QUALIFIERS:
@@ -66,8 +70,10 @@ class _Btf:
     def bit_offset(self, type_id: int, member: str) -> tuple[int, int] | None:
         """``member``'s offset in bits within ``type_id`` (looking into anonymous members),
         and its width in bits when it is a bit field (else 0)."""
-        _, _, kflag, _, members = self.types[type_id]
-        for name_off, mtype, off in members or ():
+        _, _, vlen, kflag, _ = self.type(type_id)
+        first = self.starts[type_id] + 12
+        for i in range(vlen):
+            name_off, mtype, off = struct.unpack_from("<III", self.data, first + 12 * i)
             bits, width = (off & 0xFFFFFF, off >> 24) if kflag else (off, 0)
             if name_off and self.name(name_off) == member:
                 return bits, width
@@ -79,28 +85,24 @@ class _Btf:
         return None
 
     def struct_id(self, name: str) -> int | None:
-        for i, (name_off, kind, _, _, _) in enumerate(self.types):
+        for i in range(1, len(self.starts)):
+            name_off, kind, _, _, _ = self.type(i)
             if kind == STRUCT and name_off and self.name(name_off) == name:
                 return i
         return None
 
 
 @functools.cache
-def _load(path: Path) -> _Btf | None:
-    try:
-        return _Btf(path.read_bytes())
-    except (OSError, ValueError, struct.error, IndexError, UnicodeDecodeError):
-        return None
-
-
 def member_offset(struct_name: str, member: str, path: Path = VMLINUX) -> int | None:
     """Byte offset of ``struct struct_name``'s ``member`` on the kernel ``path`` describes;
-    None when there is no readable BTF, no such member, or it is a bit field."""
-    btf = _load(path)
-    sid = btf.struct_id(struct_name) if btf else None
-    if btf is None or sid is None:
+    None when there is no readable BTF, no such member, or it is a bit field. The answer is
+    kept (the blob is not: ~5 MB, and a decoded copy would be several times that)."""
+    try:
+        btf = _Btf(path.read_bytes())
+        sid = btf.struct_id(struct_name)
+        found = btf.bit_offset(sid, member) if sid is not None else None
+    except (OSError, ValueError, struct.error, IndexError, UnicodeDecodeError):
         return None
-    found = btf.bit_offset(sid, member)
     if found is None or found[1] or found[0] % 8:
         return None
     return found[0] // 8

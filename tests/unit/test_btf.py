@@ -70,3 +70,13 @@ def test_this_kernel_agrees_with_the_probes_fixed_sock_common_offsets() -> None:
     assert btf.member_offset("sock_common", "skc_num") == 14
     assert btf.member_offset("sock_common", "skc_net") == 48
     assert btf.member_offset("sk_buff", "len") is not None
+
+
+def test_only_the_answer_is_kept_not_the_blob(blob: Path) -> None:
+    """A daemon looks up one offset and runs for weeks: the ~5 MB blob (and any decoded form
+    of it) must not stay in memory after the lookup."""
+    import gc
+
+    assert btf.member_offset("outer", "b", blob) == 12
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, btf._Btf)]
