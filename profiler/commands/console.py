@@ -4,8 +4,7 @@ stderr and the summary table of a bundle's documents."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,6 +12,9 @@ from rich.table import Table
 
 from profiler.model import StepRecord
 from profiler.runner import Window, rate_label
+
+if TYPE_CHECKING:
+    from profiler.report.source import Source
 
 
 class RichReporter:
@@ -132,15 +134,14 @@ def summary_table(doc: dict[str, Any]) -> Table:
     return t
 
 
-def queue_summary(path: Path) -> RenderableType | None:
-    """The run's "Sidecar queue vs work" table (its report's), read back from the file just
-    written; None when it has no proxy legs."""
-    from profiler import report
+def queue_summary(src: Source) -> RenderableType | None:
+    """The run's "Sidecar queue vs work" table, as its report shows it; None when it has no
+    proxy legs."""
     from profiler.report.tables import queue_table
     from profiler.report.terminal import rich_table
     from profiler.report.view import view
 
-    t = queue_table(view(report.load(path)))
+    t = queue_table(view(src))
     return None if t is None else rich_table(t)
 
 

@@ -76,13 +76,14 @@ def main(
     path = outputs.save_text(output_dir / "result.json", dumps(doc, "json"))
     saved = [path, outputs.save_text(output_dir / "result.yaml", dumps(doc, "yaml"))]
     out.print(summary_table(doc))
-    if (queue := queue_summary(path)) is not None:
+    from profiler import report
+
+    src = report.load(path)  # the file as written: the summary and the HTML report read it
+    if (queue := queue_summary(src)) is not None:
         out.print(queue)
     for note in bundle.notes:
         out.print(f"[yellow]note:[/] {note}")
-    from profiler import report
-
-    html = report.get("html").render(report.load(path))
+    html = report.get("html").render(src)
     saved.append(outputs.save_text(output_dir / "report.html", html))
     out.print(f"demo took {time.monotonic() - t0:.0f} s; testbeds torn down")
     print(f"results in {output_dir.resolve()}/ (result.json, result.yaml, report.html)")

@@ -68,6 +68,7 @@ def main(
     from profiler import capabilities, outputs, runner
     from profiler.commands.console import RichReporter, console, queue_summary, summary_table
     from profiler.model import RunConfig, dumps
+    from profiler.report.source import bundle_source
     from profiler.smp.bundle import bundle_json
 
     if fmt is not None and fmt not in FORMATS:
@@ -103,7 +104,7 @@ def main(
         doc = bundle_json(stop.bundle)
         written = outputs.save_text(output, dumps(doc, used))
         out.print(summary_table(doc))
-        if (queue := queue_summary(written)) is not None:
+        if (queue := queue_summary(bundle_source(written, stop.bundle, doc, doc))) is not None:
             out.print(queue)
         for note in doc["details"]["notes"]:
             out.print(f"[yellow]note:[/] {note}")
@@ -114,7 +115,7 @@ def main(
     doc = bundle_json(bundle)
     written = outputs.save_text(output, dumps(doc, used))  # never lost: a fallback if need be
     out.print(summary_table(doc))
-    if (queue := queue_summary(written)) is not None:
+    if (queue := queue_summary(bundle_source(written, bundle, doc, doc))) is not None:
         out.print(queue)
     for note in doc["details"]["notes"]:
         out.print(f"[yellow]note:[/] {note}")

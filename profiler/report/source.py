@@ -192,6 +192,16 @@ def _smp_notes(path: Path, docs: dict[str, Any]) -> list[str]:
     return notes
 
 
+def bundle_source(
+    path: Path, bundle: RunBundle, raw: Any, documents: dict[str, Any] | None = None
+) -> Source:
+    """A run bundle as a source: ``raw`` is the file's JSON, ``documents`` its documents
+    (``bundle_json(bundle)``, made when not given). ``run`` and ``demo`` hand in what they
+    just wrote, so their summary needs no reading back."""
+    docs = bundle_json(bundle) if documents is None else documents
+    return Source(path, "bundle", raw, bundle=bundle, documents=docs)
+
+
 def load(path: Path) -> Source:
     """Read and recognise one result file; anything else is one BadInputFile line."""
     from profiler.capture.document import is_capture
@@ -203,7 +213,7 @@ def load(path: Path) -> Source:
             bundle = RunBundle.from_json(raw)
         except BadInputFile as e:
             raise BadInputFile(f"{path}: {e}") from None
-        return Source(path, "bundle", raw, bundle=bundle, documents=bundle_json(bundle))
+        return bundle_source(path, bundle, raw)
     if is_capture(raw):
         return Source(path, "capture", raw, capture=dict(raw))
     if isinstance(raw, dict | list) and list(fortio._runs(raw)):

@@ -338,21 +338,33 @@ def test_real_capture_queue_table_is_its_legs() -> None:
 
 
 def test_run_and_demo_console_print_the_queue_table() -> None:
-    """``run`` and ``demo`` print the report's queue table after their summary, read back from
-    the file they wrote: the known numbers per rate; none for a file without the split."""
+    """``run`` and ``demo`` print the report's queue table after their summary: the known
+    numbers per rate, from the file (demo) or from the bundle in memory as written (run, no
+    reading back: the same table); none for a file without the split."""
     import io
 
     from rich.console import Console
 
+    from profiler import report
     from profiler.commands.console import queue_summary
+    from profiler.report.source import bundle_source
+    from profiler.smp.bundle import bundle_json
 
-    table = queue_summary(QBUNDLE)
+    def text(table: Any) -> str:
+        buf = io.StringIO()
+        Console(file=buf, width=120, no_color=True).print(table)
+        return buf.getvalue()
+
+    src = report.load(QBUNDLE)
+    table = queue_summary(src)
     assert table is not None
-    buf = io.StringIO()
-    Console(file=buf, width=120, no_color=True).print(table)
-    lines = [ln for ln in buf.getvalue().splitlines() if re.search(r"\d\.\d{3}", ln)]
+    lines = [ln for ln in text(table).splitlines() if re.search(r"\d\.\d{3}", ln)]
     assert len(lines) == 3
     for line, (rq, rw, sq, sw) in zip(lines, STEPS, strict=True):
         cells = re.findall(r"\d+\.\d{3}", line)
         assert cells == [f"{x / 1000:.3f}" for x in (rq, rw, sq, sw)], line
-    assert queue_summary(QCAPTURE) is None  # a capture: its report has its own
+    assert src.bundle is not None
+    doc = bundle_json(src.bundle)
+    in_memory = queue_summary(bundle_source(QBUNDLE, src.bundle, doc, doc))
+    assert text(in_memory) == text(table)
+    assert queue_summary(report.load(QCAPTURE)) is None  # a capture: its report has its own
