@@ -2252,16 +2252,14 @@ SMP_INLINE u32 smp_xmit_len(struct bpf_raw_tracepoint_args *ctx)
     bpf_probe_read_kernel(&len, sizeof(len), (void *)(ctx->args[0] + SMP_SKB_LEN_OFF));
     return len;
 }
+#define SMP_XMIT_PACKET_LEN smp_xmit_len(ctx)
 RAW_TRACEPOINT_PROBE(net_dev_queue)
 #else
+#define SMP_XMIT_PACKET_LEN args->len
 TRACEPOINT_PROBE(net, net_dev_queue)
 #endif
 {
-#ifdef SMP_SKB_LEN_OFF
-    if (smp_xmit_len(ctx) <= SMP_XMIT_MIN_LEN)
-#else
-    if (args->len <= SMP_XMIT_MIN_LEN)
-#endif
+    if (SMP_XMIT_PACKET_LEN <= SMP_XMIT_MIN_LEN)
         return 0;
     int zero = 0;
     struct smp_xmit_cpu *x = smp_xmit.lookup(&zero);

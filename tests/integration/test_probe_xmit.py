@@ -95,14 +95,20 @@ def _send_from_thread(cli: socket.socket, peer: socket.socket, size: int) -> int
     return tid[0]
 
 
+@pytest.mark.parametrize("hook", ["raw", "classic"])
 def test_write_stamps_take_long_packets_and_skip_bare_headers(
-    tcp_pair: tuple[socket.socket, socket.socket],
+    tcp_pair: tuple[socket.socket, socket.socket], hook: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Both hooks: the raw tracepoint this kernel gets, and the classic one a kernel without
+    BTF gets (no skb->len offset)."""
+    if hook == "classic":
+        monkeypatch.setattr(btf, "member_offset", lambda *a, **k: None)
     on, off, why = capabilities.xmit_stamps()
-    assert on and off is not None, why  # this kernel: the raw tracepoint, by BTF
+    assert on and (off is not None) == (hook == "raw"), why
     probe = SidecarProbe(lambda batch: None, ringbuf_pages=16)
     try:
-        assert b"net_dev_queue" in probe._bpf.raw_tracepoint_fds  # type: ignore[attr-defined]
+        raw = b"net_dev_queue" in probe._bpf.raw_tracepoint_fds  # type: ignore[attr-defined]
+        assert raw == (hook == "raw")
         # 1 byte: a 67-byte packet on the loopback (Ethernet, IP, TCP with timestamps), no
         # longer than a bare TCP header can be: never a write stamp
         short = _send_from_thread(*tcp_pair, 1)
