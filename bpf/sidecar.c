@@ -1191,7 +1191,8 @@ SMP_INLINE void smp_h2_hpack(struct smp_h2_call *k, struct smp_h2_dir *d, struct
 }
 
 /* Header blocks queued but not decoded (the chain of tail calls ran out, or the queue
- * was full): unknown, and the shadow lost count of the encoder's table. */
+ * was full): unknown, and the shadow lost count of the encoder's table (counted in
+ * h2_blocks_lost: the statuses of entries inserted before are unknown from then on). */
 SMP_INLINE void smp_hq_give_up(struct smp_h2_call *k, struct smp_h2_dir *d)
 {
     u32 left = (k->hq_n > k->hq_i ? k->hq_n - k->hq_i : 0) + k->hq_over;
@@ -1200,7 +1201,11 @@ SMP_INLINE void smp_hq_give_up(struct smp_h2_call *k, struct smp_h2_dir *d)
     k->hq_i = k->hq_n;
     k->hq_over = 0;
     d->hp.floor = d->hp.ins;  /* their insertions are not counted (see smp_hpack) */
-    smp_status_add(k->x.upid, SMP_ST_UNKNOWN, 0, left);
+    u32 upid = k->x.upid;
+    smp_status_add(upid, SMP_ST_UNKNOWN, 0, left);
+    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
+    if (ps)
+        __sync_fetch_and_add(&ps->h2_blocks_lost, left);
 }
 
 /* The walk is done (or lost its place): the queued header blocks to the decoder. */
@@ -1227,9 +1232,12 @@ SMP_INLINE void smp_h2_lost(struct smp_h2_call *k, struct smp_h2_dir *d, struct 
 
 /* Up to SMP_H2_PER_STEP frame headers of the call in smp_h2_scratch, then on to the next
  * (a tail call: at most 33 in a chain, so up to 33 * SMP_H2_PER_STEP frames per call). Loaded
- * by user space with the type of the path's programs. */
+ * by user space with the type of the path's programs. 6 is as many as the verifier takes: the
+ * fewer tail calls the walk needs, the more are left for the header blocks (measured under
+ * CPU contention with 4: a gRPC server sidecar's reads of many answers at once ran out of them
+ * in 1 run in 3, see smp_hq_give_up). */
 #ifndef SMP_H2_PER_STEP
-#define SMP_H2_PER_STEP 4
+#define SMP_H2_PER_STEP 6
 #endif
 int smp_h2_step(void *ctx)
 {

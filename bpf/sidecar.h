@@ -167,6 +167,8 @@ struct smp_proc_stats {
     u64 h2_resets;          /* HTTP/2 streams reset (RST_STREAM) before they ended: no span */
     u64 h2_desyncs;         /* times the HTTP/2 frame walk lost its place (bytes: unparsed) */
     u64 stale_answers;      /* upstream answers no downstream response took within 50 ms */
+    u64 h2_blocks_lost;     /* HTTP/2 header blocks left undecoded (tail calls ran out): their
+                             * statuses unknown, and the HPACK shadow's earlier entries */
 };
 
 #endif

@@ -59,6 +59,7 @@ def unparsed_doc(
         "unattributed_calls": int(stats.get("unattributed", 0)),
         "http2_desyncs": int(stats.get("h2_desyncs", 0)),
         "http2_resets": int(stats.get("h2_resets", 0)),
+        "http2_blocks_lost": int(stats.get("h2_blocks_lost", 0)),
         "stale_answers": int(stats.get("stale_answers", 0)),
     }
 

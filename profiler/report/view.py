@@ -441,15 +441,18 @@ def _process(p: dict[str, Any], role: str, rng: np.random.Generator) -> SidecarV
     )
 
 
-def _statuses(st: dict[str, Any]) -> str:
+def _statuses(st: dict[str, Any], lost: int = 0) -> str:
     """The kernel-decoded HTTP/2 statuses of a sidecar, one line: "200 x 3900, 503 x 12;
-    grpc 0 x 3400, 14 x 500; 3 not decoded"."""
+    grpc 0 x 3400, 14 x 500; 3 not decoded", and the header blocks the probe lost (``lost``:
+    from then on, statuses the encoder had put in its table before are not decoded)."""
     parts = []
     for name, label in (("http", ""), ("grpc", "grpc ")):
         codes = st.get(name) or {}
         if codes:
             parts.append(label + ", ".join(f"{c} x {n:,}" for c, n in codes.items()))
     parts.append(f"{int(st.get('unknown') or 0):,} not decoded")
+    if lost:
+        parts.append(f"{lost:,} header blocks lost (tail calls ran out)")
     return "; ".join(parts)
 
 
@@ -471,7 +474,8 @@ def capture_view(src: Source) -> CaptureView:
         for sc in cap.get("sidecars") or []:
             st = sc.get("http2_statuses")
             if st and (st.get("http") or st.get("grpc") or st.get("unknown")):
-                facts.append((f"HTTP/2 statuses, pid {sc.get('pid', '?')}", _statuses(st)))
+                lost = int((sc.get("unparsed") or {}).get("http2_blocks_lost") or 0)
+                facts.append((f"HTTP/2 statuses, pid {sc.get('pid', '?')}", _statuses(st, lost)))
         notes = [*src.notes, *(f"WARNING: {w}" for w in cap.get("warnings") or [])]
         if any(q.state == "not in file" for p in procs for q in p.queue_work):
             notes.append(OLD_FILE_NOTE)

@@ -73,20 +73,26 @@ def _logged_calls(
     return n, ok, {e.grpc_status for e in grpc_entries}
 
 
-def _check_statuses(pod: str, st: dict[str, Any], n: int, ok: int, code: str) -> None:
+def _check_statuses(pod: str, sidecar: dict[str, Any], n: int, ok: int, code: str) -> None:
     """The kernel-decoded statuses of n calls, ok of them OK and the rest `code`, as Envoy
     logged them. Never guessed: no code that was not sent, no code counted more often than
-    it was sent, and every call whose grpc-status was not decoded is in `unknown`. On a quiet
-    node all are decoded (measured: 4,023 of 4,023, 0 unknown); a worker write of more
-    streams than the tail-call chain can decode (~16) leaves some unknown, so the bound is
-    half -- a shadow that is off by one or not there decodes almost none (checked)."""
+    it was sent, and every call with a span whose grpc-status was not decoded is in
+    `unknown`. When no header block was lost (`http2_blocks_lost`) nearly all are decoded (a
+    shadow that is off by one or not there decodes almost none: checked). A block left
+    undecoded (a read of many answers at once ran out of tail calls, 1 run in 3 under CPU
+    contention before the walk took 6 frames per program) costs the shadow its count, and
+    every later reference to an earlier entry is unknown: then counted, in `unknown` too."""
+    st = sidecar["http2_statuses"]
+    spans = sidecar["requests"]
+    lost = sidecar["unparsed"]["http2_blocks_lost"]
     g = st["grpc"]
     assert set(st["http"]) <= {"200"} and st["http"].get("200", 0) <= n, (pod, st)
     assert set(g) <= {"0", code}, (pod, st)
     assert g.get("0", 0) <= ok and g.get(code, 0) <= n - ok, (pod, st, ok, n)
     decoded = g.get("0", 0) + g.get(code, 0)
-    assert decoded + st["unknown"] >= n, (pod, st, n)
-    assert decoded >= 0.5 * n and st["http"].get("200", 0) >= 0.5 * n, (pod, st, n)
+    assert decoded + st["unknown"] >= spans and st["unknown"] >= lost, (pod, st, spans, lost)
+    if not lost:
+        assert decoded >= 0.9 * spans and st["http"].get("200", 0) >= 0.9 * spans, (pod, st)
 
 
 def test_grpc_unary_and_streaming_one_span_per_call_on_both_sidecars(
@@ -114,7 +120,7 @@ def test_grpc_unary_and_streaming_one_span_per_call_on_both_sidecars(
         # the kernel (HPACK: :status static-indexed, grpc-status a literal once, then through
         # the dynamic-table shadow), against Envoy's log
         assert n - ok == failed.requests_sent
-        _check_statuses(pod, s["http2_statuses"], n, ok, "5")
+        _check_statuses(pod, s, n, ok, "5")
     # the app sends its response headers first and its first message after 1 ms: the
     # upstream leg ends at the headers' arrival, the first DATA frame leaves >= 1 ms after the
     # request came in, after the upstream leg
@@ -173,7 +179,7 @@ def test_grpc_over_mtls_one_span_per_call_on_both_sidecars(
         # plaintext downstream, the server sidecar from the app's (grpcio's) encoder on its
         # upstream streams (its downstream is TLS); Envoy's log says the same
         assert n - ok == failed.requests_sent, (pod, n, ok)
-        _check_statuses(pod, s["http2_statuses"], n, ok, "14")
+        _check_statuses(pod, s, n, ok, "14")
     client, server = sc[tb.state.client.envoy_pid], sc[tb.state.server.envoy_pid]
     assert client["http2_spans"]["downstream"] == client["requests"]
     assert client["tls_upstream_spans"] == client["requests"]

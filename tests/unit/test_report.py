@@ -24,6 +24,7 @@ from profiler.cli import main
 from profiler.errors import BadInputFile, UsageError
 from profiler.loadgen import fortio
 from profiler.model import read_bundle
+from profiler.report.view import capture_view
 from profiler.smp import validate
 from profiler.smp.bundle import bundle_json, write_bundle
 
@@ -56,6 +57,26 @@ def test_terminal_view_of_the_pinned_bundle_matches_golden() -> None:
 
 def test_terminal_view_of_the_pinned_capture_matches_golden() -> None:
     _golden("report_capture_terminal.txt", _render("terminal", CAPTURE, width=120))
+
+
+def test_capture_view_says_how_many_header_blocks_were_lost(tmp_path: Path) -> None:
+    """The statuses line of a sidecar whose probe lost header blocks says so (an ``unknown``
+    count that grew from a lost HPACK shadow is not a mystery); none lost, nothing said."""
+    doc = json.loads(CAPTURE.read_text())
+    sc = doc["sidecars"][0]
+    sc["http2_statuses"] = {"http": {"200": 3900}, "grpc": {"0": 800}, "unknown": 3100}
+    sc["unparsed"] = {"http2_blocks_lost": 7}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(doc))
+    facts = dict(capture_view(report.load(path)).facts)
+    line = facts[f"HTTP/2 statuses, pid {sc['pid']}"]
+    assert line == "200 x 3,900; grpc 0 x 800; 3,100 not decoded; 7 header blocks lost " + (
+        "(tail calls ran out)"
+    )
+    sc["unparsed"]["http2_blocks_lost"] = 0
+    path.write_text(json.dumps(doc))
+    facts = dict(capture_view(report.load(path)).facts)
+    assert facts[f"HTTP/2 statuses, pid {sc['pid']}"].endswith("; 3,100 not decoded")
 
 
 def test_markdown_of_the_pinned_bundle_matches_golden() -> None:
