@@ -167,7 +167,7 @@ struct smp_proc_stats {
     u64 h2_resets;          /* HTTP/2 streams reset (RST_STREAM) before they ended: no span */
     u64 h2_desyncs;         /* times the HTTP/2 frame walk lost its place (bytes: unparsed) */
     u64 stale_answers;      /* upstream answers no downstream response took within 50 ms */
-    u64 h2_blocks_lost;     /* HTTP/2 header blocks left undecoded (tail calls ran out): their
+    u64 h2_blocks_lost;     /* HTTP/2 header blocks left undecoded (tail calls or queue ran out):
                              * statuses unknown, and the HPACK shadow's earlier entries */
 };
 
