@@ -1234,7 +1234,7 @@ SMP_INLINE void smp_h2_lost(struct smp_h2_call *k, struct smp_h2_dir *d, struct 
  * (a tail call: at most 33 in a chain, so up to 33 * SMP_H2_PER_STEP frames per call). Loaded
  * by user space with the type of the path's programs. The fewer tail calls the walk needs, the
  * more are left for the header blocks (measured under CPU contention with 4: a gRPC server
- * sidecar's reads of many answers at once ran out of them in 1 run of 14, see smp_hq_give_up;
+ * sidecar's reads of many answers at once ran out of them in 1 run of 24, see smp_hq_give_up;
  * with 5, 0 of 12). 6 loads here as root, but not in the DaemonSet's container (headerless
  * node, its capabilities only): the verifier's limit is near. */
 #ifndef SMP_H2_PER_STEP
