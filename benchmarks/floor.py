@@ -12,6 +12,12 @@ per round, the variants' order rotated each round:
   syscall's registers, the clock and 12 bytes of the buffer for a traced call; an array slot
   per data arrival; the length, a per-CPU slot and the clock per packet), Envoy and its app
   traced, nothing sent to user space;
+- ``timing``: the least a probe must do to time every request and hand it to user space
+  (level 2: level 1, the data's first bytes through the iovec, the socket's entry in a hash
+  with each call's instant, an arrival stamp per traced socket, one ring record per response
+  written: two a proxied request), read in batches as the probe's are (``RingReader``, polls
+  of up to 100 ms or half a ring) and counted, nothing more: no request ids, roles, HTTP/2
+  or answer queue;
 - ``probe``: the sidecar probe itself, Envoy and its app traced, its records read by this
   process's engine as the daemon reads them (no spans file);
 - ``unread``: the same probe with its ring buffer never read: once the ring is full every
@@ -34,15 +40,33 @@ import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import paired_ratios, poll_during, rotate, testbed
-from benchmarks.overhead import CONNECTIONS, parse_wrk
+import numpy as np
+
+from benchmarks.common import build_c, paired_deltas, paired_ratios, poll_during, rotate, testbed
+from benchmarks.overhead import (
+    CONNECTIONS,
+    OPEN_CONNECTIONS,
+    TAX_LABELS,
+    TAX_REPS,
+    TAX_SCALE,
+    TAX_SOURCE,
+    parse_tax,
+    parse_wrk,
+)
 
 FLOOR_SOURCE = Path(__file__).resolve().parent / "floor.c"
-VARIANTS = ("off", "hooks", "least", "probe", "unread")
+VARIANTS = ("off", "hooks", "least", "timing", "probe", "unread")
+RING_PAGES = 256  # as the probe variant's engine
+FLOOR_TAX_CALLS = ("sockpair", "tcp")  # the calls whose packets and socket calls run the hooks
+FLOOR_RECORD = np.dtype(  # struct floor_conn (floor.c)
+    [("sk", "<u8"), ("t", "<u8", 4), ("arr", "<u8"), ("n", "<u4"), ("tgid", "<u4")]
+)
 
 
 def _wrk(tb: Any, seconds: float) -> float:
@@ -53,6 +77,49 @@ def _wrk(tb: Any, seconds: float) -> float:
     argv += [f"-d{int(seconds)}s", "--timeout=5s", st.url]
     p = subprocess.run(argv, capture_output=True, text=True, check=True)
     return parse_wrk(p.stdout)["rps"]
+
+
+class Loads:
+    """What one window measures: wrk at saturation (``rps``; BPF counted around it only,
+    ``snap()`` before and after), then with ``--latency`` the built-in open-loop generator at
+    ``rate`` (``p50_us``, ``p99_us``), then with ``--tax`` the C loop of ``benchmarks/tax.c``
+    in a process nobody traces (``tax``: ns per call, best of its repetitions)."""
+
+    def __init__(self, tb: Any, seconds: float, rate: float, tax_exe: Path | None) -> None:
+        self.tb, self.seconds, self.rate, self.tax_exe = tb, seconds, rate, tax_exe
+
+    def run(self, snap: Callable[[], Any]) -> dict[str, Any]:
+        a = snap()
+        out: dict[str, Any] = {"rps": _wrk(self.tb, self.seconds)}
+        b = snap()
+        out["bpf_ns"] = _bpf_ns(a, b) if a is not None else 0
+        if self.rate:
+            from profiler.loadgen import LoadSpec, run_load
+
+            st = self.tb.state
+            spec = LoadSpec(
+                "builtin",
+                st.url,
+                self.rate,
+                self.seconds,
+                OPEN_CONNECTIONS,
+                warmup_s=0.3,
+                netns=st.client.netns,
+            )
+            r = run_load(spec)
+            out["p50_us"] = float(r.percentiles_ms[50.0]) * 1000.0
+            out["p99_us"] = float(r.percentiles_ms[99.0]) * 1000.0
+            out["fixed_requests"] = r.requests
+        if self.tax_exe is not None:
+            p = subprocess.run(
+                [str(self.tax_exe), str(TAX_REPS), f"{TAX_SCALE:g}"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=120,
+            )
+            out["tax"] = {k: v["best"] for k, v in parse_tax(p.stdout).items()}
+        return out
 
 
 def _bpf_ns(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> int:
@@ -70,9 +137,18 @@ def _stats(on: bool) -> Iterator[None]:
         yield
 
 
-def _floor_window(tb: Any, level: int, seconds: float, stats: bool) -> dict[str, float]:
+def _consume(ring: Any, counted: list[int]) -> None:
+    """One poll as the probe's (``SidecarProbe.poll``): up to 100 ms, less once half full."""
+    deadline = time.monotonic() + 0.1
+    while ring.filled() < ring.size // 2 and time.monotonic() < deadline:
+        time.sleep(0.025)
+    counted[0] += len(ring.read())
+
+
+def _floor_window(loads: Loads, level: int, stats: bool) -> dict[str, Any]:
     from profiler import btf, capabilities
     from profiler.probes import loader
+    from profiler.probes.ringbuf import RingReader
 
     bpf_class, detail = capabilities.import_bcc()
     if bpf_class is None:
@@ -80,75 +156,104 @@ def _floor_window(tb: Any, level: int, seconds: float, stats: bool) -> dict[str,
     skb_len = btf.member_offset("sk_buff", "len")
     if skb_len is None:
         raise RuntimeError("no skb->len offset in the kernel's BTF")
-    defines = {"FLOOR_LEVEL": level, "SKB_LEN_OFF": skb_len}
+    defines = {"FLOOR_LEVEL": level, "SKB_LEN_OFF": skb_len, "FLOOR_RING_PAGES": RING_PAGES}
     with capabilities.captured_stderr():
         bpf = bpf_class(src_file=str(FLOOR_SOURCE), cflags=loader.cflags(defines))
+    ring = None
     try:
         pids = bpf["floor_pids"]
-        for pid in (tb.state.server.envoy_pid, tb.state.server.app_pid):
+        st = loads.tb.state
+        for pid in (st.server.envoy_pid, st.server.app_pid):
             pids[pids.Key(pid)] = pids.Leaf(1)
+        counted = [0]
         with _stats(stats):
-            a = loader.prog_stats(bpf)
-            rps = _wrk(tb, seconds)
-            b = loader.prog_stats(bpf)
+            if level < 2:
+                return loads.run(lambda: loader.prog_stats(bpf))
+            ring = RingReader(bpf["floor_ring"].map_fd, RING_PAGES, FLOOR_RECORD)
+            out, cpu = poll_during(
+                lambda: _consume(ring, counted), lambda: loads.run(lambda: loader.prog_stats(bpf))
+            )
+        out.update(records=counted[0], consumer_s=cpu)
+        return out
     finally:
+        if ring is not None:
+            ring.close()
         bpf.cleanup()
-    return {"rps": rps, "bpf_ns": _bpf_ns(a, b)}
 
 
-def _probe_window(tb: Any, seconds: float, stats: bool, read: bool) -> dict[str, float]:
+def _probe_window(loads: Loads, stats: bool, read: bool) -> dict[str, Any]:
     from profiler.capture.engine import Engine
     from profiler.probes import loader
 
-    st = tb.state
-    engine = Engine(ringbuf_pages=256)
+    st = loads.tb.state
+    engine = Engine(ringbuf_pages=RING_PAGES)
     try:
         engine.add_target(st.server.envoy_pid, "sidecar")
         engine.add_target(st.server.app_pid, "app")
         bpf = engine._probe._bpf  # type: ignore[attr-defined]
         with _stats(stats):
-            a = loader.prog_stats(bpf)
+            snap = lambda: loader.prog_stats(bpf)  # noqa: E731
             if read:
-                rps, cpu = poll_during(lambda: engine.poll(100), lambda: _wrk(tb, seconds))
+                out, cpu = poll_during(lambda: engine.poll(100), lambda: loads.run(snap))
                 engine.drain()
             else:
-                rps, cpu = _wrk(tb, seconds), 0.0
-            b = loader.prog_stats(bpf)
-        requests = engine.targets[st.server.envoy_pid].requests
+                out, cpu = loads.run(snap), 0.0
+        out.update(requests=engine.targets[st.server.envoy_pid].requests, consumer_s=cpu)
     finally:
         engine.close()
-    return {"rps": rps, "bpf_ns": _bpf_ns(a, b), "requests": requests, "consumer_s": cpu}
+    return out
 
 
-def window(tb: Any, variant: str, seconds: float, stats: bool) -> dict[str, float]:
+def window(loads: Loads, variant: str, stats: bool) -> dict[str, Any]:
     if variant == "off":
-        return {"rps": _wrk(tb, seconds)}
+        return loads.run(lambda: None)
     if variant in ("probe", "unread"):
-        return _probe_window(tb, seconds, stats, read=variant == "probe")
-    return _floor_window(tb, {"hooks": 0, "least": 1}[variant], seconds, stats)
+        return _probe_window(loads, stats, read=variant == "probe")
+    return _floor_window(loads, {"hooks": 0, "least": 1, "timing": 2}[variant], stats)
 
 
-def render(out: dict[str, list[dict[str, float]]], seconds: float, stats: bool) -> str:
+def _span(xs: list[float], fmt: str) -> str:
+    return f"{statistics.median(xs):{fmt}} [{min(xs):{fmt}}..{max(xs):{fmt}}]"
+
+
+def render(out: dict[str, list[dict[str, Any]]], seconds: float, stats: bool) -> str:
+    """One row per variant: paired with the same round's ``off`` (ratio or difference),
+    median [min..max] over the rounds."""
     off = out["off"]
-    lines = [
-        "| variant | req/s (median) | throughput vs off (paired, median [min..max]) "
-        "| BPF ns per request (median) |",
-        "|---|---|---|---|",
-    ]
+    latency = "p50_us" in off[0]
+    tax = "tax" in off[0]
+    head = ["variant", "req/s (median)", "throughput vs off", "BPF ns per request"]
+    if latency:
+        head += ["p50 added (us)", "p99 added (us)"]
+    if tax:
+        head += [f"{TAX_LABELS[c]} added (ns)" for c in FLOOR_TAX_CALLS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in out:
         ws = out[v]
         rps = statistics.median(w["rps"] for w in ws)
         if v == "off":
-            lines.append(f"| off | {rps:,.0f} | 1 | - |")
+            cells = ["off", f"{rps:,.0f}", "1", "-"]
+            if latency:
+                cells += [
+                    f"p50 {_span([w['p50_us'] for w in ws], ',.0f')}",
+                    f"p99 {_span([w['p99_us'] for w in ws], ',.0f')}",
+                ]
+            if tax:
+                cells += [_span([w["tax"][c] for w in ws], ",.1f") for c in FLOOR_TAX_CALLS]
+            lines.append("| " + " | ".join(cells) + " |")
             continue
         ratios = paired_ratios([o["rps"] for o in off], [w["rps"] for w in ws])
         # (the requests wrk counted: about the window's; off without --stats)
         ns = statistics.median(w["bpf_ns"] / (w["rps"] * seconds) for w in ws)
-        shown = f"{ns:,.0f}" if stats else "- (--stats)"
-        lines.append(
-            f"| {v} | {rps:,.0f} | {statistics.median(ratios):.3f} "
-            f"[{min(ratios):.3f}..{max(ratios):.3f}] | {shown} |"
-        )
+        cells = [v, f"{rps:,.0f}", _span(ratios, ".3f"), f"{ns:,.0f}" if stats else "- (--stats)"]
+        if latency:
+            for k in ("p50_us", "p99_us"):
+                cells.append(_span(paired_deltas([o[k] for o in off], [w[k] for w in ws]), "+,.0f"))
+        if tax:
+            for c in FLOOR_TAX_CALLS:
+                d = paired_deltas([o["tax"][c] for o in off], [w["tax"][c] for w in ws])
+                cells.append(_span(d, "+,.1f"))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -158,18 +263,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=5.0)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--stats", action="store_true", help="count BPF ns (bpf_stats) too")
+    ap.add_argument(
+        "--latency",
+        action="store_true",
+        help="p50/p99 at a quarter of the warm-up's wrk rate, per window",
+    )
+    ap.add_argument(
+        "--tax",
+        action="store_true",
+        help="the node tax (benchmarks/tax.c) per window, in an untraced process",
+    )
     ap.add_argument("--only", action="append", choices=VARIANTS[1:], help="these (and off)")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("benchmarks.floor: need root (BPF, the testbed)", file=sys.stderr)
         return 77
     variants = ("off", *a.only) if a.only else VARIANTS
-    with testbed("fl") as tb:
-        _wrk(tb, 2)  # warm-up: Envoy's first connections, the caches
+    with testbed("fl") as tb, tempfile.TemporaryDirectory(prefix="smp-floor-") as tmp:
+        tax_exe = build_c(TAX_SOURCE, Path(tmp)) if a.tax else None
+        top = _wrk(tb, 2)  # warm-up: Envoy's first connections, the caches
+        loads = Loads(tb, a.window, top / 4 if a.latency else 0.0, tax_exe)
 
-        def run(v: str) -> dict[str, float]:
-            w = window(tb, v, a.window, a.stats)
-            print(f"{v}: {w['rps']:,.0f} req/s", file=sys.stderr, flush=True)
+        def run(v: str) -> dict[str, Any]:
+            w = window(loads, v, a.stats)
+            extra = ""
+            if "records" in w:  # timing: two a proxied request (the app's, the sidecar's)
+                n = w["rps"] * a.window + w.get("fixed_requests", 0)
+                extra = f", {w['records'] / n:.2f} records per request"
+            print(f"{v}: {w['rps']:,.0f} req/s{extra}", file=sys.stderr, flush=True)
             return w
 
         results = rotate(a.rounds, [lambda v=v: run(v) for v in variants])

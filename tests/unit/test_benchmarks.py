@@ -214,3 +214,28 @@ def test_floor_pairs_each_variant_with_its_own_rounds_off_window() -> None:
     text = render(out, 5.0, stats=False)
     # 90/100 and 200/200 (pairs crossed would give 0.45 and 2.0)
     assert "| least | 145 | 0.950 [0.900..1.000] | - (--stats) |" in text
+
+
+def test_floor_latency_and_tax_are_differences_from_the_same_rounds_off() -> None:
+    from benchmarks.floor import render
+
+    def w(rps: float, p50: float, p99: float, tcp: float) -> dict[str, object]:
+        return {
+            "rps": rps,
+            "bpf_ns": 0.0,
+            "p50_us": p50,
+            "p99_us": p99,
+            "tax": {"sockpair": 500.0, "tcp": tcp},
+        }
+
+    out = {
+        "off": [w(100.0, 700.0, 2000.0, 1700.0), w(200.0, 900.0, 3000.0, 1900.0)],
+        "timing": [w(95.0, 710.0, 2500.0, 1850.0), w(190.0, 960.0, 2900.0, 1950.0)],
+    }
+    text = render(out, 5.0, stats=False)
+    row = next(line for line in text.splitlines() if line.startswith("| timing |"))
+    # p50 +10 and +60 (crossed: +260, -190), p99 +500 and -100 (a negative is kept, signed),
+    # TCP pair +150 and +50 ns
+    assert "| +35 [+10..+60] | +200 [-100..+500] |" in row
+    assert "| +0.0 [+0.0..+0.0] | +100.0 [+50.0..+150.0] |" in row
+    assert "p50 800 [700..900]" in text
