@@ -126,22 +126,6 @@ def test_cpu_and_64_mib_known_answers(tmp_path: Path) -> None:
         assert grown == pytest.approx(TOUCHED / MIB, rel=0.02), (field, before, after)
 
 
-# Sends one GET per status given, in that order, over one keep-alive connection, asking the
-# app for it (x-smp-status); prints the statuses the client got.
-_STATUS_CLIENT = r"""
-import http.client, json, sys
-url, codes = sys.argv[1], sys.argv[2].split(",")
-host, _, rest = url.split("//", 1)[1].partition(":")
-port, path = int(rest.split("/", 1)[0]), "/" + rest.split("/", 1)[1]
-conn = http.client.HTTPConnection(host, port, timeout=10)
-got = []
-for i, code in enumerate(codes):
-    conn.request("GET", path, headers={"x-request-id": f"st-{i}", "x-smp-status": code})
-    r = conn.getresponse()
-    r.read()
-    got.append(r.status)
-print(json.dumps(got))
-"""
 STATUS_MIX = {200: 40, 503: 10, 404: 5}
 
 
@@ -157,6 +141,8 @@ def test_http1_statuses_of_sidecar_and_app_are_the_mix_sent(
     probe path under test (CI runs this file on both). Digits read from the wrong bytes (one
     off: "00 " or "1 2"; the version's "1") or a status kept from a connection's previous
     response move counts between codes; a status not set gives "unknown"."""
+    from _testbed import send_statuses
+
     from profiler.capture import CaptureConfig, start_capture
 
     tb = testbed_factory(app_delay_s=0.001)
@@ -166,12 +152,7 @@ def test_http1_statuses_of_sidecar_and_app_are_the_mix_sent(
     session = start_capture(
         CaptureConfig(sidecar_pids=[server.envoy_pid], app_pids=[server.app_pid], duration_s=None)
     )
-    r = tb.run_in_client(
-        [sys.executable, "-c", _STATUS_CLIENT, tb.state.url, ",".join(map(str, codes))],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == codes  # Envoy passed each status through
+    assert send_statuses(tb, codes, "st") == codes  # Envoy passed each status through
     time.sleep(0.2)
     session.poll(0)
     doc = session.stop()
