@@ -25,8 +25,8 @@ def test_span_record_layout_is_the_c_one() -> None:
     assert SPAN_DTYPE.itemsize == 160
     fields = SPAN_DTYPE.fields
     assert fields is not None
-    names = ("ds_rx_beg", "ds_rx_arr", "us_rx_arr", "tgid", "kind", "rid_len", "pad", "status", "rid",
-             "ds_tx_data", "ds_sid", "us_sid")  # fmt: skip
+    names = ("ds_rx_beg", "ds_rx_arr", "us_rx_arr", "tgid", "kind", "rid_len", "pad", "status",
+             "rid", "ds_tx_data", "ds_sid", "us_sid")  # fmt: skip
     assert {n: fields[n][1] for n in names} == {
         "ds_rx_beg": 0,
         "ds_rx_arr": 40,
