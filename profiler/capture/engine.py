@@ -249,18 +249,22 @@ class Engine:
         """A batch of records from the kernel (struct smp_span): legs, joins, rows."""
         if not len(spans):
             return
-        spans = spans[spans["ds_rx_beg"] >= self._window_start_ns]
-        tgids = spans["tgid"]
+        # Masks, then one copy of each target's records of each kind: a record is 160 bytes
+        # and copying it is most of what a batch costs per element.
+        tgids, kinds = spans["tgid"], spans["kind"]
+        in_window = spans["ds_rx_beg"] >= self._window_start_ns
         for tgid in np.unique(tgids).tolist():
             t = self._targets.get(tgid)
             if t is None:
                 continue
-            mine = spans[tgids == tgid]
-            self._unparsed(t, mine[mine["kind"] == KIND_UNPARSED])
+            mine = (tgids == tgid) & in_window
+            unparsed = mine & (kinds == KIND_UNPARSED)
+            if unparsed.any():
+                self._unparsed(t, spans[unparsed])
             if t.role == "sidecar":
-                self._proxy_spans(t, mine[mine["kind"] == KIND_PROXY])
+                self._proxy_spans(t, spans[mine & (kinds == KIND_PROXY)])
             else:
-                self._app_spans(t, mine[mine["kind"] == KIND_SERVER])
+                self._app_spans(t, spans[mine & (kinds == KIND_SERVER)])
         self._join_batch()
 
     def _unparsed(self, t: Target, s: np.ndarray) -> None:
@@ -290,8 +294,10 @@ class Engine:
 
     def _proxy_spans(self, t: Target, s: np.ndarray) -> None:
         ok, at = proxy_instants(s)
-        t.incomplete += int(len(s) - ok.sum())
-        s, at = s[ok], {k: v[ok] for k, v in at.items()}
+        complete = int(ok.sum())
+        t.incomplete += len(s) - complete
+        if complete < len(s):
+            s, at = s[ok], {k: v[ok] for k, v in at.items()}
         if not len(s):
             return
         legs_ns = proxy_legs_ns(at)
@@ -321,8 +327,11 @@ class Engine:
     def _app_spans(self, t: Target, s: np.ndarray) -> None:
         ds_rx, ds_tx = s["ds_rx_beg"].astype(np.int64), s["ds_tx_end"].astype(np.int64)
         ok = (ds_rx > 0) & (ds_tx >= ds_rx)
-        t.incomplete += int(len(s) - ok.sum())
-        s, app = s[ok], (ds_tx - ds_rx)[ok]
+        complete = int(ok.sum())
+        t.incomplete += len(s) - complete
+        app = ds_tx - ds_rx
+        if complete < len(s):
+            s, app = s[ok], app[ok]
         if not len(s):
             return
         t.legs["app"].record_many(to_us(app))
