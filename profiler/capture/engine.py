@@ -260,11 +260,11 @@ class Engine:
             mine = (tgids == tgid) & in_window
             unparsed = mine & (kinds == KIND_UNPARSED)
             if unparsed.any():
-                self._unparsed(t, spans[unparsed])
+                self._unparsed(t, _rows(spans, unparsed))
             if t.role == "sidecar":
-                self._proxy_spans(t, spans[mine & (kinds == KIND_PROXY)])
+                self._proxy_spans(t, _rows(spans, mine & (kinds == KIND_PROXY)))
             else:
-                self._app_spans(t, spans[mine & (kinds == KIND_SERVER)])
+                self._app_spans(t, _rows(spans, mine & (kinds == KIND_SERVER)))
         self._join_batch()
 
     def _unparsed(self, t: Target, s: np.ndarray) -> None:
@@ -289,7 +289,7 @@ class Engine:
             t.rows_dropped += len(spans) - room
             spans = spans[:room]
         if len(spans):
-            t.rows.append(spans.copy())
+            t.rows.append(_rows(spans))
             t.rows_kept += len(spans)
 
     def _proxy_spans(self, t: Target, s: np.ndarray) -> None:
@@ -297,7 +297,7 @@ class Engine:
         complete = int(ok.sum())
         t.incomplete += len(s) - complete
         if complete < len(s):
-            s, at = s[ok], {k: v[ok] for k, v in at.items()}
+            s, at = _rows(s, ok), {k: v[ok] for k, v in at.items()}
         if not len(s):
             return
         legs_ns = proxy_legs_ns(at)
@@ -331,7 +331,7 @@ class Engine:
         t.incomplete += len(s) - complete
         app = ds_tx - ds_rx
         if complete < len(s):
-            s, app = s[ok], app[ok]
+            s, app = _rows(s, ok), app[ok]
         if not len(s):
             return
         t.legs["app"].record_many(to_us(app))
@@ -433,6 +433,14 @@ class Engine:
 
     def close(self) -> None:
         self._probe.close()
+
+
+def _rows(a: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    """A new array of ``a``'s records (those ``where`` is true): numpy's indexing and copy of
+    a structured dtype go field by field (~100 ns a 160-byte record here), ``np.compress``
+    copies whole records (~6 ns)."""
+    out: np.ndarray = np.compress(np.ones(len(a), dtype=bool) if where is None else where, a)
+    return out
 
 
 def _stack(parts: list[tuple[np.ndarray, np.ndarray]], width: int) -> tuple[np.ndarray, np.ndarray]:
