@@ -251,15 +251,13 @@ SMP_INLINE struct smp_target *smp_target_of(u32 tgid)
     return smp_learn(tgid);
 }
 
+/* Every source of an id with a length is zero past it (smp_find_rid clears its value before
+ * filling it; spans and answers take ids only from there), so a copy is a copy. */
 SMP_INLINE void smp_copy_rid(struct smp_span *span, u8 n, u64 hash, const char *rid)
 {
     span->rid_len = n;
     span->rid_hash = hash;
     __builtin_memcpy(span->rid, rid, SMP_RID_LEN);
-    /* zero what the source holds past this id (an earlier, longer id in the scratch) */
-    for (u32 k = 0; k < SMP_RID_LEN; k++)
-        if (k >= n)
-            span->rid[k] = 0;
 }
 
 /* A new connection entry (zeroed) with its role, or the existing one re-initialised; from
@@ -431,6 +429,7 @@ SMP_INLINE struct smp_scan *smp_find_rid(u64 buf, u32 len)
         u64 h = 0xcbf29ce484222325ULL;
         u32 k;
         u8 cut = 0;
+        __builtin_memset(s->rid, 0, SMP_RID_LEN);  /* nothing of an earlier, longer id */
         for (k = 0; k < SMP_RID_LEN; k++) {
             u32 j = at + k;
             if (j >= n) {

@@ -252,18 +252,22 @@ class Engine:
         """A batch of records from the kernel (struct smp_span): legs, joins, rows."""
         if not len(spans):
             return
-        spans = spans[spans["ds_rx_beg"] >= self._window_start_ns]
-        tgids = spans["tgid"]
+        # Masks, then one copy of each target's records of each kind: a record is 160 bytes
+        # and copying it is most of what a batch costs per element.
+        tgids, kinds = spans["tgid"], spans["kind"]
+        in_window = spans["ds_rx_beg"] >= self._window_start_ns
         for tgid in np.unique(tgids).tolist():
             t = self._targets.get(tgid)
             if t is None:
                 continue
-            mine = spans[tgids == tgid]
-            self._unparsed(t, mine[mine["kind"] == KIND_UNPARSED])
+            mine = (tgids == tgid) & in_window
+            unparsed = mine & (kinds == KIND_UNPARSED)
+            if unparsed.any():
+                self._unparsed(t, _rows(spans, unparsed))
             if t.role == "sidecar":
-                self._proxy_spans(t, mine[mine["kind"] == KIND_PROXY])
+                self._proxy_spans(t, _rows(spans, mine & (kinds == KIND_PROXY)))
             else:
-                self._app_spans(t, mine[mine["kind"] == KIND_SERVER])
+                self._app_spans(t, _rows(spans, mine & (kinds == KIND_SERVER)))
         self._join_batch()
 
     def _unparsed(self, t: Target, s: np.ndarray) -> None:
@@ -288,13 +292,15 @@ class Engine:
             t.rows_dropped += len(spans) - room
             spans = spans[:room]
         if len(spans):
-            t.rows.append(spans.copy())
+            t.rows.append(_rows(spans))
             t.rows_kept += len(spans)
 
     def _proxy_spans(self, t: Target, s: np.ndarray) -> None:
         ok, at = proxy_instants(s)
-        t.incomplete += int(len(s) - ok.sum())
-        s, at = s[ok], {k: v[ok] for k, v in at.items()}
+        complete = int(ok.sum())
+        t.incomplete += len(s) - complete
+        if complete < len(s):
+            s, at = _rows(s, ok), {k: v[ok] for k, v in at.items()}
         if not len(s):
             return
         legs_ns = proxy_legs_ns(at)
@@ -325,8 +331,11 @@ class Engine:
     def _app_spans(self, t: Target, s: np.ndarray) -> None:
         ds_rx, ds_tx = s["ds_rx_beg"].astype(np.int64), s["ds_tx_end"].astype(np.int64)
         ok = (ds_rx > 0) & (ds_tx >= ds_rx)
-        t.incomplete += int(len(s) - ok.sum())
-        s, app = s[ok], (ds_tx - ds_rx)[ok]
+        complete = int(ok.sum())
+        t.incomplete += len(s) - complete
+        app = ds_tx - ds_rx
+        if complete < len(s):
+            s, app = _rows(s, ok), app[ok]
         if not len(s):
             return
         t.legs["app"].record_many(to_us(app))
@@ -449,9 +458,9 @@ def _count_h1_statuses(t: Target, s: np.ndarray) -> None:
     h1 = (s["flags"] & (F_DS_H2 | F_DS_BURST)) == 0
     if not h1.any():
         return
-    codes, counts = np.unique(s["status"][h1], return_counts=True)
-    for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
-        t.h1_statuses[code] = t.h1_statuses.get(code, 0) + n
+    counts = np.bincount(s["status"][h1])  # at most 600 bins: the probe reads 100..599 or 0
+    for code in np.flatnonzero(counts).tolist():
+        t.h1_statuses[code] = t.h1_statuses.get(code, 0) + int(counts[code])
 
 
 def _status_counts(
@@ -467,6 +476,14 @@ def _status_counts(
                 out[proto, str(code)] = int(n)
         if h2.get("unknown"):
             out["http2", "unknown"] = int(h2["unknown"])
+    return out
+
+
+def _rows(a: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    """A new array of ``a``'s records (those ``where`` is true): numpy's indexing and copy of
+    a structured dtype go field by field (~100 ns a 160-byte record here), ``np.compress``
+    copies whole records (~6 ns)."""
+    out: np.ndarray = np.compress(np.ones(len(a), dtype=bool) if where is None else where, a)
     return out
 
 

@@ -58,16 +58,22 @@ class RingReader:
         n = avail // self.stride
         if n <= 0:
             return np.empty(0, dtype=self.dtype)
-        start = cons % self.size
-        framed = np.frombuffer(self._data, dtype=self._framed, count=n, offset=start)
+        framed = np.frombuffer(self._data, dtype=self._framed, count=n, offset=cons % self.size)
         lengths = framed["len"]
         busy = np.flatnonzero(lengths & _BUSY)
         if len(busy):  # a record still being written: stop before it
             n = int(busy[0])
             framed, lengths = framed[:n], lengths[:n]
         keep = (lengths & _DISCARD) == 0
-        self.discarded += int(n - keep.sum())
-        records: np.ndarray = framed["record"][keep].copy()
+        kept = int(keep.sum())
+        self.discarded += n - kept
+        # The records' bytes as rows, copied out once: numpy copies a structured dtype field by
+        # field (~100 ns a 160-byte record here), plain bytes row by row (~6 ns).
+        start = cons % self.size
+        rows = self._data[start : start + n * self.stride].reshape(n, self.stride)
+        body = rows[:, _HEADER : _HEADER + self.dtype.itemsize]
+        out = body.copy() if kept == n else body[keep]
+        records: np.ndarray = out.view(self.dtype).reshape(kept)
         self._cons_pos[0] = cons + n * self.stride  # hands the space back to the kernel
         return records
 
