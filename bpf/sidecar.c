@@ -99,6 +99,7 @@ struct smp_io {
     u8 is_read;
     u8 kind;        /* enum smp_io_kind */
     u8 pad;
+    u16 status;     /* CLS_RESP: the status code its first bytes carry (0: not three digits) */
 };
 
 struct smp_iovec { u64 base; u64 len; };
@@ -329,7 +330,9 @@ SMP_INLINE u64 smp_first_buf(u64 ptr, u8 io, s64 ret, u32 *len)
     return base;
 }
 
-SMP_INLINE u8 smp_classify(u64 buf, u32 len)
+/* What a call's first bytes are. A response head's status code ("HTTP/1.x NNN") goes to
+ * *status, from the same 12 bytes (no second read). */
+SMP_INLINE u8 smp_classify(u64 buf, u32 len, u16 *status)
 {
     char p[12] = {};
     if (len < 3 || bpf_probe_read_user(p, len < sizeof(p) ? 8 : sizeof(p), (void *)buf))
@@ -344,8 +347,11 @@ SMP_INLINE u8 smp_classify(u64 buf, u32 len)
     /* "HTTP/1.x NNN": the space and a digit after it, so that "HTTP/1.1" inside other bytes
      * (a chunk of a JSON access log on the syscalls path) is not a response */
     if (p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1' &&
-        p[6] == '.' && p[8] == ' ' && p[9] >= '1' && p[9] <= '5')
+        p[6] == '.' && p[8] == ' ' && p[9] >= '1' && p[9] <= '5') {
+        if (p[10] >= '0' && p[10] <= '9' && p[11] >= '0' && p[11] <= '9')
+            *status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
         return CLS_RESP;
+    }
     if ((p[0] == 'G' && p[1] == 'E' && p[2] == 'T' && p[3] == ' ') ||
         (p[0] == 'P' && p[1] == 'O' && p[2] == 'S' && p[3] == 'T') ||
         (p[0] == 'P' && p[1] == 'U' && p[2] == 'T' && p[3] == ' ') ||
@@ -1716,6 +1722,10 @@ SMP_INLINE void smp_ds_write(struct smp_conn *c, struct smp_io *io, u8 cls,
             return;
         }
         c->phase = SMP_PHASE_RESPONSE;
+        c->span.status = cls == CLS_RESP ? io->status : 0;  /* the head's first write */
+    } else if (c->phase == SMP_PHASE_RESPONSE && cls == CLS_RESP && c->span.status >= 100 &&
+               c->span.status < 200) {
+        c->span.status = io->status;  /* the final head after an interim one (100 Continue) */
     }
     if (c->phase == SMP_PHASE_RESPONSE) {
         c->span.ds_tx_end = io->ts;
@@ -1835,7 +1845,7 @@ SMP_INLINE int smp_on_io(struct smp_io *io)
         smp_count_bytes(ps, io);
     if (io->mode == SMP_MODE_SELF)
         return 0;
-    u8 cls = io->buf ? smp_classify(io->buf, io->len) : CLS_OTHER;
+    u8 cls = io->buf ? smp_classify(io->buf, io->len, &io->status) : CLS_OTHER;
     struct smp_scan *rid = cls == CLS_REQ ? smp_find_rid(io->buf, io->len) : 0;
     u64 key = io->key;
     struct smp_conn *c = smp_conns.lookup(&key);

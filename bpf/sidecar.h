@@ -114,7 +114,11 @@ struct smp_span {
     u16 kind;
     u16 flags;
     u8 rid_len;
-    u8 pad[3];
+    u8 pad;
+    u16 status;             /* HTTP/1.1: the response's status code, from the first bytes of
+                             * the response written downstream (a proxy: what it wrote to the
+                             * client; an app: what the app wrote); 0 unknown (TLS, HTTP/2,
+                             * a head not seen) */
     char rid[SMP_RID_LEN];
     /* HTTP/2 (zero for HTTP/1.1). A SMP_SPAN_UNPARSED record uses ds_rx_beg (when it was
      * written), ds_fd or us_fd (the connection, by role) and req_bytes/resp_bytes (bytes read

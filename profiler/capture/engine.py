@@ -91,6 +91,9 @@ class Target:
     # spans of HTTP/2 inside a TLS downstream (mTLS, server side): one per upstream stream,
     # their downstream instants the worker thread's TLS read/write bursts
     tls_burst_downstream: int = 0
+    # HTTP/1.1 responses by status code (spans whose downstream leg is not HTTP/2), from the
+    # head the probe saw written downstream; 0: unknown (TLS downstream, a head not seen)
+    h1_statuses: dict[int, int] = field(default_factory=dict)
     # connections that closed (or were open at the end) with bytes no span explains:
     # (fd, "downstream"|"upstream", bytes read, bytes written), the largest kept
     unparsed_conns: list[tuple[int, str, int, int]] = field(default_factory=list)
@@ -317,6 +320,7 @@ class Engine:
         t.tls_upstream += int(np.count_nonzero(flags & F_US_TLS))
         t.h2_upstream += int(np.count_nonzero(flags & F_US_H2))
         t.tls_burst_downstream += int(np.count_nonzero(flags & F_DS_BURST))
+        _count_h1_statuses(t, s)
         with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
         if with_id.any():
             cols = np.column_stack((np.full(int(with_id.sum()), t.pid), up[with_id],
@@ -336,6 +340,7 @@ class Engine:
             return
         t.legs["app"].record_many(to_us(app))
         t.requests += len(s)
+        _count_h1_statuses(t, s)
         with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
         if with_id.any():
             cols = np.column_stack((np.full(int(with_id.sum()), t.pid), app[with_id]))
@@ -404,6 +409,15 @@ class Engine:
         fn = getattr(self._probe, "statuses", None)
         return fn(pid) if fn is not None else None
 
+    def http1_statuses(self, pid: int) -> dict[str, int]:
+        """HTTP/1.1 responses of ``pid``'s spans by status code, ``{"200": n, ...,
+        "unknown": n}`` (codes as strings, ascending; "unknown": spans whose status the
+        probe could not read, e.g. a TLS downstream)."""
+        t = self._targets[pid]
+        out = {str(c): n for c, n in sorted(t.h1_statuses.items()) if c}
+        out["unknown"] = t.h1_statuses.get(0, 0)
+        return out
+
     def drops(self) -> int:
         return self._probe.drops()
 
@@ -413,6 +427,8 @@ class Engine:
     def snapshot(self) -> Snapshot:
         cpu = self.cpu_ns()
         snap = Snapshot(drops=self.drops(), attached=len(self._targets))
+        every = getattr(self._probe, "all_statuses", None)  # one walk of the kernel's map
+        h2 = every() if every is not None else {}
         for pid, t in self._targets.items():
             mem = memory_of(pid)
             stats = self._probe.proc_stats(pid)
@@ -425,6 +441,8 @@ class Engine:
                 memory_working_set_bytes=mem.working_set if mem else 0,
                 socket_bytes=stats["rx_bytes"] + stats["tx_bytes"],
                 unparsed_bytes=stats["unparsed_bytes"],
+                statuses=_status_counts(t.h1_statuses, h2.get(pid)),
+                h2_blocks_lost=stats.get("h2_blocks_lost", 0),
             )
         return snap
 
@@ -433,6 +451,32 @@ class Engine:
 
     def close(self) -> None:
         self._probe.close()
+
+
+def _count_h1_statuses(t: Target, s: np.ndarray) -> None:
+    """Add a batch's HTTP/1.1 spans (downstream not an HTTP/2 stream) to ``t.h1_statuses``."""
+    h1 = (s["flags"] & (F_DS_H2 | F_DS_BURST)) == 0
+    if not h1.any():
+        return
+    counts = np.bincount(s["status"][h1])  # at most 600 bins: the probe reads 100..599 or 0
+    for code in np.flatnonzero(counts).tolist():
+        t.h1_statuses[code] = t.h1_statuses.get(code, 0) + int(counts[code])
+
+
+def _status_counts(
+    h1: Mapping[int, int], h2: Mapping[str, Any] | None
+) -> dict[tuple[str, str], int]:
+    """(protocol, code) -> responses, as TargetSnapshot.statuses: "http1" from the spans
+    (status 0 as "unknown"), "http2" and "grpc" from the kernel's HPACK decoder (its
+    undecoded header blocks as ("http2", "unknown"))."""
+    out = {("http1", str(c) if c else "unknown"): n for c, n in h1.items()}
+    if h2:
+        for proto, key in (("http2", "http"), ("grpc", "grpc")):
+            for code, n in h2.get(key, {}).items():
+                out[proto, str(code)] = int(n)
+        if h2.get("unknown"):
+            out["http2", "unknown"] = int(h2["unknown"])
+    return out
 
 
 def _rows(a: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:

@@ -232,6 +232,9 @@ class CaptureSession:
             "unparsed": document.unparsed_doc(stats, t.unparsed_conns, t.unparsed_conns_seen),
         }
         entry["legs"] = {name: document.leg_stats(hist) for name, hist in t.legs.items()}
+        # HTTP/1.1 responses of the spans (downstream not HTTP/2) by the status the head
+        # written downstream carried, read in the kernel; "unknown": not readable (TLS)
+        entry["http1_statuses"] = self.engine.http1_statuses(pid)
         if t.role == "sidecar":
             entry["local_replies"] = stats["local_replies"]
             entry["matched"] = {

@@ -65,6 +65,11 @@ class TargetSnapshot:
     memory_working_set_bytes: int = 0
     socket_bytes: int = 0  # bytes the process read and wrote on its traced sockets
     unparsed_bytes: int = 0  # of those, bytes no span explains (never silent)
+    # responses by (protocol, code), cumulative: protocol "http1" (from the spans), "http2"
+    # (:status) or "grpc" (grpc-status); code the status as a string, "unknown" where the
+    # probe could not read it (HTTP/1.1: status 0; HTTP/2: header blocks not decoded)
+    statuses: dict[tuple[str, str], int] = field(default_factory=dict)
+    h2_blocks_lost: int = 0  # HTTP/2 header blocks the decoder lost: their statuses unknown
 
 
 @dataclass

@@ -137,6 +137,24 @@ SPECS: tuple[MetricSpec, ...] = (
         "smp_sidecar_requests_total. Watch the ratio to smp_sidecar_socket_bytes_total.",
     ),
     MetricSpec(
+        "smp_sidecar_responses_total",
+        "counter",
+        "",
+        (*POD_LABELS, "protocol", "code"),
+        "Responses the sidecar wrote downstream, by protocol (http1 from the request spans; "
+        "http2 :status and grpc grpc-status decoded from its HPACK, local replies included) "
+        'and code (HTTP 100-599 and gRPC 0-16, any other value "other"; "unknown" where '
+        "the probe could not read it: HTTP/1.1 inside TLS, HTTP/2 header blocks not decoded).",
+    ),
+    MetricSpec(
+        "smp_sidecar_http2_blocks_lost_total",
+        "counter",
+        "",
+        POD_LABELS,
+        "HTTP/2 header blocks the sidecar wrote that the probe could not decode: their "
+        "statuses are unknown (and references to earlier header table entries too).",
+    ),
+    MetricSpec(
         "smp_probe_events_dropped_total",
         "counter",
         "",
@@ -195,6 +213,17 @@ SPECS: tuple[MetricSpec, ...] = (
 SPEC = {s.name: s for s in SPECS}
 
 LabelKey = tuple[tuple[str, str], ...]
+STATUS_PROTOCOLS = ("http1", "http2", "grpc")
+_CODES = {"http1": range(100, 600), "http2": range(100, 600), "grpc": range(0, 17)}
+
+
+def code_label(protocol: str, code: str) -> str:
+    """A status as the ``code`` label, bounded so the series stay few: HTTP 100-599 and
+    gRPC 0-16 as themselves, "unknown" as it is, any other value "other"."""
+    if code == "unknown":
+        return code
+    ok = code.isdigit() and int(code) in _CODES.get(protocol, ())
+    return str(int(code)) if ok else "other"
 
 
 @dataclass(frozen=True)
@@ -246,6 +275,8 @@ class _Totals:
     memory: int = 0
     socket_bytes: int = 0
     unparsed_bytes: int = 0
+    h2_blocks_lost: int = 0
+    statuses: dict[tuple[str, str], int] = field(default_factory=dict)  # (protocol, code label)
     legs: dict[str, np.ndarray] = field(default_factory=dict)  # [buckets..., count] cumulative
     leg_sums: dict[str, float] = field(default_factory=dict)
 
@@ -255,6 +286,11 @@ class _Totals:
         # optional in snapshots built elsewhere (older replays): absent counts as 0
         self.socket_bytes += int(getattr(t, "socket_bytes", 0))
         self.unparsed_bytes += int(getattr(t, "unparsed_bytes", 0))
+        self.h2_blocks_lost += int(getattr(t, "h2_blocks_lost", 0))
+        for (proto, code), n in getattr(t, "statuses", {}).items():
+            if proto in STATUS_PROTOCOLS:
+                k = (proto, code_label(proto, str(code)))
+                self.statuses[k] = self.statuses.get(k, 0) + int(n)
         if with_memory:
             self.memory += int(t.memory_working_set_bytes)
         for leg, h in t.legs.items():
@@ -267,6 +303,9 @@ class _Totals:
         self.cpu_seconds += o.cpu_seconds
         self.socket_bytes += o.socket_bytes
         self.unparsed_bytes += o.unparsed_bytes
+        self.h2_blocks_lost += o.h2_blocks_lost
+        for k, n in o.statuses.items():
+            self.statuses[k] = self.statuses.get(k, 0) + n
         for leg, row in o.legs.items():
             self.legs[leg] = self.legs[leg] + row if leg in self.legs else row.copy()
             self.leg_sums[leg] = self.leg_sums.get(leg, 0.0) + o.leg_sums[leg]
@@ -372,6 +411,9 @@ class SnapshotCollector(Collector):
             samples["smp_sidecar_cpu_seconds_total"].append((labels, tot.cpu_seconds))
             samples["smp_sidecar_socket_bytes_total"].append((labels, tot.socket_bytes))
             samples["smp_sidecar_unparsed_bytes_total"].append((labels, tot.unparsed_bytes))
+            samples["smp_sidecar_http2_blocks_lost_total"].append((labels, tot.h2_blocks_lost))
+            for (proto, code), n in sorted(tot.statuses.items()):
+                samples["smp_sidecar_responses_total"].append(([*labels, proto, code], n))
             if (key, role) in live:
                 own = containers.get((key, role))
                 memory = tot.memory

@@ -431,17 +431,22 @@ class SidecarProbe:
         """The HTTP/2 response statuses the probe decoded in the kernel for ``pid``
         (sidecar.c, "statuses (HPACK)"): ``{"http": {code: n}, "grpc": {code: n},
         "unknown": n}``, codes as strings, as a JSON document keeps them."""
-        out: dict[str, Any] = {"http": {}, "grpc": {}, "unknown": 0}
+        return self.all_statuses().get(pid) or {"http": {}, "grpc": {}, "unknown": 0}
+
+    def all_statuses(self) -> dict[int, dict[str, Any]]:
+        """``statuses`` of every process that has any, from one walk of the map (the daemon
+        reads them for all its targets at each snapshot)."""
+        out: dict[int, dict[str, Any]] = {}
         for k, v in self._bpf["smp_h2_status"].items():
-            if k.upid != pid:
-                continue
+            doc = out.setdefault(int(k.upid), {"http": {}, "grpc": {}, "unknown": 0})
             if k.kind == _ST_UNKNOWN:
-                out["unknown"] += int(v.value)
+                doc["unknown"] += int(v.value)
             elif k.kind in _ST_KINDS:
-                bucket = out[_ST_KINDS[k.kind]]
+                bucket = doc[_ST_KINDS[k.kind]]
                 bucket[str(k.code)] = bucket.get(str(k.code), 0) + int(v.value)
-        for name in ("http", "grpc"):
-            out[name] = dict(sorted(out[name].items(), key=lambda kv: int(kv[0])))
+        for doc in out.values():
+            for name in ("http", "grpc"):
+                doc[name] = dict(sorted(doc[name].items(), key=lambda kv: int(kv[0])))
         return out
 
     def drops(self) -> int:

@@ -456,6 +456,15 @@ def _statuses(st: dict[str, Any], lost: int = 0) -> str:
     return "; ".join(parts)
 
 
+def _http1_statuses(st: dict[str, Any]) -> str:
+    """The HTTP/1.1 statuses of a process's spans, one line: "200 x 3,900, 503 x 12; 0
+    unknown" (unknown: a status the probe could not read, e.g. a TLS downstream)."""
+    codes = [f"{c} x {int(n):,}" for c, n in st.items() if c != "unknown"]
+    parts = [", ".join(codes)] if codes else []
+    parts.append(f"{int(st.get('unknown') or 0):,} unknown")
+    return "; ".join(parts)
+
+
 def capture_view(src: Source) -> CaptureView:
     from profiler.errors import BadInputFile
 
@@ -476,6 +485,12 @@ def capture_view(src: Source) -> CaptureView:
             if st and (st.get("http") or st.get("grpc") or st.get("unknown")):
                 lost = int((sc.get("unparsed") or {}).get("http2_blocks_lost") or 0)
                 facts.append((f"HTTP/2 statuses, pid {sc.get('pid', '?')}", _statuses(st, lost)))
+        for role, key in (("sidecar", "sidecars"), ("app", "apps")):
+            for p in cap.get(key) or []:
+                h1 = p.get("http1_statuses")  # absent in files from before it was counted
+                if h1 and any(h1.values()):
+                    name = f"HTTP/1.1 statuses, {role} pid {p.get('pid', '?')}"
+                    facts.append((name, _http1_statuses(h1)))
         notes = [*src.notes, *(f"WARNING: {w}" for w in cap.get("warnings") or [])]
         if any(q.state == "not in file" for p in procs for q in p.queue_work):
             notes.append(OLD_FILE_NOTE)

@@ -9,7 +9,9 @@ with the same behaviour; ``--grpc-port`` a real gRPC server (profiler.testbed.gr
 line ``ready <port> [<other ports>...]`` on stdout (the bound ports: 0 picks a free one).
 
 A request header ``x-smp-delay-ms: N`` adds N ms to that request's wait (a known delay in
-the upstream leg, for the accuracy tests).
+the upstream leg, for the accuracy tests); ``x-smp-status: NNN`` (200..599, not 204 or 304:
+those carry no body) makes the response that status, for tests that count statuses (the
+HTTP/2 port has the same header, profiler.testbed.h2c).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.stats.requests += 1
         self.stats.bytes_sent += len(self.body)
-        resp = _response(200, self.body, rid, close)
+        resp = _response(_status(headers), self.body, rid, close)
         delay = self.delay + _extra_delay(headers)
         if delay <= 0 and not self.queue:
             self._send(resp, close)
@@ -120,10 +122,22 @@ def _extra_delay(headers: dict[str, str]) -> float:
     return ms / 1000.0 if 0 < ms <= 10_000 else 0.0
 
 
+def _status(headers: dict[str, str]) -> int:
+    """The ``x-smp-status`` header's code (200 when absent or not one it can send)."""
+    v = headers.get("x-smp-status", "200")
+    code = int(v) if v.isdigit() else 200
+    return code if 200 <= code <= 599 and code not in (204, 304) else 200
+
+
 def _response(
     code: int, body: bytes, rid: str | None, close: bool, ctype: str = "text/plain"
 ) -> bytes:
-    reason = {200: "OK", 431: "Request Header Fields Too Large"}.get(code, "")
+    reason = {
+        200: "OK",
+        404: "Not Found",
+        431: "Request Header Fields Too Large",
+        503: "Service Unavailable",
+    }.get(code, "")
     head = [
         f"HTTP/1.1 {code} {reason}",
         f"content-type: {ctype}",

@@ -46,3 +46,35 @@ def send_requests(tb: Any, n: int, prefix: str, url: str | None = None) -> list[
     assert r.returncode == 0, r.stderr
     result: list[dict[str, Any]] = json.loads(r.stdout)
     return result
+
+
+# Sends one GET per status code given, in that order, over one keep-alive connection, asking
+# the testbed app for it (x-smp-status); prints the statuses the client got.
+_STATUS_CLIENT = r"""
+import http.client, json, sys
+url, codes, prefix = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
+host, _, rest = url.split("//", 1)[1].partition(":")
+port, path = int(rest.split("/", 1)[0]), "/" + rest.split("/", 1)[1]
+conn = http.client.HTTPConnection(host, port, timeout=10)
+got = []
+for i, code in enumerate(codes):
+    conn.request("GET", path, headers={"x-request-id": f"{prefix}-{i}", "x-smp-status": code})
+    r = conn.getresponse()
+    r.read()
+    got.append(r.status)
+print(json.dumps(got))
+"""
+
+
+def send_statuses(tb: Any, codes: list[int], prefix: str) -> list[int]:
+    """One request per code from the client pod to the testbed's URL, the app asked to answer
+    with that status; the statuses the client got, in order."""
+    r = tb.run_in_client(
+        [sys.executable, "-c", _STATUS_CLIENT, tb.state.url, ",".join(map(str, codes)), prefix],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    got: list[int] = json.loads(r.stdout)
+    return got

@@ -65,6 +65,7 @@ def test_23_requests_give_23_spans(testbed_factory: Callable[..., Any], tmp_path
     ids = sorted(r["request_id"] for r in rows if r["role"] == "sidecar")
     assert ids == sorted(f"c23-{i}" for i in range(1, 24))
     assert sidecar["matched"]["request_id"] == 23
+    assert sidecar["http1_statuses"] == app["http1_statuses"] == {"200": 23, "unknown": 0}
     # the app was given 1 ms of service time: its leg must show it
     assert app["legs"]["app"]["p50_ms"] >= 1.0
     assert sidecar["legs"]["upstream"]["p50_ms"] >= app["legs"]["app"]["p50_ms"]
@@ -170,6 +171,10 @@ def test_accuracy_against_envoy_timers(
     if variant.get("mtls"):
         assert sidecar["tls_downstream_spans"] == sidecar["requests"]
         assert "TLS downstream" in doc["method"]
+        # the response heads are encrypted: no status read, none guessed
+        assert sidecar["http1_statuses"] == {"unknown": sidecar["requests"]}
+    else:
+        assert sidecar["http1_statuses"] == {"200": sidecar["requests"], "unknown": 0}
     # CPU: the probe's sched_switch account against the kernel's utime+stime
     assert sidecar["cpu_seconds"] == pytest.approx(out["proc_cpu"], rel=0.05, abs=0.02)
     assert sidecar["cpu_mcores"] > 0

@@ -1,4 +1,5 @@
-"""Known answers for a capture's CPU and memory, through its public result (capture.json).
+"""Known answers for a capture's CPU and memory, through its public result (capture.json),
+and for the HTTP/1.1 statuses it counts (a known mix through the testbed's real Envoy).
 
 The target measures itself: it burns CPU in two threads, one of which exits in the middle of
 the capture window, and reports its own CPU time (CLOCK_PROCESS_CPUTIME_ID, which keeps the
@@ -9,9 +10,11 @@ within 5%, and the 64 MiB as the growth of its memory between two captures.
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -121,3 +124,42 @@ def test_cpu_and_64_mib_known_answers(tmp_path: Path) -> None:
     for field in ("rss", "working_set"):
         grown = after[field] - before[field]
         assert grown == pytest.approx(TOUCHED / MIB, rel=0.02), (field, before, after)
+
+
+STATUS_MIX = {200: 40, 503: 10, 404: 5}
+
+
+@pytest.mark.bpf
+@pytest.mark.testbed
+@pytest.mark.envoy
+def test_http1_statuses_of_sidecar_and_app_are_the_mix_sent(
+    testbed_factory: Callable[..., Any],
+) -> None:
+    """40 x 200, 10 x 503 and 5 x 404 (interleaved) through the real Envoy to the testbed app:
+    the capture's ``http1_statuses`` of the sidecar (what Envoy wrote to the client) and of
+    the app (what the app wrote to Envoy) are exactly that mix, with nothing unknown, on the
+    probe path under test (CI runs this file on both). Digits read from the wrong bytes (one
+    off: "00 " or "1 2"; the version's "1") or a status kept from a connection's previous
+    response move counts between codes; a status not set gives "unknown"."""
+    from _testbed import send_statuses
+
+    from profiler.capture import CaptureConfig, start_capture
+
+    tb = testbed_factory(app_delay_s=0.001)
+    server = tb.state.server
+    codes = [c for c, n in STATUS_MIX.items() for _ in range(n)]
+    random.Random(13).shuffle(codes)  # so a status left from the previous request is wrong
+    session = start_capture(
+        CaptureConfig(sidecar_pids=[server.envoy_pid], app_pids=[server.app_pid], duration_s=None)
+    )
+    assert send_statuses(tb, codes, "st") == codes  # Envoy passed each status through
+    time.sleep(0.2)
+    session.poll(0)
+    doc = session.stop()
+    assert doc["drops"] == 0
+    want = {str(c): n for c, n in sorted(STATUS_MIX.items())} | {"unknown": 0}
+    sidecar, app = doc["sidecars"][0], doc["apps"][0]
+    assert (sidecar["requests"], app["requests"]) == (len(codes), len(codes))
+    assert sidecar["http1_statuses"] == want, sidecar["http1_statuses"]
+    assert app["http1_statuses"] == want, app["http1_statuses"]
+    assert sidecar["http2_statuses"] == {"http": {}, "grpc": {}, "unknown": 0}

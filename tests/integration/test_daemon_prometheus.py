@@ -56,6 +56,7 @@ class GrowingSidecar:
         self.collector = collector
         self.hist = LatencyHistogram()
         self.requests, self.cpu = 0, 0.0
+        self.statuses: dict[tuple[str, str], int] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -64,8 +65,18 @@ class GrowingSidecar:
             self.hist.record_many([100] * 8 + [900] * 2)
             self.requests += 10
             self.cpu += 0.01
+            # the 10 requests' statuses: 8 x 200, 1 x 503, 1 not read; and 5 gRPC
+            # UNAVAILABLE, which are not HTTP responses
+            for k, n in (
+                (("http1", "200"), 8),
+                (("http1", "503"), 1),
+                (("http1", "unknown"), 1),
+                (("grpc", "14"), 5),
+            ):
+                self.statuses[k] = self.statuses.get(k, 0) + n
             legs = {"sidecar_total": self.hist}
             t = TargetSnapshot(LABELS, "sidecar", self.requests, legs, self.cpu, 30 * 2**20)
+            t.statuses = dict(self.statuses)
             # the container's cgroup: the same working set, 1.25x the proxy's CPU
             own = ContainerUsage(LABELS, "sidecar", 30 * 2**20, 1.25 * self.cpu)
             self.collector.update(Snapshot({4242: t}, drops=0, attached=1), [own])
@@ -194,6 +205,12 @@ def test_dashboard_queries_run(scraped: tuple[Prometheus, GrowingSidecar]) -> No
         for t in panel["targets"]
     )  # fmt: skip
     assert container / proxy == pytest.approx(1.25, rel=0.1)
+    # the 5xx share: 1 of the 9 HTTP responses with a known status (the unknown one and the
+    # gRPC calls left out of the denominator: 1/10 or 1/14 otherwise)
+    (panel,) = [p for p in dash["panels"] if p["title"].startswith("Sidecar 5xx share")]
+    expr = panel["targets"][0]["expr"].replace("$__rate_interval", "5s")
+    (share,) = prom.query(expr.replace("$namespace", ".*").replace("$pod", ".*"))
+    assert share.value == pytest.approx(1 / 9, rel=0.01)
 
 
 def test_two_jobs_and_target_labels_neither_rename_nor_double(

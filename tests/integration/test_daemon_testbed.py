@@ -1,6 +1,7 @@
 """``smp-profiler daemon --no-kubernetes`` with the real engine on the testbed's real Envoy:
-it finds the sidecar and its app by name and cgroup, counts 23 requests on /metrics, follows
-a sidecar restart to the new PID, and exits 0 on SIGTERM."""
+it finds the sidecar and its app by name and cgroup, counts 23 requests on /metrics, then 8
+more answered 503 and 404 and their statuses, follows a sidecar restart to the new PID (the
+counters kept), and exits 0 on SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,12 +18,22 @@ import psutil
 import pytest
 from _kubepods import named_binary
 from _prom import http_get, metrics_url, scrape, stop
-from _testbed import send_requests
+from _testbed import send_requests, send_statuses
 
 from profiler.commands.daemon import NICE
 
 pytestmark = [pytest.mark.bpf, pytest.mark.testbed, pytest.mark.envoy]
 CLI = [sys.executable, "-m", "profiler.cli"]
+
+
+def _responses(m: dict[Any, float], labels: tuple[tuple[str, str], ...]) -> dict[Any, float]:
+    """smp_sidecar_responses_total of one sidecar's labels: (protocol, code) -> count."""
+    out = {}
+    for (name, key), v in m.items():
+        d = dict(key)
+        if name == "smp_sidecar_responses_total" and {*key} >= {*labels}:
+            out[d["protocol"], d["code"]] = v
+    return out
 
 
 def test_daemon_node_only_on_the_testbed(
@@ -85,6 +96,18 @@ def test_daemon_node_only_on_the_testbed(
         assert ("smp_app_cpu_seconds_total", app) in m
         assert m["smp_sidecar_memory_working_set_bytes", sidecar] > 1 << 20
 
+        # statuses: 5 x 503 and 3 x 404 more, interleaved; every response counted by the
+        # status Envoy wrote to the client, nothing unknown, no HTTP/2 or gRPC series
+        codes = [503, 404, 503, 503, 404, 503, 404, 503]
+        assert send_statuses(tb, codes, "d8") == codes
+        while m.get(("smp_sidecar_requests_total", sidecar)) != 31:
+            assert time.monotonic() < deadline, m.get(("smp_sidecar_requests_total", sidecar))
+            time.sleep(0.2)
+            m = scrape(url)
+        responses = _responses(m, sidecar)
+        assert responses == {("http1", "200"): 23, ("http1", "503"): 5, ("http1", "404"): 3}
+        assert m["smp_sidecar_http2_blocks_lost_total", sidecar] == 0
+
         # the sidecar restarts: a new proxy process in the container replaces the old PID,
         # and the counters of the label set stay monotonic
         old = server.envoy_pid
@@ -97,7 +120,8 @@ def test_daemon_node_only_on_the_testbed(
             time.sleep(0.1)
         m = scrape(url)
         assert m["smp_attached_sidecars", (("k8s_node_name", os.uname().nodename),)] == 1
-        assert m["smp_sidecar_requests_total", sidecar] == 23
+        assert m["smp_sidecar_requests_total", sidecar] == 31
+        assert _responses(m, sidecar) == responses
     finally:
         for p in extra:
             p.kill()

@@ -90,6 +90,10 @@ def test_h2_to_h1_every_stream_has_a_span_joined_by_request_id(
     # the app saw each request once, and its span joins the sidecar's by the same id
     assert doc["apps"][0]["requests"] == N
     assert sidecar["legs"]["mesh_added"]["count"] >= 0.98 * N
+    # HTTP/2 downstream: statuses are the HPACK decoder's, none counted as HTTP/1.1; the
+    # app's HTTP/1.1 answers are
+    assert sidecar["http1_statuses"] == {"unknown": 0}
+    assert doc["apps"][0]["http1_statuses"] == {"200": N, "unknown": 0}
     _assert_legs_hold_envoys(joined)
 
 

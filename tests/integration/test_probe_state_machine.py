@@ -368,6 +368,48 @@ def test_app_mode_one_server_span_per_request(peer: Peer) -> None:
         traced.probe.close()
 
 
+def _head(code: int, body: bytes = b"ok\n") -> bytes:
+    return f"HTTP/1.1 {code} X\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+
+
+def test_response_status_in_the_span_from_every_write_call(peer: Peer) -> None:
+    """The status of the response head the traced process writes, per span (app mode: what
+    the app wrote), through each write call (writev: from its first buffer); the final one
+    after a 100 Continue; not replaced by a later write that merely starts like a head (a
+    body); 0 (unknown) when the head's first write is shorter than "HTTP/1.1 NNN" (the
+    classifier's 12 bytes: no second read for it)."""
+    traced = Traced(peer, mode="app")
+    writes: dict[str, list[tuple[str, bytes, int]]] = {
+        "w-write": [("write", _head(201), 1)],
+        "w-writev": [("writev", _head(404), 1)],
+        "w-send": [("send", _head(503), 1)],
+        "w-sendto": [("sendto", _head(302), 1)],
+        "w-sendmsg": [("sendmsg", _head(599), 1)],
+        "continue": [("write", b"HTTP/1.1 100 Continue\r\n\r\n", 1), ("write", _head(207), 1)],
+        "body-like-a-head": [
+            ("write", b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n", 1),
+            ("write", b"HTTP/1.1 500 oops!\r\n", 1),
+        ],
+        "head-split": [("write", _head(502), 4)],  # a first write of 11 bytes
+    }
+    want = {"w-write": 201, "w-writev": 404, "w-send": 503, "w-sendto": 302, "w-sendmsg": 599,
+            "continue": 207, "body-like-a-head": 200, "head-split": 0}  # fmt: skip
+    try:
+        peer.open(upstream=False)
+        assert peer.client is not None
+        for rid, calls in writes.items():
+            peer.client.sendall(request(rid))
+            peer.do("read", conn="ds", call="read")
+            for call, data, parts in calls:
+                peer.do("write", conn="ds", call=call, data=data.decode(), parts=parts)
+                _recv_exactly(peer.client, len(data))
+        s = traced.spans()
+        got = dict(zip(request_ids(s), s["status"].tolist(), strict=True))
+        assert got == want
+    finally:
+        traced.probe.close()
+
+
 def test_pool_reordering_is_repaired(peer: Peer, traced: Traced) -> None:
     """Requests without ids read A then B (two downstream connections) but sent upstream B
     first (a connection pool that had one connection free): thread order matches them the

@@ -12,6 +12,7 @@ from profiler.daemon.metrics import (
     LEG_BUCKETS,
     SPECS,
     SnapshotCollector,
+    code_label,
     prometheus_buckets,
 )
 from profiler.histogram import LatencyHistogram
@@ -120,6 +121,60 @@ def test_counters_stay_monotonic_across_a_restart_then_retire() -> None:
     c.update(Snapshot({}, attached=0))
     assert c.label_sets() == 0
     assert "smp_sidecar_requests_total" not in scrape(c)
+
+
+def test_code_label_is_bounded() -> None:
+    """HTTP 100-599 and gRPC 0-16 as themselves; anything else one "other" (a garbage or
+    huge code must not make a series of its own); "unknown" kept."""
+    assert [code_label("http1", c) for c in ("100", "200", "503", "599")] == [
+        "100", "200", "503", "599"
+    ]  # fmt: skip
+    assert [code_label("http2", c) for c in ("99", "600", "0", "65535", "", "2x", "-1")] == [
+        "other"
+    ] * 7
+    assert [code_label("grpc", c) for c in ("0", "14", "16")] == ["0", "14", "16"]
+    assert [code_label("grpc", c) for c in ("17", "200", "x")] == ["other"] * 3
+    assert code_label("http2", "unknown") == code_label("http1", "unknown") == "unknown"
+    assert code_label("http1", "0503") == "503"  # one series per code, however spelled
+
+
+def test_responses_by_protocol_and_code_summed_bounded_and_monotonic() -> None:
+    """Statuses of a snapshot become smp_sidecar_responses_total{protocol, code}: codes out
+    of range summed into "other", two processes with the same labels summed, a restarted
+    sidecar's counts kept (monotonic); the app's statuses are not a sidecar's; the HTTP/2
+    blocks lost are their own counter."""
+    now = [0.0]
+    c = SnapshotCollector(retire_after=60.0, clock=lambda: now[0])
+    a = sidecar(10, 1.0, {})
+    a.statuses = {("http1", "200"): 7, ("http1", "503"): 2, ("http1", "unknown"): 1,
+                  ("http2", "200"): 4, ("http2", "999"): 1, ("http2", "700"): 2,
+                  ("http2", "unknown"): 3, ("grpc", "0"): 5, ("grpc", "14"): 1,
+                  ("grpc", "99"): 1, ("spdy", "200"): 9}  # fmt: skip
+    a.h2_blocks_lost = 3
+    b = sidecar(1, 0.1, {})
+    b.statuses = {("http1", "503"): 1}
+    app = TargetSnapshot(APP, "app", 2, {}, 0.1, 0)
+    app.statuses = {("http1", "404"): 2}
+    c.update(Snapshot({1: a, 2: b, 3: app}, attached=2))
+    m = scrape(c)
+
+    def r(proto: str, code: str) -> tuple[tuple[str, str], ...]:
+        return lab(REVIEWS, protocol=proto, code=code)
+
+    want = {
+        r("http1", "200"): 7, r("http1", "503"): 3, r("http1", "unknown"): 1,
+        r("http2", "200"): 4, r("http2", "other"): 3, r("http2", "unknown"): 3,
+        r("grpc", "0"): 5, r("grpc", "14"): 1, r("grpc", "other"): 1,
+    }  # fmt: skip
+    assert m["smp_sidecar_responses_total"] == want
+    assert m["smp_sidecar_http2_blocks_lost_total"] == {lab(REVIEWS): 3}
+    # the sidecar restarts: its new process starts from zero, the series keep counting
+    now[0] = 5.0
+    again = sidecar(1, 0.1, {})
+    again.statuses = {("http1", "503"): 4}
+    c.update(Snapshot({4: again}, attached=1))
+    got = scrape(c)["smp_sidecar_responses_total"]
+    assert got[r("http1", "503")] == 3 + 4 and got[r("grpc", "other")] == 1
 
 
 def test_drops_survive_an_engine_restart() -> None:

@@ -19,6 +19,8 @@ from profiler.capture.engine import Engine
 from profiler.capture.session import CaptureSession
 from profiler.probes.sidecar import (
     F_DRAINED,
+    F_DS_BURST,
+    F_DS_H2,
     F_MATCH_RID,
     F_MATCH_THREAD,
     KIND_PROXY,
@@ -233,6 +235,46 @@ def test_span_cap_counts_what_it_does_not_keep() -> None:
     assert probes[0].closed
 
 
+def test_http1_statuses_counted_per_target_and_h2_streams_left_out(
+    engine: tuple[Engine, ScriptedProbe],
+) -> None:
+    """Statuses of the spans by target over two batches: the sidecar's and the app's apart,
+    status 0 as "unknown", spans whose downstream is an HTTP/2 stream (their statuses are the
+    kernel's HPACK counts) and incomplete spans not counted; the snapshot carries the same
+    as ("http1", code) plus the HTTP/2 decoder's counts and its lost blocks."""
+    e, probe = engine
+    t = _now()
+    probe.queue.append(spans(
+        [proxy(t + i, 10, 100, 5, status=200) for i in range(4)]
+        + [proxy(t + 10 + i, 10, 100, 5, status=503) for i in range(2)]
+        + [proxy(t + 20, 10, 100, 5, status=0, flags=F_MATCH_THREAD)]
+        + [proxy(t + 21, 10, 100, 5, status=0, flags=F_DS_H2)]
+        + [proxy(t + 22, 10, 100, 5, status=0, flags=F_DS_BURST)]
+        + [proxy(t + 23, 10, 100, 5, status=404, ds_tx_end=1)]  # incomplete: not a request
+        + [app(t + 30 + i, 5, status=200) for i in range(3)] + [app(t + 40, 5, status=503)]
+    ))  # fmt: skip
+    probe.queue.append(spans([proxy(t + 50, 10, 100, 5, status=503), app(t + 51, 5, status=404)]))
+    e.poll(0)
+    assert (e.targets[SIDECAR].requests, e.targets[SIDECAR].incomplete) == (10, 1)
+    assert e.http1_statuses(SIDECAR) == {"200": 4, "503": 3, "unknown": 1}
+    assert list(e.http1_statuses(SIDECAR)) == ["200", "503", "unknown"]  # ascending, then unknown
+    assert e.http1_statuses(APP) == {"200": 3, "404": 1, "503": 1, "unknown": 0}
+    probe.all_statuses = lambda: {  # type: ignore[attr-defined]
+        SIDECAR: {"http": {"200": 1, "503": 2}, "grpc": {"0": 5, "14": 1}, "unknown": 3}
+    }
+    probe.stats[SIDECAR] = dict.fromkeys(PROC_STATS, 0) | {"h2_blocks_lost": 2}
+    snap = e.snapshot().targets[SIDECAR]
+    assert snap.statuses == {
+        ("http1", "200"): 4, ("http1", "503"): 3, ("http1", "unknown"): 1,
+        ("http2", "200"): 1, ("http2", "503"): 2, ("http2", "unknown"): 3,
+        ("grpc", "0"): 5, ("grpc", "14"): 1,
+    }  # fmt: skip
+    assert snap.h2_blocks_lost == 2
+    assert e.snapshot().targets[APP].statuses == {
+        ("http1", "200"): 3, ("http1", "404"): 1, ("http1", "503"): 1
+    }  # fmt: skip
+
+
 def test_capture_document_from_synthetic_records(tmp_path: Path) -> None:
     """records -> legs -> capture document and spans file, for processes that exist (this
     test's own PID as the sidecar), with the probe's counters in the document."""
@@ -263,6 +305,7 @@ def test_capture_document_from_synthetic_records(tmp_path: Path) -> None:
     assert side["legs"]["request_proxy"]["max_ms"] == 0.122
     assert side["legs"]["upstream"]["p50_ms"] == 1.0
     assert side["unparsed_bytes"] == 77 and side["pipelined_requests"] == 2
+    assert side["http1_statuses"] == {"unknown": 23}  # the records carry no status
     assert doc["method"].startswith("scripted") and doc["probe_path"] == "sock"
     ids = [r["request_id"] for r in read_spans(tmp_path / "s.csv")]
     assert sorted(ids) == sorted(f"doc-{i}" for i in range(23))

@@ -19,14 +19,14 @@ from profiler.probes.sidecar import (
 
 
 def test_span_record_layout_is_the_c_one() -> None:
-    """160 bytes, 8-aligned; the offsets a C compiler gives (u8 rid_len then u8 pad[3] then
-    char rid[48] at 96; the arrival stamps after ds_tx_end; the HTTP/2 fields last): a field
+    """160 bytes, 8-aligned; the offsets a C compiler gives (u8 rid_len, u8 pad, u16 status at
+    94, char rid[48] at 96; the arrival stamps after ds_tx_end; the HTTP/2 fields last): a field
     added or reordered in sidecar.h shows up here."""
     assert SPAN_DTYPE.itemsize == 160
     fields = SPAN_DTYPE.fields
     assert fields is not None
-    names = ("ds_rx_beg", "ds_rx_arr", "us_rx_arr", "tgid", "kind", "rid_len", "pad", "rid",
-             "ds_tx_data", "ds_sid", "us_sid")  # fmt: skip
+    names = ("ds_rx_beg", "ds_rx_arr", "us_rx_arr", "tgid", "kind", "rid_len", "pad", "status",
+             "rid", "ds_tx_data", "ds_sid", "us_sid")  # fmt: skip
     assert {n: fields[n][1] for n in names} == {
         "ds_rx_beg": 0,
         "ds_rx_arr": 40,
@@ -35,6 +35,7 @@ def test_span_record_layout_is_the_c_one() -> None:
         "kind": 88,
         "rid_len": 92,
         "pad": 93,
+        "status": 94,
         "rid": 96,
         "ds_tx_data": 144,
         "ds_sid": 152,

@@ -79,6 +79,27 @@ def test_capture_view_says_how_many_header_blocks_were_lost(tmp_path: Path) -> N
     assert facts[f"HTTP/2 statuses, pid {sc['pid']}"].endswith("; 3,100 not decoded")
 
 
+def test_capture_view_shows_http1_statuses_of_sidecar_and_app(tmp_path: Path) -> None:
+    """HTTP/1.1 statuses get a line per process, sidecar and app told apart, codes as the
+    file has them and the unknown count always said; a file without the key (older) or with
+    only zeros shows no line."""
+    doc = json.loads(CAPTURE.read_text())
+    sc = doc["sidecars"][0]
+    sc["http1_statuses"] = {"200": 3900, "404": 5, "503": 1200, "unknown": 2}
+    doc["apps"] = [{**sc, "pid": 4321, "http1_statuses": {"200": 7, "unknown": 0}}]
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(doc))
+    facts = dict(capture_view(report.load(path)).facts)
+    assert facts[f"HTTP/1.1 statuses, sidecar pid {sc['pid']}"] == (
+        "200 x 3,900, 404 x 5, 503 x 1,200; 2 unknown"
+    )
+    assert facts["HTTP/1.1 statuses, app pid 4321"] == "200 x 7; 0 unknown"
+    sc["http1_statuses"] = {"unknown": 0}
+    del doc["apps"][0]["http1_statuses"]
+    path.write_text(json.dumps(doc))
+    assert not [k for k, _ in capture_view(report.load(path)).facts if "HTTP/1.1" in k]
+
+
 def test_markdown_of_the_pinned_bundle_matches_golden() -> None:
     _golden("report_bundle.md", _render("markdown", BUNDLE))
 
