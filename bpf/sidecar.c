@@ -1140,6 +1140,7 @@ SMP_INLINE void smp_h2_frame(struct smp_h2_ctx *x, struct smp_proc_stats *ps, u8
 #define SMP_ST_HTTP 1
 #define SMP_ST_GRPC 2
 #define SMP_ST_UNKNOWN 3
+#define SMP_ST_LOCAL_H1 4  /* an HTTP/1.1 local reply's status (no span carries it; 0 unknown) */
 struct smp_status_key {
     u32 upid;
     u16 kind;   /* SMP_ST_* */
@@ -1714,10 +1715,13 @@ SMP_INLINE void smp_ds_write(struct smp_conn *c, struct smp_io *io, u8 cls,
             }
         }
         if (io->mode == SMP_MODE_PROXY && !c->span.us_rx_beg) {
-            /* no upstream answer yet: a local reply or TLS handshake, not a span */
+            /* no upstream answer yet: a local reply or TLS handshake, not a span; a reply's
+             * status is counted here (rare: a map update per local reply only) */
             c->phase = SMP_PHASE_IDLE;
             if (ps)
                 __sync_fetch_and_add(&ps->local_replies, 1);
+            if (cls == CLS_RESP)
+                smp_status_add(io->upid, SMP_ST_LOCAL_H1, io->status, 1);
             smp_conn_unparsed(c, ps, io->fd, 0, io->ret + c->span.req_bytes);
             return;
         }

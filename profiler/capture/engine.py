@@ -410,13 +410,24 @@ class Engine:
         return fn(pid) if fn is not None else None
 
     def http1_statuses(self, pid: int) -> dict[str, int]:
-        """HTTP/1.1 responses of ``pid``'s spans by status code, ``{"200": n, ...,
-        "unknown": n}`` (codes as strings, ascending; "unknown": spans whose status the
-        probe could not read, e.g. a TLS downstream)."""
-        t = self._targets[pid]
-        out = {str(c): n for c, n in sorted(t.h1_statuses.items()) if c}
-        out["unknown"] = t.h1_statuses.get(0, 0)
+        """HTTP/1.1 responses ``pid`` wrote downstream by status code, ``{"200": n, ...,
+        "unknown": n}`` (codes as strings, ascending; "unknown": responses whose status the
+        probe could not read, e.g. a TLS downstream): its spans' and, for a proxy, its local
+        replies' (no span: ``local_replies``)."""
+        counts = self._h1_counts(pid, self._local_statuses())
+        out = {str(c): n for c, n in sorted(counts.items()) if c}
+        out["unknown"] = counts.get(0, 0)
         return out
+
+    def _local_statuses(self) -> dict[int, dict[int, int]]:
+        fn = getattr(self._probe, "local_statuses", None)  # a probe without them: none
+        return fn() if fn is not None else {}
+
+    def _h1_counts(self, pid: int, local: Mapping[int, Mapping[int, int]]) -> dict[int, int]:
+        counts = dict(self._targets[pid].h1_statuses)
+        for code, n in local.get(pid, {}).items():
+            counts[code] = counts.get(code, 0) + n
+        return counts
 
     def drops(self) -> int:
         return self._probe.drops()
@@ -429,6 +440,7 @@ class Engine:
         snap = Snapshot(drops=self.drops(), attached=len(self._targets))
         every = getattr(self._probe, "all_statuses", None)  # one walk of the kernel's map
         h2 = every() if every is not None else {}
+        local = self._local_statuses()
         for pid, t in self._targets.items():
             mem = memory_of(pid)
             stats = self._probe.proc_stats(pid)
@@ -441,7 +453,7 @@ class Engine:
                 memory_working_set_bytes=mem.working_set if mem else 0,
                 socket_bytes=stats["rx_bytes"] + stats["tx_bytes"],
                 unparsed_bytes=stats["unparsed_bytes"],
-                statuses=_status_counts(t.h1_statuses, h2.get(pid)),
+                statuses=_status_counts(self._h1_counts(pid, local), h2.get(pid)),
                 h2_blocks_lost=stats.get("h2_blocks_lost", 0),
             )
         return snap

@@ -54,6 +54,7 @@ F_DS_TLS, F_MATCH_RID, F_MATCH_THREAD, F_DRAINED = (
 # the kinds of smp_h2_status's keys (bpf/sidecar.c, not the shared header)
 _ST_KINDS = {1: "http", 2: "grpc"}
 _ST_UNKNOWN = 3
+_ST_LOCAL_H1 = 4  # an HTTP/1.1 local reply's status (code 0: unknown)
 F_DS_BURST = HEADER.const("SMP_F_DS_BURST")  # HTTP/2 inside TLS downstream, per upstream stream
 _PATHS: dict[str, int] = {
     "sock": HEADER.const("SMP_PATH_SOCK"),
@@ -438,6 +439,8 @@ class SidecarProbe:
         reads them for all its targets at each snapshot)."""
         out: dict[int, dict[str, Any]] = {}
         for k, v in self._bpf["smp_h2_status"].items():
+            if k.kind == _ST_LOCAL_H1:  # HTTP/1.1: local_statuses
+                continue
             doc = out.setdefault(int(k.upid), {"http": {}, "grpc": {}, "unknown": 0})
             if k.kind == _ST_UNKNOWN:
                 doc["unknown"] += int(v.value)
@@ -447,6 +450,16 @@ class SidecarProbe:
         for doc in out.values():
             for name in ("http", "grpc"):
                 doc[name] = dict(sorted(doc[name].items(), key=lambda kv: int(kv[0])))
+        return out
+
+    def local_statuses(self) -> dict[int, dict[int, int]]:
+        """pid -> {status code: n} of the HTTP/1.1 local replies the probe saw (responses a
+        proxy wrote with no upstream answer: no span carries them; 0: digits not read)."""
+        out: dict[int, dict[int, int]] = {}
+        for k, v in self._bpf["smp_h2_status"].items():
+            if k.kind == _ST_LOCAL_H1:
+                codes = out.setdefault(int(k.upid), {})
+                codes[int(k.code)] = codes.get(int(k.code), 0) + int(v.value)
         return out
 
     def drops(self) -> int:

@@ -48,6 +48,18 @@ def envoy_binary() -> Path:
     return path
 
 
+# Envoy answers these paths itself, with no upstream (a local reply, as its own 503s and 404s
+# are): /smp-local/<code> for each code here, for the tests that count local replies.
+LOCAL_REPLY_CODES = (404, 503)
+LOCAL_REPLY_ROUTES: list[dict[str, Any]] = [
+    {
+        "match": {"path": f"/smp-local/{code}"},
+        "direct_response": {"status": code, "body": {"inline_string": "local reply\n"}},
+    }
+    for code in LOCAL_REPLY_CODES
+]
+
+
 def fault_delay_filter(delay_s: float) -> dict[str, Any]:
     """Envoy's fault filter delaying every request by ``delay_s`` before it is routed (a
     known delay inside the sidecar's request leg, for the accuracy tests)."""
@@ -89,10 +101,11 @@ def _hcm(direction: str, cluster: str, fault_delay_s: float = 0.0) -> dict[str, 
                         "name": direction,
                         "domains": ["*"],
                         "routes": [
+                            *LOCAL_REPLY_ROUTES,
                             {
                                 "match": {"prefix": "/"},
                                 "route": {"cluster": cluster, "timeout": "0s"},
-                            }
+                            },
                         ],
                     }
                 ],

@@ -58,7 +58,10 @@ port, path = int(rest.split("/", 1)[0]), "/" + rest.split("/", 1)[1]
 conn = http.client.HTTPConnection(host, port, timeout=10)
 got = []
 for i, code in enumerate(codes):
-    conn.request("GET", path, headers={"x-request-id": f"{prefix}-{i}", "x-smp-status": code})
+    local = code.startswith("local-")  # Envoy's own answer: /smp-local/<code>
+    code = code.removeprefix("local-")
+    headers = {"x-request-id": f"{prefix}-{i}", "x-smp-status": code}
+    conn.request("GET", f"/smp-local/{code}" if local else path, headers=headers)
     r = conn.getresponse()
     r.read()
     got.append(r.status)
@@ -66,9 +69,10 @@ print(json.dumps(got))
 """
 
 
-def send_statuses(tb: Any, codes: list[int], prefix: str) -> list[int]:
+def send_statuses(tb: Any, codes: list[int | str], prefix: str) -> list[int]:
     """One request per code from the client pod to the testbed's URL, the app asked to answer
-    with that status; the statuses the client got, in order."""
+    with that status ("local-NNN": Envoy answers it itself, a local reply, see the testbed's
+    LOCAL_REPLY_ROUTES); the statuses the client got, in order."""
     r = tb.run_in_client(
         [sys.executable, "-c", _STATUS_CLIENT, tb.state.url, ",".join(map(str, codes)), prefix],
         capture_output=True,

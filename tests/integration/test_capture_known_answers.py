@@ -126,7 +126,8 @@ def test_cpu_and_64_mib_known_answers(tmp_path: Path) -> None:
         assert grown == pytest.approx(TOUCHED / MIB, rel=0.02), (field, before, after)
 
 
-STATUS_MIX = {200: 40, 503: 10, 404: 5}
+STATUS_MIX = {200: 40, 503: 10, 404: 5}  # the app answers these
+LOCAL_MIX = {503: 6, 404: 3}  # Envoy answers these itself (no upstream): local replies
 
 
 @pytest.mark.bpf
@@ -135,31 +136,40 @@ STATUS_MIX = {200: 40, 503: 10, 404: 5}
 def test_http1_statuses_of_sidecar_and_app_are_the_mix_sent(
     testbed_factory: Callable[..., Any],
 ) -> None:
-    """40 x 200, 10 x 503 and 5 x 404 (interleaved) through the real Envoy to the testbed app:
-    the capture's ``http1_statuses`` of the sidecar (what Envoy wrote to the client) and of
-    the app (what the app wrote to Envoy) are exactly that mix, with nothing unknown, on the
-    probe path under test (CI runs this file on both). Digits read from the wrong bytes (one
-    off: "00 " or "1 2"; the version's "1") or a status kept from a connection's previous
-    response move counts between codes; a status not set gives "unknown"."""
+    """40 x 200, 10 x 503 and 5 x 404 answered by the testbed app, and 6 x 503 and 3 x 404
+    that the real Envoy answers itself (local replies: no upstream, no span), interleaved: the
+    capture's ``http1_statuses`` of the app (what it wrote to Envoy) is the app's mix, and the
+    sidecar's (what Envoy wrote to the client) the app's mix plus the local replies, with
+    nothing unknown, on the probe path under test (CI runs this file on both). Digits read
+    from the wrong bytes (one off: "00 " or "1 2"; the version's "1") or a status kept from a
+    connection's previous response move counts between codes; a status not set gives
+    "unknown"; local replies' statuses not counted (or counted as the app's) give the wrong
+    sidecar (or app) mix."""
     from _testbed import send_statuses
 
     from profiler.capture import CaptureConfig, start_capture
 
     tb = testbed_factory(app_delay_s=0.001)
     server = tb.state.server
-    codes = [c for c, n in STATUS_MIX.items() for _ in range(n)]
+    codes: list[int | str] = [c for c, n in STATUS_MIX.items() for _ in range(n)]
+    codes += [f"local-{c}" for c, n in LOCAL_MIX.items() for _ in range(n)]
     random.Random(13).shuffle(codes)  # so a status left from the previous request is wrong
     session = start_capture(
         CaptureConfig(sidecar_pids=[server.envoy_pid], app_pids=[server.app_pid], duration_s=None)
     )
-    assert send_statuses(tb, codes, "st") == codes  # Envoy passed each status through
+    got = send_statuses(tb, codes, "st")
+    assert got == [int(str(c).removeprefix("local-")) for c in codes]  # Envoy passed them on
     time.sleep(0.2)
     session.poll(0)
     doc = session.stop()
     assert doc["drops"] == 0
-    want = {str(c): n for c, n in sorted(STATUS_MIX.items())} | {"unknown": 0}
+    by_app = sum(STATUS_MIX.values())
+    want_app = {str(c): n for c, n in sorted(STATUS_MIX.items())} | {"unknown": 0}
+    mix = {c: STATUS_MIX.get(c, 0) + LOCAL_MIX.get(c, 0) for c in STATUS_MIX | LOCAL_MIX}
+    want_sidecar = {str(c): n for c, n in sorted(mix.items())} | {"unknown": 0}
     sidecar, app = doc["sidecars"][0], doc["apps"][0]
-    assert (sidecar["requests"], app["requests"]) == (len(codes), len(codes))
-    assert sidecar["http1_statuses"] == want, sidecar["http1_statuses"]
-    assert app["http1_statuses"] == want, app["http1_statuses"]
+    assert (sidecar["requests"], app["requests"]) == (by_app, by_app)
+    assert sidecar["local_replies"] == sum(LOCAL_MIX.values())
+    assert sidecar["http1_statuses"] == want_sidecar, sidecar["http1_statuses"]
+    assert app["http1_statuses"] == want_app, app["http1_statuses"]
     assert sidecar["http2_statuses"] == {"http": {}, "grpc": {}, "unknown": 0}

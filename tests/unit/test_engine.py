@@ -273,6 +273,15 @@ def test_http1_statuses_counted_per_target_and_h2_streams_left_out(
     assert e.snapshot().targets[APP].statuses == {
         ("http1", "200"): 3, ("http1", "404"): 1, ("http1", "503"): 1
     }  # fmt: skip
+    # the sidecar's local replies (no span) add to its HTTP/1.1 responses, in the capture's
+    # http1_statuses and the snapshot alike; never to the app's
+    probe.local_statuses = lambda: {SIDECAR: {503: 5, 404: 2, 0: 1}}  # type: ignore[attr-defined]
+    assert e.http1_statuses(SIDECAR) == {"200": 4, "404": 2, "503": 8, "unknown": 2}
+    assert e.http1_statuses(APP) == {"200": 3, "404": 1, "503": 1, "unknown": 0}
+    snap = e.snapshot().targets[SIDECAR]
+    assert (snap.statuses["http1", "503"], snap.statuses["http1", "404"]) == (8, 2)
+    assert snap.statuses["http1", "unknown"] == 2
+    assert e.targets[SIDECAR].requests == 10  # local replies are not requests with a span
 
 
 def test_capture_document_from_synthetic_records(tmp_path: Path) -> None:
