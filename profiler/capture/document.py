@@ -35,6 +35,7 @@ SPAN_COLUMNS = (
     "flags",
     "ds_fd",
     "us_fd",
+    "status",  # HTTP/1.1: the response's status code; 0 unknown (HTTP/2, TLS downstream)
 )
 
 
@@ -162,8 +163,8 @@ def _span_rows(role: str, s: np.ndarray) -> str:
         legs = [(at["ds_tx_end"] - at["ds_rx_beg"]) / 1e3]
         fmt = ["%d" if k in ("ds_rx_beg", "ds_tx_end") else "" for k in INSTANTS]
         fmt += [""] * len(_PROXY_COLUMNS) + ["%.3f"]
-    tail = [s[k].astype(np.int64) for k in ("flags", "ds_fd", "us_fd")]
-    row = ",".join([role.replace("%", "%%"), "%d", "%d", "%s", *fmt, "%d", "%d", "%d"])
+    tail = [s[k].astype(np.int64) for k in ("flags", "ds_fd", "us_fd", "status")]
+    row = ",".join([role.replace("%", "%%"), "%d", "%d", "%s", *fmt, "%d", "%d", "%d", "%d"])
     columns: list[Any] = [*ints, request_ids(s), *instants, *legs, *tail]
     values = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns]
     flat = tuple(itertools.chain.from_iterable(zip(*values, strict=True)))

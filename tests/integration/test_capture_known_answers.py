@@ -134,7 +134,7 @@ LOCAL_MIX = {503: 6, 404: 3}  # Envoy answers these itself (no upstream): local 
 @pytest.mark.testbed
 @pytest.mark.envoy
 def test_http1_statuses_of_sidecar_and_app_are_the_mix_sent(
-    testbed_factory: Callable[..., Any],
+    testbed_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
     """40 x 200, 10 x 503 and 5 x 404 answered by the testbed app, and 6 x 503 and 3 x 404
     that the real Envoy answers itself (local replies: no upstream, no span), interleaved: the
@@ -144,18 +144,26 @@ def test_http1_statuses_of_sidecar_and_app_are_the_mix_sent(
     from the wrong bytes (one off: "00 " or "1 2"; the version's "1") or a status kept from a
     connection's previous response move counts between codes; a status not set gives
     "unknown"; local replies' statuses not counted (or counted as the app's) give the wrong
-    sidecar (or app) mix."""
+    sidecar (or app) mix. Per request, by its id: the spans file's ``status`` is the code
+    asked for, on the sidecar's row and the app's (a status from another request fails it)."""
     from _testbed import send_statuses
 
     from profiler.capture import CaptureConfig, start_capture
+    from profiler.capture.document import read_spans
 
     tb = testbed_factory(app_delay_s=0.001)
     server = tb.state.server
     codes: list[int | str] = [c for c, n in STATUS_MIX.items() for _ in range(n)]
     codes += [f"local-{c}" for c, n in LOCAL_MIX.items() for _ in range(n)]
     random.Random(13).shuffle(codes)  # so a status left from the previous request is wrong
+    spans_file = tmp_path / "spans.csv"
     session = start_capture(
-        CaptureConfig(sidecar_pids=[server.envoy_pid], app_pids=[server.app_pid], duration_s=None)
+        CaptureConfig(
+            sidecar_pids=[server.envoy_pid],
+            app_pids=[server.app_pid],
+            duration_s=None,
+            spans_file=spans_file,
+        )
     )
     got = send_statuses(tb, codes, "st")
     assert got == [int(str(c).removeprefix("local-")) for c in codes]  # Envoy passed them on
@@ -172,4 +180,9 @@ def test_http1_statuses_of_sidecar_and_app_are_the_mix_sent(
     assert sidecar["local_replies"] == sum(LOCAL_MIX.values())
     assert sidecar["http1_statuses"] == want_sidecar, sidecar["http1_statuses"]
     assert app["http1_statuses"] == want_app, app["http1_statuses"]
+    asked = {f"st-{i}": str(c) for i, c in enumerate(codes) if isinstance(c, int)}
+    rows = read_spans(spans_file)
+    for role in ("sidecar", "app"):
+        mine = {r["request_id"]: r["status"] for r in rows if r["role"] == role}
+        assert mine == asked, role  # every app-answered request, its own code; no local reply
     assert sidecar["http2_statuses"] == {"http": {}, "grpc": {}, "unknown": 0}

@@ -19,6 +19,7 @@ def _batch(ids: list[bytes], lens: list[int] | None = None) -> np.ndarray:
         s[i]["ds_rx_beg"], s[i]["us_tx_end"] = (1000 + i) * US, (1010 + i) * US + 1
         s[i]["us_rx_beg"], s[i]["ds_tx_end"] = (1500 + i) * US, (1520 + i) * US + 999
         s[i]["tgid"], s[i]["tid"], s[i]["flags"], s[i]["ds_fd"], s[i]["us_fd"] = 7, 8 + i, 2, 5, -1
+        s[i]["status"] = (200, 503, 0)[i % 3]
         s[i]["rid"] = np.frombuffer(rid.ljust(48, b"\0"), dtype="S1")
         s[i]["rid_len"] = len(rid) if lens is None else lens[i]
     return s
@@ -46,6 +47,7 @@ def test_rows_are_the_csv_writers(tmp_path: Path) -> None:
     assert float(rows[0]["response_proxy_us"]) == 20.999 and rows[0]["upstream_us"] == "489.999"
     assert rows[2]["app_us"] == "520.999" and rows[2]["upstream_us"] == ""
     assert rows[2]["us_tx_end_ns"] == "" and rows[2]["ds_rx_beg_ns"] == str(1000 * US)
+    assert [r["status"] for r in rows] == ["200", "503", "200"]  # the last column, per row
     with f.open(newline="") as fh:
         assert fh.readline().endswith("\r\n")  # csv.writer's line end, as before
     assert len(list(csv.reader(f.open(newline="")))) == 4
