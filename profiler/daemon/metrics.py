@@ -141,7 +141,8 @@ SPECS: tuple[MetricSpec, ...] = (
         "counter",
         "",
         (*POD_LABELS, "protocol", "code"),
-        "Responses the sidecar wrote downstream, by protocol (http1 from the request spans; "
+        "Responses the sidecar wrote downstream, by protocol (http1 from the request spans "
+        "and its local replies; "
         "http2 :status and grpc grpc-status decoded from its HPACK, local replies included) "
         'and code (HTTP 100-599 and gRPC 0-16, any other value "other"; "unknown" where '
         "the probe could not read it: HTTP/1.1 inside TLS, HTTP/2 header blocks not decoded).",
