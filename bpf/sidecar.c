@@ -1146,7 +1146,10 @@ struct smp_status_key {
     u16 kind;   /* SMP_ST_* */
     u16 code;
 };
-BPF_HASH(smp_h2_status, struct smp_status_key, u64, 1024);
+#ifndef SMP_STATUS_ENTRIES
+#define SMP_STATUS_ENTRIES 8192  /* (process, kind, code) counts of the node: ~0.5 MB */
+#endif
+BPF_HASH(smp_h2_status, struct smp_status_key, u64, SMP_STATUS_ENTRIES);
 
 SMP_INLINE void smp_status_add(u32 upid, u16 kind, u16 code, u64 n)
 {
@@ -1157,8 +1160,14 @@ SMP_INLINE void smp_status_add(u32 upid, u16 kind, u16 code, u64 n)
     u64 zero = 0;
     smp_h2_status.insert(&sk, &zero);
     u64 *v = smp_h2_status.lookup(&sk);
-    if (v)
+    if (v) {
         __sync_fetch_and_add(v, n);
+        return;
+    }
+    /* the table is full: a new code cannot be counted; how many were not, per process */
+    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
+    if (ps)
+        __sync_fetch_and_add(&ps->statuses_lost, n);
 }
 
 /* A queued header block (q): decode the part of it in its buffer, count its statuses. */

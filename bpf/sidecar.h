@@ -173,6 +173,7 @@ struct smp_proc_stats {
     u64 stale_answers;      /* upstream answers no downstream response took within 50 ms */
     u64 h2_blocks_lost;     /* HTTP/2 header blocks left undecoded (tail calls or queue ran out):
                              * statuses unknown, and the HPACK shadow's earlier entries */
+    u64 statuses_lost;      /* responses whose status found smp_h2_status full: not counted */
 };
 
 #endif

@@ -61,6 +61,7 @@ def unparsed_doc(
         "http2_desyncs": int(stats.get("h2_desyncs", 0)),
         "http2_resets": int(stats.get("h2_resets", 0)),
         "http2_blocks_lost": int(stats.get("h2_blocks_lost", 0)),
+        "statuses_lost": int(stats.get("statuses_lost", 0)),
         "stale_answers": int(stats.get("stale_answers", 0)),
     }
 
@@ -100,6 +101,13 @@ def warnings(*groups: Iterable[Mapping[str, Any]]) -> list[str]:
                     f"{u.get('connections_total', 0)} connection(s) were not parsed as "
                     f"HTTP/1.1 or HTTP/2: their requests are not in the "
                     f"{e.get('requests', 0)} counted"
+                )
+            lost = int(u.get("statuses_lost") or 0)
+            if lost:
+                out.append(
+                    f"pid {e.get('pid')} ({e.get('comm') or '?'}): {lost} responses' status "
+                    "codes were not counted (the probe's status table was full): its statuses "
+                    "are short of its responses"
                 )
             bad, good = int(e.get("incomplete_spans") or 0), int(e.get("requests") or 0)
             if bad > UNPARSED_WARN_SHARE * (bad + good):

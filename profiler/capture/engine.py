@@ -455,6 +455,7 @@ class Engine:
                 unparsed_bytes=stats["unparsed_bytes"],
                 statuses=_status_counts(self._h1_counts(pid, local), h2.get(pid)),
                 h2_blocks_lost=stats.get("h2_blocks_lost", 0),
+                statuses_lost=stats.get("statuses_lost", 0),
             )
         return snap
 

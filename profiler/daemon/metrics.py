@@ -156,6 +156,14 @@ SPECS: tuple[MetricSpec, ...] = (
         "statuses are unknown (and references to earlier header table entries too).",
     ),
     MetricSpec(
+        "smp_sidecar_statuses_lost_total",
+        "counter",
+        "",
+        POD_LABELS,
+        "Responses of the sidecar whose status the probe could not count (its status table "
+        "was full): smp_sidecar_responses_total is short by this many.",
+    ),
+    MetricSpec(
         "smp_probe_events_dropped_total",
         "counter",
         "",
@@ -277,6 +285,7 @@ class _Totals:
     socket_bytes: int = 0
     unparsed_bytes: int = 0
     h2_blocks_lost: int = 0
+    statuses_lost: int = 0
     statuses: dict[tuple[str, str], int] = field(default_factory=dict)  # (protocol, code label)
     legs: dict[str, np.ndarray] = field(default_factory=dict)  # [buckets..., count] cumulative
     leg_sums: dict[str, float] = field(default_factory=dict)
@@ -288,6 +297,7 @@ class _Totals:
         self.socket_bytes += int(getattr(t, "socket_bytes", 0))
         self.unparsed_bytes += int(getattr(t, "unparsed_bytes", 0))
         self.h2_blocks_lost += int(getattr(t, "h2_blocks_lost", 0))
+        self.statuses_lost += int(getattr(t, "statuses_lost", 0))
         for (proto, code), n in getattr(t, "statuses", {}).items():
             if proto in STATUS_PROTOCOLS:
                 k = (proto, code_label(proto, str(code)))
@@ -305,6 +315,7 @@ class _Totals:
         self.socket_bytes += o.socket_bytes
         self.unparsed_bytes += o.unparsed_bytes
         self.h2_blocks_lost += o.h2_blocks_lost
+        self.statuses_lost += o.statuses_lost
         for k, n in o.statuses.items():
             self.statuses[k] = self.statuses.get(k, 0) + n
         for leg, row in o.legs.items():
@@ -413,6 +424,7 @@ class SnapshotCollector(Collector):
             samples["smp_sidecar_socket_bytes_total"].append((labels, tot.socket_bytes))
             samples["smp_sidecar_unparsed_bytes_total"].append((labels, tot.unparsed_bytes))
             samples["smp_sidecar_http2_blocks_lost_total"].append((labels, tot.h2_blocks_lost))
+            samples["smp_sidecar_statuses_lost_total"].append((labels, tot.statuses_lost))
             for (proto, code), n in sorted(tot.statuses.items()):
                 samples["smp_sidecar_responses_total"].append(([*labels, proto, code], n))
             if (key, role) in live:

@@ -175,6 +175,7 @@ class SidecarProbe:
         max_conns: int = 16384,
         path: Path_ | None = None,
         self_test: bool = True,
+        status_entries: int = 8192,
     ) -> None:
         if path is None:
             try:
@@ -194,6 +195,7 @@ class SidecarProbe:
             "SMP_PATH": _PATHS[path],
             "SMP_ARRIVAL": _ARRIVALS[self.arrival],
             "SMP_XMIT_STAMPS": int(self.xmit),
+            "SMP_STATUS_ENTRIES": status_entries,
         }
         if skb_len_off is not None:  # the raw tracepoint (see capabilities.xmit_stamps)
             defines["SMP_SKB_LEN_OFF"] = skb_len_off

@@ -186,3 +186,43 @@ def test_http1_statuses_of_sidecar_and_app_are_the_mix_sent(
         mine = {r["request_id"]: r["status"] for r in rows if r["role"] == role}
         assert mine == asked, role  # every app-answered request, its own code; no local reply
     assert sidecar["http2_statuses"] == {"http": {}, "grpc": {}, "unknown": 0}
+
+
+@pytest.mark.bpf
+@pytest.mark.testbed
+@pytest.mark.envoy
+def test_statuses_a_full_status_table_cannot_count_are_counted_as_lost(
+    testbed_factory: Callable[..., Any],
+) -> None:
+    """The probe's status table built with room for one entry: Envoy's local 404s take it,
+    its local 503s that come after find it full. They are not in ``http1_statuses`` and are
+    counted as ``statuses_lost`` (2, exactly), with a warning; the 404s and the app's 200s
+    (from the spans, no table) are all there. A full table that loses counts silently, or
+    counts them under another code, fails it."""
+    from _testbed import send_statuses
+
+    from profiler.capture import CaptureConfig, start_capture
+    from profiler.capture.engine import Engine
+    from profiler.probes.sidecar import SidecarProbe
+
+    tb = testbed_factory()
+    server = tb.state.server
+    codes: list[int | str] = ["local-404", 200, "local-404", "local-503", 200, "local-404"]
+    codes += [200, "local-503", 200]
+    engine = Engine(probe=lambda sink: SidecarProbe(sink, status_entries=1))
+    try:
+        session = start_capture(
+            CaptureConfig(sidecar_pids=[server.envoy_pid], duration_s=None), engine=engine
+        )
+        got = send_statuses(tb, codes, "full")
+        assert got == [int(str(c).removeprefix("local-")) for c in codes]
+        time.sleep(0.2)
+        session.poll(0)
+        doc = session.stop()
+    finally:
+        engine.close()  # the session does not close an engine it was given
+    sidecar = doc["sidecars"][0]
+    assert sidecar["local_replies"] == 5
+    assert sidecar["http1_statuses"] == {"200": 4, "404": 3, "unknown": 0}
+    assert sidecar["unparsed"]["statuses_lost"] == 2
+    assert any("2 responses' status codes were not counted" in w for w in doc["warnings"])

@@ -151,8 +151,10 @@ def test_responses_by_protocol_and_code_summed_bounded_and_monotonic() -> None:
                   ("http2", "unknown"): 3, ("grpc", "0"): 5, ("grpc", "14"): 1,
                   ("grpc", "99"): 1, ("spdy", "200"): 9}  # fmt: skip
     a.h2_blocks_lost = 3
+    a.statuses_lost = 6
     b = sidecar(1, 0.1, {})
     b.statuses = {("http1", "503"): 1}
+    b.statuses_lost = 1
     app = TargetSnapshot(APP, "app", 2, {}, 0.1, 0)
     app.statuses = {("http1", "404"): 2}
     c.update(Snapshot({1: a, 2: b, 3: app}, attached=2))
@@ -168,6 +170,7 @@ def test_responses_by_protocol_and_code_summed_bounded_and_monotonic() -> None:
     }  # fmt: skip
     assert m["smp_sidecar_responses_total"] == want
     assert m["smp_sidecar_http2_blocks_lost_total"] == {lab(REVIEWS): 3}
+    assert m["smp_sidecar_statuses_lost_total"] == {lab(REVIEWS): 7}  # both processes
     # the sidecar restarts: its new process starts from zero, the series keep counting
     now[0] = 5.0
     again = sidecar(1, 0.1, {})
