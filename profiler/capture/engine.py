@@ -414,14 +414,16 @@ class Engine:
         "unknown": n}`` (codes as strings, ascending; "unknown": responses whose status the
         probe could not read, e.g. a TLS downstream): its spans' and, for a proxy, its local
         replies' (no span: ``local_replies``)."""
-        counts = self._h1_counts(pid, self._local_statuses())
+        counts = self._h1_counts(pid, self._status_tables()[1])
         out = {str(c): n for c, n in sorted(counts.items()) if c}
         out["unknown"] = counts.get(0, 0)
         return out
 
-    def _local_statuses(self) -> dict[int, dict[int, int]]:
-        fn = getattr(self._probe, "local_statuses", None)  # a probe without them: none
-        return fn() if fn is not None else {}
+    def _status_tables(self) -> tuple[dict[int, dict[str, Any]], dict[int, dict[int, int]]]:
+        """The probe's HTTP/2 statuses and HTTP/1.1 local replies per process, one walk of the
+        kernel's table (a probe without them: none)."""
+        fn = getattr(self._probe, "status_tables", None)
+        return fn() if fn is not None else ({}, {})
 
     def _h1_counts(self, pid: int, local: Mapping[int, Mapping[int, int]]) -> dict[int, int]:
         counts = dict(self._targets[pid].h1_statuses)
@@ -438,9 +440,7 @@ class Engine:
     def snapshot(self) -> Snapshot:
         cpu = self.cpu_ns()
         snap = Snapshot(drops=self.drops(), attached=len(self._targets))
-        every = getattr(self._probe, "all_statuses", None)  # one walk of the kernel's map
-        h2 = every() if every is not None else {}
-        local = self._local_statuses()
+        h2, local = self._status_tables()
         for pid, t in self._targets.items():
             mem = memory_of(pid)
             stats = self._probe.proc_stats(pid)

@@ -434,35 +434,31 @@ class SidecarProbe:
         """The HTTP/2 response statuses the probe decoded in the kernel for ``pid``
         (sidecar.c, "statuses (HPACK)"): ``{"http": {code: n}, "grpc": {code: n},
         "unknown": n}``, codes as strings, as a JSON document keeps them."""
-        return self.all_statuses().get(pid) or {"http": {}, "grpc": {}, "unknown": 0}
+        return self.status_tables()[0].get(pid) or {"http": {}, "grpc": {}, "unknown": 0}
 
-    def all_statuses(self) -> dict[int, dict[str, Any]]:
-        """``statuses`` of every process that has any, from one walk of the map (the daemon
-        reads them for all its targets at each snapshot)."""
-        out: dict[int, dict[str, Any]] = {}
+    def status_tables(self) -> tuple[dict[int, dict[str, Any]], dict[int, dict[int, int]]]:
+        """One walk of the kernel's status table (the daemon reads it for all its targets at
+        each snapshot): per process, its HTTP/2 ``statuses``, and ``{code: n}`` of its HTTP/1.1
+        local replies (responses a proxy wrote with no upstream answer: no span carries them;
+        code 0: digits not read)."""
+        h2: dict[int, dict[str, Any]] = {}
+        local: dict[int, dict[int, int]] = {}
         for k, v in self._bpf["smp_h2_status"].items():
-            if k.kind == _ST_LOCAL_H1:  # HTTP/1.1: local_statuses
+            upid, code, n = int(k.upid), int(k.code), int(v.value)
+            if k.kind == _ST_LOCAL_H1:
+                codes = local.setdefault(upid, {})
+                codes[code] = codes.get(code, 0) + n
                 continue
-            doc = out.setdefault(int(k.upid), {"http": {}, "grpc": {}, "unknown": 0})
+            doc = h2.setdefault(upid, {"http": {}, "grpc": {}, "unknown": 0})
             if k.kind == _ST_UNKNOWN:
-                doc["unknown"] += int(v.value)
+                doc["unknown"] += n
             elif k.kind in _ST_KINDS:
                 bucket = doc[_ST_KINDS[k.kind]]
-                bucket[str(k.code)] = bucket.get(str(k.code), 0) + int(v.value)
-        for doc in out.values():
+                bucket[str(code)] = bucket.get(str(code), 0) + n
+        for doc in h2.values():
             for name in ("http", "grpc"):
                 doc[name] = dict(sorted(doc[name].items(), key=lambda kv: int(kv[0])))
-        return out
-
-    def local_statuses(self) -> dict[int, dict[int, int]]:
-        """pid -> {status code: n} of the HTTP/1.1 local replies the probe saw (responses a
-        proxy wrote with no upstream answer: no span carries them; 0: digits not read)."""
-        out: dict[int, dict[int, int]] = {}
-        for k, v in self._bpf["smp_h2_status"].items():
-            if k.kind == _ST_LOCAL_H1:
-                codes = out.setdefault(int(k.upid), {})
-                codes[int(k.code)] = codes.get(int(k.code), 0) + int(v.value)
-        return out
+        return h2, local
 
     def drops(self) -> int:
         """Spans lost: ring-buffer reservations that failed (the ring was full)."""

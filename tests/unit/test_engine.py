@@ -259,9 +259,8 @@ def test_http1_statuses_counted_per_target_and_h2_streams_left_out(
     assert e.http1_statuses(SIDECAR) == {"200": 4, "503": 3, "unknown": 1}
     assert list(e.http1_statuses(SIDECAR)) == ["200", "503", "unknown"]  # ascending, then unknown
     assert e.http1_statuses(APP) == {"200": 3, "404": 1, "503": 1, "unknown": 0}
-    probe.all_statuses = lambda: {  # type: ignore[attr-defined]
-        SIDECAR: {"http": {"200": 1, "503": 2}, "grpc": {"0": 5, "14": 1}, "unknown": 3}
-    }
+    h2 = {SIDECAR: {"http": {"200": 1, "503": 2}, "grpc": {"0": 5, "14": 1}, "unknown": 3}}
+    probe.status_tables = lambda: (h2, {})  # type: ignore[attr-defined]
     probe.stats[SIDECAR] = dict.fromkeys(PROC_STATS, 0) | {"h2_blocks_lost": 2}
     snap = e.snapshot().targets[SIDECAR]
     assert snap.statuses == {
@@ -275,7 +274,8 @@ def test_http1_statuses_counted_per_target_and_h2_streams_left_out(
     }  # fmt: skip
     # the sidecar's local replies (no span) add to its HTTP/1.1 responses, in the capture's
     # http1_statuses and the snapshot alike; never to the app's
-    probe.local_statuses = lambda: {SIDECAR: {503: 5, 404: 2, 0: 1}}  # type: ignore[attr-defined]
+    local = {SIDECAR: {503: 5, 404: 2, 0: 1}}
+    probe.status_tables = lambda: (h2, local)  # type: ignore[attr-defined]
     assert e.http1_statuses(SIDECAR) == {"200": 4, "404": 2, "503": 8, "unknown": 2}
     assert e.http1_statuses(APP) == {"200": 3, "404": 1, "503": 1, "unknown": 0}
     snap = e.snapshot().targets[SIDECAR]
