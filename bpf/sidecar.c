@@ -1150,6 +1150,10 @@ struct smp_status_key {
 #define SMP_STATUS_ENTRIES 8192  /* (process, kind, code) counts of the node: ~0.5 MB */
 #endif
 BPF_HASH(smp_h2_status, struct smp_status_key, u64, SMP_STATUS_ENTRIES);
+#ifndef SMP_HP_PARTS
+#define SMP_HP_PARTS 1024          /* cut-off header blocks waiting for their rest (~280 KB) */
+#endif
+BPF_TABLE("lru_hash", struct smp_hp_pkey, struct smp_hp_part, smp_hp_parts, SMP_HP_PARTS);
 
 SMP_INLINE void smp_status_add(u32 upid, u16 kind, u16 code, u64 n)
 {
@@ -1170,32 +1174,101 @@ SMP_INLINE void smp_status_add(u32 upid, u16 kind, u16 code, u64 n)
         __sync_fetch_and_add(&ps->statuses_lost, n);
 }
 
-/* A queued header block (q): decode the part of it in its buffer, count its statuses. */
+/* Header blocks the decoder could not follow to their end, per process (see smp_hpack). */
+SMP_INLINE void smp_hp_lost(u32 upid, u64 n)
+{
+    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
+    if (ps)
+        __sync_fetch_and_add(&ps->h2_blocks_lost, n);
+}
+
+/* Whether the statuses of the call's header block on stream sid are counted: always for
+ * writes (the responses downstream); for reads, an upstream answer, only when its stream is
+ * the span. */
+SMP_INLINE u8 smp_hp_counts(struct smp_h2_call *k, u32 sid)
+{
+    if (!k->x.is_read)
+        return 1;
+    struct smp_h2_skey sk = {};
+    sk.conn = k->x.key;
+    sk.sid = sid;
+    sk.gen = k->x.gen;
+    struct smp_h2_stream *st = smp_h2_streams.lookup(&sk);
+    return st && st->state == H2_US_BURST;
+}
+
+/* A queued header block (q): decode the part of it in its buffer, count its statuses. A
+ * block the call's end cut off (HQ_CUT) is kept whole in smp_hp_parts and decoded when the
+ * connection's next call brings its rest (HQ_REST), not followed to a cut: else the shadow
+ * would lose count of the encoder's table at every such cut (a busy gRPC connection's reads
+ * end inside a frame now and then), and every later reference to an earlier entry (grpc-status
+ * OK, inserted once) would be unknown for the connection's life. */
 SMP_INLINE void smp_h2_hpack(struct smp_h2_call *k, struct smp_h2_dir *d, struct smp_hq *q)
 {
     u64 n = q->n;
     if (n > SMP_HP_BUF - 1)
         n = SMP_HP_BUF - 1;
     asm volatile("%0 &= 255" : "+r"(n));
-    if (n && bpf_probe_read_user(k->hp, n, (void *)q->at))
-        n = 0;
-    struct smp_hp_out o = {};
-    u8 fl = q->fl;
-    smp_hp_parse(&d->hp, k->hp, (u32)n, fl, n == q->flen, &o, &k->hp_w);
-    u64 *w = (u64 *)k->hp;
-    for (int i = 0; i < SMP_HP_BUF / 8; i++)
-        w[i] = 0;  /* no payload bytes stay in a map */
-    u32 upid = k->x.upid;
-    if (k->x.is_read) {
-        /* an upstream answer: counted only when its stream is the span */
-        struct smp_h2_skey sk = {};
-        sk.conn = k->x.key;
-        sk.sid = q->sid;
-        sk.gen = k->x.gen;
-        struct smp_h2_stream *st = smp_h2_streams.lookup(&sk);
-        if (!st || st->state != H2_US_BURST)
+    u32 flen = q->flen, sid = q->sid, upid = k->x.upid;
+    u8 fl = q->fl, counts = 0, how = q->how;
+    struct smp_hp_pkey pk = {};
+    pk.conn = k->x.key;
+    pk.gen = k->x.gen;
+    pk.dir = k->x.is_read;
+    u64 have = 0;
+    if (how == HQ_REST) {
+        d->hp.pend = 0;
+        struct smp_hp_part *p = smp_hp_parts.lookup(&pk);
+        if (!p) {
+            /* evicted (smp_hp_parts full): lost, like a block the walk gave up on */
+            d->hp.floor = d->hp.ins;
+            smp_status_add(upid, SMP_ST_UNKNOWN, 0, 1);
+            smp_hp_lost(upid, 1);
             return;
+        }
+        have = p->have;
+        flen = p->flen;
+        sid = p->sid;
+        fl = p->fl;
+        counts = p->counts;
+        __builtin_memcpy(k->hp, p->b, SMP_HP_BUF);
+        smp_hp_parts.delete(&pk);
+        asm volatile("%0 &= 255" : "+r"(have));
+        if (n && bpf_probe_read_user(k->hp + have, n, (void *)q->at))
+            n = 0;
+        n += have;
+        if (n > SMP_HP_BUF - 1)
+            n = SMP_HP_BUF - 1;
+    } else {
+        if (n && bpf_probe_read_user(k->hp, n, (void *)q->at))
+            n = 0;
+        counts = smp_hp_counts(k, sid);
+        if (how == HQ_CUT && n == q->n && n < flen && flen < SMP_HP_BUF) {
+            struct smp_hp_part *p = &k->part;
+            __builtin_memcpy(p->b, k->hp, SMP_HP_BUF);
+            p->have = n;
+            p->flen = flen;
+            p->sid = sid;
+            p->fl = fl;
+            p->counts = counts;
+            int kept = !smp_hp_parts.update(&pk, p);
+            __builtin_memset(p->b, 0, SMP_HP_BUF);
+            if (kept) {
+                d->hp.pend = 1;
+                __builtin_memset(k->hp, 0, SMP_HP_BUF);
+                return;
+            }
+        }
     }
+    struct smp_hp_out o = {};
+    smp_hp_parse(&d->hp, k->hp, (u32)n, fl, n == flen, &o, &k->hp_w);
+    u64 *w = (u64 *)k->hp;
+    for (int i = 0; i < 2 * SMP_HP_BUF / 8; i++)
+        w[i] = 0;  /* no payload bytes stay in a map */
+    if (o.cut)
+        smp_hp_lost(upid, 1);
+    if (!counts)
+        return;
     if (o.status)
         smp_status_add(upid, SMP_ST_HTTP, o.status, 1);
     if (o.grpc != HP_NONE)
@@ -1203,6 +1276,30 @@ SMP_INLINE void smp_h2_hpack(struct smp_h2_call *k, struct smp_h2_dir *d, struct
     u8 end = fl & H2_END_STREAM;
     if ((!end && !o.status) || (end && o.grpc == HP_NONE && o.unresolved))
         smp_status_add(upid, SMP_ST_UNKNOWN, 0, 1);
+}
+
+/* A kept block (smp_hp_parts) whose rest will not be decoded: removed, no bytes stay. */
+SMP_INLINE void smp_hp_drop(struct smp_h2_call *k, struct smp_h2_dir *d)
+{
+    struct smp_hp_pkey pk = {};
+    pk.conn = k->x.key;
+    pk.gen = k->x.gen;
+    pk.dir = k->x.is_read;
+    smp_hp_parts.delete(&pk);
+    d->hp.pend = 0;
+}
+
+/* A connection's kept blocks (its rest never came: closed, or reused): no bytes stay. */
+SMP_INLINE void smp_hp_forget(u64 key, struct smp_h2_conn *hc)
+{
+    if (!hc || !(hc->rx.hp.pend | hc->tx.hp.pend))
+        return;
+    struct smp_hp_pkey pk = {};
+    pk.conn = key;
+    pk.gen = hc->gen;
+    smp_hp_parts.delete(&pk);
+    pk.dir = 1;
+    smp_hp_parts.delete(&pk);
 }
 
 /* Header blocks queued but not decoded (the chain of tail calls ran out, or the queue
@@ -1218,9 +1315,9 @@ SMP_INLINE void smp_hq_give_up(struct smp_h2_call *k, struct smp_h2_dir *d)
     d->hp.floor = d->hp.ins;  /* their insertions are not counted (see smp_hpack) */
     u32 upid = k->x.upid;
     smp_status_add(upid, SMP_ST_UNKNOWN, 0, left);
-    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
-    if (ps)
-        __sync_fetch_and_add(&ps->h2_blocks_lost, left);
+    smp_hp_lost(upid, left);
+    if (d->hp.pend)
+        smp_hp_drop(k, d);  /* a kept block whose rest was among them */
 }
 
 /* The walk is done (or lost its place): the queued header blocks to the decoder. */
@@ -1301,6 +1398,8 @@ int smp_h2_step(void *ctx)
                 q->flen = flen;
                 q->sid = smp_h2_sid(f);
                 q->fl = f[4];
+                /* the call ends inside it: the rest comes in the connection's next call */
+                q->how = avail < flen && k->done + avail >= k->ret ? HQ_CUT : HQ_WHOLE;
                 k->hq_n = qn + 1;
             } else {
                 k->hq_over++;  /* not decoded: counted after the queued ones */
@@ -1366,6 +1465,7 @@ SMP_INLINE int smp_h2_begin(struct smp_conn *c, struct smp_io *io, u8 cls, struc
     if (!hc || c->proto != SMP_PROTO_H2) {
         if (cls != CLS_H2PRI && !smp_h2_plausible(k, 0))
             return -1;
+        smp_hp_forget(key, hc);  /* an earlier connection's (fd or socket reused) */
         struct smp_h2_conn fresh = {};
         fresh.gen = (u32)bpf_ktime_get_ns() | 1;
         fresh.tx.hp.on = c->role == SMP_ROLE_DS;  /* the responses' statuses */
@@ -1393,6 +1493,26 @@ SMP_INLINE int smp_h2_begin(struct smp_conn *c, struct smp_io *io, u8 cls, struc
     k->hq_i = 0;
     k->hq_over = 0;
     k->x.key = key;
+    k->x.gen = hc->gen;
+    k->x.is_read = io->is_read;
+    k->x.upid = io->upid;
+    if (d->hp.pend) {
+        /* the last call cut a header block off: its rest is this call's first bytes */
+        u64 l = k->len[0] > pos ? k->len[0] - pos : 0;
+        if (d->skip && l) {
+            struct smp_hq *q = &k->hq[0];
+            q->at = k->base[0] + pos;
+            q->n = l < d->skip ? l : d->skip;
+            q->how = HQ_REST;
+            k->hq_n = 1;
+        } else {
+            /* the walk lost its place since (resynchronised): the block is lost */
+            smp_hp_drop(k, d);
+            d->hp.floor = d->hp.ins;
+            smp_status_add(io->upid, SMP_ST_UNKNOWN, 0, 1);
+            smp_hp_lost(io->upid, 1);
+        }
+    }
     k->x.ts = io->ts;
     k->x.ts_call = io->ts_call;
     k->x.arr = io->arr;
@@ -1936,8 +2056,10 @@ SMP_INLINE void smp_conn_close(u64 key, int remove)
     }
     if (remove) {
         smp_emit_unparsed(c);
-        if (c->proto == SMP_PROTO_H2)
+        if (c->proto == SMP_PROTO_H2) {
+            smp_hp_forget(key, smp_h2_conns.lookup(&key));
             smp_h2_conns.delete(&key);
+        }
         if (!smp_conns.delete(&key))
             smp_gate_add(key, -1);
     }

@@ -171,8 +171,9 @@ struct smp_proc_stats {
     u64 h2_resets;          /* HTTP/2 streams reset (RST_STREAM) before they ended: no span */
     u64 h2_desyncs;         /* times the HTTP/2 frame walk lost its place (bytes: unparsed) */
     u64 stale_answers;      /* upstream answers no downstream response took within 50 ms */
-    u64 h2_blocks_lost;     /* HTTP/2 header blocks left undecoded (tail calls or queue ran out):
-                             * statuses unknown, and the HPACK shadow's earlier entries */
+    u64 h2_blocks_lost;     /* HTTP/2 header blocks not followed to their end (tail calls or
+                             * queue ran out, cut twice, too long): their statuses may be
+                             * unknown, and the HPACK shadow's earlier entries are */
     u64 statuses_lost;      /* responses whose status found smp_h2_status full: not counted */
 };
 

@@ -62,7 +62,8 @@ struct smp_hpack {
     u32 seq[SMP_HP_SLOTS];
     u16 kc[SMP_HP_SLOTS];  /* kind << 12 | code; 0: an empty slot */
     u8 on;        /* this direction's header blocks are decoded */
-    u8 pad[3];
+    u8 pend;      /* a block cut off by the last call's end waits in smp_hp_parts */
+    u8 pad[2];
 };
 
 struct smp_h2_dir {
@@ -123,7 +124,31 @@ struct smp_hq {
     u32 flen;      /* the frame's payload length */
     u32 sid;
     u8 fl;         /* the frame's flags */
-    u8 pad[3];
+    u8 how;        /* HQ_WHOLE, HQ_CUT (the call ends inside it: the rest comes in the
+                    * connection's next call) or HQ_REST (that rest, for the block kept) */
+    u8 pad[2];
+};
+#define HQ_WHOLE 0
+#define HQ_CUT 1
+#define HQ_REST 2
+
+/* A header block the end of a read or write cut off (HQ_CUT): its first bytes, kept until
+ * the connection's next call in that direction brings the rest (smp_hp_parts; removed then,
+ * or when the connection closes). */
+struct smp_hp_part {
+    u8 b[SMP_HP_BUF];
+    u32 have;      /* bytes in b */
+    u32 flen;
+    u32 sid;
+    u8 fl;
+    u8 counts;     /* its statuses are counted (decided when it was cut: the stream may
+                    * be gone by the time the rest comes) */
+    u8 pad[2];
+};
+struct smp_hp_pkey {
+    u64 conn;
+    u32 gen;
+    u32 dir;       /* 1: read */
 };
 
 /* One read's or write's walk, in a per-CPU map: the first SMP_H2_SEGS iovecs cut to the
@@ -146,7 +171,9 @@ struct smp_h2_call {
     u32 hq_pad;
     struct smp_hq hq[SMP_HQ];
     struct smp_hp_work hp_w;
-    u8 hp[SMP_HP_BUF + 16];  /* a header block's first bytes, being decoded */
+    u8 hp[2 * SMP_HP_BUF];   /* a header block's first bytes, being decoded (twice the
+                              * decoded bytes: a kept part and its rest are bounded apart) */
+    struct smp_hp_part part; /* a cut-off block, on its way to smp_hp_parts */
 };
 
 /* Gather the call's buffers. 0, or -1 when user memory could not be read. */
@@ -325,7 +352,8 @@ struct smp_hp_out {
     u16 status;      /* :status, 0 when none was seen */
     u16 grpc;        /* grpc-status, HP_NONE when none was seen */
     u8 unresolved;   /* a field could not be told (unknown dynamic entry, cut-off block) */
-    u8 pad[3];
+    u8 cut;          /* not followed to its end: the shadow lost count of its insertions */
+    u8 pad[2];
 };
 
 #define HP_B(b, i) ((b)[(i) & (SMP_HP_BUF - 1)])
@@ -618,6 +646,7 @@ static inline __attribute__((always_inline)) void smp_hp_parse(struct smp_hpack 
         /* not followed to its end (cut off, more fields, CONTINUATION frames): its
          * insertions are not all counted */
         o->unresolved = 1;
+        o->cut = 1;
         h->floor = h->ins;
     }
 }

@@ -69,7 +69,7 @@ class TargetSnapshot:
     # (:status) or "grpc" (grpc-status); code the status as a string, "unknown" where the
     # probe could not read it (HTTP/1.1: status 0; HTTP/2: header blocks not decoded)
     statuses: dict[tuple[str, str], int] = field(default_factory=dict)
-    h2_blocks_lost: int = 0  # HTTP/2 header blocks the decoder lost: their statuses unknown
+    h2_blocks_lost: int = 0  # HTTP/2 header blocks not followed to their end
     statuses_lost: int = 0  # responses whose status the probe's full table could not count
 
 

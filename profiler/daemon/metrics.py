@@ -152,8 +152,8 @@ SPECS: tuple[MetricSpec, ...] = (
         "counter",
         "",
         POD_LABELS,
-        "HTTP/2 header blocks the sidecar wrote that the probe could not decode: their "
-        "statuses are unknown (and references to earlier header table entries too).",
+        "HTTP/2 header blocks the probe could not follow to their end: their statuses may be "
+        "unknown, and references to earlier header table entries are.",
     ),
     MetricSpec(
         "smp_sidecar_statuses_lost_total",

@@ -492,6 +492,7 @@ class SidecarProbe:
         "smp_tls_last",
         "smp_tls_init",
         "smp_h2_status",
+        "smp_hp_parts",
         "smp_listeners",
     )
 

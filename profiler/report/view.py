@@ -452,7 +452,7 @@ def _statuses(st: dict[str, Any], lost: int = 0) -> str:
             parts.append(label + ", ".join(f"{c} x {n:,}" for c, n in codes.items()))
     parts.append(f"{int(st.get('unknown') or 0):,} not decoded")
     if lost:
-        parts.append(f"{lost:,} header blocks lost (tail calls or queue ran out)")
+        parts.append(f"{lost:,} header blocks not followed to their end")
     return "; ".join(parts)
 
 

@@ -13,7 +13,7 @@ then one JSON command per line on stdin, one JSON answer per line on stdout:
         C: read | readv | recv | recvfrom | recvmsg; answer {"n": bytes} or {"eagain": true};
         what was read is kept (per connection) for a later "forward"
     {"op": "write", "conn": "ds"|"us", "call": C, "data": "forward" | "<text>",
-     "parts": 1, "gap_ms": 0}
+     "parts": 1, "gap_ms": 0}                          ("hex": "<bytes in hex>" for data)
         C: write | writev | send | sendto | sendmsg; "forward" writes what was read on
         connection "src" (default: "us" for "ds", "ds" for "us") since its last forward;
         "parts" > 1 splits it into that many calls, "gap_ms" apart
@@ -92,7 +92,9 @@ def main() -> int:
         elif op == "write":
             s = conns[cmd["conn"]]
             other = cmd.get("src") or ("us" if cmd["conn"] == "ds" else "ds")
-            if cmd["data"] == "forward":
+            if "hex" in cmd:
+                data = bytes.fromhex(cmd["hex"])
+            elif cmd["data"] == "forward":
                 data, pending[other] = pending.get(other, b""), b""
             else:
                 data = cmd["data"].encode()

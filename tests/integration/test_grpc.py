@@ -87,10 +87,11 @@ def _check_statuses(pod: str, sidecar: dict[str, Any], n: int, ok: int, code: st
     logged them. Never guessed: no code that was not sent, no code counted more often than
     it was sent, and every call with a span whose grpc-status was not decoded is in
     `unknown`. When no header block was lost (`http2_blocks_lost`) nearly all are decoded (a
-    shadow that is off by one or not there decodes almost none: checked). A block left
-    undecoded (a read of many answers at once ran out of tail calls: under CPU contention 1
-    run in 24 with 4 frames per walk program, 0 of 12 with 5) costs the shadow its count, and
-    every later reference to an earlier entry is unknown: then counted, in `unknown` too."""
+    shadow that is off by one or not there decodes almost none: checked). A block not
+    followed to its end (a read of many answers at once ran out of tail calls: under CPU
+    contention 1 run in 24 with 4 frames per walk program, 0 of 12 with 5; a block cut by a
+    read's end before kept parts: CI once, every OK call unknown) costs the shadow its count,
+    and every later reference to an earlier entry is unknown: then counted."""
     st = sidecar["http2_statuses"]
     spans = sidecar["requests"]
     lost = sidecar["unparsed"]["http2_blocks_lost"]
@@ -99,7 +100,7 @@ def _check_statuses(pod: str, sidecar: dict[str, Any], n: int, ok: int, code: st
     assert set(g) <= {"0", code}, (pod, st)
     assert g.get("0", 0) <= ok and g.get(code, 0) <= n - ok, (pod, st, ok, n)
     decoded = g.get("0", 0) + g.get(code, 0)
-    assert decoded + st["unknown"] >= spans and st["unknown"] >= lost, (pod, st, spans, lost)
+    assert decoded + st["unknown"] >= spans, (pod, st, spans, lost)
     if not lost:
         assert decoded >= 0.9 * spans and st["http"].get("200", 0) >= 0.9 * spans, (pod, st)
 

@@ -70,8 +70,8 @@ def test_capture_view_says_how_many_header_blocks_were_lost(tmp_path: Path) -> N
     path.write_text(json.dumps(doc))
     facts = dict(capture_view(report.load(path)).facts)
     line = facts[f"HTTP/2 statuses, pid {sc['pid']}"]
-    assert line == "200 x 3,900; grpc 0 x 800; 3,100 not decoded; 7 header blocks lost " + (
-        "(tail calls or queue ran out)"
+    assert line == "200 x 3,900; grpc 0 x 800; 3,100 not decoded; 7 header blocks not " + (
+        "followed to their end"
     )
     sc["unparsed"]["http2_blocks_lost"] = 0
     path.write_text(json.dumps(doc))
