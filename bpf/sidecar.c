@@ -501,6 +501,15 @@ BPF_PERCPU_ARRAY(smp_h2_stream_init, struct smp_h2_stream, 1);
 BPF_PERCPU_ARRAY(smp_h2_scratch, struct smp_h2_call, 1);
 BPF_PROG_ARRAY(smp_h2_progs, 2);   /* [0]: smp_h2_step, [1]: smp_h2_hpack_step (user space) */
 
+/* Header blocks the decoder could not follow to their end, per process (see smp_hpack). */
+SMP_INLINE void smp_hp_lost(u32 upid, u64 n)
+{
+    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
+    if (ps)
+        __sync_fetch_and_add(&ps->h2_blocks_lost, n);
+}
+
+
 SMP_INLINE int smp_emit_span(struct smp_span *s)
 {
     struct smp_span *e = smp_spans.ringbuf_reserve(sizeof(struct smp_span));
@@ -1061,8 +1070,13 @@ SMP_INLINE void smp_h2_frame(struct smp_h2_ctx *x, struct smp_proc_stats *ps, u8
                 smp_h2_streams.update(&sk, init);
                 u64 ukey = x->key;
                 struct smp_h2_conn *uc = smp_h2_conns.lookup(&ukey);
-                if (uc)
+                if (uc && !uc->rx.hp.on) {
                     uc->rx.hp.on = 1;  /* the answers' statuses are the spans' */
+                    if (uc->rx.hp.missed)
+                        /* answers went by before (an earlier stream of the connection was
+                         * no burst span): entries they inserted are unknown, counted once */
+                        smp_hp_lost(x->upid, 1);
+                }
                 __builtin_memset(init, 0, sizeof(*init));
                 return;
             }
@@ -1172,14 +1186,6 @@ SMP_INLINE void smp_status_add(u32 upid, u16 kind, u16 code, u64 n)
     struct smp_proc_stats *ps = smp_proc.lookup(&upid);
     if (ps)
         __sync_fetch_and_add(&ps->statuses_lost, n);
-}
-
-/* Header blocks the decoder could not follow to their end, per process (see smp_hpack). */
-SMP_INLINE void smp_hp_lost(u32 upid, u64 n)
-{
-    struct smp_proc_stats *ps = smp_proc.lookup(&upid);
-    if (ps)
-        __sync_fetch_and_add(&ps->h2_blocks_lost, n);
 }
 
 /* Whether the statuses of the call's header block on stream sid are counted: always for
@@ -1404,6 +1410,8 @@ int smp_h2_step(void *ctx)
             } else {
                 k->hq_over++;  /* not decoded: counted after the queued ones */
             }
+        } else if (f[3] == H2_HEADERS) {
+            d->hp.missed = 1;
         }
     }
     smp_h2_progs.call(ctx, 0);

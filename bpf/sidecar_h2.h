@@ -63,7 +63,9 @@ struct smp_hpack {
     u16 kc[SMP_HP_SLOTS];  /* kind << 12 | code; 0: an empty slot */
     u8 on;        /* this direction's header blocks are decoded */
     u8 pend;      /* a block cut off by the last call's end waits in smp_hp_parts */
-    u8 pad[2];
+    u8 missed;    /* header blocks went by while off: turned on later, the shadow lacks
+                   * their insertions (counted then) */
+    u8 pad;
 };
 
 struct smp_h2_dir {

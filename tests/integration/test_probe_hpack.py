@@ -3,7 +3,9 @@
 test chose them: a response's header block cut by the end of a write is decoded once the next
 write brings its rest, so the dynamic-table shadow keeps count of the encoder's insertions.
 A block that cannot be followed to its end is counted (``h2_blocks_lost``), never silent, and
-no cut-off block's bytes stay in the kernel once its connection is gone.
+no cut-off block's bytes stay in the kernel once its connection is gone. An upstream
+connection whose answers are decoded only from its second stream on (the first was no span)
+is counted too.
 
 The responses are gRPC's: ``:status 200`` and ``grpc-status`` (inserted into the encoder's
 dynamic table by the first response, a dynamic index in the second). When the shadow loses
@@ -49,15 +51,19 @@ class H2Peer:
     client's preface and two requests (streams 1 and 3) are read, so the probe knows the
     connection as HTTP/2 downstream, and every response write is the test's."""
 
-    def __init__(self) -> None:
+    def __init__(self, downstream: bool = True) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(PEER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         hello = self._line()
-        self.pid = int(hello["pid"])
+        self.pid, self.port = int(hello["pid"]), int(hello["port"])
         self.probe = SidecarProbe(lambda batch: None, ringbuf_pages=16)
         self.probe.add_target(self.pid, "proxy")
-        self.client = socket.create_connection(("127.0.0.1", int(hello["port"])))
+        self.encoder = hpack.Encoder()
+        self.client: socket.socket | None = None
+        if not downstream:
+            return
+        self.client = socket.create_connection(("127.0.0.1", self.port))
         self.do("accept")
         c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         c.initiate_connection()
@@ -69,7 +75,6 @@ class H2Peer:
         self.client.sendall(request)
         assert self.do("read", conn="ds", call="recv")["n"] == len(request)
         self.write(SETTINGS)
-        self.encoder = hpack.Encoder()
 
     def _line(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -98,7 +103,8 @@ class H2Peer:
         return int(self.probe.proc_stats(self.pid)["h2_blocks_lost"])
 
     def close(self) -> None:
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
@@ -173,3 +179,68 @@ def test_a_kept_block_goes_when_its_connection_closes(peer: H2Peer) -> None:
 def _kept(peer: H2Peer) -> int:
     """Header blocks kept in the kernel (the probe's own audit of its maps' values)."""
     return sum(1 for name, _ in peer.probe.map_bytes() if name == "smp_hp_parts")
+
+
+@pytest.fixture
+def proxy() -> Iterator[H2Peer]:
+    """The scripted proxy with no HTTP/2 downstream (no request of its waits upstream)."""
+    p = H2Peer(downstream=False)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def test_answers_read_before_the_shadow_began_are_counted(proxy: H2Peer) -> None:
+    """An upstream connection's answers are decoded once one of its streams is a span of
+    HTTP/2 inside TLS downstream. Its first stream here is not (no request waits when the
+    proxy writes it), so the first answer, which inserts grpc-status into the table, goes by
+    undecoded; the second stream is (a TLS downstream request waits), so the second answer
+    is decoded, and its grpc-status (a reference to that entry) is unknown: counted once in
+    h2_blocks_lost, never guessed (without the count: 0)."""
+    up = socket.socket()
+    up.bind(("127.0.0.1", 0))
+    up.listen(1)
+    proxy.do("connect", conn="us", port=up.getsockname()[1])
+    server, _ = up.accept()
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    head = [(":method", "POST"), (":path", "/smp.Testbed/Unary"), (":scheme", "http"),
+            (":authority", "x")]  # fmt: skip
+    c.send_headers(1, head, end_stream=True)
+    _us_write(proxy, server, c.data_to_send())
+    answers = hpack.Encoder()
+    _us_answer(proxy, server, SETTINGS + _frame(HEADERS, END_STREAM_HEADERS, 1,
+                                               answers.encode(RESPONSE)))  # fmt: skip
+    assert proxy.lost() == 0
+    # a TLS downstream: its first record is a request waiting for the upstream
+    tls = socket.create_connection(("127.0.0.1", proxy.port))
+    proxy.do("accept", conn="tls")
+    record = b"\x17\x03\x03\x00\x20" + bytes(32)
+    tls.sendall(record)
+    assert proxy.do("read", conn="tls", call="recv")["n"] == len(record)
+    c.send_headers(3, head, end_stream=True)
+    _us_write(proxy, server, c.data_to_send())
+    second = _frame(HEADERS, END_STREAM_HEADERS, 3, answers.encode(RESPONSE))
+    assert len(second) < 15  # grpc-status through the dynamic table
+    _us_answer(proxy, server, second)
+    assert proxy.statuses() == {"http": {"200": 1}, "grpc": {}, "unknown": 1}
+    assert proxy.lost() == 1
+    for s in (tls, server, up):
+        s.close()
+
+
+def _us_write(peer: H2Peer, server: socket.socket, data: bytes) -> None:
+    """The proxy writes data upstream; the upstream reads all of it."""
+    assert peer.do("write", conn="us", call="send", hex=data.hex())["n"] == len(data)
+    got = b""
+    while len(got) < len(data):
+        got += server.recv(65536)
+
+
+def _us_answer(peer: H2Peer, server: socket.socket, data: bytes) -> None:
+    """The upstream answers; the proxy reads all of it in one call."""
+    server.sendall(data)
+    time.sleep(0.02)
+    assert peer.do("read", conn="us", call="recv")["n"] == len(data)
+    time.sleep(0.01)
