@@ -1,8 +1,8 @@
 """3. Capacity: records per second the pipeline (kernel probe -> ring buffer -> Python engine)
 handles with zero drops, and the rate at which drops begin, for several ring-buffer sizes and
 three poll timeouts of the engine (``poll(500)`` as the daemon, ``poll(100)`` as a capture, and
-``poll(10)``): wait up to that long, less once the ring is half full (looked at every 25 ms),
-then take every record in the ring as one batch.
+``poll(10)``): wait up to that long, less once the ring is half full (the probe wakes the
+reader then), then take every record in the ring as one batch.
 
 The workload is ``rr.c``: a server process answering HTTP/1.1 requests over a socketpair as fast
 as its client sends them (or at a paced rate), traced in ``app`` mode so that every request is

@@ -27,10 +27,13 @@
 #ifndef SMP_MAX_NS
 #define SMP_MAX_NS 4               /* PID namespaces with targets still to be learned */
 #endif
-/* User space takes the records every 100 ms; waking it for each record (an irq_work and a
- * context switch per request) would cost more than the record. */
-#ifndef SMP_RB_SUBMIT_FLAGS
-#define SMP_RB_SUBMIT_FLAGS BPF_RB_NO_WAKEUP
+/* User space takes the records in batches; waking it for each record (an irq_work and a
+ * context switch per request) would cost more than the record. Records are submitted without
+ * a wakeup, except the one that makes SMP_RB_WAKE_AT records unread since the reader last
+ * read (user space sets it to half the ring's records, and zeroes the count when it reads),
+ * so it sleeps its whole poll timeout unless a batch is there (smp_rb_submit). */
+#ifndef SMP_RB_WAKE_AT
+#define SMP_RB_WAKE_AT 1024
 #endif
 #ifndef SMP_WRITE_TS_AT_EXIT
 #define SMP_WRITE_TS_AT_EXIT 0
@@ -144,6 +147,11 @@ struct smp_args {
 BPF_HASH(smp_filter_pids, u32, struct smp_target, SMP_MAX_PIDS);
 BPF_PERCPU_ARRAY(smp_drops, u64, 1);
 BPF_RINGBUF_OUTPUT(smp_spans, SMP_RINGBUF_PAGES);
+struct smp_rb_unread {
+    u64 n;        /* records submitted since the reader last read (it zeroes this) */
+    u64 woken;    /* the reader was woken for them */
+};
+BPF_ARRAY(smp_rb_unread, struct smp_rb_unread, 1);
 BPF_HASH(smp_proc, u32, struct smp_proc_stats, SMP_MAX_PIDS);
 BPF_TABLE("lru_hash", u64, struct smp_conn, smp_conns, SMP_MAX_CONNS);
 BPF_TABLE("lru_hash", u64, u64, smp_rid_index, SMP_MAX_CONNS);
@@ -452,6 +460,23 @@ SMP_INLINE struct smp_scan *smp_find_rid(u64 buf, u32 len)
     return s;
 }
 
+/* Submit a reserved record; the SMP_RB_WAKE_AT-th unread one wakes the reader (two CPUs
+ * may both wake it: harmless; a reset racing a count delays the next wakeup by a few). */
+SMP_INLINE void smp_rb_submit(void *e)
+{
+    int zero = 0;
+    u64 flags = BPF_RB_NO_WAKEUP;
+    struct smp_rb_unread *u = smp_rb_unread.lookup(&zero);
+    if (u) {
+        __sync_fetch_and_add(&u->n, 1);
+        if (u->n >= SMP_RB_WAKE_AT && !u->woken) {
+            u->woken = 1;
+            flags = BPF_RB_FORCE_WAKEUP;
+        }
+    }
+    smp_spans.ringbuf_submit(e, flags);
+}
+
 SMP_INLINE void smp_emit(struct smp_conn *c)
 {
     struct smp_span *e = smp_spans.ringbuf_reserve(sizeof(struct smp_span));
@@ -460,7 +485,7 @@ SMP_INLINE void smp_emit(struct smp_conn *c)
         return;
     }
     __builtin_memcpy(e, &c->span, sizeof(struct smp_span));
-    smp_spans.ringbuf_submit(e, SMP_RB_SUBMIT_FLAGS);
+    smp_rb_submit(e);
     u32 upid = c->upid;
     struct smp_proc_stats *ps = smp_proc.lookup(&upid);
     if (ps)
@@ -518,7 +543,7 @@ SMP_INLINE int smp_emit_span(struct smp_span *s)
         return -1;
     }
     __builtin_memcpy(e, s, sizeof(struct smp_span));
-    smp_spans.ringbuf_submit(e, SMP_RB_SUBMIT_FLAGS);
+    smp_rb_submit(e);
     return 0;
 }
 

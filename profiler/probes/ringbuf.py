@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import select
+import time
 from typing import Any
 
 import numpy as np
 
 _BUSY, _DISCARD = 1 << 31, 1 << 30
 _HEADER = 8
+
+
+def wake_at(pages: int, record_size: int) -> int:
+    """After how many unread records the producer wakes the reader (SMP_RB_WAKE_AT): half
+    the ring's."""
+    stride = (_HEADER + record_size + 7) & ~7
+    return max(1, pages * mmap.PAGESIZE // stride // 2)
 
 
 class RingReader:
@@ -46,6 +55,22 @@ class RingReader:
             }
         )
         self.discarded = 0
+        # woken only by the records submitted with BPF_RB_FORCE_WAKEUP (edge-triggered: the
+        # ring's poll is ready whenever data is there, which would never let us sleep)
+        self._epoll = select.epoll()
+        try:
+            self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
+        except PermissionError:  # no ring buffer map (a plain file standing in for one)
+            self._epoll.close()
+
+    def wait(self, timeout_s: float) -> None:
+        """Sleep until the producer wakes us (a batch is there) or ``timeout_s`` passed."""
+        if timeout_s <= 0:
+            return
+        if self._epoll.closed:
+            time.sleep(timeout_s)
+        else:
+            self._epoll.poll(timeout_s)
 
     def filled(self) -> int:
         """Bytes written and not yet read (records still being written included)."""
@@ -78,6 +103,7 @@ class RingReader:
         return records
 
     def close(self) -> None:
+        self._epoll.close()
         for m in (self._cons, self._prod):
             # a view still alive keeps the mapping until it goes
             with contextlib.suppress(BufferError):
