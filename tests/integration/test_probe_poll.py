@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -60,3 +61,44 @@ def test_poll_waits_its_timeout_on_a_quiet_ring_and_returns_early_on_a_half_full
     assert 0.29 <= quiet_s < 1.0
     assert busy_s < 1.0  # not the 10 s timeout
     assert got >= 13  # what made the ring half full (at most 24 fit: the rest were dropped)
+
+
+def test_a_poll_already_asleep_is_woken_when_half_the_ring_is_unread() -> None:
+    """The poll starts first, on an empty ring, with a 10 s timeout; then the requests come.
+    The record that makes half the ring unread wakes it (nothing else looks at the ring): it
+    returns within a second with at least that half. Twice: the read re-arms the wakeup.
+    Without the wakeup it sleeps 10 s; without the re-arming, the second time."""
+    server = subprocess.Popen([sys.executable, str(SERVER)], stdout=subprocess.PIPE, text=True)
+    batches: list[np.ndarray] = []
+    probe = SidecarProbe(batches.append, ringbuf_pages=1)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        probe.add_target(server.pid, "app")
+        probe.poll(0)
+        batches.clear()
+        woke: list[float] = []
+
+        def sleeper() -> None:
+            t0 = time.monotonic()
+            probe.poll(10_000)
+            woke.append(time.monotonic() - t0)
+
+        got = []
+        for _ in range(2):
+            batches.clear()
+            th = threading.Thread(target=sleeper)
+            th.start()
+            time.sleep(0.2)  # asleep in its poll
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                for i in range(REQUESTS):
+                    _get(c, i)
+            th.join(timeout=15)
+            got.append(sum(int((b["kind"] == KIND_SERVER).sum()) for b in batches))
+            probe.poll(0)  # the rest
+    finally:
+        probe.close()
+        server.kill()
+        server.wait()
+    assert len(woke) == 2 and max(woke) < 1.5, woke  # not the 10 s timeout
+    assert min(got) >= 12, got  # the half that woke it (12 of the one page's 24)
