@@ -29,14 +29,33 @@ SCHEME = f"log-linear-{SUB_BITS}"
 MAX_TRACKABLE_US = ((_SUB + _SUB - 1) << MAX_EXPONENT) + (1 << MAX_EXPONENT) - 1
 
 
-def bucket_index(us: npt.ArrayLike) -> npt.NDArray[np.int64]:
-    """Bucket index of each value (int microseconds >= 0); clamped at the top bucket."""
-    v = np.minimum(np.asarray(us, dtype=np.int64), MAX_TRACKABLE_US)
+def _computed_index(v: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """``bucket_index`` by arithmetic (int64 microseconds >= 0)."""
+    v = np.minimum(v, MAX_TRACKABLE_US)
     # bit length: exact, since values are below 2^53 and so exact as float64
     bl = np.frexp(v.astype(np.float64))[1].astype(np.int64)
     big = v >= _EXACT
     e = np.maximum(bl - (SUB_BITS + 1), 0)
-    return np.where(big, _EXACT + (e - 1) * _SUB + ((v >> e) - _SUB), v)
+    out: npt.NDArray[np.int64] = np.where(big, _EXACT + (e - 1) * _SUB + ((v >> e) - _SUB), v)
+    return out
+
+
+# Values below this (65.5 ms) take their index from a table, one lookup each (4.3 against
+# 12.6 us for 1,500 values): the engine indexes every leg of every request.
+_TABLE_US = 1 << 16
+_TABLE = _computed_index(np.arange(_TABLE_US, dtype=np.int64))
+
+
+def bucket_index(us: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """Bucket index of each value (int microseconds >= 0); clamped at the top bucket."""
+    v = np.asarray(us, dtype=np.int64)
+    flat = v.reshape(-1)
+    idx = _TABLE.take(np.minimum(flat, _TABLE_US - 1))
+    big = flat >= _TABLE_US
+    if big.any():
+        idx[big] = _computed_index(flat[big])
+    out: npt.NDArray[np.int64] = idx.reshape(v.shape)
+    return out
 
 
 def _scalar_index(us: int) -> int:
@@ -87,10 +106,11 @@ class LatencyHistogram:
         v = np.asarray(us).astype(np.int64).ravel()
         if v.size == 0:
             return
-        if int(v.min()) < 0:
-            raise ValueError(f"negative latency {int(v.min())} us")
+        lo = int(v.min())
+        if lo < 0:
+            raise ValueError(f"negative latency {lo} us")
         np.add.at(self._counts, bucket_index(v), 1)
-        self._note(int(v.min()), int(v.max()), int(v.sum()), int(v.size))
+        self._note(lo, int(v.max()), int(v.sum()), int(v.size))
 
     def _note(self, lo: int, hi: int, total: int, n: int) -> None:
         self._min = lo if self._min is None else min(self._min, lo)

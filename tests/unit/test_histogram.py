@@ -128,3 +128,16 @@ def test_scalar_record_uses_the_same_buckets_as_arrays() -> None:
     values = [0, 1, 255, 256, 257, 511, 512, 1000, 12345, 10**6, 2**37, MAX_TRACKABLE_US]
     values += [MAX_TRACKABLE_US + 5, *range(0, 70000, 7)]
     assert [_scalar_index(v) for v in values] == [int(bucket_index(v)) for v in values]
+
+
+def test_table_index_agrees_with_the_arithmetic_everywhere() -> None:
+    """Values below 65.5 ms take their bucket from a table: the same as the arithmetic for
+    every one of them, across the table's edge, and above it (an off-by-one in the table or
+    in its edge would move a bucket)."""
+    from profiler.histogram import _TABLE_US, _computed_index, _scalar_index
+
+    v = np.arange(0, 2 * _TABLE_US + 5, dtype=np.int64)
+    assert (bucket_index(v) == _computed_index(v)).all()
+    for x in (_TABLE_US - 1, _TABLE_US, _TABLE_US + 1):
+        assert int(bucket_index(x)) == _scalar_index(x)
+    assert bucket_index([[3, _TABLE_US + 7]]).shape == (1, 2)
