@@ -63,6 +63,12 @@ class RingReader:
         except PermissionError:  # no ring buffer map (a plain file standing in for one)
             self._epoll.close()
 
+    def forget_wakeups(self) -> None:
+        """Drop wakeups already signalled (for records about to be read): else the next wait
+        would return at once, with a batch of whatever came since."""
+        if not self._epoll.closed:
+            self._epoll.poll(0)
+
     def wait(self, timeout_s: float) -> None:
         """Sleep until the producer wakes us (a batch is there) or ``timeout_s`` passed."""
         if timeout_s <= 0:

@@ -384,6 +384,7 @@ class SidecarProbe:
 
     def consume(self) -> None:
         self._unread[0] = self._unread_zero  # before the read: what comes after wakes us
+        self._ring.forget_wakeups()  # (two CPUs may both have woken us, or records came on)
         spans = self._ring.read()
         if len(spans):
             self._on_batch(spans)

@@ -102,3 +102,33 @@ def test_a_poll_already_asleep_is_woken_when_half_the_ring_is_unread() -> None:
         server.wait()
     assert len(woke) == 2 and max(woke) < 1.5, woke  # not the 10 s timeout
     assert min(got) >= 12, got  # the half that woke it (12 of the one page's 24)
+
+
+def test_a_wakeup_for_records_already_read_does_not_end_the_next_poll() -> None:
+    """20 requests with nobody polling: the 12th unread record signals a wakeup. A poll(0)
+    reads them all; then one more record comes (no wakeup: 1 unread). A poll(2000) must
+    sleep its 2 s: the signalled wakeup was for records already read (kept, it ended that
+    poll at once with 1 record: what CI once saw as a batch of 1)."""
+    server = subprocess.Popen([sys.executable, str(SERVER)], stdout=subprocess.PIPE, text=True)
+    probe = SidecarProbe(lambda batch: None, ringbuf_pages=1)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        probe.add_target(server.pid, "app")
+        probe.poll(0)
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            for i in range(20):
+                _get(c, i)
+        time.sleep(0.1)
+        probe.poll(0)
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            _get(c, 20)
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        probe.poll(2000)
+        quiet_s = time.monotonic() - t0
+    finally:
+        probe.close()
+        server.kill()
+        server.wait()
+    assert quiet_s >= 1.9, quiet_s
