@@ -10,22 +10,17 @@ learnt (without that, its stamp is 0)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from profiler.probes.sidecar import KIND_PROXY, KIND_SERVER, SidecarProbe
+from tests.scripted import ScriptedPeer
 
 pytestmark = pytest.mark.bpf
-PEER = Path(__file__).resolve().parents[1] / "helpers" / "scripted_peer.py"
 HOLD_MS = 40  # the bytes wait in the socket this long before the app reads them
 PAUSE_S = 0.3  # between requests: a stale stamp would add at least this much
 WARMUP = 2  # the first requests of a connection may have no stamp (the join is learned)
@@ -33,30 +28,15 @@ MEASURED = 4
 RESPONSE = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
 
 
-class TracedPeer:
+class TracedPeer(ScriptedPeer):
     """The scripted peer (tests/helpers/scripted_peer.py) traced by the real probe in ``mode``:
     ``do`` drives one socket call, ``spans(kind)`` is every record of that kind so far."""
 
     def __init__(self, mode: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(PEER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
+        super().__init__()
         self.batches: list[np.ndarray] = []
         self.probe = SidecarProbe(self.batches.append, ringbuf_pages=16)
-        hello = self._line()
-        self.port = int(hello["port"])
-        self.probe.add_target(int(hello["pid"]), mode)
-
-    def _line(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        out: dict[str, Any] = json.loads(self.proc.stdout.readline())
-        return out
-
-    def do(self, op: str, **kw: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
-        self.proc.stdin.flush()
-        return self._line()
+        self.probe.add_target(self.pid, mode)
 
     def spans(self, kind: int) -> np.ndarray:
         time.sleep(0.1)
@@ -66,8 +46,7 @@ class TracedPeer:
 
     def close(self) -> None:
         self.probe.close()
-        self.proc.kill()
-        self.proc.wait()
+        self.stop()
 
 
 @contextlib.contextmanager

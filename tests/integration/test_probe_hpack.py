@@ -15,14 +15,10 @@ a busy mTLS server sidecar (every OK call unknown for the rest of the connection
 from __future__ import annotations
 
 import itertools
-import json
 import socket
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import h2.config
@@ -31,9 +27,9 @@ import hpack
 import pytest
 
 from profiler.probes.sidecar import SidecarProbe
+from tests.scripted import ScriptedPeer
 
 pytestmark = pytest.mark.bpf
-PEER = Path(__file__).resolve().parents[1] / "helpers" / "scripted_peer.py"
 HEADERS, END_STREAM_HEADERS = 0x1, 0x5
 RESPONSE = [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "0")]
 
@@ -46,17 +42,13 @@ def _frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
 SETTINGS = _frame(0x4, 0, 0, b"")
 
 
-class H2Peer:
+class H2Peer(ScriptedPeer):
     """The scripted proxy with one HTTP/2 downstream connection, traced by the real probe: the
     client's preface and two requests (streams 1 and 3) are read, so the probe knows the
     connection as HTTP/2 downstream, and every response write is the test's."""
 
     def __init__(self, downstream: bool = True) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(PEER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        hello = self._line()
-        self.pid, self.port = int(hello["pid"]), int(hello["port"])
+        super().__init__()
         self.probe = SidecarProbe(lambda batch: None, ringbuf_pages=16)
         self.probe.add_target(self.pid, "proxy")
         self.encoder = hpack.Encoder()
@@ -76,17 +68,6 @@ class H2Peer:
         assert self.do("read", conn="ds", call="recv")["n"] == len(request)
         self.write(SETTINGS)
 
-    def _line(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        out: dict[str, Any] = json.loads(self.proc.stdout.readline())
-        return out
-
-    def do(self, op: str, **kw: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
-        self.proc.stdin.flush()
-        return self._line()
-
     def write(self, data: bytes) -> None:
         """One send() of exactly these bytes on the downstream connection."""
         assert self.do("write", conn="ds", call="send", hex=data.hex())["n"] == len(data)
@@ -105,9 +86,7 @@ class H2Peer:
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        self.stop()
         self.probe.close()
 
 

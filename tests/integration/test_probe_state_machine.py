@@ -5,13 +5,9 @@ the path the feature probe picks; CI runs it again with SMP_PROBE_PATH=syscalls.
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,9 +22,9 @@ from profiler.probes.sidecar import (
     SidecarProbe,
     request_ids,
 )
+from tests.scripted import ScriptedPeer
 
 pytestmark = pytest.mark.bpf
-PEER = Path(__file__).resolve().parents[1] / "helpers" / "scripted_peer.py"
 GAP_MS = 30  # an injected gap: a leg that spans it must be at least this long
 
 
@@ -42,31 +38,16 @@ def request(rid: str | None, path: str = "/") -> bytes:
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
 
 
-class Peer:
+class Peer(ScriptedPeer):
     """The scripted process, its client (downstream) and its upstream server."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(PEER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        hello = self._line()
-        self.pid, self.port = int(hello["pid"]), int(hello["port"])
+        super().__init__()
         self.up_listener = socket.socket()
         self.up_listener.bind(("127.0.0.1", 0))
         self.up_listener.listen(4)
         self.client: socket.socket | None = None
         self.upstream: socket.socket | None = None
-
-    def _line(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        out: dict[str, Any] = json.loads(self.proc.stdout.readline())
-        return out
-
-    def do(self, op: str, **kw: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
-        self.proc.stdin.flush()
-        return self._line()
 
     def open(self, upstream: bool = True) -> None:
         self.client = socket.create_connection(("127.0.0.1", self.port))
@@ -98,9 +79,7 @@ class Peer:
         for s in (self.client, self.upstream, self.up_listener):
             if s is not None:
                 s.close()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        self.stop()
 
 
 def _recv_exactly(s: socket.socket, n: int) -> bytes:
