@@ -1213,6 +1213,15 @@ SMP_INLINE void smp_status_add(u32 upid, u16 kind, u16 code, u64 n)
         __sync_fetch_and_add(&ps->statuses_lost, n);
 }
 
+/* n header blocks given up on: their statuses unknown, counted lost, and the shadow's
+ * earlier entries unknown from now on (their insertions are not counted: see smp_hpack). */
+SMP_INLINE void smp_hp_abandon(struct smp_h2_dir *d, u32 upid, u64 n)
+{
+    d->hp.floor = d->hp.ins;
+    smp_status_add(upid, SMP_ST_UNKNOWN, 0, n);
+    smp_hp_lost(upid, n);
+}
+
 /* Whether the statuses of the call's header block on stream sid are counted: always for
  * writes (the responses downstream); for reads, an upstream answer, only when its stream is
  * the span. */
@@ -1252,9 +1261,7 @@ SMP_INLINE void smp_h2_hpack(struct smp_h2_call *k, struct smp_h2_dir *d, struct
         struct smp_hp_part *p = smp_hp_parts.lookup(&pk);
         if (!p) {
             /* evicted (smp_hp_parts full): lost, like a block the walk gave up on */
-            d->hp.floor = d->hp.ins;
-            smp_status_add(upid, SMP_ST_UNKNOWN, 0, 1);
-            smp_hp_lost(upid, 1);
+            smp_hp_abandon(d, upid, 1);
             return;
         }
         have = p->have;
@@ -1343,10 +1350,7 @@ SMP_INLINE void smp_hq_give_up(struct smp_h2_call *k, struct smp_h2_dir *d)
         return;
     k->hq_i = k->hq_n;
     k->hq_over = 0;
-    d->hp.floor = d->hp.ins;  /* their insertions are not counted (see smp_hpack) */
-    u32 upid = k->x.upid;
-    smp_status_add(upid, SMP_ST_UNKNOWN, 0, left);
-    smp_hp_lost(upid, left);
+    smp_hp_abandon(d, k->x.upid, left);
     if (d->hp.pend)
         smp_hp_drop(k, d);  /* a kept block whose rest was among them */
 }
@@ -1526,9 +1530,16 @@ SMP_INLINE int smp_h2_begin(struct smp_conn *c, struct smp_io *io, u8 cls, struc
     k->hq_i = 0;
     k->hq_over = 0;
     k->x.key = key;
-    k->x.gen = hc->gen;
-    k->x.is_read = io->is_read;
+    k->x.ts = io->ts;
+    k->x.ts_call = io->ts_call;
+    k->x.arr = io->arr;
     k->x.upid = io->upid;
+    k->x.tid = io->tid;
+    k->x.gen = hc->gen;
+    k->x.fd = io->fd;
+    k->x.role = c->role;
+    k->x.mode = io->mode;
+    k->x.is_read = io->is_read;
     if (d->hp.pend) {
         /* the last call cut a header block off: its rest is this call's first bytes */
         u64 l = k->len[0] > pos ? k->len[0] - pos : 0;
@@ -1541,21 +1552,9 @@ SMP_INLINE int smp_h2_begin(struct smp_conn *c, struct smp_io *io, u8 cls, struc
         } else {
             /* the walk lost its place since (resynchronised): the block is lost */
             smp_hp_drop(k, d);
-            d->hp.floor = d->hp.ins;
-            smp_status_add(io->upid, SMP_ST_UNKNOWN, 0, 1);
-            smp_hp_lost(io->upid, 1);
+            smp_hp_abandon(d, io->upid, 1);
         }
     }
-    k->x.ts = io->ts;
-    k->x.ts_call = io->ts_call;
-    k->x.arr = io->arr;
-    k->x.upid = io->upid;
-    k->x.tid = io->tid;
-    k->x.gen = hc->gen;
-    k->x.fd = io->fd;
-    k->x.role = c->role;
-    k->x.mode = io->mode;
-    k->x.is_read = io->is_read;
     smp_h2_progs.call(io->ctx, 0);
     /* no walk program (user space has not set it yet): the bytes are not followed */
     smp_conn_unparsed(c, ps, io->fd, io->is_read, io->ret);
