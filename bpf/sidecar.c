@@ -145,6 +145,13 @@ struct smp_args {
 #endif
 
 BPF_HASH(smp_filter_pids, u32, struct smp_target, SMP_MAX_PIDS);
+/* The PID gate, before smp_filter_pids: a slot per tgid modulo SMP_PID_GATE_SLOTS, set for
+ * every tgid put in smp_filter_pids (by user space, or by smp_learn). Every socket call and
+ * packet of the node's other processes is turned away by an array load (inlined) instead of a
+ * hash lookup that misses. A slot shared with a traced tgid, or left set, only sends its
+ * callers on to the lookup; user space clears a slot only when no tgid in smp_filter_pids
+ * maps to it and no target is being learned. */
+BPF_ARRAY(smp_pid_gate, u32, SMP_PID_GATE_SLOTS);
 BPF_PERCPU_ARRAY(smp_drops, u64, 1);
 BPF_RINGBUF_OUTPUT(smp_spans, SMP_RINGBUF_PAGES);
 struct smp_rb_unread {
@@ -221,14 +228,15 @@ SMP_INLINE void smp_count_unparsed(struct smp_proc_stats *ps, u32 bytes)
 }
 
 /* A target given by its PID in a child namespace: the kernel's tgid of the current task is
- * learned when that task's own namespace and tgid there match a pending target. Only runs
- * while some target is pending; one helper call per pending namespace. */
+ * learned when that task's own namespace and tgid there match a pending target (its gate is
+ * opened). Only runs while some target is pending; one helper call per pending namespace. */
 SMP_INLINE struct smp_target *smp_learn(u32 tgid)
 {
     int zero = 0;
     u32 *pending = smp_learning.lookup(&zero);
     if (!pending || !*pending)
         return 0;
+    u32 gate = tgid & (SMP_PID_GATE_SLOTS - 1);
     for (u32 i = 0; i < SMP_MAX_NS; i++) {
         u32 slot = i;
         struct smp_pidns *ns = smp_ns.lookup(&slot);
@@ -243,6 +251,9 @@ SMP_INLINE struct smp_target *smp_learn(u32 tgid)
             return 0;
         struct smp_target t = *want;
         smp_filter_pids.update(&tgid, &t);
+        u32 *g = smp_pid_gate.lookup(&gate);
+        if (g)
+            *g = 1;
         smp_ns_pending.delete(&pk);
         __sync_fetch_and_add(pending, -1);
         return smp_filter_pids.lookup(&tgid);
@@ -250,9 +261,25 @@ SMP_INLINE struct smp_target *smp_learn(u32 tgid)
     return 0;
 }
 
-/* The PID filter: what the current process is to us, or 0 (return at once). */
+/* Whether tgid may be traced: its gate slot is set (see smp_pid_gate), or some target is
+ * still being learned. If not, it is not traced: return at once. */
+SMP_INLINE int smp_maybe_traced(u32 tgid)
+{
+    u32 slot = tgid & (SMP_PID_GATE_SLOTS - 1);
+    u32 *g = smp_pid_gate.lookup(&slot);
+    if (g && *g)
+        return 1;
+    int zero = 0;
+    u32 *pending = smp_learning.lookup(&zero);
+    return pending && *pending;
+}
+
+/* The PID filter: what the current process is to us, or 0 (return at once). The gate comes
+ * first and the rest is unchanged: the verifier's paths through the callers stay as many. */
 SMP_INLINE struct smp_target *smp_target_of(u32 tgid)
 {
+    if (!smp_maybe_traced(tgid))
+        return 0;
     struct smp_target *t = smp_filter_pids.lookup(&tgid);
     if (t)
         return t;
@@ -2331,6 +2358,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
+    if (!smp_maybe_traced(tgid))
+        return 0;
     struct smp_target *t = smp_filter_pids.lookup(&tgid);
     if (!t)
         return 0;
@@ -2444,13 +2473,18 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 TRACEPOINT_PROBE(net, net_dev_queue)
 #endif
 {
+    /* the node's other processes' packets first: the gate is an array load, the length a
+     * helper call (raw tracepoint); a target still being learned is let through */
+    u64 id = bpf_get_current_pid_tgid();
+    if (!smp_maybe_traced(id >> 32))
+        return 0;
     if (SMP_XMIT_PACKET_LEN <= SMP_XMIT_MIN_LEN)
         return 0;
     int zero = 0;
     struct smp_xmit_cpu *x = smp_xmit.lookup(&zero);
     if (!x)
         return 0;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
 #pragma unroll
     for (int i = 0; i < SMP_XMIT_WAYS; i++) {
         if (x->tid[i] != tid)

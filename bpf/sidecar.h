@@ -32,6 +32,9 @@
 
 #define SMP_RID_LEN 48
 
+/* The PID gate's slots (smp_pid_gate in sidecar.c): tgid modulo this, a power of two. */
+#define SMP_PID_GATE_SLOTS 4096
+
 /* Which hooks the probe is built with: -DSMP_PATH=<one of these> (macros, not an enum: the
  * C preprocessor chooses the programs). */
 #define SMP_PATH_SOCK 1         /* raw tracepoints sock_{recv,send}_length (Linux >= 6.3) */

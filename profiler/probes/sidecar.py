@@ -40,6 +40,7 @@ _MODES: dict[Mode, int] = {
     "app": HEADER.const("SMP_MODE_APP"),
 }
 MODE_SELF = HEADER.const("SMP_MODE_SELF")
+PID_GATE_SLOTS = HEADER.const("SMP_PID_GATE_SLOTS")  # smp_pid_gate: a slot per tgid modulo this
 ROLE_DS, ROLE_US = HEADER.const("SMP_ROLE_DS"), HEADER.const("SMP_ROLE_US")
 PHASE_RESPONSE = HEADER.const("SMP_PHASE_RESPONSE")
 KIND_PROXY, KIND_SERVER = HEADER.const("SMP_SPAN_PROXY"), HEADER.const("SMP_SPAN_SERVER")
@@ -244,10 +245,22 @@ class SidecarProbe:
         if self._own_ns == INIT_PID_NS_INO:
             filt = b["smp_filter_pids"]
             filt[filt.Key(pid)] = target
+            gate = b["smp_pid_gate"]  # after the filter: an open slot is looked up
+            gate[gate.Key(pid % PID_GATE_SLOTS)] = gate.Leaf(1)
         else:
             self._learn(pid, target)
         if isinstance(mode, str):
             self._targets[pid] = mode
+
+    def _close_gates(self, slots: set[int]) -> None:
+        """Clear the PID gate's ``slots`` that no traced tgid maps to any more. Only while no
+        target is being learned: the kernel sets a slot only then (smp_learn), so nothing can
+        open one between the look at the filter and the clearing."""
+        b = self._bpf
+        slots -= {k.value % PID_GATE_SLOTS for k in b["smp_filter_pids"]}
+        gate = b["smp_pid_gate"]
+        for slot in slots:
+            gate[gate.Key(slot)] = gate.Leaf(0)
 
     def _learn(self, pid: int, target: Any) -> None:
         ns = _pid_ns_dev_ino(pid)
@@ -295,7 +308,8 @@ class SidecarProbe:
     def remove_target(self, pid: int) -> None:
         b = self._bpf
         filt = b["smp_filter_pids"]
-        for key in [k for k, v in filt.items() if v.upid == pid]:
+        removed = [k for k, v in filt.items() if v.upid == pid]
+        for key in removed:
             with contextlib.suppress(KeyError):
                 del filt[key]
         pending = b["smp_ns_pending"]
@@ -303,10 +317,12 @@ class SidecarProbe:
         for key in gone:
             with contextlib.suppress(KeyError):
                 del pending[key]
+        learning = b["smp_learning"]
         if gone:
-            learning = b["smp_learning"]
             left = max(int(learning[learning.Key(0)].value) - len(gone), 0)
             learning[learning.Key(0)] = learning.Leaf(left)
+        if removed and not learning[learning.Key(0)].value:
+            self._close_gates({k.value % PID_GATE_SLOTS for k in removed})
         self._targets.pop(pid, None)
         # per-thread state of the detached process: its request order and saved arguments
         for name in ("smp_thread_fifo", "smp_ans_queue", "smp_tls_last"):

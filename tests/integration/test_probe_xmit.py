@@ -8,6 +8,7 @@ length field."""
 from __future__ import annotations
 
 import ctypes
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -109,6 +110,9 @@ def test_write_stamps_take_long_packets_and_skip_bare_headers(
     try:
         raw = b"net_dev_queue" in probe._bpf.raw_tracepoint_fds  # type: ignore[attr-defined]
         assert raw == (hook == "raw")
+        # a process the probe does not trace: turned away by the PID gate, no slot taken
+        untraced = _send_from_thread(*tcp_pair, 200)
+        probe.add_target(os.getpid(), "app")
         # 1 byte: a 67-byte packet on the loopback (Ethernet, IP, TCP with timestamps), no
         # longer than a bare TCP header can be: never a write stamp
         short = _send_from_thread(*tcp_pair, 1)
@@ -116,5 +120,7 @@ def test_write_stamps_take_long_packets_and_skip_bare_headers(
         slots = _slots(probe)
     finally:
         probe.close()
-    assert short not in {tid for tid, _ in slots}
-    assert any(tid == long_ and ts > 0 for tid, ts in slots)
+    tids = {tid for tid, _ in slots}
+    assert untraced not in tids
+    assert short not in tids
+    assert long_ in tids  # its stamp itself was taken (zeroed) by its traced write
