@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--data", type=Path, default=Path("/tmp/smp-perf-probe.data"))
     args = ap.parse_args(argv)
+    if shutil.which("perf") is None:
+        print("perf_probe: needs perf (Debian: apt-get install linux-perf)", file=sys.stderr)
+        return 2
     from profiler.capture.engine import Engine
     from profiler.loadgen.common import netns_prefix
 
