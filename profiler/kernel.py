@@ -13,6 +13,7 @@ is merged by symlinks in a scratch directory. Every choice not BCC's own is anno
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -185,9 +186,11 @@ def present_tree(build: Path, source: Path | None, release: str) -> Path:
         dest = scratch / f"{release}-{build.name}"
         try:
             if (dest / "include").is_dir():
+                _world_readable(dest)
                 return dest
             tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=_mkdirs(scratch)))
             _merge(tmp, [build, source])
+            tmp.chmod(TREE_MODE)
             try:
                 tmp.rename(dest)
             except OSError:  # another process merged it meanwhile
@@ -196,6 +199,21 @@ def present_tree(build: Path, source: Path | None, release: str) -> Path:
         except OSError as e:
             errors.append(f"{scratch}: {e.strerror or e}")
     raise OSError(errno.EROFS, "no writable scratch directory: " + "; ".join(errors))
+
+
+# The merged tree is links to public headers: readable by all, as /usr/src is, so that a
+# capture by another user with CAP_BPF (docs: least privilege) can compile against a tree root
+# merged first. mkdtemp makes 0700.
+TREE_MODE = 0o755
+
+
+def _world_readable(tree: Path) -> None:
+    """Open up a tree an earlier version left 0700 (mkdtemp's mode), where this process may
+    (its owner); anything else is left as it is."""
+    with contextlib.suppress(OSError):
+        st = tree.stat()
+        if st.st_mode & 0o777 != TREE_MODE and st.st_uid == os.geteuid():
+            tree.chmod(TREE_MODE)
 
 
 def _mkdirs(d: Path) -> Path:

@@ -161,3 +161,24 @@ def test_resolve_in_root_follows_absolute_and_relative_links(tmp_path: Path) -> 
     assert kernel.resolve_in_root(tmp_path, "/lib/rel") == tmp_path / "usr" / "src" / "k"
     (tmp_path / "lib" / "escape").symlink_to("../../../../etc")
     assert kernel.resolve_in_root(tmp_path, "/lib/escape") == tmp_path / "etc"
+
+
+def test_the_merged_tree_is_readable_by_other_users(layout: Path) -> None:
+    """A capture by another user with CAP_BPF compiles against the tree root merged first
+    (before: mkdtemp's 0700 stayed, and doctor as that user ended in "Permission denied")."""
+    tree = kernel.resolve_headers(release="6.18.44-test")
+    assert tree.build is not None
+    assert tree.build.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_tree_an_earlier_version_left_0700_is_opened_up(
+    layout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = kernel.resolve_headers(release="6.18.44-test")
+    assert first.build is not None
+    first.build.chmod(0o700)
+    monkeypatch.setattr(kernel, "_presented", None)
+    monkeypatch.delenv(kernel.BCC_KERNEL_SOURCE)
+    again = kernel.resolve_headers(release="6.18.44-test")
+    assert again.build == first.build
+    assert again.build.stat().st_mode & 0o777 == 0o755
