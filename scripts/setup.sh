@@ -13,6 +13,7 @@ DEB_PACKAGES=(
   wrk hey                                          # load generators people already use
   nghttp2-client                                   # h2load: HTTP/2 and gRPC load in the tests
   gcc                                              # the benchmarks' C loops (benchmarks/*.c)
+  linux-perf                                       # perf: benchmarks.perf_probe (where the probe's BPF time goes)
   chromium fonts-dejavu-core                       # the HTML report's browser test
   prometheus                                       # the DaemonSet's metrics, scraped for real
   kubectl                                          # `kubectl kustomize daemonset/` (kustomize v5)

@@ -46,6 +46,7 @@ TOOLS: dict[str, str] = {
     "hey": "hey",
     "h2load": "nghttp2-client",
     "gcc": "gcc",
+    "perf": "linux-perf",
     "cc": "gcc",
     "chromium": "chromium",
     "prometheus": "prometheus",
