@@ -211,8 +211,11 @@ def test_http1_and_http2_at_once_on_one_sidecar(
     sidecar = doc["sidecars"][0]
     rows = _sidecar_rows(spans_file)
     h1_ids = {r["request_id"] for r in rows if r["request_id"].startswith("mix-")}
-    assert h1_ids == {f"mix-{i}" for i in range(n1)}
     h2_rows = [r for r in rows if int(r["flags"]) & F_DS_H2]
+    # CI once missed one id here (not reproduced): say what the HTTP/1.1 rows without one were
+    h1_rows = [r for r in rows if not int(r["flags"]) & F_DS_H2]
+    odd = [r for r in h1_rows if not r["request_id"].startswith("mix-")]
+    assert h1_ids == {f"mix-{i}" for i in range(n1)}, odd[:5]
     assert len(h2_rows) == sidecar["http2_spans"]["downstream"]
     assert len(h2_rows) >= 0.98 * n2
     assert len(rows) - len(h2_rows) == n1
