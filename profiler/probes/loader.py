@@ -66,29 +66,55 @@ def drops(bpf: Any) -> int:
 BPF_STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
-def parse_fdinfo(text: str) -> tuple[int, int]:
-    """(run_cnt, run_time_ns) from a BPF program's ``/proc/<pid>/fdinfo/<fd>`` text; zeros
-    when the kernel prints no counters (they count only while ``bpf_stats_enabled`` is 1)."""
+# The verifier's budget per program load (BPF_COMPLEXITY_LIMIT_INSNS, since Linux 5.2): a
+# program whose paths take more instructions to check fails to load with E2BIG.
+VERIFIER_INSN_LIMIT = 1_000_000
+
+
+def fdinfo_numbers(text: str) -> dict[str, int]:
+    """The numeric fields of a BPF program's ``/proc/<pid>/fdinfo/<fd>`` text."""
     values: dict[str, int] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key in ("run_cnt", "run_time_ns"):
+        with contextlib.suppress(ValueError):
             values[key] = int(value.strip())
+    return values
+
+
+def parse_fdinfo(text: str) -> tuple[int, int]:
+    """(run_cnt, run_time_ns) from a BPF program's fdinfo text; zeros when the kernel prints
+    no counters (they count only while ``bpf_stats_enabled`` is 1)."""
+    values = fdinfo_numbers(text)
     return values.get("run_cnt", 0), values.get("run_time_ns", 0)
 
 
-def prog_stats(bpf: Any) -> dict[str, tuple[int, int]]:
-    """Program name -> (run_cnt, run_time_ns) for every program ``bpf`` has loaded, read
-    from this process's fdinfo of the program fds BCC keeps. Kernel time spent running the
-    programs, which is charged to the traced processes' syscalls, not to this process."""
-    out: dict[str, tuple[int, int]] = {}
+def _fdinfos(bpf: Any) -> Iterator[tuple[str, str]]:
+    """(program name, fdinfo text) for every program ``bpf`` has loaded, from this process's
+    fdinfo of the program fds BCC keeps."""
     for name, fn in bpf.funcs.items():
         key = name.decode() if isinstance(name, bytes) else str(name)
         try:
-            text = Path(f"/proc/self/fdinfo/{int(fn.fd)}").read_text()
+            yield key, Path(f"/proc/self/fdinfo/{int(fn.fd)}").read_text()
         except OSError:
             continue
-        out[key] = parse_fdinfo(text)
+
+
+def prog_stats(bpf: Any) -> dict[str, tuple[int, int]]:
+    """Program name -> (run_cnt, run_time_ns) for every program ``bpf`` has loaded. Kernel
+    time spent running the programs, which is charged to the traced processes' syscalls, not
+    to this process."""
+    return {name: parse_fdinfo(text) for name, text in _fdinfos(bpf)}
+
+
+def verified_insns(bpf: Any) -> dict[str, int]:
+    """Program name -> instructions the verifier processed to load it (fdinfo's
+    ``verified_insns``, Linux 5.16+; programs whose kernel does not say are left out), to
+    compare with ``VERIFIER_INSN_LIMIT``."""
+    out: dict[str, int] = {}
+    for name, text in _fdinfos(bpf):
+        n = fdinfo_numbers(text).get("verified_insns")
+        if n is not None:
+            out[name] = n
     return out
 
 

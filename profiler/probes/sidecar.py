@@ -205,6 +205,7 @@ class SidecarProbe:
         self._on_batch = on_batch
         self._targets: dict[int, Mode] = {}
         self._ns_slots: dict[tuple[int, int], int] = {}
+        self._gates_to_close: set[int] = set()  # of removed targets (see remove_target)
         self.dtype = SPAN_DTYPE
         self._ring = RingReader(self._bpf["smp_spans"].map_fd, pages, self.dtype)
         self._unread = self._bpf["smp_rb_unread"]
@@ -252,15 +253,22 @@ class SidecarProbe:
         if isinstance(mode, str):
             self._targets[pid] = mode
 
-    def _close_gates(self, slots: set[int]) -> None:
-        """Clear the PID gate's ``slots`` that no traced tgid maps to any more. Only while no
-        target is being learned: the kernel sets a slot only then (smp_learn), so nothing can
-        open one between the look at the filter and the clearing."""
+    def _close_gates_when_learned(self) -> None:
+        """Clear the PID gate's slots of removed targets that no traced tgid maps to any
+        more. Only while no target is being learned: the kernel sets a slot only then
+        (smp_learn), so nothing can open one between the look at the filter and the
+        clearing. While one is, the slots wait for a later removal or poll."""
+        if not self._gates_to_close:
+            return
         b = self._bpf
-        slots -= {k.value % PID_GATE_SLOTS for k in b["smp_filter_pids"]}
+        learning = b["smp_learning"]
+        if learning[learning.Key(0)].value:
+            return
+        slots = self._gates_to_close - {k.value % PID_GATE_SLOTS for k in b["smp_filter_pids"]}
         gate = b["smp_pid_gate"]
         for slot in slots:
             gate[gate.Key(slot)] = gate.Leaf(0)
+        self._gates_to_close = set()
 
     def _learn(self, pid: int, target: Any) -> None:
         ns = _pid_ns_dev_ino(pid)
@@ -321,8 +329,8 @@ class SidecarProbe:
         if gone:
             left = max(int(learning[learning.Key(0)].value) - len(gone), 0)
             learning[learning.Key(0)] = learning.Leaf(left)
-        if removed and not learning[learning.Key(0)].value:
-            self._close_gates({k.value % PID_GATE_SLOTS for k in removed})
+        self._gates_to_close |= {k.value % PID_GATE_SLOTS for k in removed}
+        self._close_gates_when_learned()
         self._targets.pop(pid, None)
         # per-thread state of the detached process: its request order and saved arguments
         for name in ("smp_thread_fifo", "smp_ans_queue", "smp_tls_last"):
@@ -397,6 +405,7 @@ class SidecarProbe:
         if self._ring.filled() < self._ring.size // 2:
             self._ring.wait(timeout_ms / 1000)
         self.consume()
+        self._close_gates_when_learned()
 
     def consume(self) -> None:
         self._unread[0] = self._unread_zero  # before the read: what comes after wakes us
@@ -531,6 +540,11 @@ class SidecarProbe:
 
     def conns_in_use(self) -> int:
         return len(self._bpf["smp_conns"])
+
+    def verified_insns(self) -> dict[str, int]:
+        """Program name -> instructions the kernel's verifier processed to load it (its
+        budget is ``loader.VERIFIER_INSN_LIMIT`` a program)."""
+        return loader.verified_insns(self._bpf)
 
     def close(self) -> None:
         self._ring.close()

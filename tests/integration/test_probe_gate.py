@@ -56,16 +56,29 @@ def test_a_slot_stays_open_while_another_traced_tgid_maps_to_it(probe: SidecarPr
 
 def test_no_slot_is_closed_while_a_target_is_being_learned(probe: SidecarProbe) -> None:
     """smp_learn opens slots in the kernel only while a target is pending: a slot cleared
-    then could be one it has just opened."""
+    then could be one it has just opened. Once nothing is pending (the kernel learned it),
+    the next poll closes the removed target's slot, but not one a traced tgid still maps to."""
     me = os.getpid()
     b = probe._bpf  # type: ignore[attr-defined]
     learning = b["smp_learning"]
+    gate = b["smp_pid_gate"]
+    other = me + 1  # another slot: open at removal, then traced again before the poll
     probe.add_target(me, "app")
+    probe.add_target(other, "app")
     learning[learning.Key(0)] = learning.Leaf(1)  # a target pending in some namespace
     try:
         probe.remove_target(me)
-        assert _gate(probe, me) == 1
+        probe.remove_target(other)
+        assert _gate(probe, me) == 1 and _gate(probe, other) == 1
+        probe.poll(0)
+        assert _gate(probe, me) == 1  # still learning
+        probe.add_target(other, "app")
+        learning[learning.Key(0)] = learning.Leaf(0)  # as smp_learn does when it learns
+        probe.poll(0)
+        assert _gate(probe, me) == 0
+        assert _gate(probe, other) == 1  # traced again: its slot stays open
     finally:
         learning[learning.Key(0)] = learning.Leaf(0)
-        gate = b["smp_pid_gate"]
+        probe.remove_target(other)
         gate[gate.Key(me % PID_GATE_SLOTS)] = gate.Leaf(0)
+    assert _gate(probe, other) == 0

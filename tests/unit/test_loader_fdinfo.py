@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from profiler.probes.loader import parse_fdinfo
+from profiler.probes.loader import fdinfo_numbers, parse_fdinfo
 
 FDINFO = """pos:\t0
 flags:\t02000002
@@ -26,3 +26,10 @@ def test_parse_fdinfo_reads_both_counters() -> None:
 
 def test_parse_fdinfo_without_counters_is_zero() -> None:
     assert parse_fdinfo("pos:\t0\nprog_type:\t5\n") == (0, 0)
+
+
+def test_fdinfo_numbers_has_the_verifier_count_and_skips_text() -> None:
+    values = fdinfo_numbers(FDINFO)
+    assert values["verified_insns"] == 20
+    assert values["prog_id"] == 612
+    assert "prog_tag" not in values  # hex text, not a number
