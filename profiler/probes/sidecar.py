@@ -147,17 +147,31 @@ def existing_connection_roles(pid: int) -> dict[int, int]:
     return roles
 
 
-def _set_h2_walk(bpf: Any, path: Path_) -> None:
-    """The HTTP/2 frame walk is a chain of tail calls of one program (smp_h2_step, one frame
-    header each, so each program stays small for the verifier); it must have the type of the
-    path's programs. BCC loads it on demand; it goes into the program array here, with the
-    header-block decoder (smp_h2_hpack_step, statuses) it hands a HEADERS frame to."""
+def _set_tail_calls(bpf: Any, path: Path_) -> None:
+    """The programs reached by tail calls, which BCC loads only on demand, put into their
+    program arrays; each must have the type of the path's programs.
+
+    - The HTTP/2 frame walk is a chain of tail calls of one program (smp_h2_step, one frame
+      header each, so each program stays small for the verifier), with the header-block
+      decoder (smp_h2_hpack_step, statuses) it hands a HEADERS frame to.
+    - On the syscalls path, the bodies of the read and write exits (smp_exit_read,
+      smp_exit_write): the ten sys_exit_* programs are stubs that call them, so the verifier
+      checks each body once."""
     from bcc import BPF
 
     kind = BPF.RAW_TRACEPOINT if path == "sock" else BPF.TRACEPOINT
-    progs = bpf["smp_h2_progs"]
-    for i, name in enumerate(("smp_h2_step", "smp_h2_hpack_step")):
-        progs[ctypes.c_int(i)] = ctypes.c_int(bpf.load_func(name, kind).fd)
+    arrays = {"smp_h2_progs": ("smp_h2_step", "smp_h2_hpack_step")}
+    if path == "syscalls":
+        arrays["smp_exit_progs"] = ("smp_exit_read", "smp_exit_write")
+    for array, names in arrays.items():
+        try:
+            progs = bpf[array]
+        except KeyError:  # C from before the exit stubs (benchmarks.probe_ab --base loads it)
+            if array == "smp_exit_progs":
+                continue
+            raise
+        for i, name in enumerate(names):
+            progs[ctypes.c_int(i)] = ctypes.c_int(bpf.load_func(name, kind).fd)
 
 
 class SidecarProbe:
@@ -201,7 +215,7 @@ class SidecarProbe:
         if skb_len_off is not None:  # the raw tracepoint (see capabilities.xmit_stamps)
             defines["SMP_SKB_LEN_OFF"] = skb_len_off
         self._bpf = loader.load("sidecar", defines)
-        _set_h2_walk(self._bpf, path)
+        _set_tail_calls(self._bpf, path)
         self._on_batch = on_batch
         self._targets: dict[int, Mode] = {}
         self._ns_slots: dict[tuple[int, int], int] = {}
