@@ -147,6 +147,15 @@ def existing_connection_roles(pid: int) -> dict[int, int]:
     return roles
 
 
+# Program array -> the programs reached through it by tail calls, in slot order. The exit
+# bodies are declared on the syscalls path only (sidecar.c), and not in probe sources from
+# before them (benchmarks.probe_ab --base loads those): an array the build lacks is skipped.
+TAIL_CALLS = {
+    "smp_h2_progs": ("smp_h2_step", "smp_h2_hpack_step"),
+    "smp_exit_progs": ("smp_exit_read", "smp_exit_write"),
+}
+
+
 def _set_tail_calls(bpf: Any, path: Path_) -> None:
     """The programs reached by tail calls, which BCC loads only on demand, put into their
     program arrays; each must have the type of the path's programs.
@@ -160,16 +169,11 @@ def _set_tail_calls(bpf: Any, path: Path_) -> None:
     from bcc import BPF
 
     kind = BPF.RAW_TRACEPOINT if path == "sock" else BPF.TRACEPOINT
-    arrays = {"smp_h2_progs": ("smp_h2_step", "smp_h2_hpack_step")}
-    if path == "syscalls":
-        arrays["smp_exit_progs"] = ("smp_exit_read", "smp_exit_write")
-    for array, names in arrays.items():
+    for array, names in TAIL_CALLS.items():
         try:
             progs = bpf[array]
-        except KeyError:  # C from before the exit stubs (benchmarks.probe_ab --base loads it)
-            if array == "smp_exit_progs":
-                continue
-            raise
+        except KeyError:
+            continue
         for i, name in enumerate(names):
             progs[ctypes.c_int(i)] = ctypes.c_int(bpf.load_func(name, kind).fd)
 

@@ -29,6 +29,8 @@ def test_every_program_leaves_the_verifier_headroom() -> None:
     names = set(counts)
     assert any("recv" in n or "read" in n for n in names), names
     assert {"smp_h2_step", "smp_h2_hpack_step"} <= names, names
+    if path == "syscalls":  # the exits' bodies, reached by tail calls, are the largest
+        assert {"smp_exit_read", "smp_exit_write"} <= names, names
     assert all(n > 0 for n in counts.values()), counts
     print(path, sorted(counts.items(), key=lambda kv: -kv[1])[:4])
     budget = HEADROOM * loader.VERIFIER_INSN_LIMIT
