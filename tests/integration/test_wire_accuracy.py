@@ -160,7 +160,7 @@ def _p50(cmp: WireComparison, who: str, leg: str, mask: np.ndarray | None = None
 def test_app_delay_moves_only_upstream(testbed_factory: Callable[..., Any], tmp_path: Path) -> None:
     """Every other request asks the app for 3 ms more (alternated on one connection):
     upstream grows by what the app applied (>= 3 ms on the wire) +- 10% in our legs, the proxy
-    legs do not move."""
+    legs do not take the delay: they move as the wire's do, and by far less than it."""
     tb = testbed_factory(app_delay_s=0.001, h2c_port=None)
     cmp, doc = _run(tb, tmp_path, "d", conns=1, period_s=0.006, alt_delay_ms=3)
     delayed = np.isin(np.array(cmp.ids), np.array(doc["_delayed_ids"]))
@@ -171,10 +171,19 @@ def test_app_delay_moves_only_upstream(testbed_factory: Callable[..., Any], tmp_
     assert applied >= 2700.0, applied
     moved = _p50(cmp, "ours", "upstream", delayed) - _p50(cmp, "ours", "upstream", ~delayed)
     assert abs(moved - applied) <= 0.10 * applied, (moved, applied)
-    for leg in ("request_proxy", "response_proxy", *SPLIT["request_proxy"],
-                *SPLIT["response_proxy"]):  # fmt: skip
+    # The proxy legs are not still: after 3 ms idle Envoy's worker answers slower, on the wire
+    # as in ours (response_proxy +14..+120 us on the delayed requests in 11 runs here, ours
+    # within 8 us of the wire's each time, request_proxy within 13; a CI run failed when this
+    # asked for no move beyond 100 us). So ours move as the wire's do (20 us, the medians'
+    # bound above), and a delay put in the wrong leg, the whole ~3 ms, fails the 10% bound.
+    for leg in ("request_proxy", "response_proxy"):
         moved = _p50(cmp, "ours", leg, delayed) - _p50(cmp, "ours", leg, ~delayed)
-        assert abs(moved) <= 100.0, (leg, moved)
+        wire_moved = _p50(cmp, "wire", leg, delayed) - _p50(cmp, "wire", leg, ~delayed)
+        assert abs(moved - wire_moved) <= 20.0, (leg, moved, wire_moved)
+        assert abs(moved) <= 0.10 * applied, (leg, moved, applied)
+    for leg in (*SPLIT["request_proxy"], *SPLIT["response_proxy"]):  # the wire has no split
+        moved = _p50(cmp, "ours", leg, delayed) - _p50(cmp, "ours", leg, ~delayed)
+        assert abs(moved) <= 0.10 * applied, (leg, moved, applied)
 
 
 def test_fault_filter_delay_moves_only_request_work(
@@ -191,14 +200,23 @@ def test_fault_filter_delay_moves_only_request_work(
     base, fault = runs["base"], runs["fault"]
     # The delay the filter applied, by Envoy's own timer (DS_RX_BEG -> US_TX_END holds it): at
     # least the 3 ms asked; on a loaded node its timer fires late (6.2 ms seen), so our legs and
-    # the wire are held to what Envoy applied, within 10%.
+    # the wire are held to what Envoy applied, request by request, within 10%. Per request:
+    # the timer fires at ~3.3 or ~6.5 ms here, about half of each in one run, so the medians
+    # of two witnesses of the same requests can fall on either side of the gap (ours 4,409 us
+    # moved against Envoy's 3,282, the wire with ours); what is left of each request's leg
+    # once Envoy's own timer is taken off does not have two modes.
     applied = _p50(fault, "envoy", "request_proxy") - _p50(base, "envoy", "request_proxy")
     assert applied >= 2700.0, applied
-    for leg in ("request_proxy_work", "request_proxy"):
-        moved = _p50(fault, "ours", leg) - _p50(base, "ours", leg)
-        assert abs(moved - applied) <= 0.10 * applied, (leg, moved, applied)
-    wire_moved = _p50(fault, "wire", "request_proxy") - _p50(base, "wire", "request_proxy")
-    assert abs(wire_moved - applied) <= 0.10 * applied, (wire_moved, applied)
+
+    def beyond_envoy(cmp: WireComparison, who: str, leg: str) -> float:
+        keep = _joined(cmp)
+        values = {"ours": cmp.ours, "wire": cmp.wire}[who][leg]
+        return float(np.median(values[keep] - cmp.envoy["request_proxy"][keep]))
+
+    for who, leg in (("ours", "request_proxy_work"), ("ours", "request_proxy"),
+                     ("wire", "request_proxy")):  # fmt: skip
+        left = beyond_envoy(fault, who, leg) - beyond_envoy(base, who, leg)
+        assert abs(left) <= 0.10 * applied, (who, leg, left, applied)
     # The other legs stay where they were, within 10% of the delay: two testbeds differ by
     # more than 100 us on the app's 1 ms (upstream moved -142 us in a CI run), while a delay
     # in the wrong leg would move it by the whole ~3 ms.
