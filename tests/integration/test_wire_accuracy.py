@@ -136,7 +136,8 @@ def test_legs_match_the_wire_request_by_request(
         w50, w99 = np.median(wire), np.percentile(wire, 99)
         # the issue's tolerance, on the distributions ...
         assert abs(np.median(ours) - w50) <= max(20.0, 0.10 * w50), (leg, np.median(ours), w50)
-        assert abs(np.percentile(ours, 99) - w99) <= max(P99_FLOOR_US, P99_SHARE * w99), (leg, w99)
+        assert abs(np.percentile(ours, 99) - w99) <= max(P99_FLOOR_US, P99_SHARE * w99), (
+            leg, np.percentile(ours, 99), w99, _worst(cmp, keep, leg))  # fmt: skip
         # ... and on the pairs: swapped legs or ids off by one fail here
         assert np.median(np.abs(ours - wire)) <= max(20.0, 0.10 * w50), leg
         # Envoy stamps its proxy legs inside them (after the read, before the write)
@@ -149,6 +150,23 @@ def test_legs_match_the_wire_request_by_request(
         total = cmp.ours[queue][both] + cmp.ours[work][both]
         assert np.allclose(total, cmp.ours[leg][both], atol=0.01)
         assert (cmp.ours[queue][both] >= 0).all()
+
+
+def _worst(cmp: WireComparison, keep: np.ndarray, leg: str, n: int = 8) -> list[str]:
+    """The requests whose ``leg`` differs most from the wire's, with all three witnesses'
+    legs (us): what a failed tail check needs to be explained (a CI run's mTLS p99 failed
+    once, ours 828 against the wire's 1,402 us, and was never reproduced)."""
+    diff = cmp.ours[leg][keep] - cmp.wire[leg][keep]
+    ids = np.array(cmp.ids)[keep]
+    rows = []
+    for i in np.argsort(-np.abs(diff))[:n]:
+        legs = {
+            who: [round(float(d[k][keep][i]), 1) for k in MAIN]
+            for who, d in (("ours", cmp.ours), ("wire", cmp.wire), ("envoy", cmp.envoy))
+        }
+        queues = [round(float(cmp.ours[f"{k}_queue"][keep][i]), 1) for k in SPLIT]
+        rows.append(f"{ids[i]}: {legs} ours' queues {queues}")
+    return rows
 
 
 def _p50(cmp: WireComparison, who: str, leg: str, mask: np.ndarray | None = None) -> float:
