@@ -6,6 +6,9 @@ Options reach the C as ``-D`` macros; the defaults live in the C (``#ifndef``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,8 +33,12 @@ def cflags(defines: Mapping[str, int | str] | None = None) -> list[str]:
     return flags
 
 
-def load(probe: str, defines: Mapping[str, int | str] | None = None) -> Any:
-    """Compile ``bpf/<probe>.c`` and return the BCC ``BPF`` object (programs auto-attached)."""
+def load(
+    probe: str, defines: Mapping[str, int | str] | None = None, *, reusable: bool = False
+) -> Any:
+    """Compile ``bpf/<probe>.c`` and return the BCC ``BPF`` object (programs auto-attached).
+    Give it back with :func:`release`. ``reusable``: the caller keeps no state of its own in
+    the object, so a released one of the same build may be handed out again (see REUSE)."""
     root = capabilities.check_root()
     if not root.ok:
         raise PermissionDenied(root.detail)
@@ -41,13 +48,122 @@ def load(probe: str, defines: Mapping[str, int | str] | None = None) -> Any:
     src = bpf_dir() / f"{probe}.c"
     if not src.is_file():
         raise CapabilityMissing(f"probe source {src} is missing (broken install?)")
+    flags = cflags(defines)
+    key = _build_key(src, flags) if reusable and REUSE["on"] else None
+    if key is not None and _pool.get(key):
+        bpf = _pool[key].pop()
+        try:
+            _attach(bpf)
+        except Exception:  # a kept object that cannot attach: built anew
+            bpf.cleanup()
+        else:
+            return bpf
     noise: list[str] = []
     try:
         with capabilities.captured_stderr() as noise:
-            return bpf_class(src_file=str(src), cflags=cflags(defines))
+            bpf = bpf_class(src_file=str(src), cflags=flags)
     except Exception as e:
         errors = [n for n in noise if "error" in n.lower()] or noise or [str(e)]
         raise CapabilityMissing(f"probe {probe} failed to compile or load: {errors[0]}") from e
+    if key is not None and _poolable(bpf):
+        bpf.smp_build_key = key
+        bpf.smp_attached = [*((b"raw", tp) for tp in bpf.raw_tracepoint_fds),
+                            *((b"tp", tp) for tp in bpf.tracepoint_fds)]  # fmt: skip
+    return bpf
+
+
+# -- reuse within one process (the test suite) ---------------------------------------------
+# The integration tests load the same probe build ~100 times in one process, and each load
+# compiles it again (~3.6 s on the sock path here) and has the kernel verify it (~4 s). With
+# REUSE["on"] (tests/integration/conftest.py sets it, in the test process only) release()
+# keeps a released object, its programs detached, its ring read to the end and every map but
+# the program arrays emptied, and the next load() of the same build (the same sources, flags
+# and kernel headers) in this process takes it and attaches it again: as new to its maps as a
+# fresh load, without the compiler and the verifier. Off everywhere else: a node loads its
+# probe once, and the CLI's processes (the tests run them too) load and unload as on a node.
+REUSE = {"on": False}
+_pool: dict[str, list[Any]] = {}
+
+
+def _build_key(src: Path, flags: list[str]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(src.parent.glob("*.[ch]")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update("\0".join([str(src), *flags, os.environ.get("BCC_KERNEL_SOURCE", "")]).encode())
+    return h.hexdigest()
+
+
+def _poolable(bpf: Any) -> bool:
+    """Only tracepoints are attached (detached and attached again by name) and no reader
+    BCC owns is open on it."""
+    others = (bpf.kprobe_fds, bpf.uprobe_fds, bpf.kfunc_entry_fds, bpf.kfunc_exit_fds,
+              bpf.lsm_fds, bpf.perf_buffers, bpf.open_perf_events)  # fmt: skip
+    return not any(others) and bpf._ringbuf_manager is None
+
+
+def _attach(bpf: Any) -> None:
+    for kind, tp in bpf.smp_attached:
+        if kind == b"raw":
+            bpf.attach_raw_tracepoint(tp=tp, fn_name=b"raw_tracepoint__" + tp)
+        else:
+            bpf.attach_tracepoint(tp=tp, fn_name=b"tracepoint__" + tp.replace(b":", b"__"))
+
+
+def release(bpf: Any) -> None:
+    """Done with a probe from :func:`load`: unloaded, or kept for reuse (REUSE)."""
+    key = getattr(bpf, "smp_build_key", None)
+    if key is None or not REUSE["on"]:
+        bpf.cleanup()
+        return
+    try:
+        for tp in list(bpf.raw_tracepoint_fds):
+            bpf.detach_raw_tracepoint(tp)
+        for tp in list(bpf.tracepoint_fds):
+            bpf.detach_tracepoint(tp)
+        time.sleep(0.01)  # a program that was running as it was detached ends
+        empty_maps(bpf)
+    except Exception:  # not as new: unloaded instead
+        bpf.cleanup()
+        return
+    _pool.setdefault(key, []).append(bpf)
+
+
+def table_names(bpf: Any) -> list[bytes]:
+    """Every map the object's source declares."""
+    import ctypes
+
+    from bcc.libbcc import lib
+
+    # libbcc's C API; BCC's Python declares neither (a pointer passed as an int crashes)
+    lib.bpf_num_tables.restype = ctypes.c_size_t
+    lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
+    lib.bpf_table_name.restype = ctypes.c_char_p
+    lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return [lib.bpf_table_name(bpf.module, i) for i in range(lib.bpf_num_tables(bpf.module))]
+
+
+def empty_maps(bpf: Any) -> None:
+    """Every map as a new load has it: hashes without entries, arrays all zeroes, rings read
+    to the end. Program arrays keep their programs (a probe's tail calls)."""
+    from bcc import table as bt
+
+    from profiler.probes.ringbuf import skip_unread
+
+    for name in table_names(bpf):
+        t = bpf[name]
+        if isinstance(t, bt.ProgArray):
+            continue
+        if isinstance(t, bt.RingBuf):
+            skip_unread(t.map_fd)
+        elif isinstance(t, bt.PerCpuArray):
+            for i in range(t.max_entries):
+                t[t.Key(i)] = t.Leaf()
+        elif isinstance(t, bt.ArrayBase):
+            n = t.max_entries
+            keys = (t.Key * n)(*range(n))
+            t.items_update_batch(keys, (t.Leaf * n)())
+        else:
+            t.clear()
 
 
 def fill_pid_filter(bpf: Any, pids: Iterable[int]) -> None:

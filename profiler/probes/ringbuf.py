@@ -31,6 +31,19 @@ def wake_at(pages: int, record_size: int) -> int:
     return max(1, pages * mmap.PAGESIZE // stride // 2)
 
 
+def skip_unread(map_fd: int) -> None:
+    """Hand every record written to ring buffer ``map_fd`` and not yet read back to the
+    kernel, unread: its consumer position set to the producer's."""
+    page = mmap.PAGESIZE
+    cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    prod = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+    try:
+        cons[:8] = prod[:8]
+    finally:
+        cons.close()
+        prod.close()
+
+
 class RingReader:
     """Reads ``record_dtype`` records from the ring buffer map ``map_fd`` of ``pages`` pages."""
 

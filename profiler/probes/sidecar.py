@@ -218,7 +218,7 @@ class SidecarProbe:
         }
         if skb_len_off is not None:  # the raw tracepoint (see capabilities.xmit_stamps)
             defines["SMP_SKB_LEN_OFF"] = skb_len_off
-        self._bpf = loader.load("sidecar", defines)
+        self._bpf = loader.load("sidecar", defines, reusable=True)
         _set_tail_calls(self._bpf, path)
         self._on_batch = on_batch
         self._targets: dict[int, Mode] = {}
@@ -566,7 +566,7 @@ class SidecarProbe:
 
     def close(self) -> None:
         self._ring.close()
-        self._bpf.cleanup()
+        loader.release(self._bpf)
 
 
 def _loopback_exchange(payload: bytes) -> None:

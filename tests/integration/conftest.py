@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from profiler.probes import loader
+
+# One probe build is compiled and verified once in this process and handed out again, emptied,
+# after each test releases it (profiler/probes/loader.py, REUSE; test_probe_reuse.py): ~7.5 s a
+# load here. SMP_FRESH_PROBES=1 loads every probe anew, as the CLI's processes always do.
+loader.REUSE["on"] = os.environ.get("SMP_FRESH_PROBES") != "1"
 
 
 @pytest.fixture
