@@ -115,6 +115,8 @@ def release(bpf: Any) -> None:
     if key is None or not REUSE["on"]:
         bpf.cleanup()
         return
+    if any(kept is bpf for kept in _pool.get(key, [])):
+        return  # released twice: kept once, or two probes would share it
     try:
         for tp in list(bpf.raw_tracepoint_fds):
             bpf.detach_raw_tracepoint(tp)

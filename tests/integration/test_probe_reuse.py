@@ -93,6 +93,8 @@ def test_a_released_probe_comes_back_empty_detached_and_then_traces(reuse: None)
     dirty = _dirty(bpf)  # what the emptying has to undo: else this test proves nothing
     assert {"smp_filter_pids", "smp_proc", "smp_listeners", "smp_pid_gate"} <= dirty.keys(), dirty
     first.close()
+    first.close()  # twice: kept once (two probes must never share one object)
+    assert sum(kept is bpf for kept in loader._pool[bpf.smp_build_key]) == 1
     assert not bpf.raw_tracepoint_fds and not bpf.tracepoint_fds  # detached while kept
     assert _dirty(bpf) == {}
 
