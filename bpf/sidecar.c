@@ -101,7 +101,7 @@ struct smp_io {
     u8 mode;
     u8 is_read;
     u8 kind;        /* enum smp_io_kind */
-    u8 pad;
+    u8 xmit_call;   /* a write: ts is the call's own instant, no packet of it was stamped */
     u16 status;     /* CLS_RESP: the status code its first bytes carry (0: not three digits) */
 };
 
@@ -293,6 +293,14 @@ SMP_INLINE void smp_copy_rid(struct smp_span *span, u8 n, u64 hash, const char *
     span->rid_len = n;
     span->rid_hash = hash;
     __builtin_memcpy(span->rid, rid, SMP_RID_LEN);
+}
+
+/* A write's instant put on a span's leg: the leg's flag (SMP_F_*_TX_CALL) says whether it
+ * is the call's own (no packet of the write was stamped). No branch: the verifier walks
+ * these transitions on many paths. */
+SMP_INLINE void smp_tx_flag(struct smp_span *s, u16 flag, u8 call)
+{
+    s->flags = (s->flags & ~flag) | ((u16)-(u16)(call & 1) & flag);
 }
 
 /* A new connection entry (zeroed) with its role, or the existing one re-initialised; from
@@ -830,7 +838,8 @@ struct smp_ans {
     u32 us_sid;
     s32 ds_fd;      /* the downstream connection thread order gave the request (a hint) */
     u8 rid_len;
-    u8 pad[3];
+    u8 us_tx_call;  /* us_tx_end is the write call's own instant (SMP_F_US_TX_CALL) */
+    u8 pad[2];
     char rid[SMP_RID_LEN];
 };
 struct smp_ans_q {
@@ -870,6 +879,7 @@ SMP_INLINE void smp_ans_push(u32 tid, u32 upid, struct smp_span *s, u64 ts, u64 
     a->ds_fd = s->ds_fd;
     a->rid_hash = s->rid_hash;
     a->rid_len = s->rid_len;
+    a->us_tx_call = (s->flags & SMP_F_US_TX_CALL) != 0;
     __builtin_memcpy(a->rid, s->rid, SMP_RID_LEN);
     u32 t = q->tail;
     if (t - q->head >= SMP_ANS_DEPTH) {
@@ -963,6 +973,7 @@ SMP_INLINE void smp_ans_apply(struct smp_span *d, struct smp_ans *a)
     d->us_sid = a->us_sid;
     d->flags = (d->flags & ~(SMP_F_MATCH_THREAD | SMP_F_US_H2)) | SMP_F_MATCH_RESP |
                (a->us_sid ? SMP_F_US_H2 : 0);
+    smp_tx_flag(d, SMP_F_US_TX_CALL, a->us_tx_call);
     if (a->rid_len)
         smp_copy_rid(d, a->rid_len, a->rid_hash, a->rid);
 }
@@ -1728,10 +1739,12 @@ struct smp_xmit_cpu {
 };
 BPF_PERCPU_ARRAY(smp_xmit, struct smp_xmit_cpu, 1);
 
-/* The write's instant: its first packet if queued within [since, until], else ``fallback``. */
-SMP_INLINE u64 smp_xmit_take(u32 tid, u64 since, u64 until, u64 fallback)
+/* The write's instant: its first packet if queued within [since, until], else ``fallback``
+ * (and *missed set). */
+SMP_INLINE u64 smp_xmit_take(u32 tid, u64 since, u64 until, u64 fallback, u8 *missed)
 {
     int zero = 0;
+    *missed = 1;
     struct smp_xmit_cpu *x = smp_xmit.lookup(&zero);
     if (!x)
         return fallback;
@@ -1741,7 +1754,10 @@ SMP_INLINE u64 smp_xmit_take(u32 tid, u64 since, u64 until, u64 fallback)
             continue;
         u64 t = x->ts[i];
         x->ts[i] = 0;
-        return t >= since && t <= until ? t : fallback;
+        if (t < since || t > until)
+            return fallback;
+        *missed = 0;
+        return t;
     }
     return fallback;
 }
@@ -1758,8 +1774,9 @@ SMP_INLINE void smp_xmit_forget(u32 tid)
             x->ts[i] = 0;
 }
 #else
-SMP_INLINE u64 smp_xmit_take(u32 tid, u64 since, u64 until, u64 fallback)
+SMP_INLINE u64 smp_xmit_take(u32 tid, u64 since, u64 until, u64 fallback, u8 *missed)
 {
+    *missed = 1;
     return fallback;
 }
 
@@ -1921,6 +1938,7 @@ SMP_INLINE void smp_ds_write(struct smp_conn *c, struct smp_io *io, u8 cls,
     }
     if (c->phase == SMP_PHASE_RESPONSE) {
         c->span.ds_tx_end = io->ts;
+        smp_tx_flag(&c->span, SMP_F_DS_TX_CALL, io->xmit_call);
         c->span.resp_bytes += io->ret;
     } else {
         smp_conn_unparsed(c, ps, io->fd, 0, io->ret);
@@ -1957,9 +1975,12 @@ SMP_INLINE void smp_us_write(struct smp_conn *c, struct smp_io *io, struct smp_s
 {
     if (c->phase == SMP_PHASE_REQUEST) {
         struct smp_span *d = smp_pending_span(c->ds_key);
-        if (d && d->us_fd == io->fd)
+        if (d && d->us_fd == io->fd) {
             d->us_tx_end = io->ts;
+            smp_tx_flag(d, SMP_F_US_TX_CALL, io->xmit_call);
+        }
         c->span.us_tx_end = io->ts;
+        smp_tx_flag(&c->span, SMP_F_US_TX_CALL, io->xmit_call);
         return;
     }
     u64 dkey = 0;
@@ -1985,6 +2006,7 @@ SMP_INLINE void smp_us_write(struct smp_conn *c, struct smp_io *io, struct smp_s
     d->us_tx_beg = io->ts_call;
     d->us_tx_end = io->ts;
     d->flags |= how;
+    smp_tx_flag(d, SMP_F_US_TX_CALL, io->xmit_call);
     if (c->proto == SMP_PROTO_TLS)
         d->flags |= SMP_F_US_TLS;
     c->ds_key = dkey;
@@ -1995,6 +2017,7 @@ SMP_INLINE void smp_us_write(struct smp_conn *c, struct smp_io *io, struct smp_s
     c->span.us_sid = 0;
     c->span.us_tx_beg = io->ts_call;
     c->span.us_tx_end = io->ts;
+    smp_tx_flag(&c->span, SMP_F_US_TX_CALL, io->xmit_call);
     c->span.rid_len = 0;
     c->span.rid_hash = 0;
     if (rid && rid->rid_len)
@@ -2191,7 +2214,8 @@ SMP_INLINE int smp_sock_io(void *ctx, u64 sk, s32 ret, u32 flags, u8 is_read)
     if (is_read)
         smp_xmit_forget((u32)id);
     else
-        io.ts = smp_xmit_take((u32)id, io.ts - SMP_XMIT_WINDOW_NS, io.ts, io.ts);
+        io.ts = smp_xmit_take((u32)id, io.ts - SMP_XMIT_WINDOW_NS, io.ts, io.ts,
+                              &io.xmit_call);
     io.ts_call = io.ts;  /* no entry instant on this path: a write's start is its stamp (never
                           * after it: us_tx_beg <= us_tx_end) */
     io.ret = ret;
@@ -2274,7 +2298,8 @@ SMP_INLINE int smp_exit(void *ctx, s64 ret, u8 is_read)
     /* A write's time is when the process hands the bytes to the kernel (its entry), as in
      * Envoy's own US_TX_END/DS_TX_END; a read's is when the bytes reached the process. */
     if (!is_read)
-        io.ts = smp_xmit_take((u32)id, args.ts, io.ts, SMP_WRITE_TS_AT_EXIT ? io.ts : args.ts);
+        io.ts = smp_xmit_take((u32)id, args.ts, io.ts, SMP_WRITE_TS_AT_EXIT ? io.ts : args.ts,
+                              &io.xmit_call);
     else
         smp_xmit_forget((u32)id);
     io.key = (id & 0xffffffff00000000ULL) | args.fd;
@@ -2296,8 +2321,9 @@ SMP_INLINE int smp_exit(void *ctx, s64 ret, u8 is_read)
 /* Every sys_exit_* tracepoint starts with the same two fields (its format file): the exits
  * of the five reads run one program and those of the five writes another, reached by a tail
  * call from a stub per tracepoint. The verifier then checks each body once, not five times
- * (940,000 instructions processed for a read's body on 6.18, 532,000 for a write's): the
- * syscalls path loaded in 8.6 s instead of 20.5 s. */
+ * (940,000 instructions processed for a read's body on 6.18 when this was done, 532,000 for
+ * a write's; 524,000 and 535,000 since 2026-12-08): the syscalls path loaded in 8.6 s
+ * instead of 20.5 s. */
 struct smp_sys_exit {
     u64 common;             /* common_type, common_flags, common_preempt_count, common_pid */
     s32 nr;                 /* __syscall_nr */

@@ -95,6 +95,10 @@ enum smp_proto {
 #define SMP_F_MATCH_RESP 0x100  /* upstream leg paired by response order (see sidecar.c) */
 #define SMP_F_US_TLS 0x200      /* upstream leg is TLS (mTLS): its instants are the worker
                                  * thread's TLS read/write bursts, not this request's own */
+#define SMP_F_US_TX_CALL 0x400  /* HTTP/1.1: us_tx_end is the write call's own instant, not its
+                                 * first packet's (none was stamped: TCP held the bytes back,
+                                 * the thread changed CPU, or no write-stamp hook) */
+#define SMP_F_DS_TX_CALL 0x800  /* HTTP/1.1: ds_tx_end likewise */
 #define SMP_F_DS_BURST 0x8000   /* downstream is HTTP/2 inside TLS (mTLS): one span per upstream
                                  * stream; ds_rx_beg/ds_tx_end are the worker thread's TLS
                                  * read/write bursts on the downstream, not this stream's own */

@@ -36,11 +36,13 @@ from profiler.probes.sidecar import (
     F_DS_BURST,
     F_DS_H2,
     F_DS_TLS,
+    F_DS_TX_CALL,
     F_MATCH_RESP,
     F_MATCH_RID,
     F_MATCH_THREAD,
     F_US_H2,
     F_US_TLS,
+    F_US_TX_CALL,
     KIND_PROXY,
     KIND_SERVER,
     KIND_UNPARSED,
@@ -99,6 +101,11 @@ class Target:
     unparsed_conns: list[tuple[int, str, int, int]] = field(default_factory=list)
     unparsed_conns_seen: int = 0
     arrival_missing: dict[str, int] = field(default_factory=lambda: {"request": 0, "response": 0})
+    # HTTP/1.1 writes whose instant is the call's own, not its first packet's: the request
+    # sent upstream (a sidecar's), the response written downstream (either's)
+    write_stamp_missing: dict[str, int] = field(
+        default_factory=lambda: {"request": 0, "response": 0}
+    )
     rows: list[np.ndarray] = field(default_factory=list)  # batches of struct smp_span
     rows_kept: int = 0
     rows_dropped: int = 0
@@ -320,6 +327,7 @@ class Engine:
         t.tls_upstream += int(np.count_nonzero(flags & F_US_TLS))
         t.h2_upstream += int(np.count_nonzero(flags & F_US_H2))
         t.tls_burst_downstream += int(np.count_nonzero(flags & F_DS_BURST))
+        _count_unstamped_writes(t, flags)
         _count_h1_statuses(t, s)
         with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
         if with_id.any():
@@ -340,6 +348,7 @@ class Engine:
             return
         t.legs["app"].record_many(to_us(app))
         t.requests += len(s)
+        _count_unstamped_writes(t, s["flags"])
         _count_h1_statuses(t, s)
         with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
         if with_id.any():
@@ -464,6 +473,16 @@ class Engine:
 
     def close(self) -> None:
         self._probe.close()
+
+
+def _count_unstamped_writes(t: Target, flags: np.ndarray) -> None:
+    """Add a batch's HTTP/1.1 legs whose write instant is the call's own (no packet of the
+    write was stamped) to ``t.write_stamp_missing``; HTTP/2 and TLS-burst legs are not
+    flagged by the probe and not counted."""
+    up = (flags & (F_US_TX_CALL | F_US_H2 | F_US_TLS)) == F_US_TX_CALL
+    down = (flags & (F_DS_TX_CALL | F_DS_H2 | F_DS_BURST)) == F_DS_TX_CALL
+    t.write_stamp_missing["request"] += int(np.count_nonzero(up))
+    t.write_stamp_missing["response"] += int(np.count_nonzero(down))
 
 
 def _count_h1_statuses(t: Target, s: np.ndarray) -> None:

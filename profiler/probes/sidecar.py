@@ -56,6 +56,8 @@ _ST_KINDS = {1: "http", 2: "grpc"}
 _ST_UNKNOWN = 3
 _ST_LOCAL_H1 = 4  # an HTTP/1.1 local reply's status (code 0: unknown)
 F_DS_BURST = HEADER.const("SMP_F_DS_BURST")  # HTTP/2 inside TLS downstream, per upstream stream
+# HTTP/1.1 legs whose write instant is the call's own, not its first packet's (none stamped)
+F_US_TX_CALL, F_DS_TX_CALL = (HEADER.const(f"SMP_F_{n}") for n in ("US_TX_CALL", "DS_TX_CALL"))
 _PATHS: dict[str, int] = {
     "sock": HEADER.const("SMP_PATH_SOCK"),
     "syscalls": HEADER.const("SMP_PATH_SYSCALLS"),

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from profiler.probes.sidecar import (
+    F_DS_TX_CALL,
     F_MATCH_RID,
     F_MATCH_THREAD,
+    F_US_TX_CALL,
     KIND_PROXY,
     KIND_SERVER,
     KIND_UNPARSED,
@@ -221,6 +223,46 @@ def test_partial_writes_stamp_the_last_one(peer: Peer, traced: Traced) -> None:
     assert _ms(row["ds_tx_end"] - row["us_rx_beg"]) >= 2 * GAP_MS
     assert _ms(row["us_rx_beg"] - row["us_tx_end"]) < GAP_MS
     assert row["resp_bytes"] == len(RESPONSE) and row["req_bytes"] == len(req)
+
+
+def test_a_write_tcp_holds_back_is_timed_by_its_call_and_flagged(
+    peer: Peer, traced: Traced
+) -> None:
+    """Write stamps (net_dev_queue): a write whose bytes leave at once takes its first
+    packet's instant, unflagged; one TCP holds back (the client reads nothing and its small
+    receive window is full: no packet can leave) takes its call's instant and flags its leg,
+    SMP_F_DS_TX_CALL, and only that one (the request sent upstream left: no
+    SMP_F_US_TX_CALL)."""
+    assert peer.upstream is None
+    peer.client = socket.socket()
+    peer.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # before the handshake
+    peer.client.connect(("127.0.0.1", peer.port))
+    peer.do("accept")
+    peer.do("connect", port=peer.up_listener.getsockname()[1])
+    peer.upstream, _ = peer.up_listener.accept()
+    peer.exchange(request("left-1"))  # both writes leave at once
+    req = request("held-2")
+    peer.client.sendall(req)
+    assert peer.do("read", conn="ds", call="recv")["n"] == len(req)
+    peer.do("write", conn="us", call="send", data="forward")
+    _recv_exactly(peer.upstream, len(req))
+    body = b"x" * 6000  # more than the client's window, less than the peer's send buffer
+    head = f"HTTP/1.1 200 OK\r\ncontent-length: {len(body) + 100}\r\n\r\n".encode()
+    peer.upstream.sendall(head + body)
+    got = 0
+    while got < len(head + body):
+        got += peer.do("read", conn="us", call="recv")["n"]
+    peer.do("write", conn="ds", call="send", data="forward")  # its first packets leave
+    time.sleep(0.05)  # the window fills: the client reads nothing
+    peer.do("write", conn="ds", call="send", data="y" * 100)  # held back: no packet
+    _recv_exactly(peer.client, len(head + body) + 100)
+    s = traced.spans()
+    assert request_ids(s) == ["left-1", "held-2"]
+    _ordered(s)
+    left, held = int(s[0]["flags"]), int(s[1]["flags"])
+    assert not left & (F_US_TX_CALL | F_DS_TX_CALL), hex(left)
+    assert held & F_DS_TX_CALL and not held & F_US_TX_CALL, hex(held)
+    assert s[1]["resp_bytes"] == len(head + body) + 100
 
 
 def test_reads_that_return_eagain_change_nothing(peer: Peer, traced: Traced) -> None:

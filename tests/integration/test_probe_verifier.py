@@ -1,6 +1,7 @@
 """The verifier's budget: every program of the sidecar probe, on either path, loads with room
 to spare under the kernel's million processed instructions a program. The syscalls path's
-largest programs used 94-95% of it on the 6.18 kernel of CI (2026-12-07); a change that adds
+largest programs used 94-95% of it on the 6.18 kernel of CI (2026-12-07), 73% since 2026-12-08
+(a change that moved the verifier's pruning, not the code's size); a change that adds
 a branch to them can cross the limit, and the probe then fails to load (E2BIG) on every node.
 Verifiers of other kernels count differently, so this is a margin, not a guarantee: the
 count per program is printed, and docs/probes/sidecar.md says what to do when this fails."""

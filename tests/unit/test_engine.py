@@ -21,8 +21,12 @@ from profiler.probes.sidecar import (
     F_DRAINED,
     F_DS_BURST,
     F_DS_H2,
+    F_DS_TX_CALL,
     F_MATCH_RID,
     F_MATCH_THREAD,
+    F_US_H2,
+    F_US_TLS,
+    F_US_TX_CALL,
     KIND_PROXY,
     KIND_SERVER,
     PROC_STATS,
@@ -284,6 +288,32 @@ def test_http1_statuses_counted_per_target_and_h2_streams_left_out(
     assert e.targets[SIDECAR].requests == 10  # local replies are not requests with a span
 
 
+def test_writes_timed_by_their_call_are_counted_per_leg_and_target(
+    engine: tuple[Engine, ScriptedProbe],
+) -> None:
+    """The probe flags an HTTP/1.1 leg whose write instant is the call's own (no packet
+    stamped): counted per target, the upstream request and the downstream response apart
+    (swapped flags would swap the counts); legs the probe does not flag (HTTP/2, TLS bursts)
+    are not counted even with the bit set; incomplete spans are not counted."""
+    e, probe = engine
+    t = _now()
+    thread = F_MATCH_THREAD
+    probe.queue.append(spans(
+        [proxy(t + i, 10, 100, 5) for i in range(5)]  # stamped: none counted
+        + [proxy(t + 10 + i, 10, 100, 5, flags=thread | F_US_TX_CALL) for i in range(3)]
+        + [proxy(t + 20, 10, 100, 5, flags=thread | F_DS_TX_CALL)]
+        + [proxy(t + 21, 10, 100, 5, flags=thread | F_US_TX_CALL | F_DS_TX_CALL)]
+        + [proxy(t + 22, 10, 100, 5, flags=F_US_H2 | F_US_TX_CALL | F_DS_TX_CALL)]
+        + [proxy(t + 23, 10, 100, 5, flags=F_US_TLS | F_US_TX_CALL)]
+        + [proxy(t + 24, 10, 100, 5, flags=F_DS_H2 | F_DS_TX_CALL)]
+        + [proxy(t + 25, 10, 100, 5, flags=F_US_TX_CALL, ds_tx_end=1)]  # incomplete
+        + [app(t + 30 + i, 5) for i in range(4)] + [app(t + 40, 5, flags=F_DS_TX_CALL)]
+    ))  # fmt: skip
+    e.poll(0)
+    assert e.targets[SIDECAR].write_stamp_missing == {"request": 4, "response": 3}
+    assert e.targets[APP].write_stamp_missing == {"request": 0, "response": 1}
+
+
 def test_capture_document_from_synthetic_records(tmp_path: Path) -> None:
     """records -> legs -> capture document and spans file, for processes that exist (this
     test's own PID as the sidecar), with the probe's counters in the document."""
@@ -301,6 +331,7 @@ def test_capture_document_from_synthetic_records(tmp_path: Path) -> None:
     probe = probes[0]
     t = _now()
     rows = [proxy(t + i * 10**6, 100 + i, 1000, 50, tgid=me, rid=f"doc-{i}") for i in range(23)]
+    rows[3]["flags"] |= F_DS_TX_CALL  # one response timed by its write call
     probe.queue.append(spans(rows[:20]))
     drained = spans(rows[20:])
     drained["flags"] |= F_DRAINED
@@ -315,6 +346,7 @@ def test_capture_document_from_synthetic_records(tmp_path: Path) -> None:
     assert side["legs"]["upstream"]["p50_ms"] == 1.0
     assert side["unparsed_bytes"] == 77 and side["pipelined_requests"] == 2
     assert side["http1_statuses"] == {"unknown": 23}  # the records carry no status
+    assert side["write_stamp_missing"] == {"request": 0, "response": 1}
     assert doc["method"].startswith("scripted") and doc["probe_path"] == "sock"
     ids = [r["request_id"] for r in read_spans(tmp_path / "s.csv")]
     assert sorted(ids) == sorted(f"doc-{i}" for i in range(23))

@@ -119,6 +119,16 @@ def test_incomplete_spans_above_5_percent_warn() -> None:
     assert "6 of 101 spans were incomplete" in w
 
 
+def test_writes_timed_by_their_call_above_5_percent_warn() -> None:
+    ok = {"pid": 3, "comm": "envoy", "requests": 100}
+    ok["write_stamp_missing"] = {"request": 5, "response": 2}
+    bad = dict(ok, write_stamp_missing={"request": 1, "response": 6})
+    assert document.warnings([ok]) == []  # exactly 5%: no warning
+    (w,) = document.warnings([bad])
+    assert "1 requests, 6 responses of 100 were timed by their write call" in w
+    assert document.warnings([dict(ok, requests=0)]) == []  # no request: nothing to say
+
+
 def _h2_span(beg: int, data: int, end: int, flags: int) -> np.ndarray:
     a = np.zeros(1, dtype=SPAN_DTYPE)
     a[0]["kind"], a[0]["flags"] = KIND_PROXY, flags
