@@ -465,6 +465,10 @@ class Engine:
                 statuses=_status_counts(self._h1_counts(pid, local), h2.get(pid)),
                 h2_blocks_lost=stats.get("h2_blocks_lost", 0),
                 statuses_lost=stats.get("statuses_lost", 0),
+                unstamped_writes={
+                    "request_proxy": t.write_stamp_missing["request"],
+                    "response_proxy": t.write_stamp_missing["response"],
+                },
             )
         return snap
 

@@ -164,6 +164,16 @@ SPECS: tuple[MetricSpec, ...] = (
         "was full): smp_sidecar_responses_total is short by this many.",
     ),
     MetricSpec(
+        "smp_sidecar_unstamped_writes_total",
+        "counter",
+        "",
+        (*POD_LABELS, "leg"),
+        "HTTP/1.1 writes of the sidecar timed by their write call, not their first packet "
+        "(TCP held the bytes back, the thread changed CPU, or no write-stamp hook), by the "
+        "leg they end (request_proxy, response_proxy): those legs end at the call, not on "
+        "the wire. Rare where the hook exists; watch the ratio to smp_sidecar_requests_total.",
+    ),
+    MetricSpec(
         "smp_probe_events_dropped_total",
         "counter",
         "",
@@ -287,6 +297,7 @@ class _Totals:
     h2_blocks_lost: int = 0
     statuses_lost: int = 0
     statuses: dict[tuple[str, str], int] = field(default_factory=dict)  # (protocol, code label)
+    unstamped: dict[str, int] = field(default_factory=dict)  # leg -> writes timed by the call
     legs: dict[str, np.ndarray] = field(default_factory=dict)  # [buckets..., count] cumulative
     leg_sums: dict[str, float] = field(default_factory=dict)
 
@@ -298,6 +309,8 @@ class _Totals:
         self.unparsed_bytes += int(getattr(t, "unparsed_bytes", 0))
         self.h2_blocks_lost += int(getattr(t, "h2_blocks_lost", 0))
         self.statuses_lost += int(getattr(t, "statuses_lost", 0))
+        for leg, n in getattr(t, "unstamped_writes", {}).items():
+            self.unstamped[leg] = self.unstamped.get(leg, 0) + int(n)
         for (proto, code), n in getattr(t, "statuses", {}).items():
             if proto in STATUS_PROTOCOLS:
                 k = (proto, code_label(proto, str(code)))
@@ -316,6 +329,8 @@ class _Totals:
         self.unparsed_bytes += o.unparsed_bytes
         self.h2_blocks_lost += o.h2_blocks_lost
         self.statuses_lost += o.statuses_lost
+        for leg, n in o.unstamped.items():
+            self.unstamped[leg] = self.unstamped.get(leg, 0) + n
         for k, n in o.statuses.items():
             self.statuses[k] = self.statuses.get(k, 0) + n
         for leg, row in o.legs.items():
@@ -425,6 +440,8 @@ class SnapshotCollector(Collector):
             samples["smp_sidecar_unparsed_bytes_total"].append((labels, tot.unparsed_bytes))
             samples["smp_sidecar_http2_blocks_lost_total"].append((labels, tot.h2_blocks_lost))
             samples["smp_sidecar_statuses_lost_total"].append((labels, tot.statuses_lost))
+            for leg, n in sorted(tot.unstamped.items()):
+                samples["smp_sidecar_unstamped_writes_total"].append(([*labels, leg], n))
             for (proto, code), n in sorted(tot.statuses.items()):
                 samples["smp_sidecar_responses_total"].append(([*labels, proto, code], n))
             if (key, role) in live:

@@ -312,6 +312,9 @@ def test_writes_timed_by_their_call_are_counted_per_leg_and_target(
     e.poll(0)
     assert e.targets[SIDECAR].write_stamp_missing == {"request": 4, "response": 3}
     assert e.targets[APP].write_stamp_missing == {"request": 0, "response": 1}
+    # the daemon's snapshot names them by the leg they end
+    snap = e.snapshot().targets[SIDECAR]
+    assert snap.unstamped_writes == {"request_proxy": 4, "response_proxy": 3}
 
 
 def test_capture_document_from_synthetic_records(tmp_path: Path) -> None:
