@@ -204,6 +204,7 @@ class WireComparison:
     wire_unjoined: int = 0
     wire_drops: int = 0
     notes: list[str] = field(default_factory=list)
+    ours_flags: np.ndarray | None = None  # our spans' flags (struct smp_span), 0 where none
 
     @property
     def with_span(self) -> int:
@@ -257,8 +258,9 @@ def join_requests(
         )
         for leg in WIRE_LEGS
     }
+    flags = np.array([int(ours[i]["flags"]) if i in ours else 0 for i in ids], dtype=np.int64)
     return WireComparison(ids, w, o, e, spans=len(rows), wire_unjoined=wire.unjoined,
-                          wire_drops=wire.kernel_drops)  # fmt: skip
+                          wire_drops=wire.kernel_drops, ours_flags=flags)  # fmt: skip
 
 
 def wire_case(

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from profiler.legs import MAIN, SPLIT
+from profiler.probes.sidecar import F_DS_TX_CALL, F_US_TX_CALL
 from profiler.testbed.accuracy import WireComparison, wire_case
 from profiler.testbed.wire import analyse
 
@@ -166,6 +167,7 @@ def _worst(cmp: WireComparison, keep: np.ndarray, leg: str, n: int = 8) -> list[
     once, ours 828 against the wire's 1,402 us, and was never reproduced)."""
     diff = cmp.ours[leg][keep] - cmp.wire[leg][keep]
     ids = np.array(cmp.ids)[keep]
+    flags = cmp.ours_flags[keep] if cmp.ours_flags is not None else np.zeros(len(ids), int)
     rows = []
     for i in np.argsort(-np.abs(diff))[:n]:
         legs = {
@@ -173,7 +175,9 @@ def _worst(cmp: WireComparison, keep: np.ndarray, leg: str, n: int = 8) -> list[
             for who, d in (("ours", cmp.ours), ("wire", cmp.wire), ("envoy", cmp.envoy))
         }
         queues = [round(float(cmp.ours[f"{k}_queue"][keep][i]), 1) for k in SPLIT]
-        rows.append(f"{ids[i]}: {legs} ours' queues {queues}")
+        # a write instant that is the call's own (no packet stamped) ends its leg off the wire
+        late = [n for n, f in (("us", F_US_TX_CALL), ("ds", F_DS_TX_CALL)) if flags[i] & f]
+        rows.append(f"{ids[i]}: {legs} ours' queues {queues} writes timed by the call {late}")
     return rows
 
 
