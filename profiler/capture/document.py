@@ -114,11 +114,10 @@ def warnings(*groups: Iterable[Mapping[str, Any]]) -> list[str]:
             late = max((int(n) for n in unstamped.values()), default=0)
             if req and late > UNPARSED_WARN_SHARE * req:
                 out.append(
-                    f"pid {e.get('pid')} ({e.get('comm') or '?'}): "
-                    + ", ".join(f"{int(n)} {k}s" for k, n in unstamped.items() if n)
-                    + f" of {req} were timed by their write call, not their first packet "
-                    "(TCP held the bytes back, the thread changed CPU, or no write-stamp "
-                    "hook): those legs end at the call, not on the wire"
+                    f"pid {e.get('pid')} ({e.get('comm') or '?'}): of {req} requests, "
+                    + ", ".join(f"{int(n)} {leg}" for leg, n in unstamped.items() if n)
+                    + " legs end at their write call, not at its first packet (TCP held the "
+                    "bytes back, the thread changed CPU, or no write-stamp hook)"
                 )
             bad, good = int(e.get("incomplete_spans") or 0), int(e.get("requests") or 0)
             if bad > UNPARSED_WARN_SHARE * (bad + good):

@@ -50,6 +50,9 @@ from profiler.probes.sidecar import (
     SidecarProbe,
 )
 
+# The legs a write ends, by role: a sidecar's request sent upstream ends request_proxy, its
+# response written downstream response_proxy; an app's response ends app (profiler/legs.py)
+WRITE_ENDED_LEGS = {"sidecar": ("request_proxy", "response_proxy"), "app": ("app",)}
 _JOIN_LIMIT = 65536  # unmatched spans kept for the app/sidecar join, oldest dropped first
 UNPARSED_CONNS_KEPT = 32  # connections with unparsed bytes listed per target (the largest)
 
@@ -101,11 +104,9 @@ class Target:
     unparsed_conns: list[tuple[int, str, int, int]] = field(default_factory=list)
     unparsed_conns_seen: int = 0
     arrival_missing: dict[str, int] = field(default_factory=lambda: {"request": 0, "response": 0})
-    # HTTP/1.1 writes whose instant is the call's own, not its first packet's: the request
-    # sent upstream (a sidecar's), the response written downstream (either's)
-    write_stamp_missing: dict[str, int] = field(
-        default_factory=lambda: {"request": 0, "response": 0}
-    )
+    # HTTP/1.1 writes whose instant is the call's own, not its first packet's, by the leg
+    # they end (WRITE_ENDED_LEGS of the role)
+    write_stamp_missing: dict[str, int] = field(default_factory=dict)
     rows: list[np.ndarray] = field(default_factory=list)  # batches of struct smp_span
     rows_kept: int = 0
     rows_dropped: int = 0
@@ -117,6 +118,7 @@ class Target:
     def __post_init__(self) -> None:
         names = PROXY_LEGS if self.role == "sidecar" else APP_LEGS
         self.legs = {n: LatencyHistogram() for n in names}
+        self.write_stamp_missing = dict.fromkeys(WRITE_ENDED_LEGS[self.role], 0)
         self.cpu_base = thread_runtime_ns(self.pid)
         self.cpu_last = dict(self.cpu_base)
         total = process_cpu_ns(self.pid)
@@ -465,10 +467,7 @@ class Engine:
                 statuses=_status_counts(self._h1_counts(pid, local), h2.get(pid)),
                 h2_blocks_lost=stats.get("h2_blocks_lost", 0),
                 statuses_lost=stats.get("statuses_lost", 0),
-                unstamped_writes={
-                    "request_proxy": t.write_stamp_missing["request"],
-                    "response_proxy": t.write_stamp_missing["response"],
-                },
+                write_stamp_missing=dict(t.write_stamp_missing),
             )
         return snap
 
@@ -481,12 +480,15 @@ class Engine:
 
 def _count_unstamped_writes(t: Target, flags: np.ndarray) -> None:
     """Add a batch's HTTP/1.1 legs whose write instant is the call's own (no packet of the
-    write was stamped) to ``t.write_stamp_missing``; HTTP/2 and TLS-burst legs are not
-    flagged by the probe and not counted."""
-    up = (flags & (F_US_TX_CALL | F_US_H2 | F_US_TLS)) == F_US_TX_CALL
+    write was stamped) to ``t.write_stamp_missing``, by the leg the write ends; HTTP/2 and
+    TLS-burst legs are not flagged by the probe and not counted."""
     down = (flags & (F_DS_TX_CALL | F_DS_H2 | F_DS_BURST)) == F_DS_TX_CALL
-    t.write_stamp_missing["request"] += int(np.count_nonzero(up))
-    t.write_stamp_missing["response"] += int(np.count_nonzero(down))
+    if t.role == "app":
+        t.write_stamp_missing["app"] += int(np.count_nonzero(down))
+        return
+    up = (flags & (F_US_TX_CALL | F_US_H2 | F_US_TLS)) == F_US_TX_CALL
+    t.write_stamp_missing["request_proxy"] += int(np.count_nonzero(up))
+    t.write_stamp_missing["response_proxy"] += int(np.count_nonzero(down))
 
 
 def _count_h1_statuses(t: Target, s: np.ndarray) -> None:

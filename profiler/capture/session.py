@@ -235,8 +235,7 @@ class CaptureSession:
         # HTTP/1.1 responses of the spans (downstream not HTTP/2) by the status the head
         # written downstream carried, read in the kernel; "unknown": not readable (TLS)
         entry["http1_statuses"] = self.engine.http1_statuses(pid)
-        # HTTP/1.1 writes timed by their call, not their first packet (a sidecar's "request":
-        # sent upstream; "response": written downstream, by either)
+        # HTTP/1.1 writes timed by their call, not their first packet, by the leg they end
         entry["write_stamp_missing"] = dict(t.write_stamp_missing)
         if t.role == "sidecar":
             entry["local_replies"] = stats["local_replies"]

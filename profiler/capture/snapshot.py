@@ -72,8 +72,8 @@ class TargetSnapshot:
     h2_blocks_lost: int = 0  # HTTP/2 header blocks not followed to their end
     statuses_lost: int = 0  # responses whose status the probe's full table could not count
     # HTTP/1.1 writes timed by their call, not their first packet, by the leg they end
-    # ("request_proxy": sent upstream, "response_proxy": written downstream)
-    unstamped_writes: dict[str, int] = field(default_factory=dict)
+    # (profiler.capture.engine.WRITE_ENDED_LEGS)
+    write_stamp_missing: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -164,7 +164,7 @@ SPECS: tuple[MetricSpec, ...] = (
         "was full): smp_sidecar_responses_total is short by this many.",
     ),
     MetricSpec(
-        "smp_sidecar_unstamped_writes_total",
+        "smp_sidecar_write_stamp_missing_total",
         "counter",
         "",
         (*POD_LABELS, "leg"),
@@ -297,7 +297,7 @@ class _Totals:
     h2_blocks_lost: int = 0
     statuses_lost: int = 0
     statuses: dict[tuple[str, str], int] = field(default_factory=dict)  # (protocol, code label)
-    unstamped: dict[str, int] = field(default_factory=dict)  # leg -> writes timed by the call
+    write_stamp_missing: dict[str, int] = field(default_factory=dict)  # leg -> writes
     legs: dict[str, np.ndarray] = field(default_factory=dict)  # [buckets..., count] cumulative
     leg_sums: dict[str, float] = field(default_factory=dict)
 
@@ -309,8 +309,8 @@ class _Totals:
         self.unparsed_bytes += int(getattr(t, "unparsed_bytes", 0))
         self.h2_blocks_lost += int(getattr(t, "h2_blocks_lost", 0))
         self.statuses_lost += int(getattr(t, "statuses_lost", 0))
-        for leg, n in getattr(t, "unstamped_writes", {}).items():
-            self.unstamped[leg] = self.unstamped.get(leg, 0) + int(n)
+        for leg, n in getattr(t, "write_stamp_missing", {}).items():
+            self.write_stamp_missing[leg] = self.write_stamp_missing.get(leg, 0) + int(n)
         for (proto, code), n in getattr(t, "statuses", {}).items():
             if proto in STATUS_PROTOCOLS:
                 k = (proto, code_label(proto, str(code)))
@@ -329,8 +329,8 @@ class _Totals:
         self.unparsed_bytes += o.unparsed_bytes
         self.h2_blocks_lost += o.h2_blocks_lost
         self.statuses_lost += o.statuses_lost
-        for leg, n in o.unstamped.items():
-            self.unstamped[leg] = self.unstamped.get(leg, 0) + n
+        for leg, n in o.write_stamp_missing.items():
+            self.write_stamp_missing[leg] = self.write_stamp_missing.get(leg, 0) + n
         for k, n in o.statuses.items():
             self.statuses[k] = self.statuses.get(k, 0) + n
         for leg, row in o.legs.items():
@@ -440,8 +440,8 @@ class SnapshotCollector(Collector):
             samples["smp_sidecar_unparsed_bytes_total"].append((labels, tot.unparsed_bytes))
             samples["smp_sidecar_http2_blocks_lost_total"].append((labels, tot.h2_blocks_lost))
             samples["smp_sidecar_statuses_lost_total"].append((labels, tot.statuses_lost))
-            for leg, n in sorted(tot.unstamped.items()):
-                samples["smp_sidecar_unstamped_writes_total"].append(([*labels, leg], n))
+            for leg, n in sorted(tot.write_stamp_missing.items()):
+                samples["smp_sidecar_write_stamp_missing_total"].append(([*labels, leg], n))
             for (proto, code), n in sorted(tot.statuses.items()):
                 samples["smp_sidecar_responses_total"].append(([*labels, proto, code], n))
             if (key, role) in live:

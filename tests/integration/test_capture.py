@@ -66,6 +66,12 @@ def test_23_requests_give_23_spans(testbed_factory: Callable[..., Any], tmp_path
     assert ids == sorted(f"c23-{i}" for i in range(1, 24))
     assert sidecar["matched"]["request_id"] == 23
     assert sidecar["http1_statuses"] == app["http1_statuses"] == {"200": 23, "unknown": 0}
+    # writes timed by their call, by the leg they end: rare (a thread moved between its
+    # packet and its write's return), so at most a couple of the 69 here
+    late = sidecar["write_stamp_missing"]
+    assert set(late) == {"request_proxy", "response_proxy"}, late
+    assert set(app["write_stamp_missing"]) == {"app"}
+    assert sum(late.values()) + app["write_stamp_missing"]["app"] <= 2, (late, app)
     # the app was given 1 ms of service time: its leg must show it
     assert app["legs"]["app"]["p50_ms"] >= 1.0
     assert sidecar["legs"]["upstream"]["p50_ms"] >= app["legs"]["app"]["p50_ms"]

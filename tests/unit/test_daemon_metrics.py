@@ -153,11 +153,11 @@ def test_responses_by_protocol_and_code_summed_bounded_and_monotonic() -> None:
                   ("grpc", "99"): 1, ("spdy", "200"): 9}  # fmt: skip
     a.h2_blocks_lost = 3
     a.statuses_lost = 6
-    a.unstamped_writes = {"request_proxy": 2, "response_proxy": 0}
+    a.write_stamp_missing = {"request_proxy": 2, "response_proxy": 0}
     b = sidecar(1, 0.1, {})
     b.statuses = {("http1", "503"): 1}
     b.statuses_lost = 1
-    b.unstamped_writes = {"request_proxy": 1, "response_proxy": 5}
+    b.write_stamp_missing = {"request_proxy": 1, "response_proxy": 5}
     app = TargetSnapshot(APP, "app", 2, {}, 0.1, 0)
     app.statuses = {("http1", "404"): 2}
     c.update(Snapshot({1: a, 2: b, 3: app}, attached=2))
@@ -174,7 +174,7 @@ def test_responses_by_protocol_and_code_summed_bounded_and_monotonic() -> None:
     assert m["smp_sidecar_responses_total"] == want
     assert m["smp_sidecar_http2_blocks_lost_total"] == {lab(REVIEWS): 3}
     assert m["smp_sidecar_statuses_lost_total"] == {lab(REVIEWS): 7}  # both processes
-    assert m["smp_sidecar_unstamped_writes_total"] == {
+    assert m["smp_sidecar_write_stamp_missing_total"] == {
         lab(REVIEWS, leg="request_proxy"): 3, lab(REVIEWS, leg="response_proxy"): 5
     }  # fmt: skip
     # the sidecar restarts: its new process starts from zero, the series keep counting

@@ -292,9 +292,10 @@ def test_writes_timed_by_their_call_are_counted_per_leg_and_target(
     engine: tuple[Engine, ScriptedProbe],
 ) -> None:
     """The probe flags an HTTP/1.1 leg whose write instant is the call's own (no packet
-    stamped): counted per target, the upstream request and the downstream response apart
-    (swapped flags would swap the counts); legs the probe does not flag (HTTP/2, TLS bursts)
-    are not counted even with the bit set; incomplete spans are not counted."""
+    stamped): counted per target by the leg the write ends, request_proxy (the request sent
+    upstream) and response_proxy (the response written downstream) apart (swapped flags
+    would swap the counts), an app's as its app leg; legs the probe does not flag (HTTP/2,
+    TLS bursts) are not counted even with the bit set; incomplete spans are not counted."""
     e, probe = engine
     t = _now()
     thread = F_MATCH_THREAD
@@ -310,11 +311,12 @@ def test_writes_timed_by_their_call_are_counted_per_leg_and_target(
         + [app(t + 30 + i, 5) for i in range(4)] + [app(t + 40, 5, flags=F_DS_TX_CALL)]
     ))  # fmt: skip
     e.poll(0)
-    assert e.targets[SIDECAR].write_stamp_missing == {"request": 4, "response": 3}
-    assert e.targets[APP].write_stamp_missing == {"request": 0, "response": 1}
-    # the daemon's snapshot names them by the leg they end
-    snap = e.snapshot().targets[SIDECAR]
-    assert snap.unstamped_writes == {"request_proxy": 4, "response_proxy": 3}
+    assert e.targets[SIDECAR].write_stamp_missing == {"request_proxy": 4, "response_proxy": 3}
+    assert e.targets[APP].write_stamp_missing == {"app": 1}
+    # the daemon's snapshot carries the same
+    snap = e.snapshot().targets
+    assert snap[SIDECAR].write_stamp_missing == {"request_proxy": 4, "response_proxy": 3}
+    assert snap[APP].write_stamp_missing == {"app": 1}
 
 
 def test_capture_document_from_synthetic_records(tmp_path: Path) -> None:
@@ -349,7 +351,7 @@ def test_capture_document_from_synthetic_records(tmp_path: Path) -> None:
     assert side["legs"]["upstream"]["p50_ms"] == 1.0
     assert side["unparsed_bytes"] == 77 and side["pipelined_requests"] == 2
     assert side["http1_statuses"] == {"unknown": 23}  # the records carry no status
-    assert side["write_stamp_missing"] == {"request": 0, "response": 1}
+    assert side["write_stamp_missing"] == {"request_proxy": 0, "response_proxy": 1}
     assert doc["method"].startswith("scripted") and doc["probe_path"] == "sock"
     ids = [r["request_id"] for r in read_spans(tmp_path / "s.csv")]
     assert sorted(ids) == sorted(f"doc-{i}" for i in range(23))

@@ -121,11 +121,11 @@ def test_incomplete_spans_above_5_percent_warn() -> None:
 
 def test_writes_timed_by_their_call_above_5_percent_warn() -> None:
     ok = {"pid": 3, "comm": "envoy", "requests": 100}
-    ok["write_stamp_missing"] = {"request": 5, "response": 2}
-    bad = dict(ok, write_stamp_missing={"request": 1, "response": 6})
+    ok["write_stamp_missing"] = {"request_proxy": 5, "response_proxy": 2}
+    bad = dict(ok, write_stamp_missing={"request_proxy": 1, "response_proxy": 6})
     assert document.warnings([ok]) == []  # exactly 5%: no warning
     (w,) = document.warnings([bad])
-    assert "1 requests, 6 responses of 100 were timed by their write call" in w
+    assert "of 100 requests, 1 request_proxy, 6 response_proxy legs end at their write" in w
     assert document.warnings([dict(ok, requests=0)]) == []  # no request: nothing to say
 
 
