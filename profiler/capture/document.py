@@ -119,7 +119,7 @@ def warnings(*groups: Iterable[Mapping[str, Any]]) -> list[str]:
                     + " legs end at their write call, not at its first packet (TCP held the "
                     "bytes back, the thread changed CPU, or no write-stamp hook)"
                 )
-            bad, good = int(e.get("incomplete_spans") or 0), int(e.get("requests") or 0)
+            bad, good = int(e.get("incomplete_spans") or 0), req
             if bad > UNPARSED_WARN_SHARE * (bad + good):
                 out.append(
                     f"pid {e.get('pid')} ({e.get('comm') or '?'}): {bad} of {bad + good} "

@@ -329,7 +329,7 @@ class Engine:
         t.tls_upstream += int(np.count_nonzero(flags & F_US_TLS))
         t.h2_upstream += int(np.count_nonzero(flags & F_US_H2))
         t.tls_burst_downstream += int(np.count_nonzero(flags & F_DS_BURST))
-        _count_unstamped_writes(t, flags)
+        _count_write_stamps_missing(t, flags)
         _count_h1_statuses(t, s)
         with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
         if with_id.any():
@@ -350,7 +350,7 @@ class Engine:
             return
         t.legs["app"].record_many(to_us(app))
         t.requests += len(s)
-        _count_unstamped_writes(t, s["flags"])
+        _count_write_stamps_missing(t, s["flags"])
         _count_h1_statuses(t, s)
         with_id = (s["rid_hash"] != 0) & (s["rid_len"] > 0)
         if with_id.any():
@@ -478,7 +478,7 @@ class Engine:
         self._probe.close()
 
 
-def _count_unstamped_writes(t: Target, flags: np.ndarray) -> None:
+def _count_write_stamps_missing(t: Target, flags: np.ndarray) -> None:
     """Add a batch's HTTP/1.1 legs whose write instant is the call's own (no packet of the
     write was stamped) to ``t.write_stamp_missing``, by the leg the write ends; HTTP/2 and
     TLS-burst legs are not flagged by the probe and not counted."""

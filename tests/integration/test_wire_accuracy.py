@@ -176,7 +176,7 @@ def _worst(cmp: WireComparison, keep: np.ndarray, leg: str, n: int = 8) -> list[
         }
         queues = [round(float(cmp.ours[f"{k}_queue"][keep][i]), 1) for k in SPLIT]
         # a write instant that is the call's own (no packet stamped) ends its leg off the wire
-        late = [n for n, f in (("us", F_US_TX_CALL), ("ds", F_DS_TX_CALL)) if flags[i] & f]
+        late = [side for side, f in (("us", F_US_TX_CALL), ("ds", F_DS_TX_CALL)) if flags[i] & f]
         rows.append(f"{ids[i]}: {legs} ours' queues {queues} writes timed by the call {late}")
     return rows
 
