@@ -16,7 +16,11 @@
  *                ("HTTP" first) sends the entry to user space as one ring record (two a
  *                proxied request: the app's response and the sidecar's). No request ids, no
  *                connection roles, no HTTP/2, no answer queue: what a real probe needs beyond
- *                this is its own cost. */
+ *                this is its own cost.
+ * FLOOR_BURN_NS: level 1, and every socket call of the sidecar (floor_pids value 2) that moved
+ *                data spins on the clock for this many ns first, in the sidecar's own thread:
+ *                a known dose of BPF time per request, to measure what each us of it costs
+ *                in throughput (floor.py's burn variants). floor_burned counts the calls. */
 #include <asm/ptrace.h>
 
 #ifndef FLOOR_LEVEL
@@ -27,6 +31,9 @@ BPF_HASH(floor_pids, u32, u32, 1024);
 BPF_ARRAY(floor_gate, u32, 65536);
 BPF_PERCPU_ARRAY(floor_slot, u64, 1);
 BPF_PERCPU_ARRAY(floor_sink, u64, 1);  /* so the compiler keeps the reads */
+#ifdef FLOOR_BURN_NS
+BPF_PERCPU_ARRAY(floor_burned, u64, 1);
+#endif
 #if FLOOR_LEVEL >= 2
 struct floor_conn {
     u64 sk;
@@ -47,8 +54,21 @@ static inline __attribute__((always_inline)) int floor_sock(struct bpf_raw_trace
     if ((s32)ctx->args[1] <= 0)
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!floor_pids.lookup(&tgid))
+    u32 *traced = floor_pids.lookup(&tgid);
+    if (!traced)
         return 0;
+#ifdef FLOOR_BURN_NS
+    if (*traced == 2) {
+        u64 t0 = bpf_ktime_get_ns();
+        for (int i = 0; i < 4096; i++)  /* bounded for the verifier; the clock ends it */
+            if (bpf_ktime_get_ns() - t0 >= FLOOR_BURN_NS)
+                break;
+        int zero = 0;
+        u64 *n = floor_burned.lookup(&zero);
+        if (n)
+            *n += 1;
+    }
+#endif
     struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
     char p[12] = {};
 #if FLOOR_LEVEL >= 2

@@ -23,6 +23,14 @@ per round, the variants' order rotated each round:
 - ``unread``: the same probe with its ring buffer never read: once the ring is full every
   record is dropped in the kernel, so this is the probe's in-kernel work without any consumer
   (what keeping the daemon's histograms in the kernel could reach at best).
+- ``probe-batch``, ``probe-idle``: ``probe`` with its reading thread (this process's) at
+  SCHED_BATCH or SCHED_IDLE for the window: whether the reader's CPU or its wakeups cost the
+  proxy (docs/overhead.md, "The reader's priority");
+- ``burnN`` (``burn250``, ``burn500``, ``burn1000``, ``burn2000``): ``least``, and each socket
+  call of the sidecar that moved data spins on the clock N ns first, in the sidecar's own
+  thread (the app's calls are not burned): a known dose of BPF time per request (4 such calls
+  a proxied request, counted), so the slope of throughput against the dose says what each us
+  of a probe's work in the proxy's thread costs at saturation on this node.
 
 Printed: each variant's throughput as a ratio to the same round's ``off`` window (median
 [min..max] over rounds). With ``--stats``, also the BPF ns per request the kernel counted
@@ -61,7 +69,9 @@ from benchmarks.overhead import (
 )
 
 FLOOR_SOURCE = Path(__file__).resolve().parent / "floor.c"
-VARIANTS = ("off", "hooks", "least", "timing", "probe", "unread")
+BURNS = {"burn250": 250, "burn500": 500, "burn1000": 1000, "burn2000": 2000}  # ns a call
+PROBES = ("probe", "unread", "probe-batch", "probe-idle")  # the sidecar probe itself
+VARIANTS = ("off", "hooks", "least", "timing", *PROBES, *BURNS)
 RING_PAGES = 256  # as the probe variant's engine
 FLOOR_TAX_CALLS = ("sockpair", "tcp")  # the calls whose packets and socket calls run the hooks
 FLOOR_RECORD = np.dtype(  # struct floor_conn (floor.c)
@@ -145,7 +155,7 @@ def _consume(ring: Any, counted: list[int]) -> None:
     counted[0] += len(ring.read())
 
 
-def _floor_window(loads: Loads, level: int, stats: bool) -> dict[str, Any]:
+def _floor_window(loads: Loads, level: int, stats: bool, burn_ns: int = 0) -> dict[str, Any]:
     from profiler import btf, capabilities
     from profiler.probes import loader
     from profiler.probes.ringbuf import RingReader
@@ -157,18 +167,24 @@ def _floor_window(loads: Loads, level: int, stats: bool) -> dict[str, Any]:
     if skb_len is None:
         raise RuntimeError("no skb->len offset in the kernel's BTF")
     defines = {"FLOOR_LEVEL": level, "SKB_LEN_OFF": skb_len, "FLOOR_RING_PAGES": RING_PAGES}
+    if burn_ns:
+        defines["FLOOR_BURN_NS"] = burn_ns
     with capabilities.captured_stderr():
         bpf = bpf_class(src_file=str(FLOOR_SOURCE), cflags=loader.cflags(defines))
     ring = None
     try:
         pids = bpf["floor_pids"]
         st = loads.tb.state
-        for pid in (st.server.envoy_pid, st.server.app_pid):
-            pids[pids.Key(pid)] = pids.Leaf(1)
+        pids[pids.Key(st.server.envoy_pid)] = pids.Leaf(2 if burn_ns else 1)
+        pids[pids.Key(st.server.app_pid)] = pids.Leaf(1)
         counted = [0]
         with _stats(stats):
             if level < 2:
-                return loads.run(lambda: loader.prog_stats(bpf))
+                out = loads.run(lambda: loader.prog_stats(bpf))
+                if burn_ns:
+                    out["burned_calls"] = int(bpf["floor_burned"].sum(0).value)
+                    out["burn_ns"] = burn_ns
+                return out
             ring = RingReader(bpf["floor_ring"].map_fd, RING_PAGES, FLOOR_RECORD)
             out, cpu = poll_during(
                 lambda: _consume(ring, counted), lambda: loads.run(lambda: loader.prog_stats(bpf))
@@ -181,7 +197,7 @@ def _floor_window(loads: Loads, level: int, stats: bool) -> dict[str, Any]:
         bpf.cleanup()
 
 
-def _probe_window(loads: Loads, stats: bool, read: bool) -> dict[str, Any]:
+def _probe_window(loads: Loads, stats: bool, read: bool, policy: int = 0) -> dict[str, Any]:
     from profiler.capture.engine import Engine
     from profiler.probes import loader
 
@@ -194,7 +210,12 @@ def _probe_window(loads: Loads, stats: bool, read: bool) -> dict[str, Any]:
         with _stats(stats):
             snap = lambda: loader.prog_stats(bpf)  # noqa: E731
             if read:
-                out, cpu = poll_during(lambda: engine.poll(100), lambda: loads.run(snap))
+                own = os.sched_getscheduler(0)
+                os.sched_setscheduler(0, policy or own, os.sched_param(0))
+                try:
+                    out, cpu = poll_during(lambda: engine.poll(100), lambda: loads.run(snap))
+                finally:
+                    os.sched_setscheduler(0, own, os.sched_param(0))
                 engine.drain()
             else:
                 out, cpu = loads.run(snap), 0.0
@@ -207,9 +228,17 @@ def _probe_window(loads: Loads, stats: bool, read: bool) -> dict[str, Any]:
 def window(loads: Loads, variant: str, stats: bool) -> dict[str, Any]:
     if variant == "off":
         return loads.run(lambda: None)
-    if variant in ("probe", "unread"):
-        return _probe_window(loads, stats, read=variant == "probe")
+    if variant in PROBES:
+        policy = {"probe-batch": os.SCHED_BATCH, "probe-idle": os.SCHED_IDLE}.get(variant, 0)
+        return _probe_window(loads, stats, read=variant != "unread", policy=policy)
+    if variant in BURNS:
+        return _floor_window(loads, 1, stats, BURNS[variant])
     return _floor_window(loads, {"hooks": 0, "least": 1, "timing": 2}[variant], stats)
+
+
+def _requests(w: dict[str, Any], seconds: float) -> float:
+    """The requests through the sidecar in a window: wrk's, and the fixed rate's if any."""
+    return float(w["rps"] * seconds + w.get("fixed_requests", 0))
 
 
 def _span(xs: list[float], fmt: str) -> str:
@@ -223,6 +252,9 @@ def render(out: dict[str, list[dict[str, Any]]], seconds: float, stats: bool) ->
     latency = "p50_us" in off[0]
     tax = "tax" in off[0]
     head = ["variant", "req/s (median)", "throughput vs off", "BPF ns per request"]
+    burns = any("burned_calls" in out[v][0] for v in out)
+    if burns:
+        head.append("burned ns per request")
     if latency:
         head += ["p50 added (us)", "p99 added (us)"]
     if tax:
@@ -232,7 +264,7 @@ def render(out: dict[str, list[dict[str, Any]]], seconds: float, stats: bool) ->
         ws = out[v]
         rps = statistics.median(w["rps"] for w in ws)
         if v == "off":
-            cells = ["off", f"{rps:,.0f}", "1", "-"]
+            cells = ["off", f"{rps:,.0f}", "1", "-"] + (["-"] if burns else [])
             if latency:
                 cells += [
                     f"p50 {_span([w['p50_us'] for w in ws], ',.0f')}",
@@ -246,6 +278,10 @@ def render(out: dict[str, list[dict[str, Any]]], seconds: float, stats: bool) ->
         # (the requests wrk counted: about the window's; off without --stats)
         ns = statistics.median(w["bpf_ns"] / (w["rps"] * seconds) for w in ws)
         cells = [v, f"{rps:,.0f}", _span(ratios, ".3f"), f"{ns:,.0f}" if stats else "- (--stats)"]
+        if burns:
+            burned = [w for w in ws if "burn_ns" in w]
+            dose = [w["burned_calls"] * w["burn_ns"] / _requests(w, seconds) for w in burned]
+            cells.append(f"{statistics.median(dose):,.0f}" if dose else "-")
         if latency:
             for k in ("p50_us", "p99_us"):
                 cells.append(_span(paired_deltas([o[k] for o in off], [w[k] for w in ws]), "+,.0f"))
@@ -254,7 +290,35 @@ def render(out: dict[str, list[dict[str, Any]]], seconds: float, stats: bool) ->
                 d = paired_deltas([o["tax"][c] for o in off], [w["tax"][c] for w in ws])
                 cells.append(_span(d, "+,.1f"))
         lines.append("| " + " | ".join(cells) + " |")
+    if burns and "least" in out:
+        lines += ["", dose_response(out, seconds)]
     return "\n".join(lines)
+
+
+def dose_response(out: dict[str, list[dict[str, Any]]], seconds: float) -> str:
+    """The line through every round's (dose, throughput ratio) of ``least`` (dose 0) and the
+    burn variants, by least squares: the throughput each us of BPF per request in the
+    sidecar's thread costs, and the dose at which the line reaches the goal's 0.97."""
+    xs: list[float] = []
+    ys: list[float] = []
+    off = [o["rps"] for o in out["off"]]
+    for v in ("least", *BURNS):
+        if v not in out:
+            continue
+        ws = out[v]
+        for w, r in zip(ws, paired_ratios(off, [w["rps"] for w in ws]), strict=True):
+            xs.append(w.get("burned_calls", 0) * w.get("burn_ns", 0) / _requests(w, seconds) / 1e3)
+            ys.append(r)
+    slope, at0 = np.polyfit(xs, ys, 1)
+    resid = np.asarray(ys) - (at0 + slope * np.asarray(xs))
+    # the slope's standard error, from the residuals (n - 2 degrees of freedom)
+    se = float(np.sqrt(resid @ resid / max(len(xs) - 2, 1) / (np.var(xs) * len(xs))))
+    goal = (0.97 - at0) / slope if slope < 0 else float("inf")
+    return (
+        f"Dose-response over {len(xs)} windows: throughput ratio = {at0:.3f} "
+        f"{slope:+.4f} x (us of BPF per request in the sidecar's thread), slope +- {se:.4f} "
+        f"(one standard error); the line reaches 0.97 at {goal:+.2f} us a request"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,9 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         def run(v: str) -> dict[str, Any]:
             w = window(loads, v, a.stats)
             extra = ""
+            n = _requests(w, a.window)
             if "records" in w:  # timing: two a proxied request (the app's, the sidecar's)
-                n = w["rps"] * a.window + w.get("fixed_requests", 0)
                 extra = f", {w['records'] / n:.2f} records per request"
+            if "burned_calls" in w:  # four a proxied request
+                extra = f", {w['burned_calls'] / n:.2f} burned calls per request"
             print(f"{v}: {w['rps']:,.0f} req/s{extra}", file=sys.stderr, flush=True)
             return w
 

@@ -216,6 +216,30 @@ def test_floor_pairs_each_variant_with_its_own_rounds_off_window() -> None:
     assert "| least | 145 | 0.950 [0.900..1.000] | - (--stats) |" in text
 
 
+def test_floor_dose_response_recovers_a_known_slope_from_paired_rounds() -> None:
+    """Throughput falls 2% per us of burned BPF per request, off swings 1,000..2,000 between
+    rounds: the fit must see the slope through the swing (pairing within the round), take
+    the dose from the calls burned (not the ns a call), and per request of the window."""
+    from benchmarks.floor import dose_response, render
+
+    offs = [1000.0, 2000.0, 1500.0]
+    out: dict[str, list[dict[str, float]]] = {"off": [{"rps": o} for o in offs]}
+    out["least"] = [{"rps": o * 0.95, "bpf_ns": 0.0} for o in offs]
+    for name, ns in (("burn500", 500), ("burn2000", 2000)):
+        rows = []
+        for o in offs:
+            us = 4 * ns / 1e3  # four burned calls a request
+            rps = o * (0.95 - 0.02 * us)
+            rows.append({"rps": rps, "bpf_ns": 0.0, "burn_ns": ns, "burned_calls": 4 * rps * 5})
+        out[name] = rows
+    line = dose_response(out, 5.0)
+    assert "over 9 windows" in line
+    assert "= 0.950 -0.0200 x" in line, line
+    assert "reaches 0.97 at -1.00 us" in line, line  # below the goal at no dose at all
+    row = next(ln for ln in render(out, 5.0, stats=False).splitlines() if "| burn2000 |" in ln)
+    assert row.endswith("| 8,000 |"), row  # ns a request: 4 calls of 2,000
+
+
 def test_floor_latency_and_tax_are_differences_from_the_same_rounds_off() -> None:
     from benchmarks.floor import render
 
