@@ -309,10 +309,12 @@ def dose_response(out: dict[str, list[dict[str, Any]]], seconds: float) -> str:
         for w, r in zip(ws, paired_ratios(off, [w["rps"] for w in ws]), strict=True):
             xs.append(w.get("burned_calls", 0) * w.get("burn_ns", 0) / _requests(w, seconds) / 1e3)
             ys.append(r)
+    if len(xs) < 3:
+        return f"Dose-response: {len(xs)} windows, too few for a line and its error"
     slope, at0 = np.polyfit(xs, ys, 1)
     resid = np.asarray(ys) - (at0 + slope * np.asarray(xs))
     # the slope's standard error, from the residuals (n - 2 degrees of freedom)
-    se = float(np.sqrt(resid @ resid / max(len(xs) - 2, 1) / (np.var(xs) * len(xs))))
+    se = float(np.sqrt(resid @ resid / (len(xs) - 2) / (np.var(xs) * len(xs))))
     goal = (0.97 - at0) / slope if slope < 0 else float("inf")
     return (
         f"Dose-response over {len(xs)} windows: throughput ratio = {at0:.3f} "
