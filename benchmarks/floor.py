@@ -241,6 +241,11 @@ def _requests(w: dict[str, Any], seconds: float) -> float:
     return float(w["rps"] * seconds + w.get("fixed_requests", 0))
 
 
+def _dose_ns(w: dict[str, Any], seconds: float) -> float:
+    """The BPF ns a window's burn spun per request (0 for a window without a burn)."""
+    return float(w.get("burned_calls", 0) * w.get("burn_ns", 0) / _requests(w, seconds))
+
+
 def _span(xs: list[float], fmt: str) -> str:
     return f"{statistics.median(xs):{fmt}} [{min(xs):{fmt}}..{max(xs):{fmt}}]"
 
@@ -279,8 +284,7 @@ def render(out: dict[str, list[dict[str, Any]]], seconds: float, stats: bool) ->
         ns = statistics.median(w["bpf_ns"] / (w["rps"] * seconds) for w in ws)
         cells = [v, f"{rps:,.0f}", _span(ratios, ".3f"), f"{ns:,.0f}" if stats else "- (--stats)"]
         if burns:
-            burned = [w for w in ws if "burn_ns" in w]
-            dose = [w["burned_calls"] * w["burn_ns"] / _requests(w, seconds) for w in burned]
+            dose = [_dose_ns(w, seconds) for w in ws if "burn_ns" in w]
             cells.append(f"{statistics.median(dose):,.0f}" if dose else "-")
         if latency:
             for k in ("p50_us", "p99_us"):
@@ -307,7 +311,7 @@ def dose_response(out: dict[str, list[dict[str, Any]]], seconds: float) -> str:
             continue
         ws = out[v]
         for w, r in zip(ws, paired_ratios(off, [w["rps"] for w in ws]), strict=True):
-            xs.append(w.get("burned_calls", 0) * w.get("burn_ns", 0) / _requests(w, seconds) / 1e3)
+            xs.append(_dose_ns(w, seconds) / 1e3)
             ys.append(r)
     if len(xs) < 3:
         return f"Dose-response: {len(xs)} windows, too few for a line and its error"
